@@ -1,1 +1,16 @@
+"""The reference checkpointer: the full training state, no pickle, atomic, checksummed.
 
+    from harness.checkpoint import Checkpointer, ProjectConfiguration
+"""
+
+from .config import ProjectConfiguration
+from .data import ResumableDataLoader
+from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
+                     NotACheckpointError, UnsafeCheckpointError)
+from .manager import Checkpointer, CheckpointSkippedWarning
+
+__all__ = [
+    "Checkpointer", "ProjectConfiguration", "ResumableDataLoader", "CheckpointSkippedWarning",
+    "CheckpointError", "CheckpointSaveError", "CorruptCheckpointError", "IncompatibleCheckpointError",
+    "NotACheckpointError", "UnsafeCheckpointError",
+]

@@ -1,0 +1,31 @@
+"""Errors raised by the reference checkpointer. Each message names the file, key or rank at fault."""
+
+
+class CheckpointError(Exception):
+    """Base class of every checkpoint error."""
+
+
+class NotACheckpointError(CheckpointError, FileNotFoundError):
+    """The folder is missing, or is not a checkpoint of this format."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A file is missing, truncated, or fails its checksum; the manifest is incomplete or malformed.
+
+    `load_state()` without a path skips such checkpoints and falls back to an older one.
+    """
+
+
+class UnsafeCheckpointError(CorruptCheckpointError):
+    """The checkpoint asks for something that could execute code or escape its folder (pickle, `..`)."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """The checkpoint is intact but does not fit what was registered (architecture, world size, objects).
+
+    Never skipped silently: an older checkpoint would not fit either.
+    """
+
+
+class CheckpointSaveError(CheckpointError):
+    """A save failed on at least one rank. The previous checkpoints are untouched."""

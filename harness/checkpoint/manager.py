@@ -1,0 +1,483 @@
+"""`Checkpointer`: save and load the full training state, collectively, atomically, without pickle.
+
+One save, step by step (every rank calls `save_state`; it is collective):
+
+1. agree on the folder name (automatic names only ever increase, see `_auto_index`);
+2. rank 0 creates `.staging-<name>/`; every rank snapshots its state (a copy in host memory when
+   `blocking=False`) and calls the save pre-hooks;
+3. each rank writes its own files (only rank *r* writes `rank{r}/`, only rank 0 writes `shared/`),
+   hashing and fsyncing them, then reports its file list to the others;
+4. if any rank failed, the staging folder is removed and every rank raises CheckpointSaveError;
+   else rank 0 writes `manifest.json`, fsyncs, renames the folder into place and tells the others;
+5. rank 0 deletes automatic checkpoints beyond `total_limit`: only now, after the commit.
+
+A kill at any instant leaves either the previous checkpoints (the staging folder is ignored and
+cleaned up by the next save) or the new, complete one.
+
+Load verifies every file it reads against the manifest (size, checksum), checks the checkpoint
+against what is registered, and agrees across ranks before changing anything; `load_state()`
+without a folder walks back from the newest checkpoint to the newest one valid on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import OrderedDict
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import xxhash
+from torch.utils.hooks import RemovableHandle
+
+from harness import probe
+
+from . import files, storage, tree
+from .comm import Comm
+from .config import ProjectConfiguration
+from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
+                     NotACheckpointError, UnsafeCheckpointError)
+from .files import FileRecord
+from .manifest import MANIFEST, SHARED, Manifest, library_versions, rank_dir, read_manifest
+from .state import Registry
+
+
+class CheckpointSkippedWarning(UserWarning):
+    """`load_state()` skipped a checkpoint that is not valid on every rank and fell back to an older one."""
+
+
+def parse_size(size: int | str) -> int:
+    """`4GB`, `500MB`, `1GiB` or a number of bytes."""
+    if isinstance(size, int):
+        return size
+    text = size.strip().upper().replace(" ", "")
+    for unit, factor in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
+                         ("KB", 10**3), ("B", 1)):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+@dataclass
+class _FileJob:
+    rel: str
+    payload: object  # dict of tensors (safetensors) or a JSON value
+    metadata: dict | None = None
+
+    @property
+    def is_tensors(self) -> bool:
+        return self.rel.endswith(".safetensors")
+
+
+@dataclass
+class _SaveJob:
+    final: str
+    staging: str
+    step: int
+    iteration: int | None
+    contents: dict
+    jobs: list[_FileJob] = field(default_factory=list)
+    error: str | None = None  # the snapshot failed
+
+
+class Checkpointer:
+    """Save and restore a training job's complete state. Names follow HF Accelerate.
+
+    >>> ckpt = Checkpointer(ProjectConfiguration("run", automatic_checkpoint_naming=True, total_limit=3))
+    >>> model, optimizer, loader, scheduler = ckpt.prepare(model, optimizer, loader, scheduler)
+    >>> ckpt.load_state(missing_ok=True)   # resume if a checkpoint exists
+    >>> ...; ckpt.save_state()             # every rank calls it
+    """
+
+    def __init__(self, project_config: ProjectConfiguration | None = None, *, max_shard_size: int | str = "4GB",
+                 timeout_s: float = 1800.0) -> None:
+        self.project_configuration = project_config or ProjectConfiguration()
+        self.max_shard_size = parse_size(max_shard_size)
+        self.step = 0
+        self._registry = Registry()
+        self._comm = Comm(timeout_s)
+        self._save_hooks: OrderedDict = OrderedDict()  # RemovableHandle needs a weak-referenceable dict
+        self._load_hooks: OrderedDict = OrderedDict()
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    # -- registration -----------------------------------------------------------------------------
+
+    @property
+    def project_dir(self):
+        return self.project_configuration.project_dir
+
+    def prepare(self, *objs):
+        """Register models, optimizers, schedulers, DataLoaders (wrapped into ResumableDataLoader) and
+        GradScalers; return them in order (a single object is returned as is)."""
+        out = tuple(self._registry.add(o, prepare=True) for o in objs)
+        return out[0] if len(out) == 1 else out
+
+    def register_for_checkpointing(self, *objs, per_rank: bool = False) -> None:
+        """Register objects with state_dict/load_state_dict, or generators (torch, numpy, random.Random).
+
+        Custom objects are replicated (rank 0 saves, every rank loads) unless `per_rank=True`.
+        Generators are always per rank.
+        """
+        for o in objs:
+            self._registry.add(o, prepare=False, per_rank=per_rank)
+
+    def register_save_state_pre_hook(self, hook) -> RemovableHandle:
+        """`hook(models, weights, output_dir)` runs on every rank before weights are written.
+
+        `weights` is the list of model state dicts; a hook may pop entries it saves itself. Files it
+        writes into `output_dir` (the staging folder) become part of the checkpoint and are checksummed.
+        """
+        handle = RemovableHandle(self._save_hooks)
+        self._save_hooks[handle.id] = hook
+        return handle
+
+    def register_load_state_pre_hook(self, hook) -> RemovableHandle:
+        """`hook(models, input_dir)` runs before weights are loaded; it may pop models it loads itself."""
+        handle = RemovableHandle(self._load_hooks)
+        self._load_hooks[handle.id] = hook
+        return handle
+
+    # -- save -------------------------------------------------------------------------------------
+
+    def save_state(self, output_dir: str | os.PathLike | None = None, *, blocking: bool = True) -> str:
+        """Write a checkpoint; returns its folder. Collective: every rank calls it.
+
+        With `blocking=False` the state is copied to host memory and written by a background thread;
+        training may go on (and change the model, optimizer, RNG) meanwhile. The next `save_state`,
+        `load_state` or `wait()` joins it and raises its error, if any.
+        """
+        self.wait()
+        comm = self._comm
+        comm.setup()
+        final, auto_index = self._target(output_dir)
+        probe.point("checkpoint.begin", path=final, step=self.step)
+        error = None
+        staging = storage.staging_path(final)
+        if comm.rank == 0:
+            try:
+                staging = storage.prepare_staging(final, clean_siblings=auto_index is not None)
+                os.makedirs(os.path.join(staging, SHARED))
+            except OSError as e:
+                error = f"{type(e).__name__}: {e}"
+        _raise_failures(comm.all_gather_json(error), f"could not create the staging folder for {final}")
+        try:
+            job = self._snapshot(final, staging, auto_index, copy=not blocking)
+        except Exception as e:  # reported through the same agreement, so no rank is left waiting
+            job = _SaveJob(final, staging, self.step, auto_index, {}, error=f"{type(e).__name__}: {e}")
+        if auto_index is not None:
+            self.project_configuration.iteration = auto_index + 1
+        if blocking:
+            self._write_and_commit(job)
+        else:
+            self._thread_error = None
+            self._thread = threading.Thread(target=self._background, args=(job,), name="checkpoint-save")
+            self._thread.start()
+        return final
+
+    def wait(self) -> None:
+        """Join a background save; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._thread_error is not None:
+                err, self._thread_error = self._thread_error, None
+                raise err
+
+    def _background(self, job: _SaveJob) -> None:
+        try:
+            self._write_and_commit(job)
+        except BaseException as e:  # surfaced by wait()
+            self._thread_error = e
+
+    def _target(self, output_dir) -> tuple[str, int | None]:
+        """(final folder, automatic index or None), the same on every rank."""
+        cfg = self.project_configuration
+        if output_dir is not None:
+            final = os.path.abspath(os.fspath(output_dir))
+            error = None
+            if os.path.exists(final) and (not os.path.isdir(final) or os.listdir(final)):
+                error = (f"{final} exists and is not empty; refusing to overwrite it (a failed save must never "
+                         "destroy a checkpoint): save into a new folder, or use automatic naming")
+            _raise_failures(self._comm.all_gather_json(error), "cannot save")
+            return final, None
+        if not cfg.automatic_checkpoint_naming:
+            raise ValueError("save_state() needs a folder: pass output_dir, or use "
+                             "ProjectConfiguration(project_dir=..., automatic_checkpoint_naming=True)")
+        index = max(self._comm.all_gather_json(self._auto_index()))
+        return os.path.join(cfg.checkpoints_dir, f"checkpoint_{index}"), index
+
+    def _auto_index(self) -> int:
+        """`iteration`, raised above every existing checkpoint_N so that names only ever increase.
+
+        A collision (a restart that did not restore `iteration`, Accelerate #1601/#3306) is resolved by
+        taking the next free number, with a warning, never by failing mid-run.
+        """
+        cfg = self.project_configuration
+        existing = storage.auto_checkpoints(cfg.checkpoints_dir)
+        index = cfg.iteration
+        if existing and existing[0][0] >= index:
+            if any(n == index for n, _ in existing):
+                warnings.warn(f"checkpoint_{index} already exists in {cfg.checkpoints_dir}; saving as "
+                              f"checkpoint_{existing[0][0] + 1} instead", stacklevel=4)
+            index = existing[0][0] + 1
+        return index
+
+    def _snapshot(self, final: str, staging: str, auto_index: int | None, copy: bool) -> _SaveJob:
+        comm, reg = self._comm, self._registry
+        rank = comm.rank
+        job = _SaveJob(final, staging, self.step, auto_index, reg.counts())
+        weights = reg.model_weights()
+        for hook in self._save_hooks.values():
+            hook(reg.models, weights, staging)
+        own = rank_dir(rank)
+        tensors: dict = {}
+        job.jobs.append(_FileJob(f"{own}/state.json", reg.rank_state(self.step, tensors)))
+        job.jobs.append(_FileJob(f"{own}/state.safetensors", tensors))
+        if rank == 0:
+            shared_tensors: dict = {}
+            shared = reg.shared_state(self.step, auto_index, shared_tensors)
+            shared["models"] = [self._model_files(i, sd, job) for i, sd in enumerate(weights)]
+            shared["optimizers"] = []
+            for i, opt in enumerate(reg.optimizers):
+                opt_tensors: dict = {}
+                shared["optimizers"].append(f"{SHARED}/optimizer_{i}")
+                job.jobs.append(_FileJob(f"{SHARED}/optimizer_{i}.json",
+                                         tree.encode(opt.state_dict(), f"optimizers/{i}", opt_tensors)))
+                job.jobs.append(_FileJob(f"{SHARED}/optimizer_{i}.safetensors", opt_tensors))
+            job.jobs.append(_FileJob(f"{SHARED}/state.json", shared))
+            job.jobs.append(_FileJob(f"{SHARED}/state.safetensors", shared_tensors))
+        if copy:
+            for fj in job.jobs:
+                if fj.is_tensors:
+                    fj.payload = {k: self._host_copy(f"{fj.rel}:{k}", t) for k, t in fj.payload.items()}
+        return job
+
+    def _model_files(self, i: int, sd: dict, job: _SaveJob) -> dict:
+        """Queue model i's weights (split above max_shard_size); return its entry for shared/state.json."""
+        tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        extra = tree.encode({k: v for k, v in sd.items() if not isinstance(v, torch.Tensor)}, f"models/{i}", {})
+        shards: list[dict] = [{}]
+        size = 0
+        for k, v in tensors.items():
+            nbytes = v.numel() * v.element_size()
+            if shards[-1] and size + nbytes > self.max_shard_size:
+                shards.append({})
+                size = 0
+            shards[-1][k] = v
+            size += nbytes
+        if len(shards) == 1:
+            names = [f"{SHARED}/model_{i}.safetensors"]
+        else:
+            names = [f"{SHARED}/model_{i}-{n + 1:05d}-of-{len(shards):05d}.safetensors" for n in range(len(shards))]
+            weight_map = {k: os.path.basename(name) for name, shard in zip(names, shards) for k in shard}
+            job.jobs.append(_FileJob(f"{SHARED}/model_{i}.safetensors.index.json",
+                                     {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},
+                                      "weight_map": weight_map}))
+        for name, shard in zip(names, shards):
+            job.jobs.append(_FileJob(name, shard, {"format": "pt"}))
+        return {"files": names, "extra": extra}
+
+    def _host_copy(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        """Copy `t` into a host buffer reused across saves (no page faults after the first save)."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+            self._buffers[key] = buf
+        buf.copy_(t.detach())
+        return buf
+
+    def _write_and_commit(self, job: _SaveJob) -> None:
+        comm = self._comm
+        rank = comm.rank
+        records: list[FileRecord] = []
+        error = job.error
+        if error is None:
+            try:
+                records = self._write_files(job, rank)
+            except Exception as e:
+                error = f"{type(e).__name__}: {e}"
+        reports = comm.all_gather_json({"error": error, "files": [r.to_json() for r in records]})
+        failed = [(r, rep["error"]) for r, rep in enumerate(reports) if rep["error"]]
+        if failed:
+            if rank == 0:
+                shutil.rmtree(job.staging, ignore_errors=True)
+            raise CheckpointSaveError(f"saving {job.final} failed, previous checkpoints are untouched: "
+                                      + "; ".join(f"rank {r}: {e}" for r, e in failed))
+        commit_error = None
+        if rank == 0:
+            try:
+                self._commit(job, reports)
+            except Exception as e:
+                commit_error = f"{type(e).__name__}: {e}"
+                shutil.rmtree(job.staging, ignore_errors=True)
+        commit_error = comm.broadcast_json(commit_error)
+        if commit_error:
+            raise CheckpointSaveError(f"rank 0 could not commit {job.final} (previous checkpoints are untouched): {commit_error}")
+        probe.point("checkpoint.committed", path=job.final, step=job.step)
+        cfg = self.project_configuration
+        if rank == 0 and job.iteration is not None and cfg.total_limit is not None:
+            probe.point("checkpoint.rotate")
+            try:
+                storage.rotate(cfg.checkpoints_dir, cfg.total_limit, keep=job.final)
+            except OSError as e:
+                warnings.warn(f"total_limit rotation failed after committing {job.final}: {e}", stacklevel=2)
+
+    @staticmethod
+    def _write_files(job: _SaveJob, rank: int) -> list[FileRecord]:
+        """Write, hash and fsync this rank's files into the staging folder."""
+        records = []
+        os.makedirs(os.path.join(job.staging, rank_dir(rank)), exist_ok=True)
+        for fj in job.jobs:
+            probe.point("checkpoint.write", file=fj.rel)
+            path = os.path.join(job.staging, fj.rel)
+            if fj.is_tensors:
+                size, digest = files.write_tensors(path, fj.payload, fj.metadata,
+                                                   on_chunk=lambda: probe.point("checkpoint.chunk"))
+            else:
+                size, digest = files.write_json(path, fj.payload)
+            records.append(FileRecord(fj.rel, size, digest))
+        probe.point("checkpoint.fsync")
+        for d in {os.path.dirname(os.path.join(job.staging, fj.rel)) for fj in job.jobs}:
+            files.fsync_dir(d)
+        return records
+
+    def _commit(self, job: _SaveJob, reports: list[dict]) -> None:
+        probe.point("checkpoint.manifest")
+        groups: dict[str, list[FileRecord]] = {}
+        listed = set()
+        for rep in reports:
+            for r in rep["files"]:
+                rec = FileRecord(r["path"], r["size"], r[files.HASH])
+                groups.setdefault(rec.path.split("/")[0], []).append(rec)
+                listed.add(rec.path)
+        groups.setdefault(SHARED, []).extend(self._hook_files(job.staging, listed))
+        manifest = Manifest(world_size=self._comm.world_size, step=job.step, iteration=job.iteration, files=groups,
+                            contents=job.contents, libraries=library_versions())
+        files.write_json(os.path.join(job.staging, MANIFEST), manifest.to_json())
+        probe.point("checkpoint.commit")
+        storage.commit(job.staging, job.final)
+
+    @staticmethod
+    def _hook_files(staging: str, listed: set) -> list[FileRecord]:
+        """Files that save hooks wrote into the staging folder: fsync and checksum them too."""
+        extra = []
+        for root, _, names in os.walk(staging):
+            for name in names:
+                rel = os.path.relpath(os.path.join(root, name), staging).replace(os.sep, "/")
+                if rel not in listed and rel != MANIFEST:
+                    path = os.path.join(staging, rel)
+                    with open(path, "rb") as f:
+                        data = f.read()
+                        os.fsync(f.fileno())
+                    extra.append(FileRecord(rel, len(data), xxhash.xxh3_128_hexdigest(data)))
+            files.fsync_dir(root)
+        return extra
+
+    # -- load -------------------------------------------------------------------------------------
+
+    def load_state(self, input_dir: str | os.PathLike | None = None, *, strict_rng: bool = True,
+                   missing_ok: bool = False) -> str | None:
+        """Restore everything registered from a checkpoint; returns its folder. Collective.
+
+        With no folder: the newest automatic checkpoint that is valid on every rank; the ones skipped
+        are reported with a CheckpointSkippedWarning naming the reason. With `missing_ok=True`, no
+        checkpoint at all (e.g. a kill before the first save finished) returns None instead of raising.
+        """
+        self.wait()
+        self._comm.setup()
+        if input_dir is not None:
+            candidates = [os.path.abspath(os.fspath(input_dir))]
+        else:
+            candidates = [p for _, p in storage.auto_checkpoints(self.project_configuration.checkpoints_dir)]
+            if not candidates:
+                if missing_ok:
+                    return None
+                raise NotACheckpointError(f"no checkpoint in {self.project_configuration.checkpoints_dir}")
+        skipped = []
+        for path in candidates:
+            loaded, error, kind = None, None, None
+            try:
+                loaded = self._read(path)
+            except IncompatibleCheckpointError as e:
+                error, kind = str(e), "incompatible"
+            except (CorruptCheckpointError, NotACheckpointError) as e:
+                error, kind = str(e), "corrupt"
+            reports = self._comm.all_gather_json({"error": error, "kind": kind})
+            failures = [rep for rep in reports if rep["error"]]
+            if not failures:
+                self._apply(path, loaded, strict_rng)
+                return path
+            message = "; ".join(dict.fromkeys(rep["error"] for rep in failures))
+            if any(rep["kind"] == "incompatible" for rep in failures):
+                raise IncompatibleCheckpointError(message)
+            if input_dir is not None:
+                raise CorruptCheckpointError(message)
+            skipped.append(f"{os.path.basename(path)}: {message}")
+            warnings.warn(f"skipping checkpoint {path}: {message}", CheckpointSkippedWarning, stacklevel=2)
+        raise CorruptCheckpointError("no valid checkpoint in "
+                                     f"{self.project_configuration.checkpoints_dir}; skipped: " + " | ".join(skipped))
+
+    def _read(self, path: str) -> dict:
+        """Read and verify everything this rank needs from `path`, and validate it against the registry."""
+        comm = self._comm
+        manifest = read_manifest(path)
+        if manifest.world_size != comm.world_size:
+            raise IncompatibleCheckpointError(
+                f"{path}: saved by {manifest.world_size} rank(s), loading on {comm.world_size}; the replicated "
+                "(DDP) backend cannot reshard per-rank state (RNG, data position): resume with the same world size")
+        records = {r.path: r for r in manifest.records_for(comm.rank)}
+        root = os.path.realpath(path)
+
+        def read(rel: str, as_tensors: bool):
+            if rel not in records:
+                raise CorruptCheckpointError(f"{path}: the manifest does not list {rel} (for rank {comm.rank})")
+            full = os.path.realpath(os.path.join(root, rel))
+            if not full.startswith(root + os.sep):
+                raise UnsafeCheckpointError(f"{path}: {rel} resolves outside the checkpoint folder; refusing")
+            return files.read_tensors(full, records[rel])[0] if as_tensors else files.read_json(full, records[rel])
+
+        own = rank_dir(comm.rank)
+        try:
+            shared = read(f"{SHARED}/state.json", False)
+            per_rank = read(f"{own}/state.json", False)
+            tensors = {**read(f"{SHARED}/state.safetensors", True), **read(f"{own}/state.safetensors", True)}
+            weights = []
+            for m in shared["models"]:
+                sd = tree.decode(m["extra"], {})
+                for rel in m["files"]:
+                    sd.update(read(rel, True))
+                weights.append(sd)
+            optimizers = [tree.decode(read(f"{p}.json", False), read(f"{p}.safetensors", True))
+                          for p in shared["optimizers"]]
+        except (KeyError, TypeError) as e:
+            raise CorruptCheckpointError(f"{path}: state files are malformed ({type(e).__name__}: {e})") from None
+        self._registry.validate(shared, weights, optimizers, comm.rank)
+        return {"shared": shared, "per_rank": per_rank, "tensors": tensors, "weights": weights,
+                "optimizers": optimizers, "step": manifest.step}
+
+    def _apply(self, path: str, loaded: dict, strict_rng: bool) -> None:
+        reg = self._registry
+        models = list(reg.models)
+        for hook in self._load_hooks.values():
+            hook(models, path)
+        try:
+            reg.apply(models, loaded["weights"], loaded["optimizers"], loaded["shared"], loaded["per_rank"],
+                      loaded["tensors"], self._comm.rank, strict_rng)
+        except CheckpointError:
+            raise
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise IncompatibleCheckpointError(f"{path}: rank {self._comm.rank}: {type(e).__name__}: {e}") from None
+        self.step = loaded["shared"]["step"]
+        if loaded["shared"]["iteration"] is not None:
+            self.project_configuration.iteration = loaded["shared"]["iteration"] + 1
+        probe.point("checkpoint.loaded", path=path, step=self.step)
+
+
+def _raise_failures(errors: list, what: str) -> None:
+    failed = [(r, e) for r, e in enumerate(errors) if e]
+    if failed:
+        raise CheckpointSaveError(f"{what}: " + "; ".join(f"rank {r}: {e}" for r, e in failed))

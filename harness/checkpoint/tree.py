@@ -1,0 +1,108 @@
+"""Nested Python state <-> (JSON tree, flat tensor dict), without pickle.
+
+`encode(obj, prefix)` walks a state_dict-like value and returns a JSON-able tree in which every
+tensor (and numpy array, and bytes) is replaced by a reference into a flat `{name: tensor}` dict,
+which goes into safetensors. `decode(tree, tensors)` rebuilds the value exactly: tuples stay
+tuples, int dict keys stay ints, floats keep their bits (finite floats round-trip through JSON's
+shortest repr; non-finite ones are tagged), numpy scalars keep their dtype.
+
+Only plain data is accepted. Anything else is refused with the path of the offending value, so a
+`state_dict()` that returns an arbitrary object fails at save time, not at load time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+_TAGS = ("__tensor__", "__ndarray__", "__bytes__", "__tuple__", "__dict__", "__float__",
+         "__npscalar__", "__dtype__", "__size__", "__device__")
+
+
+def encode(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Return the JSON tree of `obj`; tensors are added to `tensors` under `prefix/...` names."""
+    return _encode(obj, prefix, tensors)
+
+
+def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int) and not isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float) and not isinstance(obj, np.floating):
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    if isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided or obj.is_quantized or obj.is_nested:
+            raise TypeError(f"{path}: only dense tensors can be checkpointed (got layout {obj.layout})")
+        tensors[path] = obj
+        return {"__tensor__": path}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise TypeError(f"{path}: numpy arrays of dtype=object cannot be saved without pickle")
+        tensors[path] = torch.from_numpy(np.ascontiguousarray(obj))
+        return {"__ndarray__": path}
+    if isinstance(obj, np.generic):
+        return {"__npscalar__": obj.dtype.str, "value": _encode(obj.item(), path, tensors)}
+    if isinstance(obj, (bytes, bytearray)):
+        tensors[path] = torch.frombuffer(bytearray(obj), dtype=torch.uint8) if obj else torch.empty(0, dtype=torch.uint8)
+        return {"__bytes__": path}
+    if isinstance(obj, torch.dtype):
+        return {"__dtype__": str(obj).removeprefix("torch.")}
+    if isinstance(obj, torch.Size):
+        return {"__size__": list(obj)}
+    if isinstance(obj, torch.device):
+        return {"__device__": str(obj)}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and not any(k in _TAGS for k in obj):
+            return {k: _encode(v, f"{path}/{k}", tensors) for k, v in obj.items()}
+        return {"__dict__": [[_encode(k, f"{path}/key{i}", tensors), _encode(v, f"{path}/{k}", tensors)]
+                             for i, (k, v) in enumerate(obj.items())]}
+    raise TypeError(
+        f"{path}: cannot checkpoint a value of type {type(obj).__module__}.{type(obj).__qualname__} "
+        "without pickle; make state_dict() return tensors, numbers, strings, lists and dicts"
+    )
+
+
+def decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `encode`. Raises KeyError naming a tensor that the tree references but is missing."""
+    if isinstance(tree, list):
+        return [decode(v, tensors) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if "__tensor__" in tree:
+        return _tensor(tree["__tensor__"], tensors)
+    if "__ndarray__" in tree:
+        return _tensor(tree["__ndarray__"], tensors).numpy()
+    if "__bytes__" in tree:
+        return _tensor(tree["__bytes__"], tensors).numpy().tobytes()
+    if "__tuple__" in tree:
+        return tuple(decode(v, tensors) for v in tree["__tuple__"])
+    if "__dict__" in tree:
+        return {decode(k, tensors): decode(v, tensors) for k, v in tree["__dict__"]}
+    if "__float__" in tree:
+        return float(tree["__float__"])
+    if "__npscalar__" in tree:
+        return np.dtype(tree["__npscalar__"]).type(decode(tree["value"], tensors))
+    if "__dtype__" in tree:
+        dtype = getattr(torch, tree["__dtype__"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown torch dtype {tree['__dtype__']!r}")
+        return dtype
+    if "__size__" in tree:
+        return torch.Size(tree["__size__"])
+    if "__device__" in tree:
+        return torch.device(tree["__device__"])
+    return {k: decode(v, tensors) for k, v in tree.items()}
+
+
+def _tensor(name: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    if name not in tensors:
+        raise KeyError(f"tensor {name!r} is referenced by the state but missing from the tensor file")
+    return tensors[name]
