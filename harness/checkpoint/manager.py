@@ -402,20 +402,19 @@ class Checkpointer:
             loaded, error, kind = None, None, None
             try:
                 loaded = self._read(path)
-            except IncompatibleCheckpointError as e:
-                error, kind = str(e), "incompatible"
-            except (CorruptCheckpointError, NotACheckpointError) as e:
-                error, kind = str(e), "corrupt"
+            except (CorruptCheckpointError, NotACheckpointError, IncompatibleCheckpointError) as e:
+                error, kind = str(e), type(e).__name__
             reports = self._comm.all_gather_json({"error": error, "kind": kind})
             failures = [rep for rep in reports if rep["error"]]
             if not failures:
                 self._apply(path, loaded, strict_rng)
                 return path
             message = "; ".join(dict.fromkeys(rep["error"] for rep in failures))
-            if any(rep["kind"] == "incompatible" for rep in failures):
-                raise IncompatibleCheckpointError(message)
-            if input_dir is not None:
-                raise CorruptCheckpointError(message)
+            kinds = [rep["kind"] for rep in failures]
+            if input_dir is not None or "IncompatibleCheckpointError" in kinds:
+                # An older checkpoint would not fit either; an explicit folder has no fallback.
+                cls = _ERRORS["IncompatibleCheckpointError" if "IncompatibleCheckpointError" in kinds else kinds[0]]
+                raise cls(message)
             skipped.append(f"{os.path.basename(path)}: {message}")
             warnings.warn(f"skipping checkpoint {path}: {message}", CheckpointSkippedWarning, stacklevel=2)
         raise CorruptCheckpointError("no valid checkpoint in "
@@ -475,6 +474,10 @@ class Checkpointer:
         if loaded["shared"]["iteration"] is not None:
             self.project_configuration.iteration = loaded["shared"]["iteration"] + 1
         probe.point("checkpoint.loaded", path=path, step=self.step)
+
+
+_ERRORS = {cls.__name__: cls for cls in (CorruptCheckpointError, NotACheckpointError, IncompatibleCheckpointError,
+                                         UnsafeCheckpointError)}
 
 
 def _raise_failures(errors: list, what: str) -> None:

@@ -1,1 +1,6 @@
+"""Output of a RunResult: a short rich report for people, one JSON object for machines."""
 
+from .json import render_json
+from .text import render_text
+
+__all__ = ["render_json", "render_text"]

@@ -1,0 +1,109 @@
+"""Human and JSON rendering of RunResult."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from harness.oracle import RunResult, assess, compare_runs, load_trace
+from harness.oracle.compare import Divergence, TensorDiff
+from harness.report import render_json, render_text
+
+from oracle_helpers import baseline, resumed
+
+REPLAY = "harness run scenarios/mlp.py --nproc 2 --seed 0 --kill step=7"
+TOP_KEYS = {"verdict", "outcome", "message", "first_divergence", "compared", "attempts", "replay", "out_dir",
+            "timings", "warnings", "target", "nproc", "backend", "seed", "plan", "log_tail"}
+
+
+def _result(tmp_path, mutate=None, **kw) -> RunResult:
+    base = baseline(tmp_path / "baseline").write()
+    b = resumed(tmp_path / "trial")
+    if mutate:
+        mutate(b)
+    trial = load_trace(b.write())
+    r = assess(compare_runs(base, trial), trial, n_faults=1, **kw)
+    return RunResult(**r, target="scenarios/mlp.py", nproc=2, backend="gloo", seed=0, plan="step=7",
+                     replay=REPLAY, out_dir=str(tmp_path), timings={"baseline_s": 1.5, "trial_s": 2.25})
+
+
+def _loss_bit(b):
+    row = b.row(1, 7, 1)
+    row["loss"]["hex"] = np.nextafter(np.float32(row["loss_value"]), np.float32(9)).tobytes().hex()
+    row["rng"]["numpy"] = "other"
+
+
+def _text(result) -> str:
+    console = Console(record=True, width=120)
+    render_text(result, console)
+    return console.export_text()
+
+
+def test_json_pass_round_trips(tmp_path):
+    res = _result(tmp_path)
+    line = render_json(res)
+    assert "\n" not in line
+    obj = json.loads(line)
+    assert TOP_KEYS <= obj.keys()
+    assert (obj["verdict"], obj["outcome"], obj["first_divergence"]) == ("pass", "bit_exact", None)
+    assert obj["compared"]["rows"] == 24 and obj["compared"]["reexecuted_rows"] == 4
+    assert [a["attempt"] for a in obj["attempts"]] == [0, 1] and obj["replay"] == REPLAY
+    assert obj["timings"] == {"baseline_s": 1.5, "trial_s": 2.25} and obj["nproc"] == 2
+
+
+def test_json_fail_names_first_divergence(tmp_path):
+    obj = json.loads(render_json(_result(tmp_path, _loss_bit)))
+    assert (obj["verdict"], obj["outcome"]) == ("fail", "divergence")
+    d = obj["first_divergence"]
+    assert (d["step"], d["rank"], d["attempt"], d["where"]) == (7, 1, 1, "trace")
+    assert d["fields"] == ["rng:numpy", "loss"]
+    (t,) = d["tensors"]
+    assert (t["name"], t["dtype"], t["max_ulp"], t["n_diff"]) == ("loss", "float32", 1, 1)
+    assert isinstance(t["max_abs_diff"], float) and t["shape"] == []
+
+
+def test_json_is_strict_with_non_finite_values():
+    d = Divergence(None, 0, 1, ["params"], [TensorDiff("w", "float32", [2], 1, float("inf"), 5, "")], "final",
+                   "final state")
+    res = RunResult("fail", "divergence", "x", first_divergence=d, timings={"t": float("nan")})
+    obj = json.loads(render_json(res))  # allow_nan=False inside: would raise on inf/nan
+    assert obj["first_divergence"]["tensors"][0]["max_abs_diff"] == "inf"
+    assert obj["first_divergence"]["step"] is None and obj["timings"]["t"] == "nan"
+    assert TOP_KEYS <= obj.keys()
+
+
+def test_text_pass(tmp_path):
+    out = _text(_result(tmp_path))
+    assert "PASS" in out and "bit_exact" in out and REPLAY in out
+    assert "rng:numpy" in out and "re-executed" in out
+    assert "SIGKILL after step 7" in out and "resumed from step 5" in out
+
+
+def test_text_fail_shows_fields_tensor_table_and_replay(tmp_path):
+    out = _text(_result(tmp_path, _loss_bit))
+    assert "FAIL" in out and "divergence" in out
+    assert "step 7, rank 1, attempt 1" in out and "rng:numpy, loss" in out
+    assert "max ULP" in out and "float32" in out and REPLAY in out
+
+
+def test_text_crash_shows_log_tail_and_brackets_survive(tmp_path):
+    def crash(b):
+        for r in (0, 1):
+            b.rows[r] = [x for x in b.rows[r] if not (x["attempt"] == 1 and x["kind"] == "finish")]
+        b.finals = {}
+
+    tail = "Traceback (most recent call last):\n  [rank1] KeyError: 'step'"
+    res = _result(tmp_path, crash, exit_codes={1: 1}, log_tails={1: tail})
+    assert res.outcome == "crash_on_resume" and res.exit_code == 1
+    out = _text(res)
+    assert "crash_on_resume" in out and "[rank1] KeyError: 'step'" in out and REPLAY in out
+    assert json.loads(render_json(res))["log_tail"] == tail
+
+
+@pytest.mark.parametrize("verdict", ["pass", "fail", "error"])
+def test_text_minimal_result(verdict):
+    out = _text(RunResult(verdict, "error", "something [bold]odd[/bold]", replay="harness run x"))
+    assert verdict.upper() in out and "[bold]odd[/bold]" in out and "harness run x" in out
