@@ -29,18 +29,18 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-import xxhash
 from torch.utils.hooks import RemovableHandle
 
 from harness import probe
 
-from . import files, storage, tree
+from . import files, layout, storage, tree
 from .comm import Comm
 from .config import ProjectConfiguration
 from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
                      NotACheckpointError, UnsafeCheckpointError)
 from .files import FileRecord
-from .manifest import MANIFEST, SHARED, Manifest, library_versions, rank_dir, read_manifest
+from .layout import FileJob
+from .manifest import SHARED, rank_dir, read_manifest
 from .state import Registry
 
 
@@ -61,24 +61,13 @@ def parse_size(size: int | str) -> int:
 
 
 @dataclass
-class _FileJob:
-    rel: str
-    payload: object  # dict of tensors (safetensors) or a JSON value
-    metadata: dict | None = None
-
-    @property
-    def is_tensors(self) -> bool:
-        return self.rel.endswith(".safetensors")
-
-
-@dataclass
 class _SaveJob:
     final: str
     staging: str
     step: int
     iteration: int | None
     contents: dict
-    jobs: list[_FileJob] = field(default_factory=list)
+    jobs: list[FileJob] = field(default_factory=list)
     error: str | None = None  # the snapshot failed
 
 
@@ -233,53 +222,18 @@ class Checkpointer:
         weights = reg.model_weights()
         for hook in self._save_hooks.values():
             hook(reg.models, weights, staging)
-        own = rank_dir(rank)
         tensors: dict = {}
-        job.jobs.append(_FileJob(f"{own}/state.json", reg.rank_state(self.step, tensors)))
-        job.jobs.append(_FileJob(f"{own}/state.safetensors", tensors))
+        job.jobs += layout.rank_files(rank, reg.rank_state(self.step, tensors), tensors)
         if rank == 0:
             shared_tensors: dict = {}
             shared = reg.shared_state(self.step, auto_index, shared_tensors)
-            shared["models"] = [self._model_files(i, sd, job) for i, sd in enumerate(weights)]
-            shared["optimizers"] = []
-            for i, opt in enumerate(reg.optimizers):
-                opt_tensors: dict = {}
-                shared["optimizers"].append(f"{SHARED}/optimizer_{i}")
-                job.jobs.append(_FileJob(f"{SHARED}/optimizer_{i}.json",
-                                         tree.encode(opt.state_dict(), f"optimizers/{i}", opt_tensors)))
-                job.jobs.append(_FileJob(f"{SHARED}/optimizer_{i}.safetensors", opt_tensors))
-            job.jobs.append(_FileJob(f"{SHARED}/state.json", shared))
-            job.jobs.append(_FileJob(f"{SHARED}/state.safetensors", shared_tensors))
+            optimizers = [o.state_dict() for o in reg.optimizers]
+            job.jobs += layout.shared_files(shared, shared_tensors, weights, optimizers, self.max_shard_size)
         if copy:
             for fj in job.jobs:
                 if fj.is_tensors:
                     fj.payload = {k: self._host_copy(f"{fj.rel}:{k}", t) for k, t in fj.payload.items()}
         return job
-
-    def _model_files(self, i: int, sd: dict, job: _SaveJob) -> dict:
-        """Queue model i's weights (split above max_shard_size); return its entry for shared/state.json."""
-        tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-        extra = tree.encode({k: v for k, v in sd.items() if not isinstance(v, torch.Tensor)}, f"models/{i}", {})
-        shards: list[dict] = [{}]
-        size = 0
-        for k, v in tensors.items():
-            nbytes = v.numel() * v.element_size()
-            if shards[-1] and size + nbytes > self.max_shard_size:
-                shards.append({})
-                size = 0
-            shards[-1][k] = v
-            size += nbytes
-        if len(shards) == 1:
-            names = [f"{SHARED}/model_{i}.safetensors"]
-        else:
-            names = [f"{SHARED}/model_{i}-{n + 1:05d}-of-{len(shards):05d}.safetensors" for n in range(len(shards))]
-            weight_map = {k: os.path.basename(name) for name, shard in zip(names, shards) for k in shard}
-            job.jobs.append(_FileJob(f"{SHARED}/model_{i}.safetensors.index.json",
-                                     {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},
-                                      "weight_map": weight_map}))
-        for name, shard in zip(names, shards):
-            job.jobs.append(_FileJob(name, shard, {"format": "pt"}))
-        return {"files": names, "extra": extra}
 
     def _host_copy(self, key: str, t: torch.Tensor) -> torch.Tensor:
         """Copy `t` into a host buffer reused across saves (no page faults after the first save)."""
@@ -297,7 +251,8 @@ class Checkpointer:
         error = job.error
         if error is None:
             try:
-                records = self._write_files(job, rank)
+                os.makedirs(os.path.join(job.staging, rank_dir(rank)), exist_ok=True)
+                records = layout.write_files(job.staging, job.jobs)
             except Exception as e:
                 error = f"{type(e).__name__}: {e}"
         reports = comm.all_gather_json({"error": error, "files": [r.to_json() for r in records]})
@@ -326,56 +281,13 @@ class Checkpointer:
             except OSError as e:
                 warnings.warn(f"total_limit rotation failed after committing {job.final}: {e}", stacklevel=2)
 
-    @staticmethod
-    def _write_files(job: _SaveJob, rank: int) -> list[FileRecord]:
-        """Write, hash and fsync this rank's files into the staging folder."""
-        records = []
-        os.makedirs(os.path.join(job.staging, rank_dir(rank)), exist_ok=True)
-        for fj in job.jobs:
-            probe.point("checkpoint.write", file=fj.rel)
-            path = os.path.join(job.staging, fj.rel)
-            if fj.is_tensors:
-                size, digest = files.write_tensors(path, fj.payload, fj.metadata,
-                                                   on_chunk=lambda: probe.point("checkpoint.chunk"))
-            else:
-                size, digest = files.write_json(path, fj.payload)
-            records.append(FileRecord(fj.rel, size, digest))
-        probe.point("checkpoint.fsync")
-        for d in {os.path.dirname(os.path.join(job.staging, fj.rel)) for fj in job.jobs}:
-            files.fsync_dir(d)
-        return records
-
     def _commit(self, job: _SaveJob, reports: list[dict]) -> None:
         probe.point("checkpoint.manifest")
-        groups: dict[str, list[FileRecord]] = {}
-        listed = set()
-        for rep in reports:
-            for r in rep["files"]:
-                rec = FileRecord(r["path"], r["size"], r[files.HASH])
-                groups.setdefault(rec.path.split("/")[0], []).append(rec)
-                listed.add(rec.path)
-        groups.setdefault(SHARED, []).extend(self._hook_files(job.staging, listed))
-        manifest = Manifest(world_size=self._comm.world_size, step=job.step, iteration=job.iteration, files=groups,
-                            contents=job.contents, libraries=library_versions())
-        files.write_json(os.path.join(job.staging, MANIFEST), manifest.to_json())
+        records = [FileRecord(r["path"], r["size"], r[files.HASH]) for rep in reports for r in rep["files"]]
+        layout.write_manifest(job.staging, records, world_size=self._comm.world_size, step=job.step,
+                              iteration=job.iteration, contents=job.contents)
         probe.point("checkpoint.commit")
         storage.commit(job.staging, job.final)
-
-    @staticmethod
-    def _hook_files(staging: str, listed: set) -> list[FileRecord]:
-        """Files that save hooks wrote into the staging folder: fsync and checksum them too."""
-        extra = []
-        for root, _, names in os.walk(staging):
-            for name in names:
-                rel = os.path.relpath(os.path.join(root, name), staging).replace(os.sep, "/")
-                if rel not in listed and rel != MANIFEST:
-                    path = os.path.join(staging, rel)
-                    with open(path, "rb") as f:
-                        data = f.read()
-                        os.fsync(f.fileno())
-                    extra.append(FileRecord(rel, len(data), xxhash.xxh3_128_hexdigest(data)))
-            files.fsync_dir(root)
-        return extra
 
     # -- load -------------------------------------------------------------------------------------
 
