@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections import OrderedDict
 import threading
 import warnings
@@ -33,7 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from harness import probe
 
-from . import files, layout, storage, tree
+from . import files, from_accelerate, layout, storage, tree
 from .comm import Comm
 from .config import ProjectConfiguration
 from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
@@ -292,15 +293,24 @@ class Checkpointer:
     # -- load -------------------------------------------------------------------------------------
 
     def load_state(self, input_dir: str | os.PathLike | None = None, *, strict_rng: bool = True,
-                   missing_ok: bool = False) -> str | None:
+                   missing_ok: bool = False, allow_unsafe_pickle: bool = False) -> str | None:
         """Restore everything registered from a checkpoint; returns its folder. Collective.
 
         With no folder: the newest automatic checkpoint that is valid on every rank; the ones skipped
         are reported with a CheckpointSkippedWarning naming the reason. With `missing_ok=True`, no
         checkpoint at all (e.g. a kill before the first save finished) returns None instead of raising.
+
+        A folder written by HF Accelerate's save_state is read only with `allow_unsafe_pickle=True`:
+        it holds pickles, which can execute code. Each rank converts it to a private native copy first.
         """
         self.wait()
         self._comm.setup()
+        if input_dir is not None and allow_unsafe_pickle and from_accelerate.is_accelerate_folder(os.fspath(input_dir)):
+            with tempfile.TemporaryDirectory(prefix="harness-from-accelerate-") as tmp:
+                native = from_accelerate.convert(os.fspath(input_dir), os.path.join(tmp, "native"),
+                                                 allow_unsafe_pickle=True)
+                self.load_state(native, strict_rng=strict_rng)
+            return os.path.abspath(os.fspath(input_dir))
         if input_dir is not None:
             candidates = [os.path.abspath(os.fspath(input_dir))]
         else:

@@ -12,6 +12,7 @@ position, GradScaler, custom objects registered with `per_rank=True`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -118,6 +119,8 @@ class Registry:
         """Raise IncompatibleCheckpointError if the checkpoint does not fit what is registered."""
         saved, now = shared["counts"], self.counts()
         for kind in ("models", "optimizers", "schedulers", "dataloaders", "scalers", "custom", "per_rank_custom", "generators"):
+            if kind == "dataloaders" and saved.get(kind) is None:  # unknown: converted from Accelerate
+                continue
             if saved.get(kind) != now[kind]:
                 raise IncompatibleCheckpointError(
                     f"rank {rank}: the checkpoint holds {kind}={saved.get(kind)} but {now[kind]} are registered now; "
@@ -144,7 +147,10 @@ class Registry:
             s.load_state_dict(tree.decode(doc, tensors))
         for s, doc in zip(self.scalers, per_rank["scalers"]):
             s.load_state_dict(tree.decode(doc, tensors))
-        for d, doc in zip(self.dataloaders, per_rank["dataloaders"]):
+        if per_rank["dataloaders"] is None and self.dataloaders:
+            warnings.warn(f"rank {rank}: the checkpoint has no data position (converted from a format that does not "
+                          "save it); the data loaders keep their current position", stacklevel=4)
+        for d, doc in zip(self.dataloaders, per_rank["dataloaders"] or []):
             try:
                 d.load_state_dict(tree.decode(doc, tensors))
             except ValueError as e:
