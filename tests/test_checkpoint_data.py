@@ -1,0 +1,111 @@
+"""ResumableDataLoader: a mid-epoch resume yields exactly the remaining batches, augmentation included."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+
+from harness.checkpoint import Checkpointer, ProjectConfiguration, ResumableDataLoader
+
+
+class Augmented(Dataset):
+    """Every sample draws augmentation noise from python, numpy and torch: the RNG a worker holds."""
+
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i), random.random(), float(np.random.rand()), torch.rand(()).item()])
+
+
+def _loader(workers, sampler=None, shuffle=True, generator=None):
+    return DataLoader(Augmented(), batch_size=4, shuffle=shuffle if sampler is None else None, sampler=sampler,
+                      num_workers=workers, generator=generator)
+
+
+def _take(loader, epochs_batches):
+    """Iterate like a training loop: `epochs_batches` batches in total, crossing epochs."""
+    out = []
+    while len(out) < epochs_batches:
+        for batch in loader:
+            out.append(batch.numpy().tobytes())
+            if len(out) >= epochs_batches:
+                break
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("stop", [2, 6, 9])  # mid-epoch, epoch boundary (6 batches/epoch), next epoch
+def test_mid_epoch_resume_is_exact(tmp_path, workers, stop):
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    full = _take(ResumableDataLoader(_loader(workers)), 15)
+
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    ckpt = Checkpointer(ProjectConfiguration(tmp_path, automatic_checkpoint_naming=True))
+    loader = ckpt.prepare(_loader(workers))
+    assert _take(loader, stop) == full[:stop]
+    ckpt.save_state()
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)  # a restarted process, seeded anew
+    ckpt2 = Checkpointer(ProjectConfiguration(tmp_path, automatic_checkpoint_naming=True))
+    loader2 = ckpt2.prepare(_loader(workers))
+    ckpt2.load_state()
+    assert _take(loader2, 15 - stop) == full[stop:]
+
+
+def test_iterating_does_not_draw_from_the_global_torch_rng():
+    loader = ResumableDataLoader(_loader(0, shuffle=True))
+    torch.manual_seed(3)
+    expected = torch.get_rng_state()
+    iter(loader).__next__  # creating the iterator
+    it = iter(loader)
+    del it
+    assert torch.equal(torch.get_rng_state(), expected)
+
+
+def test_distributed_sampler_epoch_is_set_on_every_iter(tmp_path):
+    sampler = DistributedSampler(Augmented(), num_replicas=2, rank=1, shuffle=True, seed=4)
+    loader = ResumableDataLoader(_loader(0, sampler=sampler, shuffle=None))
+    loader.set_epoch(3)
+    list(zip(range(1), loader))
+    assert sampler.epoch == 3
+
+
+def test_user_generator_state_is_saved_per_epoch(tmp_path):
+    def make():
+        return _loader(0, generator=torch.Generator().manual_seed(11))
+
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    full = _take(ResumableDataLoader(make()), 14)
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    ckpt = Checkpointer()
+    loader = ckpt.prepare(make())
+    _take(loader, 8)
+    ckpt.save_state(tmp_path / "c")
+    ckpt2 = Checkpointer()
+    loader2 = ckpt2.prepare(make())
+    ckpt2.load_state(tmp_path / "c")
+    assert _take(loader2, 6) == full[8:]
+
+
+def test_changed_loader_is_refused(tmp_path):
+    ckpt = Checkpointer()
+    ckpt.prepare(_loader(0))
+    ckpt.save_state(tmp_path / "c")
+    ckpt2 = Checkpointer()
+    ckpt2.prepare(DataLoader(Augmented(), batch_size=3))
+    with pytest.raises(Exception, match="yields 8 batches per epoch, the checkpoint was saved with 6"):
+        ckpt2.load_state(tmp_path / "c")
+
+
+def test_iterable_dataset_is_refused():
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(range(3))
+
+    with pytest.raises(TypeError, match="map-style dataset"):
+        Checkpointer().prepare(DataLoader(Stream(), batch_size=1))
