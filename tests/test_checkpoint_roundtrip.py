@@ -238,3 +238,32 @@ def test_tensor_files_interoperate_with_safetensors(tmp_path):
                              FileRecord("theirs.safetensors", len(data), xxhash.xxh3_128_hexdigest(data)))
     assert state_bytes(dict(sorted(loaded.items()))) == state_bytes(dict(sorted(tensors.items())))
     assert size == (tmp_path / "ours.safetensors").stat().st_size
+
+
+def test_grad_scaler_and_per_rank_objects_roundtrip(tmp_path):
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for i in range(5):  # an inf gradient on step 2 halves the scale: hidden state that must survive
+        loss = model(torch.ones(1, 2)).sum() * (float("inf") if i == 2 else 1.0)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    from checkpoint_util import Counter
+
+    mine = Counter()
+    mine.n = 42
+    ckpt = Checkpointer()
+    ckpt.prepare(model, opt, scaler)
+    ckpt.register_for_checkpointing(mine, per_rank=True)
+    path = ckpt.save_state(tmp_path / "c")
+    assert "custom" in json.load(open(os.path.join(path, "rank0", "state.json")))
+    scaler2 = torch.amp.GradScaler("cpu")
+    mine2 = Counter()
+    ckpt2 = Checkpointer()
+    ckpt2.prepare(torch.nn.Linear(2, 1), torch.optim.SGD(model.parameters(), lr=0.1), scaler2)
+    ckpt2.register_for_checkpointing(mine2, per_rank=True)
+    ckpt2.load_state(path)
+    assert scaler2.state_dict() == scaler.state_dict() and scaler2.get_scale() == 512.0
+    assert mine2.n == 42
