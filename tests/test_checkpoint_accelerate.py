@@ -100,3 +100,15 @@ def test_convert_writes_a_pickle_free_native_checkpoint(accelerate_folder, tmp_p
     ckpt.load_state(out)
     assert _state(objs) == state
     assert next_draws() == draws
+
+
+def test_cli_convert(accelerate_folder, tmp_path, capsys):
+    from harness.cli import main
+
+    folder, state, _ = accelerate_folder
+    assert main(["convert", str(folder), str(tmp_path / "n")]) == 2
+    assert "--allow-unsafe-pickle" in capsys.readouterr().err
+    assert main(["convert", str(folder), str(tmp_path / "n"), "--allow-unsafe-pickle"]) == 0
+    ckpt, objs = _native()
+    ckpt.load_state(tmp_path / "n")
+    assert _state(objs) == state

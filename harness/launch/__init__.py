@@ -1,1 +1,54 @@
+"""Start and reap the rank processes of one training job.
 
+Three launchers share one contract (``Launcher``: ``launch(LaunchSpec) -> LaunchResult``, ``close()``):
+
+- ``ForkServerLauncher`` (default, ``pool``): ranks forked from a warm zygote with torch imported.
+- ``SubprocessLauncher`` (``subprocess``): each rank a fresh ``python script.py``.
+- ``TorchrunLauncher`` (``torchrun``): torchrun's c10d rendezvous, multi-node, optionally under srun.
+
+Every rank gets the torchrun environment (docs/design.md, section 1) and its own log
+``LaunchSpec.log_dir/rank{r}.log``. When a rank exits abnormally the others are killed at once; a
+launch past its timeout is killed and marked ``timed_out``; every process is reaped on every path,
+Ctrl-C included (KeyboardInterrupt propagates after the cleanup).
+"""
+
+from harness.launch.spec import LaunchError, LaunchResult, LaunchSpec, Launcher, RankExit
+
+LAUNCHERS = ("pool", "subprocess", "torchrun")
+
+
+def make_launcher(kind: str = "pool", prefix: tuple[str, ...] | list[str] = (), **torchrun_options) -> Launcher:
+    """A launcher by its command-line name: pool, subprocess or torchrun (``prefix``: e.g. srun ...)."""
+    if kind == "pool":
+        from harness.launch.forkserver import ForkServerLauncher
+
+        return ForkServerLauncher()
+    if kind == "subprocess":
+        from harness.launch.subproc import SubprocessLauncher
+
+        return SubprocessLauncher()
+    if kind == "torchrun":
+        from harness.launch.torchrun import TorchrunLauncher
+
+        return TorchrunLauncher(prefix=prefix, **torchrun_options)
+    raise ValueError(f"unknown launcher {kind!r}; choose one of {', '.join(LAUNCHERS)}")
+
+
+def __getattr__(name):
+    if name == "ForkServerLauncher":
+        from harness.launch.forkserver import ForkServerLauncher
+
+        return ForkServerLauncher
+    if name == "SubprocessLauncher":
+        from harness.launch.subproc import SubprocessLauncher
+
+        return SubprocessLauncher
+    if name == "TorchrunLauncher":
+        from harness.launch.torchrun import TorchrunLauncher
+
+        return TorchrunLauncher
+    raise AttributeError(name)
+
+
+__all__ = ["LaunchSpec", "LaunchResult", "RankExit", "Launcher", "LaunchError", "make_launcher", "LAUNCHERS",
+           "ForkServerLauncher", "SubprocessLauncher", "TorchrunLauncher"]

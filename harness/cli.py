@@ -1,0 +1,195 @@
+"""Command line: ``harness run``, ``harness scenarios``, ``harness convert``, ``harness --version``.
+
+    harness run [TARGET] [--nproc N] [--kill PLAN]... [--seed S] [--backend auto|gloo|nccl] [--out DIR]
+                [--json] [--no-cache] [--baseline-runs N] [--timeout S] [--launcher pool|subprocess|torchrun]
+                [--launch-prefix "srun ..."] [--nnodes N] [--rdzv-endpoint HOST:PORT] [-- SCRIPT_ARGS...]
+
+TARGET is a built-in scenario name or a path to a script; without TARGET, the ``default`` scenario
+runs with ``--kill random`` (seed 0). Exit codes: 0 bit-exact, 1 divergence or nondeterministic
+baseline, 2 harness or usage error. ``--json`` prints one JSON object on stdout and nothing else;
+progress goes to stderr in human mode only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line and exit code 2 (never a traceback)."""
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"harness: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness import __version__
+    from harness.faults import __doc__ as faults_doc
+
+    parser = _Parser(prog="harness", description="Kill distributed PyTorch training, resume it, check it is bit-exact.")
+    parser.add_argument("--version", action="version", version=f"resume-harness {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a trial: baseline, kill(s) and resume, bit-exact comparison",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="fault plans (--kill):\n" + _grammar(faults_doc))
+    run.add_argument("target", nargs="?", default=None,
+                     help="built-in scenario name or path to a script (default: the 'default' scenario "
+                          "with --kill random)")
+    run.add_argument("--nproc", type=int, default=2, help="number of ranks (default 2)")
+    run.add_argument("--kill", action="append", default=[], metavar="PLAN",
+                     help="fault(s) to inject, e.g. 12, 12@1, checkpoint.write:2@all:SIGTERM, random; repeatable")
+    run.add_argument("--seed", type=int, default=0, help="seed for random faults (default 0)")
+    run.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto",
+                     help="process group backend: auto = nccl with CUDA, else gloo")
+    run.add_argument("--out", default=None, metavar="DIR", help="output folder (default harness-out/<target>-<time>-<id>)")
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    run.add_argument("--no-cache", action="store_true", help="run the baseline again instead of using the cache")
+    run.add_argument("--baseline-runs", type=int, default=None, metavar="N",
+                     help="uninterrupted runs compared to check reproducibility (default 2 for scripts, 1 for scenarios)")
+    run.add_argument("--timeout", type=float, default=300.0, metavar="S", help="timeout of each launch in seconds (default 300)")
+    run.add_argument("--launcher", choices=["pool", "subprocess", "torchrun"], default="pool",
+                     help="pool: fork from a warm process (default); subprocess: fresh python per rank; "
+                          "torchrun: torchrun's rendezvous (multi-node)")
+    run.add_argument("--no-pool", dest="launcher", action="store_const", const="subprocess",
+                     help="same as --launcher subprocess")
+    run.add_argument("--launch-prefix", default="", metavar="CMD",
+                     help="command put before torchrun, e.g. 'srun --nodes 2 --ntasks-per-node 1' (--launcher torchrun)")
+    run.add_argument("--nnodes", type=int, default=1, help="nodes for --launcher torchrun (default 1)")
+    run.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                     help="torchrun c10d rendezvous endpoint, needed with --nnodes > 1")
+    run.add_argument("script_args", nargs="*", metavar="-- SCRIPT_ARGS", help="arguments for the script, after --")
+
+    sub.add_parser("scenarios", help="list the built-in scenarios")
+
+    convert = sub.add_parser(
+        "convert", help="convert an HF Accelerate save_state folder to the native checkpoint format",
+        description="Convert a folder written by HF Accelerate's save_state into a native checkpoint (no pickle, "
+                    "checksummed). Accelerate's folder holds pickles, which can execute code when loaded: "
+                    "--allow-unsafe-pickle is required, for folders you trust.")
+    convert.add_argument("src", help="the Accelerate checkpoint folder")
+    convert.add_argument("dst", help="the new native checkpoint folder (must not exist, or be empty)")
+    convert.add_argument("--allow-unsafe-pickle", action="store_true",
+                         help="unpickle SRC's files (they can execute arbitrary code): only for folders you trust")
+    return parser
+
+
+def _grammar(doc: str) -> str:
+    """The short-form grammar and examples from harness.faults' docstring."""
+    start, end = doc.find("PLAN    :="), doc.find("JSON form")
+    return "    " + doc[start:end].strip().replace("Examples::", "Examples:") if start >= 0 else ""
+
+
+def _split_script_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own_args, script_args = _split_script_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(own_args)
+    except SystemExit as e:  # --help, --version, usage errors
+        return int(e.code or 0) if isinstance(e.code, int) else EXIT_ERROR
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        return EXIT_ERROR
+    if args.command == "scenarios":
+        return _scenarios()
+    if args.command == "convert":
+        return _convert(args)
+    if args.script_args:
+        print(f"harness: error: unexpected argument(s) {' '.join(args.script_args)}; "
+              "put script arguments after --", file=sys.stderr)
+        return EXIT_ERROR
+    return _run(args, script_args)
+
+
+def _scenarios() -> int:
+    from harness.engine import list_scenarios
+
+    names = list_scenarios()
+    if not names:
+        print("no built-in scenarios are installed", file=sys.stderr)
+        return EXIT_PASS
+    for name in names:
+        print(name)
+    return EXIT_PASS
+
+
+def _convert(args) -> int:
+    from harness.checkpoint import CheckpointError
+    from harness.checkpoint.from_accelerate import convert
+
+    try:
+        out = convert(args.src, args.dst, allow_unsafe_pickle=args.allow_unsafe_pickle)
+    except (CheckpointError, OSError) as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"wrote {out}")
+    return EXIT_PASS
+
+
+def _run(args, script_args: list[str]) -> int:
+    from rich.console import Console
+
+    from harness.engine import UsageError, run
+    from harness.launch import make_launcher
+
+    target, kill = args.target, list(args.kill)
+    if target is None:
+        target = "default"
+        kill = kill or ["random"]
+    if args.launcher == "torchrun" and args.nproc % args.nnodes:
+        return _usage_error(f"--nproc {args.nproc} is not a multiple of --nnodes {args.nnodes}", args.json)
+    err = Console(stderr=True)
+    progress = None if args.json else (lambda line: err.print(f"[dim]harness:[/dim] {line}", highlight=False))
+    options = {"nnodes": args.nnodes, "rdzv_endpoint": args.rdzv_endpoint} if args.launcher == "torchrun" else {}
+    launcher = make_launcher(args.launcher, prefix=shlex.split(args.launch_prefix), **options)
+    try:
+        result = run(target, nproc=args.nproc, plan=kill, seed=args.seed, backend=args.backend,
+                     out_dir=args.out, script_args=script_args, baseline_runs=args.baseline_runs,
+                     use_cache=not args.no_cache, launcher=launcher, timeout_s=args.timeout, progress=progress)
+    except UsageError as e:
+        return _usage_error(str(e), args.json)
+    except KeyboardInterrupt:
+        print("harness: interrupted; all processes were stopped", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in the harness: show it, but never exit 1 (that means "divergence")
+        import traceback
+
+        traceback.print_exc()
+        return _usage_error(f"internal error: {type(e).__name__}: {e}", args.json)
+    finally:
+        launcher.close()
+    if args.json:
+        from harness.report import render_json
+
+        sys.stdout.write(render_json(result) + "\n")
+    else:
+        from harness.report import render_text
+
+        render_text(result, Console())
+    return result.exit_code
+
+
+def _usage_error(message: str, as_json: bool) -> int:
+    if as_json:
+        import json
+
+        print(json.dumps({"verdict": "error", "outcome": "error", "message": message, "first_divergence": None}))
+    else:
+        print(f"harness: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The uninterrupted reference run: run it (once, or twice to check it is reproducible) and cache it.
+
+Cache: ``$HARNESS_CACHE_DIR/<key>/`` (default ``~/.cache/resume-harness/baselines/<key>/``), holding
+``baseline{i}/trace`` (and the logs) of each uninterrupted run and ``meta.json``. The checkpoints the
+baselines wrote are deleted. The key is the sha256 of everything that defines the run: the target's
+source files, its arguments, nproc, backend, the number of runs, the relevant environment
+(PYTHONHASHSEED, OMP_NUM_THREADS, CUBLAS_WORKSPACE_CONFIG, HARNESS_* except paths), and the python,
+torch, numpy and harness versions plus the harness's own sources.
+
+Concurrency (pytest -n auto): a per-key ``flock`` makes one process compute a missing baseline while
+the others wait for it; the entry is built in a temporary folder and renamed into place, so a
+reader never sees half an entry.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from harness.engine.jobs import RunFolder, attempt_spec, failure_message, log_tail
+from harness.engine.target import Target
+from harness.launch import Launcher
+from harness.launch.spec import base_env
+
+KEY_ENV = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
+# HARNESS_* variables that name places or are set per run by the harness: not part of the key.
+NOT_KEY_ENV = {"HARNESS_TRACE_DIR", "HARNESS_RUN_DIR", "HARNESS_CACHE_DIR", "HARNESS_ATTEMPT", "HARNESS_FAULT",
+               "HARNESS_ROLE", "HARNESS_BACKEND", "HARNESS_LAUNCH_ID"}
+CACHE_FORMAT = 1
+
+
+def cache_root() -> str:
+    return os.environ.get("HARNESS_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "resume-harness", "baselines")
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def _harness_sources() -> list[tuple[str, str]]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        files += [(os.path.relpath(os.path.join(folder, n), root), os.path.join(folder, n))
+                  for n in sorted(names) if n.endswith(".py")]
+    return files
+
+
+def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: int) -> dict:
+    """Everything the cache key covers, as a JSON object (stored in meta.json for inspection)."""
+    import harness
+
+    env = base_env()
+    return {
+        "format": CACHE_FORMAT,
+        "target": target.module or os.path.basename(target.script),
+        "args": list(script_args),
+        "nproc": nproc,
+        "backend": backend,
+        "runs": runs,
+        "env": {k: env.get(k) for k in KEY_ENV}
+               | {k: v for k, v in sorted(os.environ.items())
+                  if k.startswith("HARNESS_") and k not in NOT_KEY_ENV and not k.endswith(("_DIR", "_PATH"))},
+        "versions": {"python": sys.version.split()[0], "torch": _version("torch"), "numpy": _version("numpy"),
+                     "harness": harness.__version__},
+    }
+
+
+def baseline_key(target: Target, *, nproc: int, backend: str, script_args, runs: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(key_inputs(target, nproc=nproc, backend=backend, script_args=script_args, runs=runs),
+                        sort_keys=True).encode())
+    for group, files in (("target", target.source_files()), ("harness", _harness_sources())):
+        for name, path in files:
+            with open(path, "rb") as f:
+                data = f.read()
+            h.update(f"\0{group}:{name}:{len(data)}\0".encode())
+            h.update(data)
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class Baseline:
+    root: str
+    trace_dirs: list[str] = field(default_factory=list)
+    last_step: int = 0
+    cached: bool = False
+    seconds: float = 0.0
+    error: str | None = None  # why the baseline failed
+    log_tail: str | None = None
+    repro: object = None  # Comparison of run 0 vs run 1, when two runs were made
+
+    @property
+    def trace_dir(self) -> str:
+        return self.trace_dirs[0]
+
+
+@contextmanager
+def _locked(path: str):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _load(root: str) -> Baseline | None:
+    """A complete cache entry, or None."""
+    try:
+        with open(os.path.join(root, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    dirs = [RunFolder(os.path.join(root, f"baseline{i}")).trace_dir for i in range(meta["runs"])]
+    if not all(os.path.isdir(d) for d in dirs):
+        return None
+    baseline = Baseline(root=root, trace_dirs=dirs, last_step=meta["last_step"], cached=True)
+    if len(dirs) > 1 and not meta["reproducible"]:
+        from harness.oracle import compare_runs
+
+        baseline.repro = compare_runs(dirs[0], dirs[1])
+    return baseline
+
+
+def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, script_args, runs: int,
+                   launcher: Launcher, timeout_s: float, progress) -> Baseline:
+    """Run the uninterrupted baseline ``runs`` times under ``root`` and check they agree."""
+    from harness.oracle import compare_runs, load_trace
+
+    t0 = time.monotonic()
+    baseline = Baseline(root=root)
+    for i in range(runs):
+        folder = RunFolder(os.path.join(root, f"baseline{i}"))
+        progress(f"baseline run {i + 1}/{runs} ...")
+        spec = attempt_spec(target, folder, nproc=nproc, backend=backend, script_args=script_args,
+                            role="baseline", attempt=0, fault=None, timeout_s=timeout_s)
+        result = launcher.launch(spec)
+        shutil.rmtree(folder.run_dir, ignore_errors=True)  # its checkpoints are not needed
+        why = failure_message(result, timeout_s)
+        trace = load_trace(folder.trace_dir)
+        if why is None:
+            missing = [r for r in range(nproc) if not trace.finished(r)]
+            if not trace.ranks:
+                why = ("recorded no trace: does the script call harness.probe (probe.step after each optimizer "
+                       "step, probe.finish at the end)?")
+            elif missing:
+                why = f"rank {missing[0]} exited 0 without calling probe.finish()"
+        if why is not None:
+            failed = result.first_failure or result.exits[0]
+            baseline.error = f"run {i + 1}: {why}"
+            baseline.log_tail = log_tail(failed.log_path)
+            baseline.trace_dirs.append(folder.trace_dir)
+            return baseline
+        baseline.trace_dirs.append(folder.trace_dir)
+        baseline.last_step = trace.last_step()
+        progress(f"baseline run {i + 1}/{runs}: {baseline.last_step} steps in {result.wall_s:.1f} s")
+    if runs > 1:
+        baseline.repro = compare_runs(baseline.trace_dirs[0], baseline.trace_dirs[1])
+    baseline.seconds = time.monotonic() - t0
+    return baseline
+
+
+def get_baseline(target: Target, *, nproc: int, backend: str, script_args, runs: int, launcher: Launcher,
+                 timeout_s: float, use_cache: bool, scratch: str, progress) -> Baseline:
+    """The cached baseline, or a new one (cached when it succeeded and ``use_cache``).
+
+    Without the cache the baselines are run under ``scratch``.
+    """
+    kwargs = dict(nproc=nproc, backend=backend, script_args=script_args, runs=runs)
+    if not use_cache:
+        return _run_baselines(scratch, target, launcher=launcher, timeout_s=timeout_s, progress=progress, **kwargs)
+    key = baseline_key(target, **kwargs)
+    root = cache_root()
+    final = os.path.join(root, key)
+    cached = _load(final)
+    if cached is not None:
+        return cached
+    os.makedirs(root, exist_ok=True)
+    with _locked(os.path.join(root, f".{key}.lock")):
+        cached = _load(final)  # another process may have made it while we waited
+        if cached is not None:
+            return cached
+        tmp = os.path.join(root, f".tmp-{key}-{uuid.uuid4().hex[:8]}")
+        try:
+            baseline = _run_baselines(tmp, target, launcher=launcher, timeout_s=timeout_s, progress=progress,
+                                      **kwargs)
+        except BaseException:  # interrupted or broken: leave no half entry behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if baseline.error is not None:
+            # Keep the failed run's files where the user can read them: move them to scratch.
+            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.move(tmp, scratch)
+            baseline.trace_dirs = [d.replace(tmp, scratch, 1) for d in baseline.trace_dirs]
+            baseline.root = scratch
+            return baseline
+        meta = {"key": key, "inputs": key_inputs(target, **kwargs), "runs": runs, "last_step": baseline.last_step,
+                "reproducible": baseline.repro is None or baseline.repro.first is None,
+                "seconds": baseline.seconds, "created": time.time()}
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # made by a process that did not take the lock (an older harness): use it
+            shutil.rmtree(tmp, ignore_errors=True)
+            return _load(final) or baseline
+        baseline.root = final
+        baseline.trace_dirs = [d.replace(tmp, final, 1) for d in baseline.trace_dirs]
+        return baseline

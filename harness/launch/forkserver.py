@@ -1,0 +1,229 @@
+"""ForkServerLauncher: ranks forked from a warm zygote with torch already imported (the default).
+
+A launch costs a fork plus the script's own work, instead of a fresh interpreter importing torch
+in every rank. The zygote is started when the launcher is created, so its import overlaps the
+caller's other work (baseline lookup, argument parsing). One zygote serves the launches whose
+start-up environment (PYTHONHASHSEED, OMP_NUM_THREADS, PYTHONPATH, ...) matches its own; another
+environment gets another zygote. ``PYTHONHASHSEED=random`` cannot be emulated by forking, so such
+launches go to a SubprocessLauncher.
+
+Launches through one launcher run one at a time (a lock serialises them).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+
+from harness.launch import reap
+from harness.launch.spec import (LaunchError, LaunchResult, LaunchSpec, RankExit, base_env, job_env,
+                                 startup_env)
+
+_HARNESS_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ZYGOTE_BOOT = ("import sys; sys.path.append(sys.argv[1]); "
+                "from harness.launch.zygote import main; main(log_path=sys.argv[2])")
+READY_TIMEOUT_S = 180.0
+REPLY_GRACE_S = 30.0  # how long past a launch's own timeout the zygote may take to answer
+
+
+class _Zygote:
+    """The harness side of one zygote process."""
+
+    def __init__(self, env: dict[str, str]):
+        fd, self.log_path = tempfile.mkstemp(prefix="harness-zygote-", suffix=".log")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _ZYGOTE_BOOT, _HARNESS_ROOT, self.log_path],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fd, env=env,
+                start_new_session=True, close_fds=True, bufsize=0)
+        finally:
+            os.close(fd)
+        self.buf = b""
+        self.ready: dict | None = None
+        self.rank_pids: list[int] = []  # of the launch in flight
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def send(self, msg: dict) -> None:
+        try:
+            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        except (BrokenPipeError, ValueError):
+            raise LaunchError(f"the fork server died; its log {self.log_path} ends:\n{self.log_tail()}") from None
+
+    def read_event(self, deadline: float) -> dict | None:
+        """The next event, or None when the deadline passed. Raises LaunchError if the zygote died."""
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if readable:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise LaunchError(f"the fork server exited (code {self.proc.wait()}); "
+                                      f"its log {self.log_path} ends:\n{self.log_tail()}")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def wait_ready(self) -> dict:
+        if self.ready is None:
+            event = self.read_event(time.monotonic() + READY_TIMEOUT_S)
+            if event is None or event.get("event") != "ready":
+                raise LaunchError(f"the fork server did not start; its log {self.log_path} ends:\n{self.log_tail()}")
+            self.ready = event
+        return self.ready
+
+    def kill_ranks(self) -> None:
+        for pid in self.rank_pids:
+            reap.kill_group(pid)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the zygote (it kills whatever it forked); its log is kept only if it died by itself."""
+        self.kill_ranks()
+        died_by_itself = self.proc.poll() not in (None, 0)
+        if self.ready is None and self.proc.poll() is None:
+            reap.kill_group(self.proc.pid)  # still importing, so it has forked nothing: no need to wait
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # end of input: the zygote kills everything and exits
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                reap.kill_group(self.proc.pid)
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        if not died_by_itself:
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass
+
+    def launch(self, spec: LaunchSpec, env: dict[str, str]) -> LaunchResult:
+        self.wait_ready()
+        t0 = time.monotonic()
+        self.send({"op": "launch", "nproc": spec.nproc, "script": spec.script, "module": spec.module,
+                   "args": list(spec.args), "cwd": spec.cwd or os.getcwd(), "env": env,
+                   "log_dir": os.path.abspath(spec.log_dir), "timeout_s": spec.timeout_s,
+                   "master_addr": spec.master_addr})
+        deadline = t0 + spec.timeout_s + REPLY_GRACE_S
+        try:
+            while True:
+                event = self.read_event(deadline)
+                if event is None:
+                    raise LaunchError(f"the fork server did not answer within {spec.timeout_s + REPLY_GRACE_S:.0f} s")
+                if event.get("event") == "started":
+                    self.rank_pids = event["pids"]
+                elif event.get("event") in ("done", "error"):
+                    break
+        except BaseException:
+            self.abort()
+            raise
+        self.rank_pids = []
+        if event["event"] == "error":
+            raise LaunchError(f"the fork server could not launch: {event.get('message')}; "
+                              f"its log {self.log_path} ends:\n{self.log_tail()}")
+        return LaunchResult(exits=[RankExit(**e) for e in event["exits"]], timed_out=event["timed_out"],
+                            wall_s=time.monotonic() - t0, launch_id=env["HARNESS_LAUNCH_ID"])
+
+    def abort(self) -> None:
+        """Interrupted (Ctrl-C) or broken mid-launch: kill the ranks from here at once, then let the
+        zygote report the launch as done so the protocol stays in step; otherwise retire the zygote."""
+        self.kill_ranks()
+        try:
+            self.send({"op": "kill"})
+            grace = time.monotonic() + 5.0
+            while (event := self.read_event(grace)) is not None and event.get("event") != "done":
+                pass
+            if event is None:
+                raise LaunchError("no answer")
+            self.rank_pids = []
+        except BaseException:
+            self.close(timeout=1.0)
+
+
+class ForkServerLauncher:
+    """Launch ranks by forking them from a warm zygote (see the module docstring)."""
+
+    def __init__(self, *, start: bool = True):
+        self._zygotes: dict[tuple, _Zygote] = {}
+        self._fallback = None
+        self._lock = threading.Lock()
+        self._closed = False
+        _LIVE.add(self)
+        if start:
+            self._zygote_for(base_env())
+
+    def _zygote_for(self, env: dict[str, str]) -> _Zygote:
+        key = startup_env(env)
+        zygote = self._zygotes.get(key)
+        if zygote is None or not zygote.alive():
+            if zygote is not None:
+                zygote.close()
+            zygote = self._zygotes[key] = _Zygote({k: v for k, v in env.items() if k != "HARNESS_LAUNCH_ID"})
+        return zygote
+
+    def warm(self) -> dict:
+        """Wait until the default zygote has imported everything; returns its ready message."""
+        with self._lock:
+            return self._zygote_for(base_env()).wait_ready()
+
+    def launch(self, spec: LaunchSpec) -> LaunchResult:
+        if self._closed:
+            raise LaunchError("this launcher is closed")
+        env = job_env(spec)
+        if env.get("PYTHONHASHSEED", "random") in ("", "random"):
+            if self._fallback is None:
+                from harness.launch.subproc import SubprocessLauncher
+
+                self._fallback = SubprocessLauncher()
+            return self._fallback.launch(spec)
+        with self._lock:
+            return self._zygote_for(env).launch(spec, env)
+
+    def close(self) -> None:
+        self._closed = True
+        for zygote in self._zygotes.values():
+            zygote.close()
+        self._zygotes.clear()
+        if self._fallback is not None:
+            self._fallback.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_LIVE: "weakref.WeakSet[ForkServerLauncher]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for launcher in list(_LIVE):
+        launcher.close()
+

@@ -1,0 +1,124 @@
+"""Code that runs inside a rank process: run the script as ``python script.py`` would, then exit.
+
+Used by the fork server (after the fork) and, as ``python -m harness.launch.rank``, as the
+torchrun entry point that sends each rank's output to its own log file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def redirect_stdio(log_path: str) -> None:
+    """stdin from /dev/null; stdout and stderr appended to ``log_path``."""
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(null_fd)
+    os.close(log_fd)
+
+
+def run_target(script: str | None, module: str | None, args: list[str]) -> None:
+    """Run ``script`` (or ``module``) as ``__main__`` with sys.argv and sys.path[0] set as python does."""
+    import runpy
+
+    if script is not None:
+        script = os.path.abspath(script)
+        sys.argv = [script, *args]
+        sys.path[0] = os.path.dirname(script)
+        runpy.run_path(script, run_name="__main__")
+    else:
+        sys.argv = [module, *args]  # runpy.run_module(alter_sys=True) puts the module's file in argv[0]
+        sys.path[0] = os.getcwd()
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def exit_code_of(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _skip_torch_library_finalizers() -> None:
+    """torch deregisters its operator libraries at exit (about 40 ms); a process about to _exit need not."""
+    import weakref
+
+    for info in list(getattr(weakref.finalize, "_registry", {}).values()):
+        if getattr(info.func, "__module__", "") == "torch.library" and info.func.__name__ == "_del_library":
+            info.atexit = False
+
+
+def run_and_exit(script: str | None, module: str | None, args: list[str], exit_file: str | None = None) -> None:
+    """Run the target in this (forked) process and end it as the interpreter would: never returns.
+
+    Like Py_Finalize: join non-daemon threads, run atexit handlers, flush stdio; an uncaught
+    exception prints its traceback and exits 1; an uncaught KeyboardInterrupt ends by SIGINT.
+    With ``exit_file``, the exit status is also written there as JSON (the torchrun path).
+    """
+    import atexit
+    import signal
+    import threading
+
+    code, interrupted = 0, False
+    try:
+        run_target(script, module, args)
+    except SystemExit as e:
+        code = exit_code_of(e)
+    except KeyboardInterrupt:
+        sys.excepthook(*sys.exc_info())
+        code, interrupted = 1, True
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    try:
+        shutdown = getattr(threading, "_shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        _skip_torch_library_finalizers()
+        atexit._run_exitfuncs()
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = code or 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    if exit_file is not None:
+        import json
+        import time
+
+        with open(exit_file, "w") as f:
+            json.dump({"returncode": -signal.SIGINT if interrupted else code, "pid": os.getpid(),
+                       "time": time.time()}, f)
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m harness.launch.rank LOG_DIR (SCRIPT | -m MODULE) [ARGS...]`` (torchrun entry)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 2:
+        sys.exit("usage: python -m harness.launch.rank LOG_DIR (SCRIPT | -m MODULE) [ARGS...]")
+    log_dir, argv = argv[0], argv[1:]
+    rank = os.environ.get("RANK", "0")
+    redirect_stdio(os.path.join(log_dir, f"rank{rank}.log"))
+    exit_file = os.path.join(log_dir, f"rank{rank}.exit")
+    if argv[0] == "-m":
+        run_and_exit(None, argv[1], argv[2:], exit_file)
+    else:
+        run_and_exit(argv[0], None, argv[1:], exit_file)
+
+
+if __name__ == "__main__":
+    main()

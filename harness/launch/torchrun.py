@@ -1,0 +1,98 @@
+"""TorchrunLauncher: the multi-node path, through torchrun's own c10d rendezvous (optionally under srun).
+
+Runs ``[prefix...] python -m torch.distributed.run --nnodes N --nproc-per-node K --rdzv-backend c10d
+--rdzv-endpoint HOST:PORT --max-restarts 0 -m harness.launch.rank LOG_DIR script args``; the small
+``harness.launch.rank`` entry sends each rank's output to ``LOG_DIR/rank{RANK}.log`` and records its
+exit status in ``LOG_DIR/rank{RANK}.exit`` (absent when the rank was killed). With one node and no
+endpoint it uses ``--standalone`` (torchrun picks a free port itself). For several nodes, LOG_DIR and
+the trace folder must be on a file system that every node sees.
+
+Teardown: torchrun itself stops the other workers when one fails; on a timeout or an interrupt the
+harness sends torchrun SIGTERM, then SIGKILLs its process group and any remaining process that
+carries this launch's HARNESS_LAUNCH_ID (workers run in sessions of their own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from harness.launch import reap
+from harness.launch.spec import LaunchResult, LaunchSpec, RankExit, job_env
+
+SHUTDOWN_GRACE_S = 5.0
+
+
+class TorchrunLauncher:
+    def __init__(self, prefix: tuple[str, ...] | list[str] = (), nnodes: int = 1,
+                 rdzv_endpoint: str | None = None, extra_args: tuple[str, ...] = ()):
+        self.prefix = tuple(prefix)
+        self.nnodes = nnodes
+        self.rdzv_endpoint = rdzv_endpoint
+        self.extra_args = tuple(extra_args)
+
+    def command(self, spec: LaunchSpec, launch_id: str) -> list[str]:
+        if spec.nproc % self.nnodes:
+            raise ValueError(f"nproc {spec.nproc} is not a multiple of nnodes {self.nnodes}")
+        if self.nnodes == 1 and self.rdzv_endpoint is None:
+            rdzv = ["--standalone"]
+        else:
+            if self.rdzv_endpoint is None:
+                raise ValueError("several nodes need a rendezvous endpoint HOST:PORT (--rdzv-endpoint)")
+            rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", self.rdzv_endpoint, "--rdzv-id", launch_id]
+        return [*self.prefix, sys.executable, "-m", "torch.distributed.run",
+                "--nnodes", str(self.nnodes), "--nproc-per-node", str(spec.nproc // self.nnodes), *rdzv,
+                "--max-restarts", "0", "--monitor-interval", "0.1", "--shutdown-timeout", "3",
+                *self.extra_args, "-m", "harness.launch.rank", os.path.abspath(spec.log_dir), *spec.command()]
+
+    def launch(self, spec: LaunchSpec) -> LaunchResult:
+        env = job_env(spec)
+        launch_id = env["HARNESS_LAUNCH_ID"]
+        os.makedirs(spec.log_dir, exist_ok=True)
+        t0, started = time.monotonic(), time.time()
+        timed_out = False
+        with open(os.path.join(spec.log_dir, "torchrun.log"), "ab") as log:
+            proc = subprocess.Popen(self.command(spec, launch_id), env=env, cwd=spec.cwd,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            proc.wait(timeout=spec.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(SHUTDOWN_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    pass
+                reap.kill_group(proc.pid)
+                proc.wait()
+            reap.sweep(launch_id)
+        exits = [self._rank_exit(spec, r, started) for r in range(spec.nproc)]
+        return LaunchResult(exits=exits, timed_out=timed_out, wall_s=time.monotonic() - t0, launch_id=launch_id)
+
+    @staticmethod
+    def _rank_exit(spec: LaunchSpec, rank: int, started: float) -> RankExit:
+        path = os.path.join(spec.log_dir, f"rank{rank}.exit")
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return RankExit(rank=rank, pid=None, returncode=None, log_path=spec.log_path(rank),
+                            elapsed_s=time.time() - started)
+        return RankExit(rank=rank, pid=record.get("pid"), returncode=record["returncode"],
+                        log_path=spec.log_path(rank), elapsed_s=record.get("time", started) - started)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,356 @@
+"""The fork server ("zygote"): a process with torch already imported that forks rank processes.
+
+Started by ``ForkServerLauncher``; talks JSON lines over its stdin/stdout (moved to private fds, so a
+stray print cannot corrupt the protocol; its stderr is a log file).
+
+    harness -> zygote   {"op": "launch", "nproc", "script" | "module", "args", "cwd", "env",
+                         "log_dir", "timeout_s", "master_addr"}
+                        {"op": "kill"}          tear the running launch down
+                        end of input            kill everything and exit (the harness is gone)
+    zygote -> harness   {"event": "ready", "pid", "threads"}
+                        {"event": "started", "pids", "port"}
+                        {"event": "done", "exits": [...], "timed_out"}
+                        {"event": "error", "message"}
+
+It must stay single-threaded, so a fork copies a clean process: it never runs torch ops and never
+creates a TCPStore. Each launch's rendezvous store lives in a short-lived child forked from it.
+
+Teardown rule, as a job manager does it: when a rank exits abnormally (nonzero or by a signal), the
+other ranks' process groups are SIGKILLed at once. When a rank exits, its whole process group is
+killed (stray descendants of a finished rank do not outlive it); the zygote is a child subreaper,
+so orphans are reaped here. A launch past its timeout is killed and marked timed out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+
+# What training scripts import, so a forked rank finds it imported: DDP's constructor alone imports
+# torch._dynamo (1.5 s here). Each of these imports leaves the process single-threaded.
+PRELOAD = ("torch", "torch.distributed", "torch.nn", "torch.nn.parallel", "torch.optim", "torch.utils.data",
+           "torch._dynamo", "torch.distributed.checkpoint", "torch.distributed.fsdp", "torch.distributed.tensor",
+           "numpy", "safetensors", "safetensors.torch", "xxhash", "harness.probe", "harness.probe.digest",
+           "harness.faults")
+OPTIONAL_PRELOAD = ("harness.checkpoint",)
+TORCH_LEGACY_DEFAULT_SEED = 67280421310721
+
+
+class _Shutdown(Exception):
+    pass
+
+
+class Zygote:
+    def __init__(self, ctl_in: int, ctl_out: int):
+        from harness.launch import reap
+
+        self.reap = reap
+        self.ctl_in, self.ctl_out = ctl_in, ctl_out
+        self.pid = os.getpid()
+        self.inbuf = b""
+        self.eof = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the harness decides; it is in its own session
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.private_fds = [ctl_in, ctl_out, self.wake_r, self.wake_w]
+        import torch
+
+        self.torch_seed_is_fixed = torch.initial_seed() == TORCH_LEGACY_DEFAULT_SEED
+
+    def _on_sigterm(self, *_):
+        raise _Shutdown()
+
+    # -- protocol ------------------------------------------------------------------------------
+    def send(self, **event) -> None:
+        data = (json.dumps(event) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(self.ctl_out, data):]
+        except BrokenPipeError:
+            self.eof = True  # the harness is gone
+
+    def read_message(self, timeout: float | None) -> dict | None:
+        """The next control message, or None on timeout / SIGCHLD wake-up / end of input."""
+        if b"\n" not in self.inbuf:
+            watched = [self.wake_r] if self.eof else [self.ctl_in, self.wake_r]
+            readable, _, _ = select.select(watched, [], [], timeout)
+            if self.wake_r in readable:
+                try:
+                    while os.read(self.wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            if self.ctl_in in readable:
+                chunk = os.read(self.ctl_in, 65536)
+                if chunk:
+                    self.inbuf += chunk
+                else:
+                    self.eof = True
+        if b"\n" in self.inbuf:
+            line, self.inbuf = self.inbuf.split(b"\n", 1)
+            return json.loads(line)
+        return None
+
+    def serve(self) -> None:
+        self.send(event="ready", pid=self.pid, threads=len(os.listdir("/proc/self/task")))
+        while not self.eof:
+            msg = self.read_message(None)
+            self.reap_orphans()
+            if msg is None:
+                continue
+            if msg.get("op") == "launch":
+                try:
+                    self.send(event="done", **self.run_launch(msg))
+                except _Shutdown:
+                    raise
+                except Exception as e:
+                    traceback.print_exc()
+                    self.send(event="error", message=f"{type(e).__name__}: {e}")
+            # "kill" outside a launch: nothing to do
+
+    # -- processes -----------------------------------------------------------------------------
+    def fork(self, child) -> int:
+        """Fork; the child runs ``child()`` with the zygote's signal setup and private fds undone."""
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for fd in self.private_fds:
+                os.close(fd)
+            if not self.reap.die_with_parent() or os.getppid() != self.pid:
+                os._exit(1)
+            child()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+
+    def start_store(self, addr: str) -> tuple[int, int, int]:
+        """Fork a child hosting the rendezvous TCPStore on a port the OS picks: (pid, port, keepalive fd)."""
+        port_r, port_w = os.pipe()
+        alive_r, alive_w = os.pipe()
+
+        def host():
+            os.close(port_r)
+            os.close(alive_w)
+            from torch.distributed import TCPStore
+
+            store = TCPStore(addr, 0, is_master=True, wait_for_workers=False)
+            os.write(port_w, f"{store.port}\n".encode())
+            os.read(alive_r, 1)  # until the zygote closes its end
+            os._exit(0)
+
+        pid = self.fork(host)
+        os.close(port_w)
+        os.close(alive_r)
+        try:
+            readable, _, _ = select.select([port_r], [], [], 60)
+            line = os.read(port_r, 64) if readable else b""
+        finally:
+            os.close(port_r)
+        if not line.strip():
+            os.close(alive_w)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise RuntimeError("the rendezvous store did not start (see the zygote log)")
+        return pid, int(line), alive_w
+
+    def fork_rank(self, msg: dict, rank: int, env: dict) -> int:
+        from harness.launch import rank as rank_main
+
+        def become_rank():
+            os.setpgid(0, 0)
+            rank_main.redirect_stdio(os.path.join(msg["log_dir"], f"rank{rank}.log"))
+            os.environ.clear()
+            os.environ.update(env)
+            if msg.get("cwd"):
+                os.chdir(msg["cwd"])
+            self.reseed()
+            rank_main.run_and_exit(msg.get("script"), msg.get("module"), msg.get("args", []))
+
+        pid = self.fork(become_rank)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass  # the child did it first, or already exited
+        return pid
+
+    def reseed(self) -> None:
+        """Fresh RNG states, as a new interpreter would have: a fork must not hide nondeterminism."""
+        import random
+
+        import numpy as np
+        import torch
+
+        random.seed()
+        np.random.seed()
+        if self.torch_seed_is_fixed:
+            torch.manual_seed(TORCH_LEGACY_DEFAULT_SEED)
+        else:
+            torch.seed()
+
+    def run_launch(self, msg: dict) -> dict:
+        from harness.launch.spec import rank_env
+
+        t0 = time.monotonic()
+        nproc = int(msg["nproc"])
+        os.makedirs(msg["log_dir"], exist_ok=True)
+        store_pid, port, store_alive = self.start_store(msg["master_addr"])
+        ranks: dict[int, int] = {}  # pid -> rank
+        exits: dict[int, dict] = {}  # rank -> exit record
+        torn_down: set[int] = set()
+        timed_out = False
+        try:
+            for r in range(nproc):
+                env = rank_env(msg["env"], r, nproc, msg["master_addr"], port)
+                ranks[self.fork_rank(msg, r, env)] = r
+            self.send(event="started", pids=list(ranks), port=port)
+            deadline = t0 + float(msg["timeout_s"])
+
+            def teardown():
+                for pid, r in ranks.items():
+                    if r not in exits:
+                        torn_down.add(r)
+                        self.reap.kill_group(pid)
+
+            while len(exits) < nproc:
+                for pid, status in self.reap_children(set(ranks)):
+                    r = ranks[pid]
+                    code = os.waitstatus_to_exitcode(status)
+                    exits[r] = {"rank": r, "pid": pid, "returncode": code,
+                                "elapsed_s": time.monotonic() - t0, "torn_down": r in torn_down}
+                    if code != 0:
+                        teardown()
+                if len(exits) == nproc:
+                    break
+                now = time.monotonic()
+                if now >= deadline and not timed_out:
+                    timed_out = True
+                    teardown()
+                msg_in = self.read_message(max(0.0, deadline - now) if not timed_out else 1.0)
+                if self.eof or (msg_in is not None and msg_in.get("op") == "kill"):
+                    teardown()
+        except BaseException:
+            live = [pid for pid, r in ranks.items() if r not in exits]
+            for pid in live:
+                self.reap.kill_group(pid)
+            for pid in live:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+            raise
+        finally:
+            os.close(store_alive)
+            try:
+                os.kill(store_pid, signal.SIGKILL)
+                os.waitpid(store_pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.reap_orphans()
+        log_dir = msg["log_dir"]
+        return {"timed_out": timed_out,
+                "exits": [{**exits[r], "log_path": os.path.join(log_dir, f"rank{r}.log")} for r in range(nproc)]}
+
+    def reap_children(self, ranks: set[int]) -> list[tuple[int, int]]:
+        """Reap exited children; a rank's process group is killed while its zombie still pins the pgid."""
+        reaped = []
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                break
+            if info is None:
+                break
+            pid = info.si_pid
+            if pid in ranks:
+                self.reap.kill_group(pid)
+            _, status = os.waitpid(pid, 0)
+            if pid in ranks:
+                reaped.append((pid, status))
+        return reaped
+
+    def reap_orphans(self) -> None:
+        """Kill and reap descendants of finished ranks that were re-parented to the zygote."""
+        orphans = _children(self.pid)
+        for pid in orphans:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in orphans:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def main(log_path: str | None = None) -> None:
+    """Serve until end of input. ``log_path``: where stderr goes, deleted at exit if nothing was logged."""
+    ctl_in, ctl_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)  # stray prints go to the zygote's log, never into the protocol
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    for name in OPTIONAL_PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # being written, or broken: ranks import it themselves
+            print(f"zygote: optional preload {name} failed: {e}", file=sys.stderr)
+    from harness.launch import reap
+
+    reap.become_subreaper()
+    import gc
+
+    gc.collect()
+    gc.freeze()  # forked ranks neither scan nor copy-on-write the preloaded objects when they collect
+    zygote = Zygote(ctl_in, ctl_out)
+    try:
+        zygote.serve()
+    except _Shutdown:
+        pass
+    finally:
+        # End of input or SIGTERM: nothing must outlive the zygote.
+        for pid in _children(zygote.pid):
+            reap.kill_group(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        zygote.reap_orphans()
+        if log_path and os.path.isfile(log_path) and os.path.getsize(log_path) == 0:
+            os.unlink(log_path)
+    os._exit(0)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+if __name__ == "__main__":
+    main()

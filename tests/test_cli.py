@@ -1,0 +1,138 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness import __version__
+from harness.cli import main
+from harness.engine import list_scenarios
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+MLP = os.path.join(SCRIPTS, "ddp_mlp.py")
+BUGGY = os.path.join(SCRIPTS, "buggy_reseed.py")
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    return str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "harness-baseline-cache")
+
+
+def harness(*args, cache, cwd=None, timeout=300):
+    env = {**os.environ, "HARNESS_CACHE_DIR": cache, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=timeout)
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"resume-harness {__version__}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "no_such_scenario"], "unknown target 'no_such_scenario'"),
+    (["run", MLP, "--kill", "12@x"], "rank 'x'"),
+    (["run", MLP, "--nproc", "two"], "invalid int value"),
+    (["run", MLP, "--backend", "mpi"], "invalid choice"),
+    (["run", MLP, "extra"], "put script arguments after --"),
+    (["frobnicate"], "invalid choice"),
+    (["convert", "no/such/folder", "b"], "not an HF Accelerate checkpoint"),
+])
+def test_usage_errors_exit_2_with_one_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_usage_error_in_json_mode_is_json(capsys):
+    assert main(["run", "no_such_scenario", "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "error" and out["first_divergence"] is None and "no_such_scenario" in out["message"]
+
+
+def test_no_command_prints_usage(capsys):
+    assert main([]) == 2
+    assert "usage: harness" in capsys.readouterr().err
+
+
+def test_help_documents_the_fault_grammar(capsys):
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "FAULT   := AT" in out and "checkpoint.write:2@all:SIGTERM" in out
+
+
+def test_scenarios_lists_builtins(capsys):
+    assert main(["scenarios"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed == list_scenarios()
+
+
+def test_json_pass(shared_cache, tmp_path):
+    proc = harness("run", MLP, "--kill", "10", "--json", "--out", str(tmp_path / "o"), cache=shared_cache)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # stdout is exactly one JSON object
+    assert result["verdict"] == "pass" and result["first_divergence"] is None and result["outcome"] == "bit_exact"
+    assert result["plan"] == "10" and proc.stderr == ""
+
+
+def test_json_divergence(shared_cache, tmp_path):
+    proc = harness("run", BUGGY, "--kill", "10@1", "--json", cache=shared_cache, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["verdict"] == "fail"
+    d = result["first_divergence"]
+    assert d["step"] == 9 and d["rank"] in (0, 1) and "rng:torch" in d["fields"]
+    assert os.listdir(tmp_path / "harness-out")[0].startswith("buggy_reseed-")
+
+
+def test_human_output_and_script_args(shared_cache, tmp_path):
+    proc = harness("run", MLP, "--kill", "5", "--kill", "9@1", "--out", str(tmp_path / "o"), "--",
+                   "--steps", "12", "--save-every", "3", cache=shared_cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS" in proc.stdout and "bit_exact" in proc.stdout
+    assert f"replay: harness run {MLP} --nproc 2 --backend gloo --seed 0 --kill 5 --kill 9@1 -- --steps 12 " \
+           "--save-every 3" in proc.stdout
+    assert "attempt 0 (armed 5): fault fired on rank 0 at step 5" in proc.stderr
+    result = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert result["compared"]["steps"] == 12 and len(result["attempts"]) == 3
+
+
+@pytest.mark.skipif("default" not in list_scenarios(), reason="the default scenario is not installed")
+def test_no_target_runs_the_default_scenario_with_a_random_kill(shared_cache, tmp_path):
+    proc = harness("run", "--json", cache=shared_cache, cwd=tmp_path)
+    result = json.loads(proc.stdout)
+    assert result["target"] == "default" and result["seed"] == 0
+    assert result["plan"].isdigit()
+    assert result["verdict"] == "pass" and proc.returncode == 0, result["message"]
+    again = json.loads(harness("run", "--json", cache=shared_cache, cwd=tmp_path).stdout)
+    assert again["plan"] == result["plan"]  # seed 0 by default: the same kill
+
+
+def test_ctrl_c_stops_everything(shared_cache, tmp_path):
+    import signal
+    import time
+    import uuid
+
+    from harness.launch.reap import alive, processes_with_env
+
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "HARNESS_CACHE_DIR": str(tmp_path / "cache"), "CTRL_C_MARKER": marker}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", MLP, "--kill", "10", "--baseline-runs", "1",
+                             "--out", str(tmp_path / "o"), "--", "--sleep", "0.5"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(processes_with_env("CTRL_C_MARKER", marker)) < 5:  # harness, zygote, store, 2 ranks
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.1)
+    started = processes_with_env("CTRL_C_MARKER", marker)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in started) and processes_with_env("CTRL_C_MARKER", marker) == []
+    assert [e for e in os.listdir(tmp_path / "cache") if e.startswith(".tmp")] == []

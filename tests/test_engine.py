@@ -1,0 +1,265 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from harness.engine import UsageError, list_scenarios, replay_command, resolve_target, run
+from harness.engine.baseline import baseline_key, cache_root
+from harness.faults import FaultPlan
+from harness.launch import make_launcher
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+MLP = os.path.join(SCRIPTS, "ddp_mlp.py")
+BUGGY = os.path.join(SCRIPTS, "buggy_reseed.py")
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One baseline cache for all pytest-xdist workers of this session (they race on it on purpose)."""
+    base = tmp_path_factory.getbasetemp()
+    return str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "harness-baseline-cache")
+
+
+@pytest.fixture(autouse=True)
+def cache_env(shared_cache, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", shared_cache)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    launcher = make_launcher("pool")
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture
+def trial(pool, tmp_path):
+    def go(target=MLP, **kwargs):
+        kwargs.setdefault("out_dir", str(tmp_path / "out"))
+        kwargs.setdefault("launcher", pool)
+        kwargs.setdefault("timeout_s", 120)
+        return run(target, **kwargs)
+    return go
+
+
+def test_correct_resume_is_bit_exact(trial, tmp_path):
+    result = trial(plan="10")
+    assert (result.verdict, result.outcome) == ("pass", "bit_exact"), result.message
+    assert result.exit_code == 0 and result.first_divergence is None
+    assert [a["attempt"] for a in result.attempts] == [0, 1]
+    assert result.attempts[0]["fault"]["step"] == 10 and result.attempts[1]["first_step"] == 9
+    assert result.attempts[0]["exits"][0]["signal"] == "SIGKILL"
+    assert result.compared["reexecuted_rows"] == 4 and result.compared["final_tensors"] > 0
+    assert result.replay == f"harness run {MLP} --nproc 2 --backend gloo --seed 0 --kill 10"
+    out = tmp_path / "out"
+    assert json.loads((out / "result.json").read_text())["verdict"] == "pass"
+    assert sorted(os.listdir(out)) == ["attempt0", "attempt1", "result.json", "run", "trace"]
+    assert sorted(os.listdir(out / "attempt1")) == ["rank0.log", "rank1.log"]
+    assert "resumed from step 8" in (out / "attempt1" / "rank0.log").read_text()
+
+
+def test_reseed_on_resume_diverges(trial):
+    result = trial(BUGGY, plan="10")
+    assert (result.verdict, result.outcome) == ("fail", "divergence")
+    d = result.first_divergence
+    assert (d.step, d.rank, d.attempt) == (9, 0, 1)
+    assert {"rng:python", "rng:numpy", "rng:torch", "loss"} <= set(d.fields)
+    assert result.exit_code == 1
+
+
+@pytest.mark.parametrize("plan, attempts", [
+    (["6", "15@1"], 3),                 # two kills, two restarts
+    ("13@all:SIGTERM", 2),              # graceful: the script saves on SIGTERM and exits 0
+    ("ckpt.save:3:exception", 2),       # an exception inside the third checkpoint save
+    ("ckpt.saved:2@1", 2),              # SIGKILL right after rank 1's second checkpoint
+])
+def test_plans(trial, plan, attempts):
+    result = trial(plan=plan, script_args=["--graceful"])
+    assert (result.verdict, result.outcome) == ("pass", "bit_exact"), result.message
+    assert len(result.attempts) == attempts
+    assert all(a["fault"] is not None for a in result.attempts[:-1])
+
+
+def test_sigterm_graceful_resumes_from_the_step_it_saved(trial):
+    result = trial(plan="13@all:SIGTERM", script_args=["--graceful"])
+    assert result.attempts[1]["first_step"] == 14
+    assert [e["returncode"] for e in result.attempts[0]["exits"]] == [0, 0]
+
+
+def test_random_plan_is_resolved_from_the_seed(trial, tmp_path):
+    a = trial(plan="random", seed=5, out_dir=str(tmp_path / "a"))
+    b = trial(plan="random", seed=5, out_dir=str(tmp_path / "b"))
+    assert a.verdict == "pass", a.message
+    assert a.plan == b.plan and a.plan.isdigit() and 1 <= int(a.plan) <= 23
+    assert a.replay.endswith(f"--seed 5 --kill {a.plan}")
+    assert b.timings["baseline_cached"]  # the baseline of a was cached and reused
+
+
+def test_fault_that_never_fires_is_an_error(trial):
+    result = trial(plan="100")
+    assert (result.verdict, result.outcome) == ("error", "fault_not_fired")
+    assert result.exit_code == 2
+
+
+def test_kill_before_the_first_checkpoint_is_not_resumed(trial):
+    result = trial(plan="2")
+    assert result.outcome == "not_resumed", result.message
+    assert result.attempts[1]["first_step"] == 1
+
+
+def test_crash_on_resume_shows_the_log_tail(trial):
+    result = trial(plan="10", script_args=["--bug", "crash-on-resume"])
+    assert result.outcome == "crash_on_resume" and result.verdict == "fail"
+    assert "deliberate test bug" in result.log_tail
+
+
+def test_nondeterministic_baseline(trial):
+    result = trial(plan="10", script_args=["--unseeded"])
+    assert (result.verdict, result.outcome) == ("fail", "nondeterministic_baseline")
+    assert "nondeterministic even without faults" in result.message
+    assert result.first_divergence.step == 1
+
+
+def test_failing_baseline(trial, tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import sys\nprint('cannot start: no data')\nsys.exit(4)\n")
+    result = trial(str(broken), plan="3")
+    assert (result.verdict, result.outcome) == ("error", "baseline_failed")
+    assert "exited with code 4" in result.message and "cannot start: no data" in result.log_tail
+
+
+def test_script_without_probe_calls(trial, tmp_path):
+    silent = tmp_path / "silent.py"
+    silent.write_text("print('training without the probe')\n")
+    result = trial(str(silent), plan="3")
+    assert result.outcome == "baseline_failed" and "recorded no trace" in result.message
+
+
+def test_timeout_is_an_error(trial, tmp_path):
+    slow = tmp_path / "slow.py"
+    slow.write_text(textwrap.dedent("""
+        import os, time
+        from harness import probe
+        probe.step(1)
+        if os.environ["HARNESS_ROLE"] == "trial":
+            time.sleep(600)
+        probe.finish()
+    """))
+    result = trial(str(slow), plan=None, timeout_s=2, baseline_runs=1)
+    assert result.verdict == "error" and "timed out after 2 s" in result.message
+
+
+def test_baseline_cache_key_and_reuse(trial, tmp_path):
+    first = trial(plan="10", script_args=["--steps", "16"], out_dir=str(tmp_path / "1"))
+    again = trial(plan="12", script_args=["--steps", "16"], out_dir=str(tmp_path / "2"))
+    assert first.verdict == again.verdict == "pass"
+    assert again.timings["baseline_cached"]
+    target = resolve_target(MLP)
+    key = baseline_key(target, nproc=2, backend="gloo", script_args=["--steps", "16"], runs=2)
+    assert os.path.isfile(os.path.join(cache_root(), key, "meta.json"))
+    assert key != baseline_key(target, nproc=2, backend="gloo", script_args=["--steps", "17"], runs=2)
+    assert key != baseline_key(target, nproc=3, backend="gloo", script_args=["--steps", "16"], runs=2)
+    no_cache = trial(plan="10", script_args=["--steps", "16"], out_dir=str(tmp_path / "3"), use_cache=False)
+    assert not no_cache.timings["baseline_cached"] and os.path.isdir(tmp_path / "3" / "baseline" / "baseline1")
+
+
+def test_beside_files_are_part_of_the_key(tmp_path):
+    (tmp_path / "train.py").write_text("import helper\n")
+    (tmp_path / "helper.py").write_text("X = 1\n")
+    target = resolve_target(str(tmp_path / "train.py"))
+    key = baseline_key(target, nproc=2, backend="gloo", script_args=[], runs=2)
+    (tmp_path / "helper.py").write_text("X = 2\n")
+    assert baseline_key(target, nproc=2, backend="gloo", script_args=[], runs=2) != key
+
+
+def test_concurrent_trials_share_one_baseline(tmp_path, shared_cache):
+    """Two harness processes ask for the same missing baseline: one computes it, both use it."""
+    code = ("import sys; from harness.engine import run; "
+            "r = run(sys.argv[1], plan='6', out_dir=sys.argv[2], script_args=['--steps', '9', '--save-every', '3']); "
+            "print(r.verdict, r.timings['baseline_cached'])")
+    env = {**os.environ, "HARNESS_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, MLP, str(tmp_path / f"out{i}")], env=env,
+                              stdout=subprocess.PIPE, text=True) for i in range(2)]
+    outs = sorted(p.communicate(timeout=300)[0].split() for p in procs)
+    assert outs == [["pass", "False"], ["pass", "True"]]
+    entries = [e for e in os.listdir(tmp_path / "cache") if not e.startswith(".")]
+    assert len(entries) == 1
+
+
+def test_usage_errors(trial, tmp_path):
+    with pytest.raises(UsageError, match="unknown target 'no_such_thing'.*built-in scenario"):
+        trial("no_such_thing")
+    with pytest.raises(UsageError, match="no such script"):
+        trial(str(tmp_path / "missing.py"))
+    with pytest.raises(UsageError, match="'12@x'"):
+        trial(plan="12@x")
+    with pytest.raises(UsageError, match="nproc"):
+        trial(nproc=0)
+    with pytest.raises(UsageError, match="backend"):
+        trial(backend="mpi")
+    out = tmp_path / "used"
+    (out / "trace").mkdir(parents=True)
+    (out / "trace" / "rank0.jsonl").write_text("{}\n")
+    with pytest.raises(UsageError, match="already holds a trial"):
+        trial(out_dir=str(out))
+
+
+def test_target_resolution(tmp_path):
+    assert resolve_target(MLP).script == MLP and not resolve_target(MLP).builtin
+    assert "_common" not in " ".join(list_scenarios())
+    with pytest.raises(UsageError):
+        resolve_target("_common")
+    with pytest.raises(UsageError):
+        resolve_target("../etc")
+    if "default" in list_scenarios():
+        t = resolve_target("default")
+        assert t.module == "scenarios.default" and t.builtin and t.slug == "default"
+        assert any(name == "default.py" for name, _ in t.source_files())
+
+
+def test_replay_command_quotes_arguments():
+    target = resolve_target(MLP)
+    cmd = replay_command(target, nproc=2, backend="gloo", seed=3, plan=FaultPlan.parse("4,ckpt.save:2@all:TERM"),
+                         script_args=["--sleep", "0.1 s"])
+    assert cmd == (f"harness run {MLP} --nproc 2 --backend gloo --seed 3 --kill 4 --kill ckpt.save:2@all:SIGTERM "
+                   "-- --sleep '0.1 s'")
+
+
+def test_subprocess_launcher_gives_the_same_verdict(tmp_path):
+    launcher = make_launcher("subprocess")
+    result = run(MLP, plan="10", out_dir=str(tmp_path / "out"), launcher=launcher, timeout_s=120)
+    assert result.outcome == "bit_exact", result.message
+
+
+def test_pytest_fixture(resume_harness):
+    result = resume_harness(MLP, plan="10")
+    assert result.verdict == "pass", result.message
+    assert "/trial0" in result.out_dir
+
+
+def test_engine_runs_in_a_thread_with_its_own_launcher(tmp_path):
+    results = []
+    t = threading.Thread(target=lambda: results.append(run(MLP, plan="7", out_dir=str(tmp_path / "o"))))
+    t.start()
+    t.join(300)
+    assert results and results[0].verdict == "pass"
+
+
+def test_crash_before_any_fault(trial, tmp_path):
+    crashy = tmp_path / "crashy.py"
+    crashy.write_text(textwrap.dedent("""
+        import os
+        from harness import probe
+        for step in range(1, 6):
+            probe.step(step, loss=float(step))
+            if step == 3 and os.environ["HARNESS_ROLE"] == "trial":
+                raise SystemExit("disk full while logging (test)")
+        probe.finish()
+    """))
+    result = trial(str(crashy), plan="4", baseline_runs=1)
+    assert (result.verdict, result.outcome) == ("error", "crash"), result.message
+    assert "disk full while logging" in result.log_tail and len(result.attempts) == 1
