@@ -138,7 +138,7 @@ def assess(
         where = f"first at step {d.step}, rank {d.rank}" if d.where == "trace" else f"in the final state of rank {d.rank}"
         return done("fail", "nondeterministic_baseline",
                     f"the training is nondeterministic even without faults: two uninterrupted runs differ "
-                    f"{where} ({', '.join(d.fields)}); an unseeded numpy RNG is the common cause",
+                    f"{where} ({', '.join(d.fields)}); {_nondeterminism_hint(d.fields)}",
                     first_divergence=d)
     if comparison is None or trial is None:
         return done("error", "error", "no trial trace to judge")
@@ -188,6 +188,19 @@ def assess(
 
     c = out["compared"]
     return done("pass", "bit_exact",
-                f"bit-exact: {c.get('rows', 0)} step rows ({c.get('reexecuted_rows', 0)} re-executed) on "
+                f"{c.get('rows', 0)} step rows ({c.get('reexecuted_rows', 0)} re-executed) on "
                 f"{c.get('ranks', 0)} rank(s) and {c.get('final_tensors', 0)} final tensors match the baseline")
 
+
+_UNSEEDED = {"rng:python": "python's random is not seeded (random.seed)",
+             "rng:numpy": "numpy's global RNG is not seeded (np.random.seed)",
+             "rng:torch": "torch's RNG is not seeded (torch.manual_seed)",
+             "rng:cuda": "the CUDA RNG is not seeded (torch.manual_seed seeds it)"}
+
+
+def _nondeterminism_hint(fields: list[str]) -> str:
+    unseeded = [_UNSEEDED[f] for f in fields if f in _UNSEEDED]
+    if unseeded:
+        return "; ".join(unseeded) + " (seed every RNG at startup, the same way on every run)"
+    return ("an unseeded RNG is the common cause (numpy's above all); else nondeterministic kernels "
+            "(torch.use_deterministic_algorithms(True)) or data order (a sampler without a seed)")

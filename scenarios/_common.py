@@ -1,0 +1,383 @@
+"""Shared machinery of the built-in scenarios: arguments, process group, the training loop.
+
+Every built-in scenario is a `Scenario` subclass. The base class *is* the default scenario
+(`scenarios/default.py` only names it); the other correct scenarios override the building blocks
+(`build_dataset`, `build_model`, `forward_loss`, `build_loader`, ...); each buggy variant in
+`scenarios/buggy/` overrides exactly one **hook** with its one mistake. The hooks are the methods
+under "HOOKS" below, and the training loop marks where each one runs with ``# HOOK: name``.
+
+The loop (`Scenario.train`), in the shape of a typical Accelerate/DDP script:
+
+    seed everything; build data, model (DDP), AdamW, warmup+decay LambdaLR
+    Checkpointer(project_dir=probe.run_dir(), automatic naming, total_limit) ...... HOOK prepare
+    resumed_from = ckpt.load_state(missing_ok=True) ............................... HOOK after_load
+    epoch = loader.epoch .......................................................... HOOK start_epoch
+    while step < steps:
+        loader.set_epoch(epoch)
+        for batch in loader:                     one micro-batch
+            micro += 1; sync = micro % accum == 0 or last batch of the epoch
+            forward/backward (DDP no_sync unless sync); probe.point("microbatch")
+            if sync: opt.step(); sched.step(); zero_grad; step += 1 .............. HOOK after_step
+                     probe.step(step, loss, batch, model, optimizer, lr, window, ...)
+                     every ckpt_every steps: ckpt.save_state()
+        epoch += 1
+    probe.finish(model, optimizer, scheduler, data position, counters, ...)
+
+Gradient accumulation follows `accelerate.Accelerator.accumulate`: gradients are synchronized every
+`accum` micro-batches counted globally (`TrainState.micro`, like `accelerator.step`), and also at
+the last batch of an epoch (Accelerate's `sync_with_dataloader`). So with 10 batches per epoch and
+accum 4 the windows are 4,4,2 | 2,4,4 | 4,4,2 | ... and the accumulation phase after an odd-epoch
+end is not zero: the micro-batch counter is real training state and is checkpointed.
+
+Environment: run by torchrun (``torchrun --nproc-per-node 2 -m scenarios.default``) or by the
+harness (runpy, same env). Backend: ``$HARNESS_BACKEND``, else nccl with CUDA, else gloo. On CUDA
+each rank uses ``cuda:$LOCAL_RANK``. All randomness is seeded; deterministic algorithms are on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from harness import probe
+from harness.checkpoint import Checkpointer, ProjectConfiguration
+
+# CUDA determinism needs this before cuBLAS initializes; harmless on CPU.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+_WORKS_KEPT: list = []  # see the end of Scenario.main
+
+# ------------------------------------------------------------------------------------------------
+# small pieces
+
+
+class TrainState:
+    """Counters that are training state but belong to no torch object: the global micro-batch count.
+
+    Registered with the checkpointer as a custom object (replicated: every rank has the same value).
+    """
+
+    def __init__(self) -> None:
+        self.micro = 0
+
+    def state_dict(self) -> dict:
+        return {"micro": self.micro}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.micro = int(sd["micro"])
+
+
+class NoisyBlobs(Dataset):
+    """`n` points in `dim` dimensions labelled by a fixed random linear teacher.
+
+    The points come from a private generator (the data set is the same in every process); every
+    access adds augmentation noise drawn from the *global* torch and numpy RNGs of the process that
+    loads it (the rank itself with num_workers=0, a worker otherwise).
+    """
+
+    def __init__(self, n: int, dim: int, classes: int, seed: int, noise: float = 0.1) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, dim, generator=g)
+        teacher = torch.randn(dim, classes, generator=g)
+        self.y = (self.x @ teacher).argmax(dim=1)
+        self.noise = noise
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        dim = self.x.shape[1]
+        x = self.x[i] + self.noise * torch.randn(dim)  # torch RNG
+        x = x + torch.from_numpy((self.noise * np.random.standard_normal(dim)).astype(np.float32))  # numpy RNG
+        return x, self.y[i]
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, classes: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, classes),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def warmup_decay(warmup: int, total: int, floor: float = 0.1):
+    """LR factor: linear warmup over `warmup` steps, then linear decay to `floor` at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(floor, 1.0 - (1.0 - floor) * (step - warmup) / max(1, total - warmup))
+
+    return factor
+
+
+def to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=False)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+@dataclass
+class Run:
+    """Everything the loop and the hooks share."""
+
+    args: argparse.Namespace
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    rank_seed: int
+    model: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    loader: object = None
+    scheduler: object = None
+    ckpt: Checkpointer | None = None
+    state: TrainState = field(default_factory=TrainState)
+    resumed_from: str | None = None
+    extras: dict = field(default_factory=dict)  # scenario-specific objects (e.g. "ema")
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+class Scenario:
+    """The default scenario; subclasses change building blocks (correct scenarios) or one hook (buggy)."""
+
+    name = "default"
+    #: argparse defaults; subclasses update a copy
+    defaults: dict = dict(
+        steps=24, ckpt_every=5, accum=4, batch_size=8, samples=160, dim=16, hidden=64, classes=4,
+        dropout=0.1, lr=3e-3, weight_decay=0.01, warmup=6, total_limit=2, num_workers=0, seed=0,
+    )
+
+    # -- arguments --------------------------------------------------------------------------------
+
+    def parser(self) -> argparse.ArgumentParser:
+        d = self.defaults
+        p = argparse.ArgumentParser(prog=f"scenarios.{self.name}", description=(type(self).__doc__ or "").strip())
+        p.add_argument("--steps", type=int, default=d["steps"], help="optimizer steps in total (%(default)s)")
+        p.add_argument("--ckpt-every", type=int, default=d["ckpt_every"], help="save every N steps (%(default)s)")
+        p.add_argument("--accum", type=int, default=d["accum"], help="micro-batches per optimizer step (%(default)s)")
+        p.add_argument("--batch-size", type=int, default=d["batch_size"], help="micro-batch per rank (%(default)s)")
+        p.add_argument("--samples", type=int, default=d["samples"], help="data set size (%(default)s)")
+        p.add_argument("--dim", type=int, default=d["dim"], help="input / model width (%(default)s)")
+        p.add_argument("--hidden", type=int, default=d["hidden"], help="hidden width (%(default)s)")
+        p.add_argument("--classes", type=int, default=d["classes"], help="classes / vocabulary (%(default)s)")
+        p.add_argument("--dropout", type=float, default=d["dropout"], help="dropout probability (%(default)s)")
+        p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (%(default)s)")
+        p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay (%(default)s)")
+        p.add_argument("--warmup", type=int, default=d["warmup"], help="LR warmup steps (%(default)s)")
+        p.add_argument("--total-limit", type=int, default=d["total_limit"], help="checkpoints kept (%(default)s)")
+        p.add_argument("--num-workers", type=int, default=d["num_workers"], help="DataLoader workers (%(default)s)")
+        p.add_argument("--seed", type=int, default=d["seed"], help="master seed (%(default)s)")
+        p.add_argument("--report-time", action="store_true", help="rank 0 prints the training time to stderr")
+        self.add_arguments(p)
+        return p
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        """Scenario-specific arguments."""
+
+    # -- building blocks (correct scenarios override these) ---------------------------------------
+
+    def build_dataset(self, args) -> Dataset:
+        return NoisyBlobs(args.samples, args.dim, args.classes, seed=args.seed)
+
+    def build_model(self, args) -> nn.Module:
+        return MLP(args.dim, args.hidden, args.classes, args.dropout)
+
+    def build_loader(self, run: Run, dataset: Dataset) -> DataLoader:
+        args = run.args
+        sampler = DistributedSampler(dataset, num_replicas=run.world_size, rank=run.rank, shuffle=True,
+                                     seed=args.seed, drop_last=True)
+        kw = {}
+        if args.num_workers > 0:
+            kw = dict(persistent_workers=True, prefetch_factor=2)
+        return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=args.num_workers, **kw)
+
+    def build_optimizer(self, args, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+    def lr_factor(self, args):
+        return warmup_decay(args.warmup, args.steps)
+
+    def build_scheduler(self, args, optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor(args))
+
+    def forward_loss(self, run: Run, batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(run.model(x), y)
+
+    # -- HOOKS (each buggy variant overrides exactly one, with its mistake) ----------------------
+
+    def prepare(self, run: Run) -> None:
+        """Hand everything to the checkpointer."""
+        run.model, run.optimizer, run.loader, run.scheduler = run.ckpt.prepare(
+            run.model, run.optimizer, run.loader, run.scheduler)
+        run.ckpt.register_for_checkpointing(run.state)  # the accumulation position (micro-batch counter)
+
+    def after_load(self, run: Run) -> None:
+        """Runs right after `load_state` (`run.resumed_from` is None on a fresh start). Nothing to do."""
+
+    def start_epoch(self, run: Run) -> int:
+        """The epoch to continue with: the data loader's, restored by load_state."""
+        return run.loader.epoch
+
+    def after_step(self, run: Run) -> None:
+        """Runs after each optimizer step, before probe.step (EMA updates go here)."""
+
+    def step_extra(self, run: Run) -> dict:
+        """Extra per-step values for probe.step."""
+        return {}
+
+    def final_extra(self, run: Run) -> dict:
+        """Extra final state for probe.finish."""
+        return {}
+
+    # -- process setup ----------------------------------------------------------------------------
+
+    def setup(self, args) -> Run:
+        backend = os.environ.get("HARNESS_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+        else:
+            device = torch.device("cpu")
+        torch.use_deterministic_algorithms(True)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = False
+        return Run(args, rank, world, local_rank, device, rank_seed=args.seed * 1009 + 1 + rank)
+
+    @staticmethod
+    def seed_rank(run: Run) -> None:
+        """Per-rank seeds of the global python/numpy/torch RNGs (dropout and augmentation differ by rank)."""
+        random.seed(run.rank_seed)
+        np.random.seed(run.rank_seed % 2**32)
+        torch.manual_seed(run.rank_seed)
+
+    # -- the training loop ------------------------------------------------------------------------
+
+    def main(self, argv=None) -> None:
+        args = self.parser().parse_args(argv)
+        run = self.setup(args)
+        try:
+            t0 = time.perf_counter()
+            self.train(run)
+            elapsed = time.perf_counter() - t0
+            if args.report_time:
+                times = [None] * run.world_size
+                dist.all_gather_object(times, elapsed)
+                if run.rank == 0:
+                    print(f"[scenarios.{self.name}] {args.steps} steps on {run.world_size} rank(s): training "
+                          f"{max(times):.3f} s (max over ranks, excluding interpreter/torch/process-group startup)",
+                          file=sys.stderr, flush=True)
+            # Teardown guard for a torch 2.13 deadlock (~1 trial in 100 on a loaded 2-core box): backward
+            # stashes a Python object (a contextvars copy) in thread-local state, which the DDP allreduce
+            # works capture. If a gloo worker thread drops the last reference to such a work, it needs
+            # the GIL; if the main thread is then freeing the DDP model, ~ProcessGroupGloo joins that
+            # thread while holding the GIL. A barrier captures every work still in flight, and keeping
+            # the barrier's handle until the process ends means no worker thread ever drops a last
+            # reference: the works are freed by this thread, at exit.
+            work = dist.barrier(async_op=True)
+            work.wait()
+            _WORKS_KEPT.append(work)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def train(self, run: Run) -> None:
+        args = run.args
+        torch.manual_seed(args.seed)  # identical model init on every rank
+        dataset = self.build_dataset(args)
+        model = self.build_model(args).to(run.device)
+        self.seed_rank(run)
+        kw = dict(device_ids=[run.device.index]) if run.device.type == "cuda" else {}
+        run.model = DDP(model, **kw)
+        run.optimizer = self.build_optimizer(args, run.model)
+        run.scheduler = self.build_scheduler(args, run.optimizer)
+        run.loader = self.build_loader(run, dataset)
+        run.ckpt = Checkpointer(ProjectConfiguration(probe.run_dir(), automatic_checkpoint_naming=True,
+                                                     total_limit=args.total_limit))
+        self.prepare(run)  # HOOK: prepare
+        run.resumed_from = run.ckpt.load_state(missing_ok=True)
+        self.after_load(run)  # HOOK: after_load
+
+        step = run.ckpt.step
+        epoch = self.start_epoch(run)  # HOOK: start_epoch
+        accum = args.accum
+        window: list = []
+        window_loss = None
+        while step < args.steps:
+            run.loader.set_epoch(epoch)
+            for batch in run.loader:
+                batch = to_device(batch, run.device)
+                run.state.micro += 1
+                sync = run.state.micro % accum == 0 or run.loader.position == len(run.loader)
+                with contextlib.nullcontext() if sync else run.model.no_sync():
+                    loss = self.forward_loss(run, batch) / accum
+                    loss.backward()
+                window.append(batch)
+                window_loss = loss.detach() if window_loss is None else window_loss + loss.detach()
+                probe.point("microbatch")
+                if not sync:
+                    continue
+                run.optimizer.step()
+                run.scheduler.step()
+                run.optimizer.zero_grad(set_to_none=True)
+                step += 1
+                run.ckpt.step = step
+                self.after_step(run)  # HOOK: after_step
+                probe.step(step, loss=window_loss, batch=window, model=run.model, optimizer=run.optimizer,
+                           lr=run.scheduler.get_last_lr()[0], window=len(window), **self.step_extra(run))
+                window, window_loss = [], None
+                if step % args.ckpt_every == 0:
+                    run.ckpt.save_state()
+                if step >= args.steps:
+                    break
+            else:
+                epoch += 1
+        probe.finish(model=run.model, optimizer=run.optimizer, scheduler=run.scheduler.state_dict(),
+                     data=run.loader.state_dict(), counters=run.state.state_dict(), **self.final_extra(run))
+
+
+def epoch_table(batches_per_epoch: int, accum: int, steps: int) -> list[tuple[int, int, int]]:
+    """[(step, epoch, micro)] of the loop above: which epoch each optimizer step ends in (for docs/tests)."""
+    out, micro, step, epoch = [], 0, 0, 0
+    while step < steps:
+        for pos in range(1, batches_per_epoch + 1):
+            micro += 1
+            if micro % accum == 0 or pos == batches_per_epoch:
+                step += 1
+                out.append((step, epoch, micro))
+                if step >= steps:
+                    break
+        epoch += 1
+    return out
+

@@ -1,0 +1,56 @@
+"""Buggy variants of the default scenario: one classic resume mistake each.
+
+Each module is the default scenario (``scenarios._common.Scenario``) with one hook overridden by
+the mistake, marked ``# BUG`` with the real-world bug it reproduces. Under the reference
+checkpointer the correct scenarios resume bit-exactly at every kill point; these must not.
+
+`EXPECTED` says, for the default sizes (24 steps, 10 micro-batches per rank per epoch, accum 4,
+checkpoints at 5, 10, 15, 20), a fault plan that shows the bug and the first divergence the oracle
+must report: the step (the first one after the resume), the rank, and the exact differing fields.
+The tests (tests/test_scenarios.py) and the docs read it; it is plain data, importing no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Expected:
+    plan: str  # a fault plan that exposes the mistake
+    step: int  # first divergent step
+    rank: int  # its rank (the oracle orders by attempt, step, rank)
+    fields: tuple[str, ...]  # exactly the differing fields of that row
+    why: str
+
+
+_AFTER_10 = "kill at step 12 resumes from the checkpoint at step 10 (epoch 3, after 2 of its 10 batches)"
+
+EXPECTED: dict[str, Expected] = {
+    "buggy/rng_from_rank0": Expected(
+        "12", 11, 0, ("params", "optimizer"),
+        f"{_AFTER_10}; rank 1 now draws rank 0's RNG stream (its own row at step 11 differs in batch, "
+        "rng:python, rng:numpy, rng:torch, loss), and rank 0 sees it only through DDP's averaged gradient"),
+    "buggy/numpy_rng_not_saved": Expected(
+        "12", 11, 0, ("batch", "rng:numpy", "loss", "params", "optimizer"),
+        f"{_AFTER_10}; numpy restarts from its startup seed: the numpy augmentation noise differs, torch's does not"),
+    "buggy/scheduler_not_saved": Expected(
+        "12", 11, 0, ("params", "optimizer", "extra:lr"),
+        f"{_AFTER_10}; the rebuilt scheduler is one step ahead: the update of step 11 uses step 12's rate"),
+    "buggy/optimizer_not_saved": Expected(
+        "12", 11, 0, ("params", "optimizer"),
+        f"{_AFTER_10}; AdamW restarts with empty moments: the same loss and data, a different update"),
+    "buggy/sampler_epoch_not_set": Expected(
+        "12", 11, 0, ("batch", "loss", "params", "optimizer"),
+        f"{_AFTER_10}; the loop restarts at epoch 0, so epoch 0's permutation is replayed (same number of draws)"),
+    "buggy/loader_global_rng": Expected(
+        "12", 11, 0, ("batch", "rng:torch", "loss", "params", "optimizer"),
+        f"{_AFTER_10}; rebuilding the iterator mid-epoch draws one extra base seed from the global torch RNG"),
+    "buggy/ema_not_registered": Expected(
+        "12", 11, 0, ("extra:ema",),
+        f"{_AFTER_10}; the EMA restarts from the restored weights with its counter at 0; training is unaffected"),
+    "buggy/grad_accum_position_lost": Expected(
+        "17", 16, 0, ("batch", "rng:numpy", "rng:torch", "loss", "params", "optimizer", "extra:window"),
+        "kill at step 17 resumes from the checkpoint at step 15, saved at micro-batch 50 (50 % 4 == 2); the counter "
+        "restarts at 0, so step 16 accumulates 4 micro-batches instead of 2"),
+}

@@ -1,0 +1,183 @@
+"""The built-in scenarios under real kills: the correct ones resume bit-exactly, each buggy one fails
+with the first divergence its mistake predicts (scenarios.buggy.EXPECTED).
+
+Every trial here launches real 2-rank gloo jobs through `harness.engine.run` (fork-server launcher,
+one per xdist worker; baselines cached per scenario in a per-session cache). Default sizes of the
+default scenario (scenarios/default.py): 24 steps, 10 micro-batches per rank per epoch, accum 4,
+epochs end at steps 3, 6, ..., 24, checkpoints at 5, 10, 15, 20 (15 saved at micro-batch 50).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness.engine import list_scenarios, run
+from harness.oracle import compare_step, load_trace
+from scenarios import BUILTIN
+from scenarios._common import epoch_table
+from scenarios.buggy import EXPECTED
+
+CORRECT = ["default", "transformer_lm", "workers", "bf16", "ema"]
+BUGGY = sorted(EXPECTED)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _baseline_cache(tmp_path_factory):
+    """One baseline cache for the whole session (shared by xdist workers; the engine locks per key)."""
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "scenario-baseline-cache"
+    old = os.environ.get("HARNESS_CACHE_DIR")
+    os.environ["HARNESS_CACHE_DIR"] = str(cache)
+    yield str(cache)
+    if old is None:
+        os.environ.pop("HARNESS_CACHE_DIR", None)
+    else:
+        os.environ["HARNESS_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def launcher():
+    from harness.launch.forkserver import ForkServerLauncher
+
+    lau = ForkServerLauncher()
+    yield lau
+    lau.close()
+
+
+def trial(launcher, tmp_path, target, plan):
+    res = run(target, nproc=2, plan=plan, seed=0, backend="gloo", out_dir=str(tmp_path / "out"), launcher=launcher,
+              timeout_s=120)
+    assert res.verdict != "error", f"{target} [{plan}]: {res.outcome}: {res.message}\n{res.log_tail or ''}"
+    return res
+
+
+def describe(res) -> str:
+    d = res.first_divergence
+    where = f"step {d.step} rank {d.rank} attempt {d.attempt} fields {d.fields} ({d.note})" if d else "none"
+    return f"{res.verdict}/{res.outcome}: {res.message}; first divergence: {where}"
+
+
+# -- static checks (no processes) ----------------------------------------------------------------
+
+
+def test_registry_lists_every_scenario_module():
+    assert sorted(BUILTIN) == list_scenarios()
+    assert set(BUGGY) == {n for n in BUILTIN if n.startswith("buggy/")}
+    assert set(CORRECT) == {n for n in BUILTIN if not n.startswith("buggy/")}
+
+
+def test_documented_epoch_boundaries_and_checkpoints():
+    table = epoch_table(batches_per_epoch=10, accum=4, steps=24)
+    ends = [s for s, _, micro in table if micro % 10 == 0]
+    assert ends == [3, 6, 9, 12, 15, 18, 21, 24]
+    micro_at = {s: m for s, _, m in table}
+    assert [micro_at[s] for s in (5, 10, 15, 20)] == [16, 32, 50, 68]
+    assert micro_at[15] % 4 == 2  # the one checkpoint with a non-zero accumulation phase
+    # microbatch:39 lands inside step 12's window (micro-batches 37..40)
+    assert micro_at[11] < 39 < micro_at[12]
+
+
+# -- correct scenarios resume bit-exactly ----------------------------------------------------------
+
+CORRECT_PLANS = [
+    ("default", "12"),                   # mid-epoch: resume from step 10 (epoch 3, batch 2 of 10)
+    ("default", "6"),                    # at an epoch end (epoch 1), before any save there: resume from 5
+    ("default", "16"),                   # first step after the epoch-boundary checkpoint 15 (accum phase 2)
+    ("default", "microbatch:39"),        # mid-accumulation, inside step 12's window
+    ("default", "checkpoint.write:10"),  # mid-save: rank 0's 3rd file of the save at step 10
+    ("default", "checkpoint.commit:3"),  # save at 15 written but not committed: resume from 10
+    ("default", "12@1"),                 # the other rank
+    ("default", "12@all"),               # every rank at once
+    ("default", "7,17"),                 # two faults: resume twice (from 5, then from 15)
+    ("transformer_lm", "10"),
+    ("transformer_lm", "microbatch:27"),
+    ("workers", "12"),
+    ("workers", "16"),
+    ("bf16", "12"),
+    ("ema", "12"),
+    ("ema", "16"),
+]
+
+
+@pytest.mark.parametrize("target, plan", CORRECT_PLANS, ids=[f"{t}-{p}" for t, p in CORRECT_PLANS])
+def test_correct_scenario_is_bit_exact(launcher, tmp_path, target, plan):
+    res = trial(launcher, tmp_path, target, plan)
+    assert res.verdict == "pass" and res.outcome == "bit_exact", describe(res)
+    resumed = [a for a in res.attempts if a["loaded"]]
+    assert len(resumed) == len(plan.split(",")), res.attempts  # every restart resumed from a checkpoint
+
+
+# -- buggy variants fail with the predicted first divergence ---------------------------------------
+
+
+@pytest.mark.parametrize("target", BUGGY)
+def test_buggy_variant_fails_at_first_step_after_resume(launcher, tmp_path, target):
+    exp = EXPECTED[target]
+    res = trial(launcher, tmp_path, target, exp.plan)
+    assert res.verdict == "fail" and res.outcome == "divergence", describe(res)
+    d = res.first_divergence
+    assert (d.where, d.step, d.rank, d.attempt) == ("trace", exp.step, exp.rank, 1), describe(res)
+    assert d.fields == list(exp.fields), describe(res)
+
+
+# The same mistakes under other kinds of kills.
+BUGGY_OTHER_PLANS = [
+    ("buggy/numpy_rng_not_saved", "microbatch:42", 11, ("batch", "rng:numpy", "loss", "params", "optimizer")),
+    ("buggy/sampler_epoch_not_set", "12@all", 11, ("batch", "loss", "params", "optimizer")),
+    ("buggy/optimizer_not_saved", "checkpoint.write:10", 6, ("params", "optimizer")),
+    ("buggy/scheduler_not_saved", "12@1", 11, ("params", "optimizer", "extra:lr")),
+]
+
+
+@pytest.mark.parametrize("target, plan, step, fields", BUGGY_OTHER_PLANS,
+                         ids=[f"{t}-{p}" for t, p, _, _ in BUGGY_OTHER_PLANS])
+def test_buggy_variant_under_other_kills(launcher, tmp_path, target, plan, step, fields):
+    res = trial(launcher, tmp_path, target, plan)
+    assert res.verdict == "fail" and res.outcome == "divergence", describe(res)
+    d = res.first_divergence
+    assert (d.step, d.rank, d.fields) == (step, 0, list(fields)), describe(res)
+
+
+def test_rng_from_rank0_shows_on_rank1_rng(launcher, tmp_path):
+    """Rank 0's first divergence is only params/optimizer; the cause is visible on rank 1's row.
+
+    Within the trial itself, rank 1's step 11 ran twice: before the kill (as in the baseline) and after
+    the resume. The two rows differ in every RNG stream; rank 0's two rows differ only in the update.
+    """
+    res = trial(launcher, tmp_path, "buggy/rng_from_rank0", "12")
+    assert res.verdict == "fail", describe(res)
+    tr = load_trace(tmp_path / "out" / "trace")
+    rows = {(r, row["attempt"]): row for r in (0, 1) for row in tr.steps(r) if row["step"] == 11}
+    fields1 = compare_step(rows[(1, 0)], rows[(1, 1)])[0]
+    fields0 = compare_step(rows[(0, 0)], rows[(0, 1)])[0]
+    assert {"rng:python", "rng:numpy", "rng:torch", "batch", "loss"} <= set(fields1), fields1
+    assert fields0 == ["params", "optimizer"], fields0
+
+
+def test_grad_accum_bug_is_silent_at_aligned_checkpoints_but_caught_in_final_state(launcher, tmp_path):
+    """Resuming from step 10 (micro-batch 32, a multiple of accum): every step row matches, yet the
+    recorded final state holds the wrong micro-batch counter."""
+    res = trial(launcher, tmp_path, "buggy/grad_accum_position_lost", "12")
+    assert res.verdict == "fail", describe(res)
+    d = res.first_divergence
+    assert d.where == "final" and d.fields == ["extra:counters"], describe(res)
+
+
+# -- outside the harness ---------------------------------------------------------------------------
+
+
+def test_default_runs_under_plain_torchrun(tmp_path):
+    """The scenario is an ordinary torchrun script; the probe is a no-op there; a rerun resumes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_")}
+    env.update(HARNESS_RUN_DIR=str(tmp_path / "run"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "scenarios.default", "--steps", "6", "--ckpt-every", "3", "--report-time"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "6 steps on 2 rank(s)" in p.stderr
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]
+    assert not (tmp_path / "trace").exists()
