@@ -59,7 +59,6 @@ from harness.checkpoint import Checkpointer, ProjectConfiguration
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-_WORKS_KEPT: list = []  # see the end of Scenario.main
 
 # ------------------------------------------------------------------------------------------------
 # small pieces
@@ -298,16 +297,6 @@ class Scenario:
                     print(f"[scenarios.{self.name}] {args.steps} steps on {run.world_size} rank(s): training "
                           f"{max(times):.3f} s (max over ranks, excluding interpreter/torch/process-group startup)",
                           file=sys.stderr, flush=True)
-            # Teardown guard for a torch 2.13 deadlock (~1 trial in 100 on a loaded 2-core box): backward
-            # stashes a Python object (a contextvars copy) in thread-local state, which the DDP allreduce
-            # works capture. If a gloo worker thread drops the last reference to such a work, it needs
-            # the GIL; if the main thread is then freeing the DDP model, ~ProcessGroupGloo joins that
-            # thread while holding the GIL. A barrier captures every work still in flight, and keeping
-            # the barrier's handle until the process ends means no worker thread ever drops a last
-            # reference: the works are freed by this thread, at exit.
-            work = dist.barrier(async_op=True)
-            work.wait()
-            _WORKS_KEPT.append(work)
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()

@@ -16,7 +16,7 @@ from harness.oracle import (
 )
 from harness.oracle.ulp import ordinal
 
-from oracle_helpers import baseline, final_tensors, resumed, step_row
+from oracle_helpers import TraceBuilder, baseline, final_tensors, resumed, step_row
 
 
 @pytest.fixture
@@ -437,3 +437,21 @@ def test_assess_crash_on_resume_and_crash(base, tmp_path):
 def test_assess_fault_not_fired(base, tmp_path):
     r = _assess(base, baseline(tmp_path / "t").write(), n_faults=1)
     assert (r["verdict"], r["outcome"]) == ("error", "fault_not_fired")
+
+
+def test_assess_attempt_without_trace_is_named(base, tmp_path):
+    """A relaunch whose ranks recorded nothing (attempts 0 and 2 only) is named, not mistaken for a fault."""
+    b = TraceBuilder(tmp_path / "t").start(0).steps(0, 1, 7).fault(0, 7).start(2).steps(2, 6, 10).finish(2)
+    r = _assess(base, b.write(), n_faults=2)
+    assert (r["verdict"], r["outcome"]) == ("error", "error")
+    assert "attempt 1 recorded no trace row" in r["message"]
+
+
+def test_first_divergence_prefers_the_rank_whose_inputs_differ(base, tmp_path):
+    """At one step, rank 1's RNG/batch differ and rank 0 only sees the averaged update: rank 1 is first."""
+    b = resumed(tmp_path / "t")
+    b.row(0, 6, 1)["params"] = "0" * 32
+    b.row(1, 6, 1)["rng"]["torch"] = "1" * 32
+    b.row(1, 6, 1)["params"] = "0" * 32
+    first = compare_runs(base, b.write()).first
+    assert (first.step, first.rank, first.fields) == (6, 1, ["rng:torch", "params"])

@@ -143,13 +143,14 @@ def test_buggy_variant_under_other_kills(launcher, tmp_path, target, plan, step,
 
 
 def test_rng_from_rank0_shows_on_rank1_rng(launcher, tmp_path):
-    """Rank 0's first divergence is only params/optimizer; the cause is visible on rank 1's row.
+    """The first divergence names rank 1, whose inputs differ, not rank 0, where only the update does.
 
     Within the trial itself, rank 1's step 11 ran twice: before the kill (as in the baseline) and after
     the resume. The two rows differ in every RNG stream; rank 0's two rows differ only in the update.
     """
     res = trial(launcher, tmp_path, "buggy/rng_from_rank0", "12")
     assert res.verdict == "fail", describe(res)
+    assert res.first_divergence.rank == 1 and "rng:torch" in res.first_divergence.fields, describe(res)
     tr = load_trace(tmp_path / "out" / "trace")
     rows = {(r, row["attempt"]): row for r in (0, 1) for row in tr.steps(r) if row["step"] == 11}
     fields1 = compare_step(rows[(1, 0)], rows[(1, 1)])[0]

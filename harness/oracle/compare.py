@@ -69,9 +69,13 @@ class Divergence:
     note: str = ""
 
     def sort_key(self) -> tuple:
+        """Execution order: attempt, step; then, at the same step, a rank whose *inputs* differ (batch,
+        RNG, loss) before a rank where only the results differ (params, optimizer), which DDP's
+        all-reduce spreads from the rank at fault to every rank; then rank. Final state last."""
         if self.where == "final":
-            return (1, 0, 0, self.rank)
-        return (0, self.attempt or 0, self.step if self.step is not None else 0, self.rank)
+            return (1, 0, 0, 0, self.rank)
+        inputs = any(f in ("batch", "loss") or f.startswith("rng:") for f in self.fields)
+        return (0, self.attempt or 0, self.step if self.step is not None else 0, 0 if inputs else 1, self.rank)
 
     def to_json(self) -> dict:
         return {

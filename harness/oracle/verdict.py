@@ -159,8 +159,13 @@ def assess(
         return done("error", "crash", f"rank {r} crashed in attempt 0, before any fault fired{how}; {at}",
                     log_tail=tail)
 
-    for s in summary[: n_faults or 0]:
-        if s["fault"] is None and s["finished"]:
+    recorded = {s["attempt"] for s in summary}
+    for a in range(len(summary) and max(recorded) + 1):
+        if a not in recorded:
+            return done("error", "error", f"attempt {a} recorded no trace row: did its ranks start? "
+                                          f"See attempt{a}/rank*.log")
+    for s in summary:
+        if s["attempt"] < (n_faults or 0) and s["fault"] is None and s["finished"]:
             return done("error", "fault_not_fired",
                         f"fault {s['attempt'] + 1} of the plan never fired: attempt {s['attempt']} finished "
                         f"at step {s['last_step']} without reaching it")

@@ -202,6 +202,7 @@ def point(name: str, **info) -> None:
 def finish(model=None, optimizer=None, **state) -> None:
     """Record the final state for the exact comparison: every tensor, every byte.
 
+    Collective under torch.distributed with gloo (a barrier, see _guard_gloo_teardown): every rank calls it.
     Writes ``final/rank{r}.safetensors`` (tensors, keys ``model/...``, ``optimizer/...``,
     ``extra/<name>/...``) and ``final/rank{r}.json`` (the other leaves), then a ``finish`` row.
     """
@@ -242,6 +243,27 @@ def finish(model=None, optimizer=None, **state) -> None:
         json.dump(values, f, sort_keys=True)
     os.replace(base + ".json.tmp", base + ".json")
     rec.write({"kind": "finish", "file": f"final/rank{rec.rank}.safetensors"})
+    _guard_gloo_teardown()
+
+
+_WORKS_KEPT: list = []
+
+
+def _guard_gloo_teardown() -> None:
+    """Work around a torch (2.13) deadlock at the end of DDP + gloo jobs (~1 run in 50-100 under load).
+
+    Backward stashes a Python object (a contextvars copy) in thread-local state, which DDP's allreduce
+    works capture. If a gloo worker thread drops the last reference to such a work it needs the GIL,
+    while the main thread, freeing the process group (destroy_process_group, or the DDP model at
+    exit), joins that thread holding the GIL. A barrier completes every work still in flight, and
+    keeping its handle until the process ends means the works are freed by the main thread.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        work = dist.barrier(async_op=True)
+        work.wait()
+        _WORKS_KEPT.append(work)
 
 
 def _final_tensor(t):
