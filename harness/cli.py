@@ -120,8 +120,13 @@ def _scenarios() -> int:
     if not names:
         print("no built-in scenarios are installed", file=sys.stderr)
         return EXIT_PASS
+    try:
+        from scenarios import BUILTIN
+    except ImportError:
+        BUILTIN = {}
+    width = max(map(len, names))
     for name in names:
-        print(name)
+        print(f"{name:<{width}}  {BUILTIN.get(name, '')}".rstrip())
     return EXIT_PASS
 
 

@@ -66,8 +66,9 @@ def test_help_documents_the_fault_grammar(capsys):
 
 def test_scenarios_lists_builtins(capsys):
     assert main(["scenarios"]) == 0
-    listed = capsys.readouterr().out.split()
-    assert listed == list_scenarios()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list_scenarios()
+    assert any(line.startswith("default ") and "DDP" in line for line in lines)  # with its description
 
 
 def test_json_pass(shared_cache, tmp_path):
