@@ -7,16 +7,20 @@ import os
 import pytest
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> str:
+    """One baseline cache for all pytest-xdist workers of this session (they race on it on purpose)."""
+    base = tmp_path_factory.getbasetemp()
+    return str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "harness-baseline-cache")
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _baseline_cache_outside_home(tmp_path_factory):
-    """Baselines cached by tests go to this session's temp folder (shared by the xdist workers of one
-    run, which the cache's lock allows), never into ~/.cache. Tests that need their own set it."""
+def _baseline_cache_outside_home(shared_cache):
+    """Baselines cached by tests go to the session's shared cache, never into ~/.cache."""
     if "HARNESS_CACHE_DIR" in os.environ:
         yield
         return
-    root = tmp_path_factory.getbasetemp()
-    shared = root.parent if root.name.startswith("popen-gw") else root
-    os.environ["HARNESS_CACHE_DIR"] = str(shared / "harness-cache")
+    os.environ["HARNESS_CACHE_DIR"] = shared_cache
     try:
         yield
     finally:

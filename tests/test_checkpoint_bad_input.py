@@ -309,6 +309,7 @@ def test_save_needs_a_folder():
 def test_unsaveable_custom_state_fails_cleanly(saved):
     project, _, _ = saved
     job = make_job(project)
+    job[0].load_state()
 
     class Bad:
         def state_dict(self):

@@ -14,11 +14,6 @@ MLP = os.path.join(SCRIPTS, "ddp_mlp.py")
 BUGGY = os.path.join(SCRIPTS, "buggy_reseed.py")
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()
-    return str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "harness-baseline-cache")
-
 
 def harness(*args, cache, cwd=None, timeout=300):
     env = {**os.environ, "HARNESS_CACHE_DIR": cache, "COLUMNS": "200"}

@@ -17,12 +17,6 @@ MLP = os.path.join(SCRIPTS, "ddp_mlp.py")
 BUGGY = os.path.join(SCRIPTS, "buggy_reseed.py")
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    """One baseline cache for all pytest-xdist workers of this session (they race on it on purpose)."""
-    base = tmp_path_factory.getbasetemp()
-    return str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "harness-baseline-cache")
-
 
 @pytest.fixture(autouse=True)
 def cache_env(shared_cache, monkeypatch):

@@ -24,7 +24,7 @@ import time
 import weakref
 
 from harness.launch import reap
-from harness.launch.spec import (LaunchError, LaunchResult, LaunchSpec, RankExit, base_env, job_env,
+from harness.launch.spec import (LauncherBase, LaunchError, LaunchResult, LaunchSpec, RankExit, base_env, job_env,
                                  startup_env)
 
 _HARNESS_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -165,7 +165,7 @@ class _Zygote:
             self.close(timeout=1.0)
 
 
-class ForkServerLauncher:
+class ForkServerLauncher(LauncherBase):
     """Launch ranks by forking them from a warm zygote (see the module docstring)."""
 
     def __init__(self, *, start: bool = True):
@@ -211,12 +211,6 @@ class ForkServerLauncher:
         self._zygotes.clear()
         if self._fallback is not None:
             self._fallback.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 _LIVE: "weakref.WeakSet[ForkServerLauncher]" = weakref.WeakSet()

@@ -115,6 +115,19 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
+class LauncherBase:
+    """What every launcher shares: a no-op `close()` and use as a context manager."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def base_env() -> dict[str, str]:
     """os.environ with the rank defaults (OMP_NUM_THREADS=1, PYTHONHASHSEED=0) where it has none."""
     env = dict(os.environ)

@@ -17,7 +17,7 @@ import sys
 import time
 
 from harness.launch import reap
-from harness.launch.spec import LaunchResult, LaunchSpec, RankExit, job_env, rank_env
+from harness.launch.spec import LauncherBase, LaunchResult, LaunchSpec, RankExit, job_env, rank_env
 
 
 def _rank_preexec() -> None:
@@ -31,7 +31,7 @@ def host_store(addr: str):
     return TCPStore(addr, 0, is_master=True, wait_for_workers=False)
 
 
-class SubprocessLauncher:
+class SubprocessLauncher(LauncherBase):
     def launch(self, spec: LaunchSpec) -> LaunchResult:
         env = job_env(spec)
         os.makedirs(spec.log_dir, exist_ok=True)
@@ -87,12 +87,3 @@ class SubprocessLauncher:
             reap.sweep(env["HARNESS_LAUNCH_ID"])  # descendants that left the ranks' groups
         return LaunchResult(exits=[exits[r] for r in range(spec.nproc)], timed_out=timed_out,
                             wall_s=time.monotonic() - t0, launch_id=env["HARNESS_LAUNCH_ID"])
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

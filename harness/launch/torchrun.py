@@ -22,12 +22,12 @@ import sys
 import time
 
 from harness.launch import reap
-from harness.launch.spec import LaunchResult, LaunchSpec, RankExit, job_env
+from harness.launch.spec import LauncherBase, LaunchResult, LaunchSpec, RankExit, job_env
 
 SHUTDOWN_GRACE_S = 5.0
 
 
-class TorchrunLauncher:
+class TorchrunLauncher(LauncherBase):
     def __init__(self, prefix: tuple[str, ...] | list[str] = (), nnodes: int = 1,
                  rdzv_endpoint: str | None = None, extra_args: tuple[str, ...] = ()):
         self.prefix = tuple(prefix)
@@ -87,12 +87,3 @@ class TorchrunLauncher:
                             elapsed_s=time.time() - started)
         return RankExit(rank=rank, pid=record.get("pid"), returncode=record["returncode"],
                         log_path=spec.log_path(rank), elapsed_s=record.get("time", started) - started)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
