@@ -354,3 +354,26 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_files_written_by_save_hooks_are_verified_on_load(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    ckpt = Checkpointer()
+    ckpt.prepare(model)
+    ckpt.register_save_state_pre_hook(lambda models, weights, out: open(os.path.join(out, "extra.bin"), "wb").write(b"x" * 100))
+    path = ckpt.save_state(tmp_path / "c")
+    with open(os.path.join(path, "extra.bin"), "r+b") as f:
+        f.write(b"y")
+    with pytest.raises(CorruptCheckpointError, match="extra.bin: checksum mismatch"):
+        ckpt.load_state(path)
+
+
+def test_data_loader_mismatch_changes_nothing(saved):
+    """A data loader that no longer fits is refused before any weight is loaded."""
+    project, path, _ = saved
+    job = make_job(project)
+    before = [p.detach().clone() for p in job[1].parameters()]
+    job[3].loader.batch_sampler.batch_sampler.batch_size = 5  # 8 batches per epoch instead of 10
+    with pytest.raises(IncompatibleCheckpointError, match="data loader 0: the data loader yields 8 batches"):
+        job[0].load_state(path)
+    assert all(torch.equal(a, b) for a, b in zip(before, job[1].parameters()))

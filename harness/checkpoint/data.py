@@ -150,14 +150,18 @@ class ResumableDataLoader:
             state["sampler_generator"] = self._epoch_start_state if mid_epoch else self._user_generator.get_state()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def check_state_dict(self, state: dict) -> None:
+        """Raise ValueError if `state` was saved by a loader that differs from this one."""
         if state["batches_per_epoch"] != len(self):
             raise ValueError(f"the data loader yields {len(self)} batches per epoch, the checkpoint was saved with "
                              f"{state['batches_per_epoch']}: dataset, batch size, drop_last or world size changed")
+        if self._user_generator is not None and "sampler_generator" not in state:
+            raise ValueError("the sampler has a generator now but the checkpoint saved none for it")
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check_state_dict(state)
         self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
         self.loader.dataset.seed = self.seed
         if self._user_generator is not None:
-            if "sampler_generator" not in state:
-                raise ValueError("the sampler has a generator now but the checkpoint saved none for it")
             self._epoch_start_state = state["sampler_generator"].clone()
             self._user_generator.set_state(self._epoch_start_state)

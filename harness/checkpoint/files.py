@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import xxhash
 
+from harness.probe.digest import tensor_bytes  # the probe's digests hash the very same bytes
+
 from .errors import CorruptCheckpointError, UnsafeCheckpointError
 
 CHUNK = 16 << 20  # bytes per write call and per `checkpoint.chunk` fault point
@@ -50,17 +52,6 @@ class FileRecord:
         return {"path": self.path, "size": self.size, HASH: self.digest}
 
 
-def tensor_bytes(t: torch.Tensor) -> memoryview:
-    """The raw bytes of a tensor, without a copy when it is already a contiguous CPU tensor."""
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.contiguous().reshape(-1)
-    if t.numel() == 0:
-        return memoryview(b"")
-    return memoryview(t.view(torch.uint8).numpy()).cast("B")
-
-
 def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
                   on_chunk: Callable[[], None] | None = None) -> tuple[int, str]:
     """Write `tensors` as a safetensors file, fsync it, return (size, digest)."""
@@ -70,7 +61,7 @@ def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[st
     for name, t in tensors.items():
         if t.dtype not in _DTYPES:
             raise TypeError(f"{name}: dtype {t.dtype} cannot be stored in safetensors")
-        body = tensor_bytes(t)
+        body = memoryview(tensor_bytes(t)).cast("B")  # borrows t's memory: `tensors` keeps t alive until written
         header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(body)]}
         bodies.append(body)
         offset += len(body)
@@ -134,6 +125,23 @@ def _open_verified(path: str, record: FileRecord) -> mmap.mmap | bytes:
     if xxhash.xxh3_128_hexdigest(data) != record.digest:
         raise CorruptCheckpointError(f"{path}: checksum mismatch ({HASH}); the file is corrupt (bit flip or partial write)")
     return data
+
+
+def verify(path: str, record: FileRecord) -> None:
+    """Check a file's size and checksum against the manifest without parsing it."""
+    _open_verified(path, record)
+
+
+def hash_file(path: str) -> tuple[int, str]:
+    """(size, digest) of a file written by someone else (a save hook), read in chunks, then fsynced."""
+    digest = xxhash.xxh3_128()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        os.fsync(f.fileno())
+    return size, digest.hexdigest()
 
 
 def refuse_pickle(path: str, head: bytes) -> None:

@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-import xxhash
 
 from harness import probe
 
@@ -113,9 +112,6 @@ def _unlisted_files(staging: str, listed: set) -> list[FileRecord]:
         for name in names:
             rel = os.path.relpath(os.path.join(root, name), staging).replace(os.sep, "/")
             if rel not in listed and rel != MANIFEST:
-                with open(os.path.join(staging, rel), "rb") as f:
-                    data = f.read()
-                    os.fsync(f.fileno())
-                extra.append(FileRecord(rel, len(data), xxhash.xxh3_128_hexdigest(data)))
+                extra.append(FileRecord(rel, *files.hash_file(os.path.join(staging, rel))))
         files.fsync_dir(root)
     return extra

@@ -257,12 +257,11 @@ class Checkpointer:
             except Exception as e:
                 error = f"{type(e).__name__}: {e}"
         reports = comm.all_gather_json({"error": error, "files": [r.to_json() for r in records]})
-        failed = [(r, rep["error"]) for r, rep in enumerate(reports) if rep["error"]]
-        if failed:
+        errors = [rep["error"] for rep in reports]
+        if any(errors):
             if rank == 0:
                 shutil.rmtree(job.staging, ignore_errors=True)
-            raise CheckpointSaveError(f"saving {job.final} failed, previous checkpoints are untouched: "
-                                      + "; ".join(f"rank {r}: {e}" for r, e in failed))
+            _raise_failures(errors, f"saving {job.final} failed, previous checkpoints are untouched")
         commit_error = None
         if rank == 0:
             try:
@@ -321,18 +320,25 @@ class Checkpointer:
                 raise NotACheckpointError(f"no checkpoint in {self.project_configuration.checkpoints_dir}")
         skipped = []
         for path in candidates:
-            loaded, error, kind = None, None, None
+            loaded, error, kind, unexpected = None, None, None, None
             try:
-                loaded = self._read(path)
+                loaded = self._read(path, strict_rng)
             except (CorruptCheckpointError, NotACheckpointError, IncompatibleCheckpointError) as e:
                 error, kind = str(e), type(e).__name__
+            except Exception as e:  # re-raised after the agreement, so that no other rank is left waiting in it
+                unexpected = e
+                error, kind = f"{path}: rank {self._comm.rank}: {type(e).__name__}: {e}", "CheckpointError"
             reports = self._comm.all_gather_json({"error": error, "kind": kind})
+            if unexpected is not None:
+                raise unexpected
             failures = [rep for rep in reports if rep["error"]]
             if not failures:
-                self._apply(path, loaded, strict_rng)
+                self._apply(path, loaded)
                 return path
             message = "; ".join(dict.fromkeys(rep["error"] for rep in failures))
             kinds = [rep["kind"] for rep in failures]
+            if "CheckpointError" in kinds:  # that rank raised its own error: stop on every rank
+                raise CheckpointError(message)
             if input_dir is not None or "IncompatibleCheckpointError" in kinds:
                 # An older checkpoint would not fit either; an explicit folder has no fallback.
                 cls = _ERRORS["IncompatibleCheckpointError" if "IncompatibleCheckpointError" in kinds else kinds[0]]
@@ -342,7 +348,7 @@ class Checkpointer:
         raise CorruptCheckpointError("no valid checkpoint in "
                                      f"{self.project_configuration.checkpoints_dir}; skipped: " + " | ".join(skipped))
 
-    def _read(self, path: str) -> dict:
+    def _read(self, path: str, strict_rng: bool) -> dict:
         """Read and verify everything this rank needs from `path`, and validate it against the registry."""
         comm = self._comm
         manifest = read_manifest(path)
@@ -353,12 +359,19 @@ class Checkpointer:
         records = {r.path: r for r in manifest.records_for(comm.rank)}
         root = os.path.realpath(path)
 
-        def read(rel: str, as_tensors: bool):
+        read_files: set[str] = set()
+
+        def resolve(rel: str) -> str:
             if rel not in records:
                 raise CorruptCheckpointError(f"{path}: the manifest does not list {rel} (for rank {comm.rank})")
             full = os.path.realpath(os.path.join(root, rel))
             if not full.startswith(root + os.sep):
                 raise UnsafeCheckpointError(f"{path}: {rel} resolves outside the checkpoint folder; refusing")
+            return full
+
+        def read(rel: str, as_tensors: bool):
+            full = resolve(rel)
+            read_files.add(rel)
             return files.read_tensors(full, records[rel])[0] if as_tensors else files.read_json(full, records[rel])
 
         own = rank_dir(comm.rank)
@@ -374,20 +387,23 @@ class Checkpointer:
                 weights.append(sd)
             optimizers = [tree.decode(read(f"{p}.json", False), read(f"{p}.safetensors", True))
                           for p in shared["optimizers"]]
-        except (KeyError, TypeError) as e:
+            rng_state = tree.decode(per_rank["rng"], tensors)
+            self._registry.validate(shared, per_rank, tensors, weights, optimizers, rng_state, comm.rank, strict_rng)
+            for rel in sorted(records.keys() - read_files):  # what save hooks added: verified for the load hooks
+                files.verify(resolve(rel), records[rel])
+        except (KeyError, TypeError, ValueError) as e:  # a malformed tree (what tree.decode raises, a missing key)
             raise CorruptCheckpointError(f"{path}: state files are malformed ({type(e).__name__}: {e})") from None
-        self._registry.validate(shared, weights, optimizers, comm.rank)
         return {"shared": shared, "per_rank": per_rank, "tensors": tensors, "weights": weights,
-                "optimizers": optimizers, "step": manifest.step}
+                "optimizers": optimizers, "rng": rng_state, "step": manifest.step}
 
-    def _apply(self, path: str, loaded: dict, strict_rng: bool) -> None:
+    def _apply(self, path: str, loaded: dict) -> None:
         reg = self._registry
         models = list(reg.models)
         for hook in self._load_hooks.values():
             hook(models, path)
         try:
             reg.apply(models, loaded["weights"], loaded["optimizers"], loaded["shared"], loaded["per_rank"],
-                      loaded["tensors"], self._comm.rank, strict_rng)
+                      loaded["tensors"], loaded["rng"], self._comm.rank)
         except CheckpointError:
             raise
         except (KeyError, ValueError, RuntimeError) as e:

@@ -40,9 +40,15 @@ def _generator_state(g) -> dict:
     return {"kind": "python", "state": g.getstate()}
 
 
-def restore(doc: dict, tensors: dict[str, torch.Tensor], generators: list, rank: int, strict: bool = True) -> None:
-    """Set every RNG stream from a `capture` tree. Raises IncompatibleCheckpointError on a mismatch."""
-    state = tree.decode(doc, tensors)
+def _cuda_devices() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check(state: dict, generators: list, rank: int, strict: bool = True) -> None:
+    """Raise IncompatibleCheckpointError if a decoded `capture` tree cannot be restored in this process.
+
+    Called while the checkpoint is validated, before anything is changed and before the ranks agree.
+    """
     saved_gens = state["generators"]
     if len(saved_gens) != len(generators):
         raise IncompatibleCheckpointError(
@@ -53,21 +59,25 @@ def restore(doc: dict, tensors: dict[str, torch.Tensor], generators: list, rank:
         if saved["kind"] != kind:
             raise IncompatibleCheckpointError(
                 f"rank {rank}: registered generator {i} is a {kind} generator, the checkpoint has a {saved['kind']} one")
-    cuda = state["cuda"]
-    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda, devices = state["cuda"], _cuda_devices()
     if (cuda is not None and len(cuda) != devices) or (cuda is None and devices):
         saved = "no CUDA RNG state" if cuda is None else f"CUDA RNG state for {len(cuda)} device(s)"
         msg = (f"rank {rank}: the checkpoint has {saved} but this process sees {devices} CUDA device(s); "
                "the resumed run cannot be bit-exact")
         if strict:
             raise IncompatibleCheckpointError(msg + " (pass strict_rng=False to load anyway)")
-        warnings.warn(msg, stacklevel=3)
+        warnings.warn(msg, stacklevel=5)  # check < Registry.validate < Checkpointer._read < load_state < caller
+
+
+def restore(state: dict, generators: list) -> None:
+    """Set every RNG stream from a decoded `capture` tree that `check` accepted."""
+    cuda = state["cuda"]
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].clone())
-    if cuda is not None and len(cuda) == devices:
+    if cuda is not None and len(cuda) == _cuda_devices():
         torch.cuda.set_rng_state_all([t.clone() for t in cuda])
-    for g, saved in zip(generators, saved_gens):
+    for g, saved in zip(generators, state["generators"]):
         if isinstance(g, torch.Generator):
             g.set_state(saved["state"].clone())
         elif isinstance(g, np.random.Generator):

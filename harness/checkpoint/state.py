@@ -115,7 +115,8 @@ class Registry:
 
     # -- load ---------------------------------------------------------------------------------
 
-    def validate(self, shared: dict, weights: list[dict], optimizers: list[dict], rank: int) -> None:
+    def validate(self, shared: dict, per_rank: dict, tensors: dict, weights: list[dict], optimizers: list[dict],
+                 rng_state: dict, rank: int, strict_rng: bool) -> None:
         """Raise IncompatibleCheckpointError if the checkpoint does not fit what is registered."""
         saved, now = shared["counts"], self.counts()
         for kind in ("models", "optimizers", "schedulers", "dataloaders", "scalers", "custom", "per_rank_custom", "generators"):
@@ -135,9 +136,15 @@ class Registry:
             if now_sizes != saved_sizes:
                 raise IncompatibleCheckpointError(
                     f"rank {rank}: optimizer {i} has param groups of sizes {now_sizes}, the checkpoint {saved_sizes}")
+        for i, (d, doc) in enumerate(zip(self.dataloaders, per_rank["dataloaders"] or [])):
+            try:
+                d.check_state_dict(tree.decode(doc, tensors))
+            except ValueError as e:
+                raise IncompatibleCheckpointError(f"rank {rank}: data loader {i}: {e}") from None
+        rng.check(rng_state, self.generators, rank, strict=strict_rng)
 
     def apply(self, models: list, weights: list[dict], optimizers: list[dict], shared: dict, per_rank: dict,
-              tensors: dict, rank: int, strict_rng: bool) -> None:
+              tensors: dict, rng_state: dict, rank: int) -> None:
         """Load everything. `models` is the (possibly hook-filtered) list of models to load weights into."""
         for model, sd in zip(models, weights):
             unwrap_model(model).load_state_dict(sd, strict=True)
@@ -151,13 +158,10 @@ class Registry:
             warnings.warn(f"rank {rank}: the checkpoint has no data position (converted from a format that does not "
                           "save it); the data loaders keep their current position", stacklevel=4)
         for d, doc in zip(self.dataloaders, per_rank["dataloaders"] or []):
-            try:
-                d.load_state_dict(tree.decode(doc, tensors))
-            except ValueError as e:
-                raise IncompatibleCheckpointError(f"rank {rank}: data loader: {e}") from None
+            d.load_state_dict(tree.decode(doc, tensors))
         for i, (obj, pr) in enumerate(self.custom):
             obj.load_state_dict(tree.decode((per_rank if pr else shared)["custom"][str(i)], tensors))
-        rng.restore(per_rank["rng"], tensors, self.generators, rank, strict=strict_rng)
+        rng.restore(rng_state, self.generators)  # last: nothing above may draw from the restored streams
 
 
 def _check_model(i: int, now: dict, saved: dict, rank: int) -> None:

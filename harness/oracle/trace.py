@@ -64,7 +64,8 @@ def _read_rows(path: Path, warnings: list[str]) -> list[dict]:
     return rows
 
 
-def _event_step(row: dict):
+def event_step(row: dict):
+    """The step of an event row: its info's `step` (e.g. the checkpoint's), else the last step seen."""
     info = row.get("info") or {}
     return info["step"] if isinstance(info, dict) and "step" in info else row.get("step")
 
@@ -134,7 +135,7 @@ class Trace:
             steps = [row["step"] for r in self.ranks for row in self.steps(r, a)]
             faults = [row for row in all_faults if row.get("attempt", 0) == a]
             events = [row for row in all_events if row.get("attempt", 0) == a]
-            committed |= {_event_step(e) for e in events if e.get("name") == "checkpoint.committed"}
+            committed |= {event_step(e) for e in events if e.get("name") == "checkpoint.committed"}
             out.append({
                 "attempt": a,
                 "first_step": min(steps, default=None),

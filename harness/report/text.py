@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from harness.oracle.trace import event_step
+
 STYLES = {"pass": "bold green", "fail": "bold red", "error": "bold yellow"}
 MAX_TENSORS = 10
 MAX_LOG_LINES = 40
@@ -24,7 +26,7 @@ def _size(n: int) -> str:
 def _attempt(s: dict) -> str:
     steps = f"steps {s['first_step']}-{s['last_step']}" if s.get("first_step") is not None else "no steps"
     parts = [f"{s['attempt']}: {steps}"]
-    loaded = [e.get("info", {}).get("step", e.get("step")) for e in s.get("loaded") or []]
+    loaded = [event_step(e) for e in s.get("loaded") or []]
     if loaded:
         parts.insert(1, f"resumed from step {loaded[0]}")
     if s.get("fault"):
