@@ -28,7 +28,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from harness import __version__
+    from harness.engine import BACKENDS
     from harness.faults import __doc__ as faults_doc
+    from harness.launch import LAUNCHERS
 
     parser = _Parser(prog="harness", description="Kill distributed PyTorch training, resume it, check it is bit-exact.")
     parser.add_argument("--version", action="version", version=f"resume-harness {__version__}")
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kill", action="append", default=[], metavar="PLAN",
                      help="fault(s) to inject, e.g. 12, 12@1, checkpoint.write:2@all:SIGTERM, random; repeatable")
     run.add_argument("--seed", type=int, default=0, help="seed for random faults (default 0)")
-    run.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto",
+    run.add_argument("--backend", choices=BACKENDS, default="auto",
                      help="process group backend: auto = nccl with CUDA, else gloo")
     run.add_argument("--out", default=None, metavar="DIR", help="output folder (default harness-out/<target>-<time>-<id>)")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--baseline-runs", type=int, default=None, metavar="N",
                      help="uninterrupted runs compared to check reproducibility (default 2 for scripts, 1 for scenarios)")
     run.add_argument("--timeout", type=float, default=300.0, metavar="S", help="timeout of each launch in seconds (default 300)")
-    run.add_argument("--launcher", choices=["pool", "subprocess", "torchrun"], default="pool",
+    run.add_argument("--launcher", choices=LAUNCHERS, default="pool",
                      help="pool: fork from a warm process (default); subprocess: fresh python per rank; "
                           "torchrun: torchrun's rendezvous (multi-node)")
     run.add_argument("--no-pool", dest="launcher", action="store_const", const="subprocess",
@@ -153,12 +155,19 @@ def _run(args, script_args: list[str]) -> int:
     if target is None:
         target = "default"
         kill = kill or ["random"]
+    options = {"nnodes": args.nnodes, "rdzv_endpoint": args.rdzv_endpoint} if args.launcher == "torchrun" else {}
+    try:
+        prefix = shlex.split(args.launch_prefix)
+    except ValueError as e:
+        return _usage_error(f"--launch-prefix {args.launch_prefix!r}: {e}", args.json)
+    try:
+        launcher = make_launcher(args.launcher, prefix=prefix, **options)
+    except ValueError as e:  # --nnodes < 1, or several nodes without --rdzv-endpoint
+        return _usage_error(str(e), args.json)
     if args.launcher == "torchrun" and args.nproc % args.nnodes:
         return _usage_error(f"--nproc {args.nproc} is not a multiple of --nnodes {args.nnodes}", args.json)
     err = Console(stderr=True)
     progress = None if args.json else (lambda line: err.print(f"[dim]harness:[/dim] {line}", highlight=False))
-    options = {"nnodes": args.nnodes, "rdzv_endpoint": args.rdzv_endpoint} if args.launcher == "torchrun" else {}
-    launcher = make_launcher(args.launcher, prefix=shlex.split(args.launch_prefix), **options)
     try:
         result = run(target, nproc=args.nproc, plan=kill, seed=args.seed, backend=args.backend,
                      out_dir=args.out, script_args=script_args, baseline_runs=args.baseline_runs,

@@ -34,6 +34,11 @@ def test_version(capsys):
     (["run", MLP, "extra"], "put script arguments after --"),
     (["frobnicate"], "invalid choice"),
     (["convert", "no/such/folder", "b"], "not an HF Accelerate checkpoint"),
+    (["run", MLP, "--launcher", "torchrun", "--nnodes", "0"], "nnodes must be an integer >= 1"),
+    (["run", MLP, "--launcher", "torchrun", "--nnodes", "2"], "rendezvous endpoint"),
+    (["run", MLP, "--launcher", "torchrun", "--nproc", "3", "--nnodes", "2", "--rdzv-endpoint", "h:1"],
+     "not a multiple of --nnodes"),
+    (["run", MLP, "--launch-prefix", "srun '"], "--launch-prefix"),
 ])
 def test_usage_errors_exit_2_with_one_line(capsys, argv, message):
     assert main(argv) == 2

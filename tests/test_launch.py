@@ -216,11 +216,15 @@ def test_ctrl_c_leaves_nothing_running(tmp_path, kind):
         assert group_members(pid) == []
 
 
-def test_killed_harness_leaves_nothing_running(tmp_path):
-    proc, zygote = start_driver(tmp_path, "pool")
+@pytest.mark.parametrize("kind", ["pool", pytest.param("torchrun", marks=pytest.mark.slow)])
+def test_killed_harness_leaves_nothing_running(tmp_path, kind):
+    proc, zygote = start_driver(tmp_path, kind)
     proc.kill()
     proc.wait()
-    assert wait_gone(read_pids(tmp_path, "pids") + [zygote])
+    if kind == "pool":
+        assert wait_gone(read_pids(tmp_path, "pids") + [zygote])
+    else:  # torchrun gets SIGTERM (its parent-death signal) and stops its workers itself
+        assert wait_gone(read_pids(tmp_path, "pids"), within=15)
 
 
 # -- torchrun ------------------------------------------------------------------------------------------
@@ -253,3 +257,7 @@ def test_torchrun_command_line():
     assert joined.endswith("-m harness.launch.rank /shared/logs train.py --x")
     with pytest.raises(ValueError, match="multiple"):
         launcher.command(LaunchSpec(nproc=3, log_dir=".", script="t.py"), "abc")
+    with pytest.raises(ValueError, match="rendezvous endpoint"):
+        make_launcher("torchrun", nnodes=2)
+    with pytest.raises(ValueError, match="nnodes"):
+        make_launcher("torchrun", nnodes=0)

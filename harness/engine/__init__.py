@@ -22,10 +22,11 @@ import time
 import uuid
 
 from harness.engine.baseline import cache_root, get_baseline
-from harness.engine.jobs import RunFolder, attempt_spec, exits_summary, failure_message, log_tail
+from harness.engine.jobs import RunFolder, attempt_spec, exits_summary, failure_message
 from harness.engine.target import Target, UsageError, list_scenarios, resolve_target
 from harness.faults import FaultPlan
 from harness.launch import LaunchError, Launcher
+from harness.launch.spec import log_tail
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -161,7 +162,8 @@ def _run(tgt: Target, plan: FaultPlan, folder: RunFolder, *, launcher, runs, use
             verdict["log_tail"] = baseline.log_tail
         return RunResult(**verdict, **common, plan=plan.format(), replay=replay)
     try:
-        committed = [row["step"] for row in load_trace(baseline.trace_dir).events("checkpoint.committed")]
+        base_trace = load_trace(baseline.trace_dir)
+        committed = [row["step"] for row in base_trace.events("checkpoint.committed")]
         concrete = plan.resolve(common["seed"], baseline.last_step, first_checkpoint=min(committed, default=0))
     except ValueError as e:
         return _error(str(e), plan, common, replay=replay)
@@ -189,7 +191,7 @@ def _run(tgt: Target, plan: FaultPlan, folder: RunFolder, *, launcher, runs, use
 
     t2 = time.monotonic()
     last = launches[max(launches)]
-    comparison = compare_runs(baseline.trace_dir, folder.trace_dir)
+    comparison = compare_runs(base_trace, trace)  # the traces as loaded above: no process writes them now
     verdict = assess(comparison, trace, n_faults=len(concrete),
                      exit_codes={e.rank: e.returncode for e in last.exits},
                      log_tails={e.rank: log_tail(e.log_path) for e in last.exits})

@@ -25,10 +25,10 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from harness.engine.jobs import RunFolder, attempt_spec, failure_message, log_tail
+from harness.engine.jobs import RunFolder, attempt_spec, failure_message
 from harness.engine.target import Target
 from harness.launch import Launcher
-from harness.launch.spec import base_env
+from harness.launch.spec import base_env, log_tail
 
 KEY_ENV = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
 # HARNESS_* variables that name places or are set per run by the harness: not part of the key.
@@ -145,6 +145,7 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
 
     t0 = time.monotonic()
     baseline = Baseline(root=root)
+    traces = []
     for i in range(runs):
         folder = RunFolder(os.path.join(root, f"baseline{i}"))
         progress(f"baseline run {i + 1}/{runs} ...")
@@ -168,10 +169,11 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
             baseline.trace_dirs.append(folder.trace_dir)
             return baseline
         baseline.trace_dirs.append(folder.trace_dir)
+        traces.append(trace)
         baseline.last_step = trace.last_step()
         progress(f"baseline run {i + 1}/{runs}: {baseline.last_step} steps in {result.wall_s:.1f} s")
     if runs > 1:
-        baseline.repro = compare_runs(baseline.trace_dirs[0], baseline.trace_dirs[1])
+        baseline.repro = compare_runs(traces[0], traces[1])
     baseline.seconds = time.monotonic() - t0
     return baseline
 

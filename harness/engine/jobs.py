@@ -47,19 +47,6 @@ def attempt_spec(target: Target, folder: RunFolder, *, nproc: int, backend: str,
                       args=tuple(script_args), env=env, cwd=os.getcwd(), timeout_s=timeout_s, attempt=attempt)
 
 
-def log_tail(path: str, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log file ('' if it is missing)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
-
-
 def exits_summary(result: LaunchResult) -> list[dict]:
     return [{"rank": e.rank, "returncode": e.returncode, "signal": e.signal, "torn_down": e.torn_down}
             for e in result.exits]

@@ -307,8 +307,4 @@ class FaultPlan:
         return cls(tuple(faults))
 
 
-def parse_plan(texts) -> FaultPlan:
-    return FaultPlan.parse(texts)
-
-
-__all__ = ["Fault", "FaultPlan", "parse_plan", "SIGNALS"]
+__all__ = ["Fault", "FaultPlan", "SIGNALS"]

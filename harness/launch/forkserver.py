@@ -25,7 +25,7 @@ import weakref
 
 from harness.launch import reap
 from harness.launch.spec import (LauncherBase, LaunchError, LaunchResult, LaunchSpec, RankExit, base_env, job_env,
-                                 startup_env)
+                                 log_tail, startup_env)
 
 _HARNESS_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ZYGOTE_BOOT = ("import sys; sys.path.append(sys.argv[1]); "
@@ -53,12 +53,8 @@ class _Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return ""
+    def log_tail(self) -> str:
+        return log_tail(self.log_path, 20)
 
     def send(self, msg: dict) -> None:
         try:
@@ -168,14 +164,13 @@ class _Zygote:
 class ForkServerLauncher(LauncherBase):
     """Launch ranks by forking them from a warm zygote (see the module docstring)."""
 
-    def __init__(self, *, start: bool = True):
+    def __init__(self):
         self._zygotes: dict[tuple, _Zygote] = {}
         self._fallback = None
         self._lock = threading.Lock()
         self._closed = False
         _LIVE.add(self)
-        if start:
-            self._zygote_for(base_env())
+        self._zygote_for(base_env())
 
     def _zygote_for(self, env: dict[str, str]) -> _Zygote:
         key = startup_env(env)
@@ -185,11 +180,6 @@ class ForkServerLauncher(LauncherBase):
                 zygote.close()
             zygote = self._zygotes[key] = _Zygote({k: v for k, v in env.items() if k != "HARNESS_LAUNCH_ID"})
         return zygote
-
-    def warm(self) -> dict:
-        """Wait until the default zygote has imported everything; returns its ready message."""
-        with self._lock:
-            return self._zygote_for(base_env()).wait_ready()
 
     def launch(self, spec: LaunchSpec) -> LaunchResult:
         if self._closed:

@@ -23,6 +23,14 @@ def die_with_parent(sig: int = signal.SIGKILL) -> bool:
     return _prctl(PR_SET_PDEATHSIG, int(sig))
 
 
+def tie_to_parent(parent: int, sig: int = signal.SIGKILL) -> None:
+    """In a child before exec: die with ``sig`` when the parent exits, and at once if it already has
+    (it may have died between the fork and the prctl; the child then belongs to someone else)."""
+    die_with_parent(sig)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def become_subreaper() -> bool:
     """Orphaned descendants are re-parented to this process instead of init, so it can reap them."""
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -36,29 +44,28 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
+def _stat(pid) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...), or None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2:].split()
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X")
 
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``."""
     members = []
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+        fields = _stat(name) if name.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
             members.append(int(name))
     return members
 

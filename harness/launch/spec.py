@@ -1,11 +1,11 @@
-"""What a launch is (LaunchSpec), how it ended (LaunchResult), and the environment of a rank."""
+"""What a launch is (LaunchSpec), how it ended (LaunchResult, log tails), and the environment of a rank."""
 
 from __future__ import annotations
 
 import os
 import signal
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Protocol
 
 # Defaults that a rank gets unless the caller's environment sets them (docs/design.md, section 1).
@@ -15,10 +15,6 @@ ENV_DEFAULTS = {"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 # them afterwards: a fork server is started with them and only serves launches that agree.
 STARTUP_ENV_PREFIXES = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "LD_", "MALLOC_",
                         "TORCH_", "PYTORCH_")
-
-RANK_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                 "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE",
-                 "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID", "HARNESS_LAUNCH_ID")
 
 
 class LaunchError(RuntimeError):
@@ -104,10 +100,6 @@ class LaunchResult:
         failed = [e for e in self.exits if not e.ok and not e.torn_down]
         return min(failed, key=lambda e: e.elapsed_s) if failed else None
 
-    def to_json(self) -> dict:
-        return {"timed_out": self.timed_out, "wall_s": self.wall_s, "launch_id": self.launch_id,
-                "exits": [asdict(e) | {"signal": e.signal} for e in self.exits]}
-
 
 class Launcher(Protocol):
     def launch(self, spec: LaunchSpec) -> LaunchResult: ...
@@ -161,3 +153,16 @@ def rank_env(env: dict[str, str], rank: int, nproc: int, master_addr: str, maste
 def startup_env(env: dict[str, str]) -> tuple:
     """The part of an environment that must be fixed before the interpreter starts."""
     return tuple(sorted((k, v) for k, v in env.items() if k.startswith(STARTUP_ENV_PREFIXES)))
+
+
+def log_tail(path: str, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ('' if it is missing); reads at most its last 64 KiB."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])

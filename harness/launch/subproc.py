@@ -9,19 +9,15 @@ its HARNESS_LAUNCH_ID (a descendant that left its rank's process group) is kille
 
 from __future__ import annotations
 
+import functools
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
 
 from harness.launch import reap
 from harness.launch.spec import LauncherBase, LaunchResult, LaunchSpec, RankExit, job_env, rank_env
-
-
-def _rank_preexec() -> None:
-    reap.die_with_parent(signal.SIGKILL)
 
 
 def host_store(addr: str):
@@ -49,13 +45,14 @@ class SubprocessLauncher(LauncherBase):
                     reap.kill_group(p.pid)
 
         pidfds: dict[int, int] = {}
+        preexec = functools.partial(reap.tie_to_parent, os.getpid())
         try:
             for r in range(spec.nproc):
                 with open(spec.log_path(r), "ab") as log:
                     procs.append(subprocess.Popen(
                         [sys.executable, *spec.command()], env=rank_env(env, r, spec.nproc, spec.master_addr, store.port),
                         cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                        start_new_session=True, preexec_fn=_rank_preexec))
+                        start_new_session=True, preexec_fn=preexec))
             pidfds = {os.pidfd_open(p.pid): r for r, p in enumerate(procs)}
             deadline = t0 + spec.timeout_s
             while len(exits) < spec.nproc:

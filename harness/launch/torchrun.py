@@ -9,11 +9,13 @@ the trace folder must be on a file system that every node sees.
 
 Teardown: torchrun itself stops the other workers when one fails; on a timeout or an interrupt the
 harness sends torchrun SIGTERM, then SIGKILLs its process group and any remaining process that
-carries this launch's HARNESS_LAUNCH_ID (workers run in sessions of their own).
+carries this launch's HARNESS_LAUNCH_ID (workers run in sessions of their own). If the harness dies,
+torchrun gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops its workers itself.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -28,26 +30,26 @@ SHUTDOWN_GRACE_S = 5.0
 
 
 class TorchrunLauncher(LauncherBase):
-    def __init__(self, prefix: tuple[str, ...] | list[str] = (), nnodes: int = 1,
-                 rdzv_endpoint: str | None = None, extra_args: tuple[str, ...] = ()):
+    def __init__(self, prefix: tuple[str, ...] | list[str] = (), nnodes: int = 1, rdzv_endpoint: str | None = None):
+        if not isinstance(nnodes, int) or nnodes < 1:
+            raise ValueError(f"nnodes must be an integer >= 1, got {nnodes!r}")
+        if nnodes > 1 and rdzv_endpoint is None:
+            raise ValueError("several nodes need a rendezvous endpoint HOST:PORT (--rdzv-endpoint)")
         self.prefix = tuple(prefix)
         self.nnodes = nnodes
         self.rdzv_endpoint = rdzv_endpoint
-        self.extra_args = tuple(extra_args)
 
     def command(self, spec: LaunchSpec, launch_id: str) -> list[str]:
         if spec.nproc % self.nnodes:
             raise ValueError(f"nproc {spec.nproc} is not a multiple of nnodes {self.nnodes}")
-        if self.nnodes == 1 and self.rdzv_endpoint is None:
+        if self.rdzv_endpoint is None:
             rdzv = ["--standalone"]
         else:
-            if self.rdzv_endpoint is None:
-                raise ValueError("several nodes need a rendezvous endpoint HOST:PORT (--rdzv-endpoint)")
             rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", self.rdzv_endpoint, "--rdzv-id", launch_id]
         return [*self.prefix, sys.executable, "-m", "torch.distributed.run",
                 "--nnodes", str(self.nnodes), "--nproc-per-node", str(spec.nproc // self.nnodes), *rdzv,
                 "--max-restarts", "0", "--monitor-interval", "0.1", "--shutdown-timeout", "3",
-                *self.extra_args, "-m", "harness.launch.rank", os.path.abspath(spec.log_dir), *spec.command()]
+                "-m", "harness.launch.rank", os.path.abspath(spec.log_dir), *spec.command()]
 
     def launch(self, spec: LaunchSpec) -> LaunchResult:
         env = job_env(spec)
@@ -58,7 +60,8 @@ class TorchrunLauncher(LauncherBase):
         with open(os.path.join(spec.log_dir, "torchrun.log"), "ab") as log:
             proc = subprocess.Popen(self.command(spec, launch_id), env=env, cwd=spec.cwd,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True,
+                                    preexec_fn=functools.partial(reap.tie_to_parent, os.getpid(), signal.SIGTERM))
         try:
             proc.wait(timeout=spec.timeout_s)
         except subprocess.TimeoutExpired:

@@ -331,13 +331,10 @@ def main(log_path: str | None = None) -> None:
     except _Shutdown:
         pass
     finally:
-        # End of input or SIGTERM: nothing must outlive the zygote.
+        # End of input or SIGTERM: nothing must outlive the zygote. A rank leads its own process
+        # group: kill the groups, then reap_orphans kills and reaps every child.
         for pid in _children(zygote.pid):
             reap.kill_group(pid)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         zygote.reap_orphans()
         if log_path and os.path.isfile(log_path) and os.path.getsize(log_path) == 0:
             os.unlink(log_path)

@@ -283,9 +283,4 @@ def _guard_gloo_teardown() -> None:
 
 
 def _final_tensor(t):
-    t = t.detach()
-    if hasattr(t, "to_local") and callable(t.to_local):
-        t = t.to_local()
-    if t.is_sparse:
-        t = t.to_dense()
-    return t.resolve_conj().resolve_neg().to("cpu", copy=True).contiguous()
+    return _digest.plain_tensor(t).to("cpu", copy=True).contiguous()

@@ -85,16 +85,21 @@ def tensor_bytes(t):
     return _tensor_bytes_copy(t)
 
 
-def _tensor_bytes_copy(t):
-    torch = _torch()
+def plain_tensor(t):
+    """``t`` detached, dense, with its conjugate/negative bits resolved (a DTensor: this rank's shard)."""
     t = t.detach()
-    if hasattr(t, "to_local") and callable(t.to_local):  # DTensor: this rank's shard
+    if hasattr(t, "to_local") and callable(t.to_local):
         t = t.to_local()
     if t.is_sparse:
         t = t.to_dense()
+    return t.resolve_conj().resolve_neg()
+
+
+def _tensor_bytes_copy(t):
+    torch = _torch()
+    t = plain_tensor(t)
     if t.device.type == "meta":
         raise DigestError("cannot digest a tensor on the meta device (it has no data)")
-    t = t.resolve_conj().resolve_neg()
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous().reshape(-1)
