@@ -26,7 +26,7 @@ import random
 import numpy as np
 import torch
 import xxhash
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
 
 def derive_seed(*parts) -> int:

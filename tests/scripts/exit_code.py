@@ -1,7 +1,6 @@
 """Rank FAIL_RANK exits with FAIL_CODE after DELAY seconds (a negative code: kills itself with that signal);
 the other ranks sleep for a long time, so they must be torn down by the launcher."""
 import os
-import signal
 import sys
 import time
 
