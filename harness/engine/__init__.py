@@ -71,15 +71,6 @@ def default_out_dir(target: Target) -> str:
     return os.path.join("harness-out", f"{target.slug}-{stamp}-{uuid.uuid4().hex[:6]}")
 
 
-def _import_torch_in_background() -> None:
-    """Import torch in a thread, so that it overlaps the launches instead of delaying the comparison."""
-    if "torch" not in sys.modules:
-        import threading
-
-        threading.Thread(target=lambda: __import__("safetensors.torch"), name="harness-import-torch",
-                         daemon=True).start()
-
-
 def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backend: str = "auto",
         out_dir: str | None = None, script_args=(), baseline_runs: int | None = None, use_cache: bool = True,
         launcher: Launcher | None = None, timeout_s: float = 300.0, progress=None):
@@ -120,7 +111,6 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
         from harness.launch.forkserver import ForkServerLauncher
 
         launcher = ForkServerLauncher()  # the zygote imports torch while the baseline is looked up
-    _import_torch_in_background()  # the oracle reads the final tensors with it
     common = dict(target=tgt.name, nproc=nproc, backend=backend, seed=seed, out_dir=out)
     timings: dict = {}
     try:
