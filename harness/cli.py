@@ -123,7 +123,7 @@ def _scenarios() -> int:
         print("no built-in scenarios are installed", file=sys.stderr)
         return EXIT_PASS
     try:
-        from scenarios import BUILTIN
+        from harness.scenarios import BUILTIN
     except ImportError:
         BUILTIN = {}
     width = max(map(len, names))

@@ -29,7 +29,7 @@ the last batch of an epoch (Accelerate's `sync_with_dataloader`). So with 10 bat
 accum 4 the windows are 4,4,2 | 2,4,4 | 4,4,2 | ... and the accumulation phase after an odd-epoch
 end is not zero: the micro-batch counter is real training state and is checkpointed.
 
-Environment: run by torchrun (``torchrun --nproc-per-node 2 -m scenarios.default``) or by the
+Environment: run by torchrun (``torchrun --nproc-per-node 2 -m harness.scenarios.default``) or by the
 harness (runpy, same env). Backend: ``$HARNESS_BACKEND``, else nccl with CUDA, else gloo. On CUDA
 each rank uses ``cuda:$LOCAL_RANK``. All randomness is seeded; deterministic algorithms are on.
 """
@@ -176,7 +176,8 @@ class Scenario:
 
     def parser(self) -> argparse.ArgumentParser:
         d = self.defaults
-        p = argparse.ArgumentParser(prog=f"scenarios.{self.name}", description=(type(self).__doc__ or "").strip())
+        p = argparse.ArgumentParser(prog=f"harness.scenarios.{self.name}",
+                                    description=(type(self).__doc__ or "").strip())
         p.add_argument("--steps", type=int, default=d["steps"], help="optimizer steps in total (%(default)s)")
         p.add_argument("--ckpt-every", type=int, default=d["ckpt_every"], help="save every N steps (%(default)s)")
         p.add_argument("--accum", type=int, default=d["accum"], help="micro-batches per optimizer step (%(default)s)")
@@ -294,7 +295,7 @@ class Scenario:
                 times = [None] * run.world_size
                 dist.all_gather_object(times, elapsed)
                 if run.rank == 0:
-                    print(f"[scenarios.{self.name}] {args.steps} steps on {run.world_size} rank(s): training "
+                    print(f"[harness.scenarios.{self.name}] {args.steps} steps on {run.world_size} rank(s): training "
                           f"{max(times):.3f} s (max over ranks, excluding interpreter/torch/process-group startup)",
                           file=sys.stderr, flush=True)
         finally:

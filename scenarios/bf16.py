@@ -4,13 +4,13 @@ Matmuls run in bfloat16, the parameters and AdamW state stay float32, the loss i
 float32 by autocast's cross_entropy policy. On CUDA the same autocast runs on the GPU. Everything
 else (data, schedule, accumulation, checkpoints, sizes, epoch boundaries) is the default scenario's.
 
-Run: ``torchrun --nproc-per-node 2 -m scenarios.bf16``
+Run: ``torchrun --nproc-per-node 2 -m harness.scenarios.bf16``
 """
 
 import torch
 import torch.nn.functional as F
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class BF16(Scenario):

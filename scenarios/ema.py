@@ -9,12 +9,12 @@ its state_dict, replicated (rank 0 saves, every rank loads). `probe.step` record
 
 Sizes, epochs, checkpoints: as the default scenario.
 
-Run: ``torchrun --nproc-per-node 2 -m scenarios.ema``
+Run: ``torchrun --nproc-per-node 2 -m harness.scenarios.ema``
 """
 
 import torch
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class EMA:

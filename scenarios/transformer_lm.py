@@ -15,7 +15,7 @@ epoch; accum 2, so 5 optimizer steps per epoch (no short windows); 20 steps = 4 
 
 Measured on the 2-core dev box: see scenarios/__init__.py.
 
-Run: ``torchrun --nproc-per-node 2 -m scenarios.transformer_lm``
+Run: ``torchrun --nproc-per-node 2 -m harness.scenarios.transformer_lm``
 """
 
 import numpy as np
@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class MarkovTokens(Dataset):

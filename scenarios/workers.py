@@ -10,10 +10,10 @@ rank at the first epoch, not per epoch); the main process's RNG only feeds dropo
 Sizes, epochs, checkpoints: as the default scenario (24 steps, 8 epochs, epoch e ends at step 3e+3,
 checkpoints at 5, 10, 15, 20). Measured times: see scenarios/__init__.py.
 
-Run: ``torchrun --nproc-per-node 2 -m scenarios.workers``
+Run: ``torchrun --nproc-per-node 2 -m harness.scenarios.workers``
 """
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class Workers(Scenario):

@@ -17,9 +17,9 @@ import pytest
 
 from harness.engine import list_scenarios, run
 from harness.oracle import compare_step, load_trace
-from scenarios import BUILTIN
-from scenarios._common import epoch_table
-from scenarios.buggy import EXPECTED
+from harness.scenarios import BUILTIN
+from harness.scenarios._common import epoch_table
+from harness.scenarios.buggy import EXPECTED
 
 CORRECT = ["default", "transformer_lm", "workers", "bf16", "ema"]
 BUGGY = sorted(EXPECTED)
@@ -79,6 +79,88 @@ def test_documented_epoch_boundaries_and_checkpoints():
     assert micro_at[15] % 4 == 2  # the one checkpoint with a non-zero accumulation phase
     # microbatch:39 lands inside step 12's window (micro-batches 37..40)
     assert micro_at[11] < 39 < micro_at[12]
+
+
+# -- packaging: the folder scenarios/ ships as harness.scenarios, never as a top-level module ------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _is_top_level_scenarios(name: str) -> bool:
+    return name == "scenarios" or name.startswith("scenarios.")
+
+
+def test_setuptools_config_ships_scenarios_as_harness_scenarios():
+    """pyproject.toml maps the top-level folder scenarios/ to harness.scenarios and lists every package."""
+    pyproject = os.path.join(REPO, "pyproject.toml")
+    if not os.path.isfile(pyproject):
+        pytest.skip("not a source checkout")
+    config = pytest.importorskip("setuptools.config.pyprojecttoml")
+    st = config.read_configuration(pyproject, expand=True)["tool"]["setuptools"]
+    packages = list(st["packages"])
+    assert not [p for p in packages if _is_top_level_scenarios(p)], packages
+    assert st.get("package-dir", {}).get("harness.scenarios") == "scenarios"
+    # every package folder is listed (packages.find cannot rename scenarios/, so the list is explicit)
+    folders = set()
+    for top, dotted in (("harness", "harness"), ("scenarios", "harness.scenarios")):
+        for folder, dirs, names in os.walk(os.path.join(REPO, top)):
+            dirs[:] = [d for d in dirs if d != "__pycache__" and not d.startswith(".")]
+            if "__init__.py" in names:
+                rel = os.path.relpath(folder, os.path.join(REPO, top))
+                folders.add(dotted if rel == "." else dotted + "." + rel.replace(os.sep, "."))
+    assert folders == set(packages)
+
+
+def test_installed_distribution_has_no_top_level_scenarios(tmp_path):
+    """The installed resume-harness (editable or not) exposes harness.scenarios and no module 'scenarios'.
+
+    Checked in a fresh interpreter outside the repository: from the repository root its folder
+    scenarios/ (and any stale resume_harness.egg-info there) would be found through the current directory.
+    """
+    probe = """if True:
+        import importlib.metadata, importlib.util, json, os
+        try:
+            dist = importlib.metadata.distribution("resume-harness")
+        except importlib.metadata.PackageNotFoundError:
+            dist = None
+        import harness.scenarios
+        print(json.dumps({
+            "installed": dist is not None,
+            "top_level": (dist.read_text("top_level.txt") or "").split() if dist else [],
+            "files": [str(f) for f in (dist.files or [])] if dist else [],
+            "scenarios_spec": repr(importlib.util.find_spec("scenarios")),
+            "location": os.path.dirname(harness.scenarios.__file__),
+        }))
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=60)
+    if out.returncode != 0 and "No module named 'harness'" in out.stderr:
+        pytest.skip("resume-harness is not installed")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    got = json.loads(out.stdout.splitlines()[-1])
+    if not got["installed"]:
+        pytest.skip("resume-harness is not installed")
+    assert "scenarios" not in got["top_level"], got["top_level"]
+    assert not [f for f in got["files"] if f.replace(os.sep, "/").startswith("scenarios/")], got["files"]
+    assert got["scenarios_spec"] == "None", got["scenarios_spec"]
+    assert os.path.isfile(os.path.join(got["location"], "_common.py")), got["location"]
+
+
+def test_scenario_names_resolve_to_harness_scenarios():
+    from harness.engine import resolve_target
+
+    for spelling in ("default", "scenarios/default", "scenarios.default", "harness.scenarios.default",
+                     "harness/scenarios/default"):
+        t = resolve_target(spelling)
+        assert (t.name, t.module, t.builtin) == ("default", "harness.scenarios.default", True), spelling
+    t = resolve_target("scenarios/buggy/ema_not_registered")
+    assert (t.name, t.module) == ("buggy/ema_not_registered", "harness.scenarios.buggy.ema_not_registered")
+    # the baseline cache key hashes every file of the package, named relative to it
+    names = {name for name, _ in t.source_files()}
+    assert {"__init__.py", "_common.py", "default.py", "ema.py", os.path.join("buggy", "__init__.py")} <= names
 
 
 # -- correct scenarios resume bit-exactly ----------------------------------------------------------
@@ -176,7 +258,7 @@ def test_default_runs_under_plain_torchrun(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_")}
     env.update(HARNESS_RUN_DIR=str(tmp_path / "run"), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-           "scenarios.default", "--steps", "6", "--ckpt-every", "3", "--report-time"]
+           "harness.scenarios.default", "--steps", "6", "--ckpt-every", "3", "--report-time"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "6 steps on 2 rank(s)" in p.stderr

@@ -1,4 +1,9 @@
-"""What ``harness run TARGET`` runs: a built-in scenario (module under ``scenarios``) or a script path."""
+"""What ``harness run TARGET`` runs: a built-in scenario (module under ``harness.scenarios``) or a script path.
+
+The scenarios live in the repository's top-level folder ``scenarios/``, installed as the package
+``harness.scenarios`` (pyproject.toml ``package-dir``): a regular install copies the folder to
+site-packages/harness/scenarios, an editable install maps the package name to the repository folder.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ import os
 import re
 from dataclasses import dataclass
 
-SCENARIO_PACKAGE = "scenarios"
+SCENARIO_PACKAGE = "harness.scenarios"
+# Prefixes a scenario name may carry on the command line: "harness.scenarios.default",
+# "harness/scenarios/default", and the old spelling "scenarios/default" (or "scenarios.default").
+_NAME_PREFIXES = (SCENARIO_PACKAGE + ".", "scenarios.")
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*([./][A-Za-z][A-Za-z0-9_]*)*\Z")
 
 
@@ -19,7 +27,7 @@ class UsageError(ValueError):
 class Target:
     name: str  # scenario name ("buggy/scheduler_not_saved") or the script path as given
     script: str | None = None  # absolute path of a user script
-    module: str | None = None  # "scenarios.buggy.scheduler_not_saved"
+    module: str | None = None  # "harness.scenarios.buggy.scheduler_not_saved"
 
     @property
     def builtin(self) -> bool:
@@ -63,7 +71,7 @@ def _package_dir() -> str | None:
 
 
 def list_scenarios() -> list[str]:
-    """Names of the built-in scenarios: modules of ``scenarios`` whose path has no part starting with '_'."""
+    """Names of the built-in scenarios: modules of ``harness.scenarios`` whose path has no part starting with '_'."""
     root = _package_dir()
     if root is None:
         return []
@@ -95,8 +103,10 @@ def resolve_target(name: str) -> Target:
     if not _NAME_RE.match(name):
         raise _unknown(name, "not a file, and not a scenario name")
     dotted = name.replace("/", ".")
-    if dotted.startswith(SCENARIO_PACKAGE + "."):
-        dotted = dotted[len(SCENARIO_PACKAGE) + 1:]
+    for prefix in _NAME_PREFIXES:
+        if dotted.startswith(prefix):
+            dotted = dotted[len(prefix):]
+            break
     module = f"{SCENARIO_PACKAGE}.{dotted}"
     try:
         spec = importlib.util.find_spec(module)

@@ -1,6 +1,6 @@
 """Buggy variants of the default scenario: one classic resume mistake each.
 
-Each module is the default scenario (``scenarios._common.Scenario``) with one hook overridden by
+Each module is the default scenario (``harness.scenarios._common.Scenario``) with one hook overridden by
 the mistake, marked ``# BUG`` with the real-world bug it reproduces. Under the reference
 checkpointer the correct scenarios resume bit-exactly at every kill point; these must not.
 

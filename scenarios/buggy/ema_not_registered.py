@@ -8,7 +8,7 @@ Expected first divergence (default sizes, e.g. kill ``12``, resume from step 10)
 fields exactly ["extra:ema"].
 """
 
-from scenarios.ema import EMA, WithEMA
+from harness.scenarios.ema import EMA, WithEMA
 
 
 class EmaNotRegistered(WithEMA):

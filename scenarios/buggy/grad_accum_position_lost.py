@@ -14,7 +14,7 @@ rng:torch, loss, params, optimizer and extra:window (4 vs 2). Resumes from the o
 (micro-batches 16, 32, 68: multiples of 4) are bit-exact, which is why a single kill can miss it.
 """
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class GradAccumPositionLost(Scenario):

@@ -14,7 +14,7 @@ rank 0, fields batch, rng:torch, loss, params, optimizer; rng:numpy and rng:pyth
 
 from torch.utils.data import BatchSampler, DataLoader
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class SkipFirstBatchesLoader:

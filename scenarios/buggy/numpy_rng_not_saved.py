@@ -12,7 +12,7 @@ fields batch, rng:numpy, loss, params, optimizer; rng:torch and rng:python stay 
 
 import numpy as np
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class NumpyRngNotSaved(Scenario):

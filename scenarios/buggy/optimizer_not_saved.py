@@ -10,7 +10,7 @@ fields exactly ["params", "optimizer"]: the loss (computed before the update), b
 equal; extra:lr too, since the restored scheduler sets the right rate after its step.
 """
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class OptimizerNotSaved(Scenario):

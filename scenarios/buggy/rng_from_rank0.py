@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class RngFromRank0(Scenario):

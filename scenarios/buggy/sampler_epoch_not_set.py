@@ -11,7 +11,7 @@ its 10 batches): step 11, rank 0, fields batch, loss, params, optimizer. No RNG 
 at step 11 has 4 micro-batches in both runs, so the same number of random draws are made.
 """
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class SamplerEpochNotSet(Scenario):

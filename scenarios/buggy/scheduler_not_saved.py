@@ -12,7 +12,7 @@ computed before the update).
 
 import torch
 
-from scenarios._common import Scenario
+from harness.scenarios._common import Scenario
 
 
 class SchedulerNotSaved(Scenario):
