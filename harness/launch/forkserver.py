@@ -7,7 +7,10 @@ start-up environment (PYTHONHASHSEED, OMP_NUM_THREADS, PYTHONPATH, ...) matches 
 environment gets another zygote. ``PYTHONHASHSEED=random`` cannot be emulated by forking, so such
 launches go to a SubprocessLauncher.
 
-Launches through one launcher run one at a time (a lock serialises them).
+Launches through one launcher run one at a time (a lock serialises them); ``close()`` may be called
+from another thread during a launch. ``LaunchSpec.watch`` runs here, in the harness: while the ranks
+run, the events from the zygote are read with a short timeout so that it is called about twice a
+second, and a reason it returns is sent to the zygote as ``{"op": "kill", "reason": ...}``.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import weakref
 from harness.launch import reap
 from harness.launch.spec import (LauncherBase, LaunchError, LaunchResult, LaunchSpec, RankExit, base_env, job_env,
                                  log_tail, startup_env)
+from harness.launch.supervisor import WATCH_INTERVAL_S
 
 _HARNESS_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ZYGOTE_BOOT = ("import sys; sys.path.append(sys.argv[1]); "
                 "from harness.launch.zygote import main; main(log_path=sys.argv[2])")
 READY_TIMEOUT_S = 180.0
 REPLY_GRACE_S = 30.0  # how long past a launch's own timeout the zygote may take to answer
+CLOSE_WAIT_S = 10.0  # how long close() waits for a launch in another thread to end before stopping its zygote
 
 
 class _Zygote:
@@ -126,13 +131,26 @@ class _Zygote:
                    "log_dir": os.path.abspath(spec.log_dir), "timeout_s": spec.timeout_s,
                    "master_addr": spec.master_addr})
         deadline = t0 + spec.timeout_s + REPLY_GRACE_S
+        watch, next_watch = spec.watch, t0 + WATCH_INTERVAL_S
         try:
             while True:
-                event = self.read_event(deadline)
+                wake = min(deadline, next_watch) if watch is not None and self.rank_pids else deadline
+                event = self.read_event(wake)
                 if event is None:
-                    raise LaunchError(f"the fork server did not answer within {spec.timeout_s + REPLY_GRACE_S:.0f} s")
+                    now = time.monotonic()
+                    if now >= deadline:
+                        raise LaunchError(f"the fork server did not answer within "
+                                          f"{spec.timeout_s + REPLY_GRACE_S:.0f} s")
+                    if watch is not None and self.rank_pids and now >= next_watch:
+                        reason = watch(now - t0)
+                        next_watch = time.monotonic() + WATCH_INTERVAL_S
+                        if reason is not None:
+                            watch = None  # once: the zygote tears the launch down and reports "stopped"
+                            self.send({"op": "kill", "reason": str(reason)})
+                    continue
                 if event.get("event") == "started":
                     self.rank_pids = event["pids"]
+                    next_watch = t0 + WATCH_INTERVAL_S
                 elif event.get("event") in ("done", "error"):
                     break
         except BaseException:
@@ -143,7 +161,8 @@ class _Zygote:
             raise LaunchError(f"the fork server could not launch: {event.get('message')}; "
                               f"its log {self.log_path} ends:\n{self.log_tail()}")
         return LaunchResult(exits=[RankExit(**e) for e in event["exits"]], timed_out=event["timed_out"],
-                            wall_s=time.monotonic() - t0, launch_id=env["HARNESS_LAUNCH_ID"])
+                            stopped=event.get("stopped"), wall_s=time.monotonic() - t0,
+                            launch_id=env["HARNESS_LAUNCH_ID"])
 
     def abort(self) -> None:
         """Interrupted (Ctrl-C) or broken mid-launch: kill the ranks from here at once, then let the
@@ -167,7 +186,7 @@ class ForkServerLauncher(LauncherBase):
     def __init__(self):
         self._zygotes: dict[tuple, _Zygote] = {}
         self._fallback = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one launch at a time; close() waits for it
         self._closed = False
         _LIVE.add(self)
         self._zygote_for(base_env())
@@ -182,25 +201,38 @@ class ForkServerLauncher(LauncherBase):
         return zygote
 
     def launch(self, spec: LaunchSpec) -> LaunchResult:
-        if self._closed:
-            raise LaunchError("this launcher is closed")
         env = job_env(spec)
         if env.get("PYTHONHASHSEED", "random") in ("", "random"):
-            if self._fallback is None:
-                from harness.launch.subproc import SubprocessLauncher
+            with self._lock:
+                if self._closed:
+                    raise LaunchError("this launcher is closed")
+                if self._fallback is None:
+                    from harness.launch.subproc import SubprocessLauncher
 
-                self._fallback = SubprocessLauncher()
-            return self._fallback.launch(spec)
+                    self._fallback = SubprocessLauncher()
+                fallback = self._fallback
+            return fallback.launch(spec)
         with self._lock:
+            if self._closed:
+                raise LaunchError("this launcher is closed")
             return self._zygote_for(env).launch(spec, env)
 
     def close(self) -> None:
+        """Stop the zygotes. Safe from another thread during a launch: that launch's ranks are killed at
+        once (it returns with them killed, or raises LaunchError), then the zygotes are stopped."""
         self._closed = True
-        for zygote in self._zygotes.values():
-            zygote.close()
-        self._zygotes.clear()
-        if self._fallback is not None:
-            self._fallback.close()
+        for zygote in list(self._zygotes.values()):
+            zygote.kill_ranks()  # ends a launch in flight in another thread within moments
+        locked = self._lock.acquire(timeout=CLOSE_WAIT_S)
+        try:
+            for zygote in list(self._zygotes.values()):
+                zygote.close()
+            self._zygotes.clear()
+            if self._fallback is not None:
+                self._fallback.close()
+        finally:
+            if locked:
+                self._lock.release()
 
 
 _LIVE: "weakref.WeakSet[ForkServerLauncher]" = weakref.WeakSet()

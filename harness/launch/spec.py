@@ -6,7 +6,7 @@ import os
 import signal
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 # Defaults that a rank gets unless the caller's environment sets them (docs/design.md, section 1).
 ENV_DEFAULTS = {"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -34,7 +34,11 @@ class LaunchSpec:
     cwd: str | None = None
     timeout_s: float = 300.0
     attempt: int = 0  # TORCHELASTIC_RESTART_COUNT
-    master_addr: str = "127.0.0.1"
+    master_addr: str = "127.0.0.1"  # where a single-node launch's rendezvous store listens (only there)
+    # Called in the harness process, about twice a second while the ranks run, with the seconds since
+    # the launch began; a string it returns tears the launch down like a timeout and becomes
+    # LaunchResult.stopped. An exception it raises tears the launch down, reaps it and propagates.
+    watch: Callable[[float], str | None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if (self.script is None) == (self.module is None):
@@ -58,7 +62,7 @@ class RankExit:
     returncode: int | None  # as subprocess: -N for signal N; None when unknown
     log_path: str
     elapsed_s: float = 0.0  # since the launch began
-    torn_down: bool = False  # killed by the launcher (a peer failed, timeout, interrupt)
+    torn_down: bool = False  # killed by the launcher (a peer failed, timeout, watch stop, interrupt)
 
     @property
     def ok(self) -> bool:
@@ -89,10 +93,11 @@ class LaunchResult:
     timed_out: bool = False
     wall_s: float = 0.0
     launch_id: str = ""
+    stopped: str | None = None  # what LaunchSpec.watch returned when it stopped the launch (not a timeout)
 
     @property
     def ok(self) -> bool:
-        return not self.timed_out and all(e.ok for e in self.exits)
+        return not self.timed_out and self.stopped is None and all(e.ok for e in self.exits)
 
     @property
     def first_failure(self) -> RankExit | None:

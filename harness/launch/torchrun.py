@@ -25,6 +25,7 @@ import time
 
 from harness.launch import reap
 from harness.launch.spec import LauncherBase, LaunchResult, LaunchSpec, RankExit, job_env
+from harness.launch.supervisor import WATCH_INTERVAL_S
 
 SHUTDOWN_GRACE_S = 5.0
 
@@ -56,16 +57,29 @@ class TorchrunLauncher(LauncherBase):
         launch_id = env["HARNESS_LAUNCH_ID"]
         os.makedirs(spec.log_dir, exist_ok=True)
         t0, started = time.monotonic(), time.time()
-        timed_out = False
+        timed_out, stopped = False, None
         with open(os.path.join(spec.log_dir, "torchrun.log"), "ab") as log:
             proc = subprocess.Popen(self.command(spec, launch_id), env=env, cwd=spec.cwd,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True,
                                     preexec_fn=functools.partial(reap.tie_to_parent, os.getpid(), signal.SIGTERM))
         try:
-            proc.wait(timeout=spec.timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            deadline = t0 + spec.timeout_s
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                try:
+                    proc.wait(timeout=min(remaining, WATCH_INTERVAL_S) if spec.watch is not None else remaining)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if spec.watch is not None and time.monotonic() < deadline:
+                    reason = spec.watch(time.monotonic() - t0)
+                    if reason is not None:
+                        stopped = str(reason)
+                        break
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -76,17 +90,19 @@ class TorchrunLauncher(LauncherBase):
                 reap.kill_group(proc.pid)
                 proc.wait()
             reap.sweep(launch_id)
-        exits = [self._rank_exit(spec, r, started) for r in range(spec.nproc)]
-        return LaunchResult(exits=exits, timed_out=timed_out, wall_s=time.monotonic() - t0, launch_id=launch_id)
+        torn_down = timed_out or stopped is not None
+        exits = [self._rank_exit(spec, r, started, torn_down) for r in range(spec.nproc)]
+        return LaunchResult(exits=exits, timed_out=timed_out, stopped=stopped, wall_s=time.monotonic() - t0,
+                            launch_id=launch_id)
 
     @staticmethod
-    def _rank_exit(spec: LaunchSpec, rank: int, started: float) -> RankExit:
+    def _rank_exit(spec: LaunchSpec, rank: int, started: float, torn_down: bool = False) -> RankExit:
         path = os.path.join(spec.log_dir, f"rank{rank}.exit")
         try:
             with open(path) as f:
                 record = json.load(f)
         except (OSError, ValueError):
             return RankExit(rank=rank, pid=None, returncode=None, log_path=spec.log_path(rank),
-                            elapsed_s=time.time() - started)
+                            elapsed_s=time.time() - started, torn_down=torn_down)
         return RankExit(rank=rank, pid=record.get("pid"), returncode=record["returncode"],
                         log_path=spec.log_path(rank), elapsed_s=record.get("time", started) - started)

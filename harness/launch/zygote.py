@@ -5,20 +5,23 @@ stray print cannot corrupt the protocol; its stderr is a log file).
 
     harness -> zygote   {"op": "launch", "nproc", "script" | "module", "args", "cwd", "env",
                          "log_dir", "timeout_s", "master_addr"}
-                        {"op": "kill"}          tear the running launch down
-                        end of input            kill everything and exit (the harness is gone)
+                        {"op": "kill", "reason"?}   tear the running launch down ("reason": why, which
+                                                    the done event reports as "stopped")
+                        end of input                kill everything and exit (the harness is gone)
     zygote -> harness   {"event": "ready", "pid", "threads"}
-                        {"event": "started", "pids", "port"}
-                        {"event": "done", "exits": [...], "timed_out"}
+                        {"event": "started", "pids", "port", "host"}
+                        {"event": "done", "exits": [...], "timed_out", "stopped"}
                         {"event": "error", "message"}
 
 It must stay single-threaded, so a fork copies a clean process: it never runs torch ops and never
-creates a TCPStore. Each launch's rendezvous store lives in a short-lived child forked from it.
+creates a TCPStore. Each launch's rendezvous store lives in a short-lived child forked from it and
+listens on the launch's master_addr only (loopback by default; ``harness.launch.store``).
 
-Teardown rule, as a job manager does it: when a rank exits abnormally (nonzero or by a signal), the
-other ranks' process groups are SIGKILLed at once. When a rank exits, its whole process group is
-killed (stray descendants of a finished rank do not outlive it); the zygote is a child subreaper,
-so orphans are reaped here. A launch past its timeout is killed and marked timed out.
+The ranks are supervised by ``harness.launch.supervisor.RankSupervisor`` (the teardown rules are
+there): a rank that exits abnormally gets the other ranks' process groups SIGKILLed at once; a
+rank's whole process group is killed when it exits; a launch past its timeout is killed and marked
+timed out; a kill request stops it. The zygote is a child subreaper: descendants of ranks that were
+orphaned are killed and reaped after each launch.
 """
 
 from __future__ import annotations
@@ -142,18 +145,19 @@ class Zygote:
         finally:
             os._exit(code)
 
-    def start_store(self, addr: str) -> tuple[int, int, int]:
-        """Fork a child hosting the rendezvous TCPStore on a port the OS picks: (pid, port, keepalive fd)."""
+    def start_store(self, addr: str) -> tuple[int, str, int, int]:
+        """Fork a child hosting the rendezvous TCPStore, listening on ``addr`` only, on a port the OS
+        picks (``harness.launch.store``): (pid, host for MASTER_ADDR, port, keepalive fd)."""
         port_r, port_w = os.pipe()
         alive_r, alive_w = os.pipe()
 
         def host():
             os.close(port_r)
             os.close(alive_w)
-            from torch.distributed import TCPStore
+            from harness.launch.store import host_store
 
-            store = TCPStore(addr, 0, is_master=True, wait_for_workers=False)
-            os.write(port_w, f"{store.port}\n".encode())
+            store, host, port = host_store(addr)
+            os.write(port_w, f"{port} {host}\n".encode())
             os.read(alive_r, 1)  # until the zygote closes its end
             os._exit(0)
 
@@ -162,7 +166,7 @@ class Zygote:
         os.close(alive_r)
         try:
             readable, _, _ = select.select([port_r], [], [], 60)
-            line = os.read(port_r, 64) if readable else b""
+            line = os.read(port_r, 256) if readable else b""
         finally:
             os.close(port_r)
         if not line.strip():
@@ -170,7 +174,8 @@ class Zygote:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             raise RuntimeError("the rendezvous store did not start (see the zygote log)")
-        return pid, int(line), alive_w
+        port, host = line.decode().split()
+        return pid, host, int(port), alive_w
 
     def fork_rank(self, msg: dict, rank: int, env: dict) -> int:
         from harness.launch import rank as rank_main
@@ -207,51 +212,38 @@ class Zygote:
             torch.seed()
 
     def run_launch(self, msg: dict) -> dict:
+        from dataclasses import asdict
+
         from harness.launch.spec import rank_env
+        from harness.launch.supervisor import RankSupervisor
 
         t0 = time.monotonic()
         nproc = int(msg["nproc"])
-        os.makedirs(msg["log_dir"], exist_ok=True)
-        store_pid, port, store_alive = self.start_store(msg["master_addr"])
-        ranks: dict[int, int] = {}  # pid -> rank
-        exits: dict[int, dict] = {}  # rank -> exit record
-        torn_down: set[int] = set()
-        timed_out = False
+        log_dir = msg["log_dir"]
+        os.makedirs(log_dir, exist_ok=True)
+        store_pid, host, port, store_alive = self.start_store(msg["master_addr"])
+        pids: list[int] = []  # rank -> pid
+
+        def wait(timeout: float) -> str | None:
+            """A control message or a SIGCHLD wake-up; a kill request or end of input stops the launch."""
+            msg_in = self.read_message(timeout)
+            if self.eof:
+                return "the harness is gone"
+            if msg_in is not None and msg_in.get("op") == "kill":
+                return str(msg_in.get("reason") or "killed by the harness")
+            return None
+
         try:
             for r in range(nproc):
-                env = rank_env(msg["env"], r, nproc, msg["master_addr"], port)
-                ranks[self.fork_rank(msg, r, env)] = r
-            self.send(event="started", pids=list(ranks), port=port)
-            deadline = t0 + float(msg["timeout_s"])
-
-            def teardown():
-                for pid, r in ranks.items():
-                    if r not in exits:
-                        torn_down.add(r)
-                        self.reap.kill_group(pid)
-
-            while len(exits) < nproc:
-                for pid, status in self.reap_children(set(ranks)):
-                    r = ranks[pid]
-                    code = os.waitstatus_to_exitcode(status)
-                    exits[r] = {"rank": r, "pid": pid, "returncode": code,
-                                "elapsed_s": time.monotonic() - t0, "torn_down": r in torn_down}
-                    if code != 0:
-                        teardown()
-                if len(exits) == nproc:
-                    break
-                now = time.monotonic()
-                if now >= deadline and not timed_out:
-                    timed_out = True
-                    teardown()
-                msg_in = self.read_message(max(0.0, deadline - now) if not timed_out else 1.0)
-                if self.eof or (msg_in is not None and msg_in.get("op") == "kill"):
-                    teardown()
+                pids.append(self.fork_rank(msg, r, rank_env(msg["env"], r, nproc, host, port)))
+            self.send(event="started", pids=pids, port=port, host=host)
+            supervisor = RankSupervisor(pids, [os.path.join(log_dir, f"rank{r}.log") for r in range(nproc)],
+                                        t0=t0, timeout_s=float(msg["timeout_s"]), wait=wait)
+            outcome = supervisor.run()
         except BaseException:
-            live = [pid for pid, r in ranks.items() if r not in exits]
-            for pid in live:
+            for pid in pids:  # ranks forked before a failure to fork the others (the supervisor reaped its own)
                 self.reap.kill_group(pid)
-            for pid in live:
+            for pid in pids:
                 try:
                     os.waitpid(pid, 0)
                 except ChildProcessError:
@@ -265,27 +257,8 @@ class Zygote:
             except (ProcessLookupError, ChildProcessError):
                 pass
             self.reap_orphans()
-        log_dir = msg["log_dir"]
-        return {"timed_out": timed_out,
-                "exits": [{**exits[r], "log_path": os.path.join(log_dir, f"rank{r}.log")} for r in range(nproc)]}
-
-    def reap_children(self, ranks: set[int]) -> list[tuple[int, int]]:
-        """Reap exited children; a rank's process group is killed while its zombie still pins the pgid."""
-        reaped = []
-        while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                break
-            if info is None:
-                break
-            pid = info.si_pid
-            if pid in ranks:
-                self.reap.kill_group(pid)
-            _, status = os.waitpid(pid, 0)
-            if pid in ranks:
-                reaped.append((pid, status))
-        return reaped
+        return {"timed_out": outcome.timed_out, "stopped": outcome.stopped,
+                "exits": [asdict(e) for e in outcome.exits]}
 
     def reap_orphans(self) -> None:
         """Kill and reap descendants of finished ranks that were re-parented to the zygote."""
