@@ -1,21 +1,102 @@
-"""Digests of tensors, nested batches, model/optimizer state and RNG states.
+"""Digests of tensors, nested batches, model/optimizer state and RNG states; exact JSON for leaves.
 
-Every digest is an xxh3-128 hex string over, for each leaf in a fixed order: its key path, its
-type, and for a tensor its dtype, shape and raw bytes (read zero-copy from the tensor's memory).
-Containers are walked the same way by ``leaves()``, which ``probe.finish`` also uses to flatten the
-final state, so a digest and a final-state file always agree on names and order:
+Leaves and key paths
+--------------------
+``leaves(obj)`` walks a nested structure and yields ``(path, leaf)`` in a fixed order. The same walk
+defines ``digest()`` and the keys of the final-state files that ``probe.finish`` writes, so a digest
+and a final-state file always agree on names and order.
 
-- dict (any Mapping): keys sorted by ``str(key)``; list/tuple: in order; dataclass: its fields.
-- leaves: torch tensors, numpy arrays, None, bool, int, float (as IEEE-754 float64 bits), str, bytes.
+- Containers: a dict (any ``Mapping``: dict, OrderedDict, ...), a list, a tuple (namedtuples and
+  ``torch.Size`` count as tuples), a dataclass instance (its ``dataclasses.fields``).
+- Leaves: torch tensors, numpy arrays (a numpy scalar becomes a 0-d array), None, bool, int,
+  float, str, bytes. A subclass of int, float or str (an IntEnum, ``numpy.float64``) is taken as
+  its base type's value.
+- An empty container is a leaf of its own: ``Empty("dict")``, ``Empty("list")``,
+  ``Empty("tuple")``, or for a dataclass without fields ``Empty("dataclass:<module>.<qualname>")``.
+  So ``{}``, ``[]`` and ``{"a": {}}`` all have leaves, and all differ.
+- Anything else raises ``DigestError`` naming the key path, so a digest never depends on an
+  object's memory address.
 
-Anything else raises ``TypeError`` naming the key path, so a digest never depends on an object's
-memory address. torch is imported lazily: importing this module costs only xxhash.
+A key path is its components joined by ``/``; the root is the empty path ``""``. Each component
+says which kind of container it indexes and, for a dict, the key's type::
+
+    component   meaning                         example
+    text        dict key, a non-empty str       fc.weight, exp_avg, a%2Fb (the key "a/b")
+    #<int>      dict key, an int                #0, #-3
+    [<int>]     list index                      [0]
+    (<int>)     tuple index                     (1)
+    .<name>     dataclass field                 .step
+    !None !True !False                          dict key None, True, False
+    !float:<16 hex digits>                      dict key, a float by its IEEE-754 float64 bits (big-endian)
+    !bytes:<hex>                                dict key, bytes
+    !str:                                       dict key, the empty str
+
+A str key is written as itself, except that ``%`` becomes ``%25``, ``/`` becomes ``%2F``, and a
+first character that is a tag character (one of ``# [ ( . !``) becomes ``%XX`` (its code point in
+two upper-case hex digits): ``".a"`` -> ``%2Ea``, ``"#0"`` -> ``%230``. So no str key looks like a
+tagged component, a component never contains ``/``, and the path of a leaf is unique within its
+structure. Any other dict key type raises ``DigestError``; so do two keys of one dict that give the
+same component (two NaN float keys). ``format_path`` and ``parse_path`` convert between a path and
+its components; ``parse_path`` accepts only paths in this exact (canonical) form.
+
+Examples: ``model.state_dict()`` keys are unchanged (``fc.weight``); ``optimizer.state_dict()``
+gives ``state/#0/exp_avg``, ``param_groups/[0]/lr``, ``param_groups/[0]/betas/(0)``,
+``param_groups/[0]/params/[1]``.
+
+Order: dict keys sorted str keys first (by the str), then int keys (by value), then the others (by
+component); lists, tuples and dataclass fields in order.
+
+Digest
+------
+Every digest is an xxh3-128 hex string over, for each leaf in order, a record::
+
+    u64-le length + the path (UTF-8), where a dataclass field component also carries the class,
+        ``.<field>:<module>.<qualname>``, so two dataclasses with the same fields differ
+    then by leaf type:
+      None   b"N"                    bool   b"B" + one byte 0/1
+      int    b"I" + len + decimal    float  b"F" + IEEE-754 float64 bits (little-endian)
+      str    b"S" + len + UTF-8      bytes  b"Y" + len + the bytes
+      Empty  b"E" + len + kind
+      tensor b"T" + len + "<dtype> <shape>" + u64 nbytes + xxh3-128 of the raw bytes
+      array  b"A" + len + "<dtype.str> <shape>" + u64 nbytes + xxh3-128 of the raw bytes
+
+(``len`` is a u64-le byte count; strings are UTF-8 with lone surrogates passed through). The raw
+bytes of a tensor are read zero-copy where possible (``harness.tensors.tensor_bytes``; a DTensor
+gives its local shard). Two structures have the same digest only if they have the same paths, leaf
+types and values bit for bit: ``{0: x}`` differs from ``{"0": x}``, ``(t,)`` from ``[t]``, ``[t, t]``
+from ``{0: t, 1: t}``, ``{"a/b": x}`` from ``{"a": {"b": x}}``, ``{"a": {}}`` from ``{"a": []}``.
+A tensor leaf is hashed into its record (a Merkle step), so the bytes are read once even when a
+leaf also feeds a per-entry digest (``optimizer_record``).
+
+Exact JSON for leaves (``json_leaf``, decoded by ``from_json_leaf``)
+--------------------------------------------------------------------
+None, bool, int, str: themselves. A finite float: itself (``json.dumps`` writes ``1.0`` and ``-0.0``,
+which ``json.loads`` reads back as the same float, distinct from the int ``1``). A non-finite float:
+``{"float64": "<16 hex digits>"}``, its bits big-endian (``7ff8000000000000`` is the usual NaN), so
+NaN payloads and signs survive. bytes: ``{"bytes": "<hex>"}``. ``Empty(kind)``: ``{"empty": kind}``.
+Tensors and arrays are not JSON leaves (``DigestError``).
+
+Optimizer detail (``optimizer_record``)
+---------------------------------------
+``{"digest": ..., "groups": [...], "state": {...}}``: ``digest`` is ``digest(optimizer.state_dict())``;
+``groups[i]`` maps the key path, relative to param group *i*, of each hyperparameter leaf (every key
+but ``params``) to its exact JSON (``lr``, ``betas/(0)``); a tensor or array hyperparameter becomes
+``{"dtype", "shape", "hex"}`` (its raw bytes; dtype: torch's name, ``float32``, or numpy's
+``dtype.str``) when it holds at most 64 bytes, else ``{"dtype", "shape", "digest"}``, plus ``"value"`` (the ``json_leaf`` of its one element) when it has exactly
+one real element. ``state`` maps ``"<param> <state key>"`` (``"0.weight exp_avg"``) to the digest of
+that entry's records as they are in ``digest`` (paths from the state_dict's root): ``<param>`` is
+the parameter's name in ``unwrap_model(model).named_parameters()`` (matched by identity through the
+live ``optimizer.param_groups``), else the state key's path component (``#3``, or an FQN when the
+state_dict is keyed by names); ``<state key>`` is the path component of the key in that
+parameter's state. A parameter whose state is not a non-empty dict has one entry, ``"<param>"``.
+
+torch is imported lazily: importing this module costs only xxhash.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
+import re
 import struct
 import sys
 from collections.abc import Mapping
@@ -23,22 +104,26 @@ from typing import Any, Iterator
 
 import xxhash
 
+from harness.tensors import (  # noqa: F401  (re-exported: probe and checkpoint code use them from here)
+    TensorError, is_tensor, plain_tensor, tensor_bytes, unwrap_model)
+
+__all__ = [
+    "DigestError", "Empty", "leaves", "format_path", "parse_path", "format_component", "digest",
+    "tensor_digest", "combine", "json_leaf", "from_json_leaf", "model_tensors", "params_digests",
+    "optimizer_record", "optimizer_digest", "rng_digests", "tensor_bytes", "plain_tensor", "unwrap_model",
+]
+
 SCALARS = (type(None), bool, int, float, str, bytes)
+_TAGS = "#[(.!"
+_LEAF_TYPES = ("pass tensors, numpy arrays, None, bools, ints, floats, strings, bytes, "
+               "or dicts/lists/tuples/dataclasses of them")
 
 
 class DigestError(TypeError):
     pass
 
 
-def _torch():
-    import torch  # already imported by any caller that has tensors
-
-    return torch
-
-
-def _is_tensor(obj) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
+_is_tensor = is_tensor
 
 
 def _is_ndarray(obj) -> bool:
@@ -51,94 +136,234 @@ def _is_numpy_scalar(obj) -> bool:
     return np is not None and isinstance(obj, np.generic)
 
 
-def leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Yield ``(key_path, leaf)`` in the fixed order; key paths are joined with '/'."""
-    if _is_tensor(obj) or _is_ndarray(obj) or isinstance(obj, SCALARS):
-        yield prefix, obj
-    elif _is_numpy_scalar(obj):
-        yield prefix, sys.modules["numpy"].asarray(obj)
-    elif isinstance(obj, Mapping):
-        for key in sorted(obj, key=str):
-            yield from leaves(obj[key], f"{prefix}/{key}" if prefix else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for i, item in enumerate(obj):
-            yield from leaves(item, f"{prefix}/{i}" if prefix else str(i))
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield from leaves(getattr(obj, f.name), f"{prefix}/{f.name}" if prefix else f.name)
-    else:
-        where = f" at {prefix!r}" if prefix else ""
-        raise DigestError(
-            f"cannot digest a {type(obj).__module__}.{type(obj).__qualname__}{where}: pass tensors, numpy arrays, "
-            "numbers, strings, bytes, or dicts/lists/tuples/dataclasses of them")
+class Empty(dict):
+    """The leaf standing for an empty container: ``Empty("dict" | "list" | "tuple")``, or
+    ``Empty("dataclass:<module>.<qualname>")``.
 
-
-def tensor_bytes(t):
-    """The raw bytes of a tensor as a buffer, zero-copy for a contiguous CPU tensor.
-
-    The buffer borrows the tensor's memory: use it while the caller still holds ``t``.
+    It is a dict equal to its exact JSON, ``{"empty": kind}``, so that code which writes leaves with
+    ``json.dump`` writes it as ``json_leaf`` would.
     """
-    if (t.device.type == "cpu" and t.layout is _torch().strided and t.is_contiguous()
-            and not t.is_conj() and not t.is_neg() and not hasattr(t, "to_local")):
-        nbytes = t.numel() * t.element_size()
-        return (ctypes.c_char * nbytes).from_address(t.data_ptr()) if nbytes else b""
-    return _tensor_bytes_copy(t)
+
+    __slots__ = ()
+
+    def __init__(self, kind: str):
+        super().__init__(empty=kind)
+
+    @property
+    def kind(self) -> str:
+        return self["empty"]
+
+    def __repr__(self) -> str:
+        return f"Empty({self.kind!r})"
 
 
-def plain_tensor(t):
-    """``t`` detached, dense, with its conjugate/negative bits resolved (a DTensor: this rank's shard)."""
-    t = t.detach()
-    if hasattr(t, "to_local") and callable(t.to_local):
-        t = t.to_local()
-    if t.is_sparse:
-        t = t.to_dense()
-    return t.resolve_conj().resolve_neg()
+# -- key paths -----------------------------------------------------------------------------------------
+def _escape(text: str) -> str:
+    text = text.replace("%", "%25").replace("/", "%2F")
+    if text[0] in _TAGS:
+        text = f"%{ord(text[0]):02X}{text[1:]}"
+    return text
 
 
-def _tensor_bytes_copy(t):
-    torch = _torch()
-    t = plain_tensor(t)
-    if t.device.type == "meta":
-        raise DigestError("cannot digest a tensor on the meta device (it has no data)")
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.contiguous().reshape(-1)
-    if t.dtype != torch.uint8:
-        t = t.view(torch.uint8)
-    return t.numpy()  # the array keeps the temporary tensor alive
+def _float_bits(x: float) -> str:
+    return struct.pack(">d", x).hex()
 
 
-def _update_leaf(h, key: str, leaf) -> None:
-    h.update(key.encode())
-    if _is_tensor(leaf):
-        h.update(f"\0T{str(leaf.dtype)[6:]}{tuple(leaf.shape)}\0".encode())
-        h.update(tensor_bytes(leaf))
-    elif _is_ndarray(leaf):
-        np = sys.modules["numpy"]
+def _key_component(key, where: str) -> tuple[tuple, str]:
+    """(sort key, path component) of a dict key."""
+    if isinstance(key, str):
+        key = str.__str__(key)
+        return (0, key), (_escape(key) if key else "!str:")
+    if isinstance(key, bool) or key is None:
+        return (2, str(key)), f"!{key}"
+    if isinstance(key, int):
+        key = int.__index__(key)
+        return (1, key), f"#{key}"
+    if isinstance(key, float):
+        c = f"!float:{_float_bits(key)}"
+        return (2, c), c
+    if isinstance(key, bytes):
+        c = f"!bytes:{key.hex()}"
+        return (2, c), c
+    raise DigestError(f"cannot digest a dict key of type {type(key).__module__}.{type(key).__qualname__} "
+                      f"({key!r}) at {where!r}: dict keys must be str, int, bool, None, float or bytes")
+
+
+def format_component(kind: str, key) -> str:
+    """One path component: kind "dict" (key: a dict key), "list" or "tuple" (key: an index),
+    "field" (key: a dataclass field name)."""
+    if kind == "dict":
+        return _key_component(key, "")[1]
+    if kind in ("list", "tuple") and isinstance(key, int) and not isinstance(key, bool):
+        return f"[{key}]" if kind == "list" else f"({key})"
+    if kind == "field" and isinstance(key, str) and key.isidentifier():
+        return f".{key}"
+    raise ValueError(f"not a path component: {kind!r}, {key!r}")
+
+
+def format_path(components) -> str:
+    """The path of ``[(kind, key), ...]`` (see ``format_component``); ``[]`` gives the root, ``""``."""
+    return "/".join(format_component(kind, key) for kind, key in components)
+
+
+_UNESCAPE = re.compile(r"%([0-9A-F]{2})")
+
+
+def _parse_component(c: str) -> tuple[str, Any]:
+    tag = c[:1]
+    if tag == "#":
+        return "dict", int(c[1:])
+    if tag == "[" and c.endswith("]"):
+        return "list", int(c[1:-1])
+    if tag == "(" and c.endswith(")"):
+        return "tuple", int(c[1:-1])
+    if tag == ".":
+        return "field", c[1:]
+    if tag == "!":
+        special = {"!None": None, "!True": True, "!False": False, "!str:": ""}
+        if c in special:
+            return "dict", special[c]
+        if c.startswith("!float:") and len(c) == 23:
+            return "dict", struct.unpack(">d", bytes.fromhex(c[7:]))[0]
+        if c.startswith("!bytes:"):
+            return "dict", bytes.fromhex(c[7:])
+        raise ValueError
+    if "%" in _UNESCAPE.sub("", c):
+        raise ValueError
+    return "dict", _UNESCAPE.sub(lambda m: chr(int(m[1], 16)), c)
+
+
+def parse_path(path: str) -> list[tuple[str, Any]]:
+    """The components ``[(kind, key), ...]`` of a key path written by ``leaves()``; ValueError if
+    ``path`` is not in that exact form."""
+    if path == "":
+        return []
+    out = []
+    for c in path.split("/"):
+        try:
+            comp = _parse_component(c)
+            ok = format_component(*comp) == c
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"not a key path component: {c!r} in {path!r}")
+        out.append(comp)
+    return out
+
+
+# -- the walk ----------------------------------------------------------------------------------------
+def _join(prefix: str, component: str) -> str:
+    return f"{prefix}/{component}" if prefix else component
+
+
+def _walk(obj: Any, path: str, hpath: str) -> Iterator[tuple[str, str, Any]]:
+    """(path, hashed path, leaf): the hashed path also names each dataclass's class."""
+    if isinstance(obj, Empty) or is_tensor(obj) or _is_ndarray(obj) or isinstance(obj, SCALARS):
+        yield path, hpath, obj
+    elif _is_numpy_scalar(obj):
+        yield path, hpath, sys.modules["numpy"].asarray(obj)
+    elif isinstance(obj, Mapping):
+        if not obj:
+            yield path, hpath, Empty("dict")
+            return
+        items = []
+        for key in obj:
+            order, c = _key_component(key, path)
+            items.append((order, c, key))
+        items.sort(key=lambda item: item[0])
+        if len({c for _, c, _ in items}) != len(items):
+            dup = sorted(c for _, c, _ in items)
+            dup = next(a for a, b in zip(dup, dup[1:]) if a == b)
+            raise DigestError(f"cannot digest a dict with two keys written {dup!r} at {path!r}")
+        for _, c, key in items:
+            yield from _walk(obj[key], _join(path, c), _join(hpath, c))
+    elif isinstance(obj, (list, tuple)):
+        kind = "tuple" if isinstance(obj, tuple) else "list"
+        if not obj:
+            yield path, hpath, Empty(kind)
+            return
+        for i, item in enumerate(obj):
+            c = f"({i})" if kind == "tuple" else f"[{i}]"
+            yield from _walk(item, _join(path, c), _join(hpath, c))
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        cls = type(obj)
+        name = f"{cls.__module__}.{cls.__qualname__}".replace("%", "%25").replace("/", "%2F")
+        fields = dataclasses.fields(obj)
+        if not fields:
+            yield path, hpath, Empty(f"dataclass:{name}")
+        for f in fields:
+            yield from _walk(getattr(obj, f.name), _join(path, f".{f.name}"), _join(hpath, f".{f.name}:{name}"))
+    else:
+        where = f" at {path!r}" if path else ""
+        raise DigestError(f"cannot digest a {type(obj).__module__}.{type(obj).__qualname__}{where}: {_LEAF_TYPES}")
+
+
+def leaves(obj: Any) -> Iterator[tuple[str, Any]]:
+    """Yield ``(key_path, leaf)`` in the fixed order (module docstring); empty containers are
+    ``Empty`` leaves."""
+    for path, _, leaf in _walk(obj, "", ""):
+        yield path, leaf
+
+
+# -- digests -----------------------------------------------------------------------------------------
+def _utf8(s: str) -> bytes:
+    return s.encode("utf-8", "surrogatepass")
+
+
+def _lp(data: bytes) -> bytes:
+    return struct.pack("<Q", len(data)) + data
+
+
+def _payload(buf) -> bytes:
+    nbytes = memoryview(buf).nbytes
+    return struct.pack("<Q", nbytes) + (xxhash.xxh3_128(buf).digest() if nbytes else b"")
+
+
+def _leaf_record(path: str, leaf) -> bytes:
+    if isinstance(leaf, Empty):
+        return b"E" + _lp(_utf8(leaf.kind))
+    if is_tensor(leaf):
+        try:
+            data = tensor_bytes(leaf)
+        except TensorError as e:
+            raise DigestError(f"cannot digest the tensor at {path!r}: {e}") from None
+        return b"T" + _lp(f"{str(leaf.dtype)[6:]} {tuple(leaf.shape)}".encode()) + _payload(data)
+    if _is_ndarray(leaf):
         if leaf.dtype.hasobject:
-            raise DigestError(f"cannot digest a numpy array of dtype object at {key!r}")
-        h.update(f"\0A{leaf.dtype.str}{leaf.shape}\0".encode())
-        h.update(np.ascontiguousarray(leaf).reshape(-1).view(np.uint8))
-    elif isinstance(leaf, float):
-        h.update(b"\0f" + struct.pack("<d", leaf))
-    elif isinstance(leaf, bytes):
-        h.update(b"\0b%d\0" % len(leaf) + leaf)
-    else:  # None, bool, int, str
-        h.update(f"\0{type(leaf).__name__[0]}{leaf!r}\0".encode())
+            raise DigestError(f"cannot digest a numpy array of dtype object at {path!r}")
+        np = sys.modules["numpy"]
+        data = np.ascontiguousarray(leaf).reshape(-1).view(np.uint8)
+        return b"A" + _lp(f"{leaf.dtype.str} {leaf.shape}".encode()) + _payload(data)
+    if leaf is None:
+        return b"N"
+    if isinstance(leaf, bool):
+        return b"B\x01" if leaf else b"B\x00"
+    if isinstance(leaf, int):
+        return b"I" + _lp(int.__repr__(leaf).encode())
+    if isinstance(leaf, float):
+        return b"F" + struct.pack("<d", leaf)
+    if isinstance(leaf, str):
+        return b"S" + _lp(_utf8(leaf))
+    if isinstance(leaf, bytes):
+        return b"Y" + _lp(leaf)
+    raise DigestError(f"cannot digest a {type(leaf).__qualname__} at {path!r}: {_LEAF_TYPES}")
+
+
+def _record(path: str, hpath: str, leaf) -> bytes:
+    return _lp(_utf8(hpath)) + _leaf_record(path, leaf)
 
 
 def digest(obj: Any) -> str:
-    """xxh3-128 hex digest of a tensor or a nested structure of tensors and scalars."""
+    """xxh3-128 hex digest of a tensor or a nested structure of tensors and scalars (module docstring)."""
     h = xxhash.xxh3_128()
-    for key, leaf in leaves(obj):
-        _update_leaf(h, key, leaf)
+    for path, hpath, leaf in _walk(obj, "", ""):
+        h.update(_record(path, hpath, leaf))
     return h.hexdigest()
 
 
 def tensor_digest(t) -> str:
-    h = xxhash.xxh3_128()
-    _update_leaf(h, "", t)
-    return h.hexdigest()
+    """``digest(t)`` of a tensor."""
+    return xxhash.xxh3_128(_record("", "", t)).hexdigest()
 
 
 def combine(digests: Mapping[str, str]) -> str:
@@ -149,21 +374,42 @@ def combine(digests: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
-def unwrap_model(model):
-    """The module under DDP/FSDP wrappers (``.module``) and torch.compile (``._orig_mod``)."""
-    seen = set()
-    while id(model) not in seen:
-        seen.add(id(model))
-        inner = getattr(model, "_orig_mod", None)
-        if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel",
-                                                       "FullyShardedDataParallel"):
-            inner = getattr(model, "module", None)
-        if inner is None:
-            break
-        model = inner
-    return model
+# -- exact JSON for leaves -----------------------------------------------------------------------------
+def json_leaf(value):
+    """A JSON-able value that gives back ``value`` exactly, type included (module docstring)."""
+    if isinstance(value, Empty):
+        return {"empty": value.kind}
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, float):
+        value = float.__float__(value)
+        return value if value - value == 0.0 else {"float64": _float_bits(value)}
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    raise DigestError(f"not a JSON leaf: a {type(value).__module__}.{type(value).__qualname__} "
+                      "(tensors and arrays are digested or written to safetensors)")
 
 
+def from_json_leaf(j):
+    """The leaf that ``json_leaf`` encoded as ``j`` (after a JSON round trip)."""
+    if j is None or isinstance(j, (bool, int, float, str)):
+        return j
+    if isinstance(j, dict) and len(j) == 1:
+        (tag, text), = j.items()
+        if tag == "float64" and isinstance(text, str) and len(text) == 16:
+            return struct.unpack(">d", bytes.fromhex(text))[0]
+        if tag == "bytes" and isinstance(text, str):
+            return bytes.fromhex(text)
+        if tag == "empty" and isinstance(text, str):
+            return Empty(text)
+    raise ValueError(f"not an encoded JSON leaf: {j!r}")
+
+
+# -- model and optimizer -----------------------------------------------------------------------------
 def model_tensors(model) -> dict:
     """Parameters and buffers of the unwrapped model, by name (tied tensors appear once)."""
     model = unwrap_model(model)
@@ -177,7 +423,85 @@ def params_digests(model) -> tuple[str, dict]:
     return combine(per_tensor), per_tensor
 
 
+def _json_hyper(leaf):
+    """A hyperparameter leaf as exact JSON; a tensor or array by dtype, shape and bytes or digest."""
+    if is_tensor(leaf):
+        t = plain_tensor(leaf)
+        out = {"dtype": str(t.dtype)[6:], "shape": list(t.shape)}
+        if t.numel() * t.element_size() <= 64:
+            out["hex"] = bytes(tensor_bytes(t)).hex()
+        else:
+            out["digest"] = tensor_digest(t)
+        if t.numel() == 1 and not t.is_complex():
+            out["value"] = json_leaf(t.reshape(-1)[0].item())
+        return out
+    if _is_ndarray(leaf):
+        out = {"dtype": leaf.dtype.str, "shape": list(leaf.shape)}
+        if leaf.nbytes <= 64:
+            out["hex"] = leaf.tobytes().hex()
+        else:
+            out["digest"] = digest(leaf)
+        if leaf.size == 1 and leaf.dtype.kind in "biuf":
+            out["value"] = json_leaf(leaf.reshape(-1)[0].item())
+        return out
+    return json_leaf(leaf)
+
+
+def optimizer_record(optimizer, model=None) -> dict:
+    """``{"digest", "groups", "state"}`` of an optimizer (module docstring), from one walk of its
+    state_dict: each tensor's bytes are read once."""
+    sd = optimizer.state_dict()
+    if not isinstance(sd, Mapping):
+        return {"digest": digest(sd), "groups": [], "state": {}}
+    sd_groups = sd.get("param_groups")
+    sd_groups = sd_groups if isinstance(sd_groups, (list, tuple)) else []
+    sd_state = sd.get("state")
+    sd_state = sd_state if isinstance(sd_state, Mapping) else {}
+
+    groups = []
+    for group in sd_groups:
+        if isinstance(group, Mapping):
+            rest = {k: v for k, v in group.items() if k != "params"}
+            groups.append({path: _json_hyper(leaf) for path, leaf in leaves(rest)} if rest else {})
+        else:
+            groups.append({path: _json_hyper(leaf) for path, leaf in leaves(group)})
+
+    names = {}
+    if model is not None:
+        names = {id(p): name for name, p in unwrap_model(model).named_parameters()}
+    param_of = {}
+    for group, live in zip(sd_groups, getattr(optimizer, "param_groups", None) or []):
+        if isinstance(group, Mapping) and isinstance(live, Mapping):
+            for key, p in zip(group.get("params") or (), live.get("params") or ()):
+                try:
+                    param_of[key] = p
+                except TypeError:  # an unhashable key
+                    pass
+    label = {}  # path component of a state key -> "<param>", and whether its state is per state key
+    for key, value in sd_state.items():
+        c = _key_component(key, "state")[1]
+        p = param_of.get(key) if isinstance(key, (int, str)) else None
+        label[c] = (names.get(id(p), c) if p is not None else c), isinstance(value, Mapping) and bool(value)
+
+    h = xxhash.xxh3_128()
+    entries: dict = {}
+    for path, hpath, leaf in _walk(sd, "", ""):
+        rec = _record(path, hpath, leaf)
+        h.update(rec)
+        parts = path.split("/", 3)
+        if parts[0] == "state" and len(parts) > 1 and parts[1] in label:
+            name, per_key = label[parts[1]]
+            entry = f"{name} {parts[2]}" if per_key else name
+            eh = entries.get(entry)
+            if eh is None:
+                eh = entries[entry] = xxhash.xxh3_128()
+            eh.update(rec)
+    return {"digest": h.hexdigest(), "groups": groups,
+            "state": {entry: eh.hexdigest() for entry, eh in entries.items()}}
+
+
 def optimizer_digest(optimizer) -> str:
+    """``digest(optimizer.state_dict())``, the same as ``optimizer_record(optimizer)["digest"]``."""
     return digest(optimizer.state_dict())
 
 
