@@ -1,11 +1,11 @@
 """Command line: ``harness run``, ``harness scenarios``, ``harness convert``, ``harness --version``.
 
     harness run [TARGET] [--nproc N] [--kill PLAN]... [--seed S] [--backend auto|gloo|nccl] [--out DIR]
-                [--json] [--no-cache] [--baseline-runs N] [--timeout S] [--launcher pool|subprocess|torchrun]
+                [--json] [--no-cache] [--baseline-runs N] [--timeout S] [--stall S] [--launcher pool|subprocess|torchrun]
                 [--launch-prefix "srun ..."] [--nnodes N] [--rdzv-endpoint HOST:PORT] [-- SCRIPT_ARGS...]
 
-TARGET is a built-in scenario name or a path to a script; without TARGET, the ``default`` scenario
-runs with ``--kill random`` (seed 0). Exit codes: 0 bit-exact, 1 divergence or nondeterministic
+TARGET is a built-in scenario name or a path to a script (default: the ``default`` scenario); without
+``--kill``, a step is drawn from ``--seed`` (``--kill random``) and the plan drawn is printed. Exit codes: 0 bit-exact, 1 divergence or nondeterministic
 baseline, 2 harness or usage error. ``--json`` prints one JSON object on stdout and nothing else;
 progress goes to stderr in human mode only.
 """
@@ -13,6 +13,7 @@ progress goes to stderr in human mode only.
 from __future__ import annotations
 
 import argparse
+import textwrap
 import shlex
 import sys
 
@@ -29,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from harness import __version__
     from harness.engine import BACKENDS
-    from harness.faults import __doc__ as faults_doc
+    from harness.faults import KILL_EXAMPLES, KILL_GRAMMAR
     from harness.launch import LAUNCHERS
 
     parser = _Parser(prog="harness", description="Kill distributed PyTorch training, resume it, check it is bit-exact.")
@@ -38,13 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a trial: baseline, kill(s) and resume, bit-exact comparison",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="fault plans (--kill):\n" + _grammar(faults_doc))
+                         epilog="fault plans (--kill):\n" + textwrap.indent(KILL_GRAMMAR, "    ")
+                         + "\n  examples:\n" + textwrap.indent(KILL_EXAMPLES, "    "))
     run.add_argument("target", nargs="?", default=None,
-                     help="built-in scenario name or path to a script (default: the 'default' scenario "
-                          "with --kill random)")
+                     help="built-in scenario name or path to a script (default: the 'default' scenario)")
     run.add_argument("--nproc", type=int, default=2, help="number of ranks (default 2)")
     run.add_argument("--kill", action="append", default=[], metavar="PLAN",
-                     help="fault(s) to inject, e.g. 12, 12@1, checkpoint.write:2@all:SIGTERM, random; repeatable")
+                     help="fault(s) to inject, e.g. 12, 12@1, checkpoint.write:2@all:SIGTERM, random; repeatable "
+                          "(default: random)")
     run.add_argument("--seed", type=int, default=0, help="seed for random faults (default 0)")
     run.add_argument("--backend", choices=BACKENDS, default="auto",
                      help="process group backend: auto = nccl with CUDA, else gloo")
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--baseline-runs", type=int, default=None, metavar="N",
                      help="uninterrupted runs compared to check reproducibility (default 2 for scripts, 1 for scenarios)")
     run.add_argument("--timeout", type=float, default=300.0, metavar="S", help="timeout of each launch in seconds (default 300)")
+    run.add_argument("--stall", type=float, default=None, metavar="S",
+                     help="stop an attempt when no rank records anything for S seconds "
+                          "(default: derived from the baseline's step times)")
     run.add_argument("--launcher", choices=LAUNCHERS, default="pool",
                      help="pool: fork from a warm process (default); subprocess: fresh python per rank; "
                           "torchrun: torchrun's rendezvous (multi-node)")
@@ -78,12 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--allow-unsafe-pickle", action="store_true",
                          help="unpickle SRC's files (they can execute arbitrary code): only for folders you trust")
     return parser
-
-
-def _grammar(doc: str) -> str:
-    """The short-form grammar and examples from harness.faults' docstring."""
-    start, end = doc.find("PLAN    :="), doc.find("JSON form")
-    return "    " + doc[start:end].strip().replace("Examples::", "Examples:") if start >= 0 else ""
 
 
 def _split_script_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -146,15 +145,14 @@ def _convert(args) -> int:
 
 
 def _run(args, script_args: list[str]) -> int:
-    from rich.console import Console
+    from rich.text import Text
 
     from harness.engine import UsageError, run
+    from harness.report import make_console
     from harness.launch import make_launcher
 
-    target, kill = args.target, list(args.kill)
-    if target is None:
-        target = "default"
-        kill = kill or ["random"]
+    target = args.target or "default"
+    kill = list(args.kill) or ["random"]  # a PASS needs a resume: no plan means a seeded random kill
     options = {"nnodes": args.nnodes, "rdzv_endpoint": args.rdzv_endpoint} if args.launcher == "torchrun" else {}
     try:
         prefix = shlex.split(args.launch_prefix)
@@ -166,12 +164,14 @@ def _run(args, script_args: list[str]) -> int:
         return _usage_error(str(e), args.json)
     if args.launcher == "torchrun" and args.nproc % args.nnodes:
         return _usage_error(f"--nproc {args.nproc} is not a multiple of --nnodes {args.nnodes}", args.json)
-    err = Console(stderr=True)
-    progress = None if args.json else (lambda line: err.print(f"[dim]harness:[/dim] {line}", highlight=False))
+    err = make_console(stderr=True)
+    progress = None if args.json else (
+        lambda line: err.print(Text.assemble(("harness: ", "dim"), line), highlight=False, soft_wrap=True))
     try:
         result = run(target, nproc=args.nproc, plan=kill, seed=args.seed, backend=args.backend,
                      out_dir=args.out, script_args=script_args, baseline_runs=args.baseline_runs,
-                     use_cache=not args.no_cache, launcher=launcher, timeout_s=args.timeout, progress=progress)
+                     use_cache=not args.no_cache, launcher=launcher, timeout_s=args.timeout, stall_s=args.stall,
+                     progress=progress)
     except UsageError as e:
         return _usage_error(str(e), args.json)
     except KeyboardInterrupt:
@@ -191,7 +191,7 @@ def _run(args, script_args: list[str]) -> int:
     else:
         from harness.report import render_text
 
-        render_text(result, Console())
+        render_text(result, make_console())
     return result.exit_code
 
 

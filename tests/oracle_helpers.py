@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.trace_schema import parse_row, rank_trace_file, row_to_json
+
 
 def digest(*parts) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
@@ -100,7 +102,9 @@ class TraceBuilder:
 
         self.path.mkdir(parents=True, exist_ok=True)
         for r, rows in self.rows.items():
-            (self.path / f"rank{r}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+            # Through the schema, as the probe writes them: a row the schema refuses fails here.
+            (self.path / rank_trace_file(r)).write_text(
+                "".join(json.dumps(row_to_json(parse_row(x))) + "\n" for x in rows))
         if self.finals:
             (self.path / "final").mkdir(exist_ok=True)
         for r, (tensors, leaves) in self.finals.items():

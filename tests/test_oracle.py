@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.oracle import (
-    RunResult, TraceError, assess, compare_runs, compare_step, diff_stats, load_trace, ulp, ulp_distance,
+    RankEnd, RunResult, TraceError, assess, compare_runs, compare_step, diff_stats, load_trace, ulp, ulp_distance,
 )
 from harness.oracle.ulp import ordinal
 
@@ -43,18 +43,18 @@ def test_load_trace_api(tmp_path):
     tr = load_trace(resumed(tmp_path / "t").write())
     assert tr.ranks == [0, 1]
     assert tr.attempts() == [0, 1]
-    assert [r["step"] for r in tr.steps(0, attempt=1)] == [6, 7, 8, 9, 10]
+    assert [r.step for r in tr.steps(0, attempt=1)] == [6, 7, 8, 9, 10]
     assert len(tr.steps(1)) == 7 + 5
-    assert [f["step"] for f in tr.faults()] == [7]
+    assert [f.step for f in tr.faults()] == [7]
     assert len(tr.events("checkpoint.loaded")) == 2
     assert tr.finished(0) and tr.finished(0, attempt=1) and not tr.finished(0, attempt=0)
     assert tr.final_file(1).name == "rank1.safetensors" and tr.final_json(1).name == "rank1.json"
     assert tr.last_step() == 10
     a0, a1 = tr.attempt_summary()
-    assert (a0["first_step"], a0["last_step"], a0["fault"]["step"], a0["finished"]) == (1, 7, 7, False)
-    assert a0["committed_steps"] == [5] and a0["loaded"] == []
-    assert (a1["first_step"], a1["last_step"], a1["fault"], a1["finished"]) == (6, 10, None, True)
-    assert a1["committed_steps"] == [5, 10] and [e["info"]["step"] for e in a1["loaded"]] == [5, 5]
+    assert (a0.first_step, a0.last_step, a0.fault.step, a0.finished) == (1, 7, 7, False)
+    assert a0.committed_steps == (5,) and a0.loaded == ()
+    assert (a1.first_step, a1.last_step, a1.fault, a1.finished) == (6, 10, None, True)
+    assert a1.committed_steps == (5, 10) and [e.info["step"] for e in a1.loaded] == [5, 5]
     assert tr.warnings == []
 
 
@@ -100,8 +100,9 @@ def test_identical_runs(base, tmp_path):
     c = cmp.compared
     assert (c["ranks"], c["steps"], c["rows"], c["reexecuted_rows"]) == (2, 10, 20, 0)
     assert c["final_tensors"] == 12 and c["final_bytes"] > 0 and c["final_leaves"] == 6
-    assert c["fields"] == ["batch", "rng:python", "rng:numpy", "rng:torch", "rng:cuda", "loss", "params",
+    assert c["fields"] == ["batch", "rng:python", "rng:numpy", "rng:torch", "loss", "params",
                            "optimizer", "extra:ema", "extra:lr"]
+    assert c["unused_rng"] == ["rng:cuda"]  # no CUDA: its state never changes, so it is not compared
 
 
 def test_resumed_identical_compares_reexecuted_rows(base, tmp_path):
@@ -375,9 +376,9 @@ def _assess(base, trial_dir, **kw):
 
 def test_assess_bit_exact(base, tmp_path):
     r = _assess(base, resumed(tmp_path / "t").write(), n_faults=1)
-    assert (r["verdict"], r["outcome"], r["first_divergence"]) == ("pass", "bit_exact", None)
-    assert "24 step rows (4 re-executed)" in r["message"]
-    res = RunResult(**r, target="scenarios.mlp", nproc=2, backend="gloo", seed=0, plan="kill@step=7")
+    assert (r.verdict, r.outcome, r.first_divergence) == ("pass", "bit_exact", None)
+    assert "24 step rows (4 re-executed)" in r.message
+    res = RunResult(r, target="scenarios.mlp", nproc=2, backend="gloo", seed=0, plan="kill@step=7")
     assert res.exit_code == 0 and res.to_json()["attempts"][0]["fault"]["step"] == 7
 
 
@@ -385,8 +386,8 @@ def test_assess_divergence(base, tmp_path):
     b = resumed(tmp_path / "t")
     b.row(1, 7, 1)["rng"]["numpy"] = "x"
     r = _assess(base, b.write(), n_faults=1)
-    assert (r["verdict"], r["outcome"]) == ("fail", "divergence")
-    assert "step 7, rank 1, attempt 1: rng:numpy" in r["message"]
+    assert (r.verdict, r.outcome) == ("fail", "divergence")
+    assert "step 7, rank 1, attempt 1: rng:numpy" in r.message
 
 
 def test_assess_nondeterministic_baseline(base, tmp_path):
@@ -394,10 +395,10 @@ def test_assess_nondeterministic_baseline(base, tmp_path):
     b2.row(0, 4, 0)["rng"]["numpy"] = "unseeded"
     repro = compare_runs(base, b2.write())
     r = assess(None, None, baseline_repro=repro)
-    assert (r["verdict"], r["outcome"]) == ("fail", "nondeterministic_baseline")
-    assert "nondeterministic even without faults" in r["message"] and "step 4" in r["message"]
-    assert r["first_divergence"].fields == ["rng:numpy"]
-    assert assess(None, None, baseline_error="exit code 1")["outcome"] == "baseline_failed"
+    assert (r.verdict, r.outcome) == ("fail", "nondeterministic_baseline")
+    assert "nondeterministic even without faults" in r.message and "step 4" in r.message
+    assert r.first_divergence.fields == ["rng:numpy"]
+    assert assess(None, None, baseline_error="exit code 1").outcome == "baseline_failed"
 
 
 def test_assess_not_resumed(base, tmp_path):
@@ -405,7 +406,7 @@ def test_assess_not_resumed(base, tmp_path):
     b = resumed(tmp_path / "t", kill=3, ckpt=0)
     b.rows = {r: [x for x in rows if x.get("name") != "checkpoint.loaded"] for r, rows in b.rows.items()}
     r = _assess(base, b.write(), n_faults=1)
-    assert (r["verdict"], r["outcome"]) == ("error", "not_resumed") and "no checkpoint existed" in r["message"]
+    assert (r.verdict, r.outcome) == ("error", "not_resumed") and "no checkpoint existed" in r.message
     # killed at 7 after the checkpoint at 5, but the script restarted from step 1 anyway
     b = resumed(tmp_path / "t2", kill=7, ckpt=0)
     b.rows = {r: [x for x in rows if x.get("name") != "checkpoint.loaded"] for r, rows in b.rows.items()}
@@ -413,7 +414,7 @@ def test_assess_not_resumed(base, tmp_path):
         b.rows[r].insert(6, {"kind": "event", "attempt": 0, "rank": r, "name": "checkpoint.committed", "step": 5,
                              "info": {"step": 5}})
     r = _assess(base, b.write(), n_faults=1)
-    assert (r["verdict"], r["outcome"]) == ("fail", "not_resumed") and "[5]" in r["message"]
+    assert (r.verdict, r.outcome) == ("fail", "not_resumed") and "[5]" in r.message
 
 
 def test_assess_crash_on_resume_and_crash(base, tmp_path):
@@ -422,29 +423,30 @@ def test_assess_crash_on_resume_and_crash(base, tmp_path):
         b.rows[r] = [x for x in b.rows[r] if not (x["attempt"] == 1 and (x["kind"] == "finish" or
                                                                         x.get("step", 0) > 8))]
     b.finals = {}
-    r = _assess(base, b.write(), n_faults=1, exit_codes={0: -9, 1: 1}, log_tails={1: "Traceback\nKeyError: 'x'"})
-    assert (r["verdict"], r["outcome"]) == ("fail", "crash_on_resume")
-    assert "rank 1" in r["message"] and "exit code 1" in r["message"] and "KeyError" in r["log_tail"]
-    assert r["first_divergence"].fields == ["missing"] and r["first_divergence"].step == 9
+    r = _assess(base, b.write(), n_faults=1,
+                last_exits=[RankEnd(0, -9, torn_down=True), RankEnd(1, 1, log_tail="Traceback\nKeyError: 'x'")])
+    assert (r.verdict, r.outcome) == ("fail", "crash_on_resume")
+    assert "rank 1" in r.message and "exit code 1" in r.message and "KeyError" in r.log_tail
+    assert r.first_divergence.fields == ["missing"] and r.first_divergence.step == 9
 
     c = baseline(tmp_path / "c", steps=4)
     c.rows = {r: [x for x in rows if x["kind"] != "finish"] for r, rows in c.rows.items()}
     c.finals = {}
     r = _assess(base, c.write(), n_faults=1)
-    assert (r["verdict"], r["outcome"]) == ("error", "crash")
+    assert (r.verdict, r.outcome) == ("error", "crash")
 
 
 def test_assess_fault_not_fired(base, tmp_path):
     r = _assess(base, baseline(tmp_path / "t").write(), n_faults=1)
-    assert (r["verdict"], r["outcome"]) == ("error", "fault_not_fired")
+    assert (r.verdict, r.outcome) == ("error", "fault_not_fired")
 
 
 def test_assess_attempt_without_trace_is_named(base, tmp_path):
     """A relaunch whose ranks recorded nothing (attempts 0 and 2 only) is named, not mistaken for a fault."""
     b = TraceBuilder(tmp_path / "t").start(0).steps(0, 1, 7).fault(0, 7).start(2).steps(2, 6, 10).finish(2)
     r = _assess(base, b.write(), n_faults=2)
-    assert (r["verdict"], r["outcome"]) == ("error", "error")
-    assert "attempt 1 recorded no trace row" in r["message"]
+    assert (r.verdict, r.outcome) == ("error", "error")
+    assert "attempt 1 recorded no trace row" in r.message
 
 
 def test_first_divergence_prefers_the_rank_whose_inputs_differ(base, tmp_path):

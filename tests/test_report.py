@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from harness.oracle import RunResult, assess, compare_runs, load_trace
+from harness.oracle import RankEnd, RunResult, Verdict, assess, compare_runs, load_trace
 from harness.oracle.compare import Divergence, TensorDiff
 from harness.report import render_json, render_text
 
@@ -26,7 +26,7 @@ def _result(tmp_path, mutate=None, **kw) -> RunResult:
         mutate(b)
     trial = load_trace(b.write())
     r = assess(compare_runs(base, trial), trial, n_faults=1, **kw)
-    return RunResult(**r, target="scenarios/mlp.py", nproc=2, backend="gloo", seed=0, plan="step=7",
+    return RunResult(r, target="scenarios/mlp.py", nproc=2, backend="gloo", seed=0, plan="step=7",
                      replay=REPLAY, out_dir=str(tmp_path), timings={"baseline_s": 1.5, "trial_s": 2.25})
 
 
@@ -68,7 +68,7 @@ def test_json_fail_names_first_divergence(tmp_path):
 def test_json_is_strict_with_non_finite_values():
     d = Divergence(None, 0, 1, ["params"], [TensorDiff("w", "float32", [2], 1, float("inf"), 5, "")], "final",
                    "final state")
-    res = RunResult("fail", "divergence", "x", first_divergence=d, timings={"t": float("nan")})
+    res = RunResult(Verdict("fail", "divergence", "x", first_divergence=d), timings={"t": float("nan")})
     obj = json.loads(render_json(res))  # allow_nan=False inside: would raise on inf/nan
     assert obj["first_divergence"]["tensors"][0]["max_abs_diff"] == "inf"
     assert obj["first_divergence"]["step"] is None and obj["timings"]["t"] == "nan"
@@ -96,7 +96,7 @@ def test_text_crash_shows_log_tail_and_brackets_survive(tmp_path):
         b.finals = {}
 
     tail = "Traceback (most recent call last):\n  [rank1] KeyError: 'step'"
-    res = _result(tmp_path, crash, exit_codes={1: 1}, log_tails={1: tail})
+    res = _result(tmp_path, crash, last_exits=[RankEnd(0, -9, torn_down=True), RankEnd(1, 1, log_tail=tail)])
     assert res.outcome == "crash_on_resume" and res.exit_code == 1
     out = _text(res)
     assert "crash_on_resume" in out and "[rank1] KeyError: 'step'" in out and REPLAY in out
@@ -105,5 +105,6 @@ def test_text_crash_shows_log_tail_and_brackets_survive(tmp_path):
 
 @pytest.mark.parametrize("verdict", ["pass", "fail", "error"])
 def test_text_minimal_result(verdict):
-    out = _text(RunResult(verdict, "error", "something [bold]odd[/bold]", replay="harness run x"))
+    outcome = "bit_exact" if verdict == "pass" else "error"
+    out = _text(RunResult(Verdict(verdict, outcome, "something [bold]odd[/bold]"), replay="harness run x"))
     assert verdict.upper() in out and "[bold]odd[/bold]" in out and "harness run x" in out

@@ -7,9 +7,13 @@ source files, its arguments, nproc, backend, the number of runs, the relevant en
 (PYTHONHASHSEED, OMP_NUM_THREADS, CUBLAS_WORKSPACE_CONFIG, HARNESS_* except paths), and the python,
 torch, numpy and harness versions plus the harness's own sources.
 
-Concurrency (pytest -n auto): a per-key ``flock`` makes one process compute a missing baseline while
-the others wait for it; the entry is built in a temporary folder and renamed into place, so a
-reader never sees half an entry.
+Concurrency (pytest -n auto): a per-key ``flock`` on ``.<key>.lock`` makes one process compute a
+missing baseline while the others wait for it; the entry is built in a temporary folder and renamed
+into place, so a reader never sees half an entry; the lock file is removed once the entry exists.
+
+Clearing the cache: delete the folder (``rm -rf ~/.cache/resume-harness/baselines``, or
+``$HARNESS_CACHE_DIR``), or pass ``--no-cache`` to run the baseline again without reading or
+writing it. Entries never go stale silently: any change to the key's inputs makes a new key.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from harness.engine.jobs import RunFolder, attempt_spec, failure_message
+from harness.engine.monitor import AttemptMonitor
 from harness.engine.target import Target
 from harness.launch import Launcher
 from harness.launch.spec import base_env, log_tail
@@ -149,8 +154,10 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
     for i in range(runs):
         folder = RunFolder(os.path.join(root, f"baseline{i}"))
         progress(f"baseline run {i + 1}/{runs} ...")
+        monitor = AttemptMonitor(folder.trace_dir, nproc, 0, stall_s=timeout_s,
+                                 say=lambda line, i=i: progress(f"baseline run {i + 1}/{runs}: {line}"))
         spec = attempt_spec(target, folder, nproc=nproc, backend=backend, script_args=script_args,
-                            role="baseline", attempt=0, fault=None, timeout_s=timeout_s)
+                            role="baseline", attempt=0, fault=None, timeout_s=timeout_s, watch=monitor.watch)
         result = launcher.launch(spec)
         shutil.rmtree(folder.run_dir, ignore_errors=True)  # its checkpoints are not needed
         why = failure_message(result, timeout_s)
@@ -163,6 +170,7 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
             elif missing:
                 why = f"rank {missing[0]} exited 0 without calling probe.finish()"
         if why is not None:
+            progress(f"baseline run {i + 1}/{runs}: failed")
             failed = result.first_failure or result.exits[0]
             baseline.error = f"run {i + 1}: {why}"
             baseline.log_tail = log_tail(failed.log_path)
@@ -194,34 +202,55 @@ def get_baseline(target: Target, *, nproc: int, backend: str, script_args, runs:
     if cached is not None:
         return cached
     os.makedirs(root, exist_ok=True)
-    with _locked(os.path.join(root, f".{key}.lock")):
+    lock = os.path.join(root, f".{key}.lock")
+    with _locked(lock):
         cached = _load(final)  # another process may have made it while we waited
         if cached is not None:
+            _unlink(lock)
             return cached
-        tmp = os.path.join(root, f".tmp-{key}-{uuid.uuid4().hex[:8]}")
         try:
-            baseline = _run_baselines(tmp, target, launcher=launcher, timeout_s=timeout_s, progress=progress,
-                                      **kwargs)
-        except BaseException:  # interrupted or broken: leave no half entry behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if baseline.error is not None:
-            # Keep the failed run's files where the user can read them: move them to scratch.
-            shutil.rmtree(scratch, ignore_errors=True)
-            shutil.move(tmp, scratch)
-            baseline.trace_dirs = [d.replace(tmp, scratch, 1) for d in baseline.trace_dirs]
-            baseline.root = scratch
-            return baseline
-        meta = {"key": key, "inputs": key_inputs(target, **kwargs), "runs": runs, "last_step": baseline.last_step,
-                "reproducible": baseline.repro is None or baseline.repro.first is None,
-                "seconds": baseline.seconds, "created": time.time()}
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=1)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # made by a process that did not take the lock (an older harness): use it
-            shutil.rmtree(tmp, ignore_errors=True)
-            return _load(final) or baseline
-        baseline.root = final
-        baseline.trace_dirs = [d.replace(tmp, final, 1) for d in baseline.trace_dirs]
+            return _build(final, key, target, scratch=scratch, launcher=launcher, timeout_s=timeout_s,
+                          progress=progress, kwargs=kwargs)
+        finally:
+            # The entry exists (or failed and was moved to scratch): the lock has done its job. A process
+            # still waiting on the unlinked file finds the entry when it gets the lock.
+            _unlink(lock)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _build(final: str, key: str, target: Target, *, scratch, launcher, timeout_s, progress, kwargs) -> Baseline:
+    root = os.path.dirname(final)
+    tmp = os.path.join(root, f".tmp-{key}-{uuid.uuid4().hex[:8]}")
+    try:
+        baseline = _run_baselines(tmp, target, launcher=launcher, timeout_s=timeout_s, progress=progress,
+                                  **kwargs)
+    except BaseException:  # interrupted or broken: leave no half entry behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if baseline.error is not None:
+        # Keep the failed run's files where the user can read them: move them to scratch.
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.move(tmp, scratch)
+        baseline.trace_dirs = [d.replace(tmp, scratch, 1) for d in baseline.trace_dirs]
+        baseline.error = baseline.error.replace(tmp, scratch)  # its log path: where the log is now
+        baseline.root = scratch
         return baseline
+    meta = {"key": key, "inputs": key_inputs(target, **kwargs), "runs": kwargs["runs"], "last_step": baseline.last_step,
+            "reproducible": baseline.repro is None or baseline.repro.first is None,
+            "seconds": baseline.seconds, "created": time.time()}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # made by a process that did not take the lock (an older harness): use it
+        shutil.rmtree(tmp, ignore_errors=True)
+        return _load(final) or baseline
+    baseline.root = final
+    baseline.trace_dirs = [d.replace(tmp, final, 1) for d in baseline.trace_dirs]
+    return baseline

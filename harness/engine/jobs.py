@@ -29,7 +29,7 @@ class RunFolder:
 
 
 def attempt_spec(target: Target, folder: RunFolder, *, nproc: int, backend: str, script_args, role: str,
-                 attempt: int, fault: Fault | None, timeout_s: float) -> LaunchSpec:
+                 attempt: int, fault: Fault | None, timeout_s: float, watch=None) -> LaunchSpec:
     """The launch of one attempt: the harness variables of docs/design.md, section 1."""
     import json
 
@@ -43,8 +43,10 @@ def attempt_spec(target: Target, folder: RunFolder, *, nproc: int, backend: str,
         "HARNESS_BACKEND": backend,
         "HARNESS_ROLE": role,
     }
+    extra = {"watch": watch} if watch is not None else {}
     return LaunchSpec(nproc=nproc, log_dir=folder.log_dir(attempt), script=target.script, module=target.module,
-                      args=tuple(script_args), env=env, cwd=os.getcwd(), timeout_s=timeout_s, attempt=attempt)
+                      args=tuple(script_args), env=env, cwd=os.getcwd(), timeout_s=timeout_s, attempt=attempt,
+                      **extra)
 
 
 def exits_summary(result: LaunchResult) -> list[dict]:
@@ -54,6 +56,8 @@ def exits_summary(result: LaunchResult) -> list[dict]:
 
 def failure_message(result: LaunchResult, timeout_s: float) -> str | None:
     """Why a launch failed, in one line, or None if every rank exited 0."""
+    if getattr(result, "stopped", None):
+        return f"stopped: {result.stopped}"
     if result.timed_out:
         return f"timed out after {timeout_s:g} s (--timeout) and was killed"
     failed = result.first_failure

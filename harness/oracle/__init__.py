@@ -1,19 +1,21 @@
 """The checker: reads recorded traces offline and compares a trial with the baseline, bit for bit.
 
-    trace.py    load_trace -> Trace (rows by rank, attempts, faults, events, final files)
+    trace.py    load_trace -> Trace (typed rows of harness.trace_schema by rank, AttemptSummary)
     compare.py  compare_runs -> Comparison (Divergence, TensorDiff): trace rows and final state
     ulp.py      raw-byte tensor diffs, max abs diff, ULP distance (no tolerances anywhere)
-    verdict.py  RunResult, and assess(), which turns a Comparison into a verdict and outcome
+    verdict.py  assess() -> Verdict (frozen, Outcome enum); RunResult: a Verdict with its trial's context
 """
 
 from .compare import Comparison, Divergence, TensorDiff, compare_runs, compare_step, same
 from .trace import Trace, TraceError, load_trace
 from .ulp import canonical_dtype, diff_stats, ulp, ulp_distance
-from .verdict import OUTCOMES, RunResult, assess, describe
+from .verdict import (OUTCOMES, Outcome, RankEnd, RunResult, Verdict, assess, describe, error_verdict,
+                      timeout_verdict)
 
 __all__ = [
     "Comparison", "Divergence", "TensorDiff", "compare_runs", "compare_step", "same",
     "Trace", "TraceError", "load_trace",
     "canonical_dtype", "diff_stats", "ulp", "ulp_distance",
-    "OUTCOMES", "RunResult", "assess", "describe",
+    "OUTCOMES", "Outcome", "RankEnd", "RunResult", "Verdict", "assess", "describe", "error_verdict",
+    "timeout_verdict",
 ]

@@ -5,7 +5,13 @@ compared field by field with the baseline's row for the same (rank, step). Field
 batch, rng:python, rng:numpy, rng:torch, rng:cuda (and any other rng key), loss, params, optimizer,
 extra:<key>. Digests and JSON values are compared exactly (floats by their bits); null equals null
 only. `loss` is compared on its dtype and raw bytes, and a differing loss also gets a TensorDiff.
-A differing `params` names the tensors whose `params_tensors` digests differ (the trace holds no values).
+A differing `params` names the tensors whose `params_tensors` digests differ (the trace holds no values);
+a differing `optimizer` names the param-group hyperparameters that differ (exact values) and the state
+entries whose digests differ ("state exp_avg of 0.weight").
+
+Unused RNG streams: a stream whose state never changes on any rank of the baseline is not compared
+(`compared["unused_rng"]`); a trial that draws from it (its state changes between two rows of one
+attempt) diverges there.
 
 Final state: final/rank{r}.safetensors, tensor by tensor on the raw bytes, then the JSON leaves of
 final/rank{r}.json. A final-state divergence is reported per rank, with the differing tensors; its
@@ -26,6 +32,8 @@ import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness.trace_schema import StepRow, parse_row
 
 from .trace import Trace, TraceError, load_trace
 from .ulp import canonical_dtype, decode_scalar, diff_stats
@@ -113,16 +121,18 @@ def _dict(x) -> dict:
     return x if isinstance(x, dict) else {}
 
 
-def _step_fields(b: dict, t: dict):
+def _step_fields(b: StepRow, t: StepRow, skip_rng=frozenset()):
     """(field, baseline value, trial value) for every field of a step row pair, in report order."""
-    yield "batch", b.get("batch"), t.get("batch")
-    rb, rt = _dict(b.get("rng")), _dict(t.get("rng"))
+    yield "batch", b.batch, t.batch
+    rb, rt = _dict(b.rng), _dict(t.rng)
     for s in [*RNG_STREAMS, *sorted((rb.keys() | rt.keys()) - set(RNG_STREAMS))]:
-        yield f"rng:{s}", rb.get(s), rt.get(s)
-    yield "loss", b.get("loss"), t.get("loss")
-    yield "params", [b.get("params"), b.get("params_tensors")], [t.get("params"), t.get("params_tensors")]
-    yield "optimizer", b.get("optimizer"), t.get("optimizer")
-    eb, et = _dict(b.get("extra")), _dict(t.get("extra"))
+        if s not in skip_rng:
+            yield f"rng:{s}", rb.get(s), rt.get(s)
+    yield "loss", b.loss, t.loss
+    yield "params", [b.params, b.params_tensors], [t.params, t.params_tensors]
+    yield "optimizer", [b.optimizer, b.optimizer_groups, b.optimizer_state], \
+        [t.optimizer, t.optimizer_groups, t.optimizer_state]
+    eb, et = _dict(b.extra), _dict(t.extra)
     for k in sorted(eb.keys() | et.keys()):
         yield f"extra:{k}", eb.get(k, None), et.get(k, None)
 
@@ -156,7 +166,7 @@ def _loss_diff(b, t, lb, lt) -> tuple[TensorDiff | None, str]:
     return (TensorDiff("loss", canonical_dtype(dtype), [], **st) if st else None), note
 
 
-def _params_diffs(b: dict | None, t: dict | None) -> list[TensorDiff]:
+def _named_diffs(b: dict | None, t: dict | None) -> list[TensorDiff]:
     b, t = _dict(b), _dict(t)
     out = []
     for name in [*b, *(k for k in t if k not in b)]:
@@ -169,20 +179,57 @@ def _params_diffs(b: dict | None, t: dict | None) -> list[TensorDiff]:
     return out
 
 
-def compare_step(b: dict, t: dict) -> tuple[list[str], list[TensorDiff], str, list[str]]:
-    """Compare one trial step row with the baseline's: (differing fields, tensor diffs, note, fields compared)."""
+def _leaf_text(x) -> str:
+    """An exact JSON leaf as people read it: finite floats by their shortest repr, others as recorded."""
+    return repr(x) if isinstance(x, float) else _fmt(x, 40)
+
+
+def _optimizer_notes(b: list, t: list) -> tuple[list[str], list[TensorDiff]]:
+    """What differs inside the optimizer: hyperparameters by group, then state entries by parameter."""
+    (_, gb, sb), (_, gt, st) = b, t
+    notes, tensors = [], []
+    if isinstance(gb, list) and isinstance(gt, list):
+        if len(gb) != len(gt):
+            notes.append(f"optimizer: {len(gb)} vs {len(gt)} param groups")
+        for i, (x, y) in enumerate(zip(gb, gt)):
+            x, y = _dict(x), _dict(y)
+            for k in [*x, *(k for k in y if k not in x)]:
+                if k not in y or k not in x or not same(x[k], y[k]):
+                    notes.append(f"optimizer: param_groups/{i}/{k} {_leaf_text(x.get(k, '-'))} vs "
+                                 f"{_leaf_text(y.get(k, '-'))}")
+    if isinstance(sb, dict) and isinstance(st, dict):
+        for d in _named_diffs(sb, st):
+            param, _, key = d.name.rpartition(" ")
+            what = f"state {key} of {param}" if param else f"state {d.name}"
+            tensors.append(TensorDiff(f"optimizer {what}", note=d.note))
+        if tensors:
+            shown = ", ".join(d.name.removeprefix("optimizer ") for d in tensors[:3])
+            more = f" and {len(tensors) - 3} more" if len(tensors) > 3 else ""
+            notes.append(f"optimizer: {shown}{more}")
+    return notes, tensors
+
+
+def compare_step(b: StepRow, t: StepRow, skip_rng=frozenset()) -> tuple[list[str], list[TensorDiff], str, list[str]]:
+    """Compare one trial step row with the baseline's: (differing fields, tensor diffs, note, fields compared).
+
+    skip_rng: RNG streams not compared (unused in the baseline, see compare_runs)."""
+    b, t = (parse_row(x) if isinstance(x, dict) else x for x in (b, t))
     fields, tensors, notes, compared = [], [], [], []
-    for name, vb, vt in _step_fields(b, t):
+    for name, vb, vt in _step_fields(b, t, skip_rng):
         compared.append(name)
         if same(vb, vt):
             continue
         fields.append(name)
         if name == "loss":
-            td, note = _loss_diff(vb, vt, b.get("loss_value"), t.get("loss_value"))
+            td, note = _loss_diff(vb, vt, b.loss_value, t.loss_value)
             tensors += [td] if td else []
             notes.append(note)
         elif name == "params":
-            tensors += _params_diffs(vb[1], vt[1])
+            tensors += _named_diffs(vb[1], vt[1])
+        elif name == "optimizer":
+            more, diffs = _optimizer_notes(vb, vt)
+            notes += more
+            tensors += diffs
         elif name.startswith("extra:"):
             notes.append(f"{name} {_fmt(vb, 40)} vs {_fmt(vt, 40)}")
     return fields, tensors, "; ".join(notes), compared
@@ -197,13 +244,14 @@ def _final_field(key: str) -> str:
     return parts[0]
 
 
-def _flatten(x, prefix: str = "") -> dict:
-    if isinstance(x, dict) and x:
-        out = {}
-        for k, v in x.items():
-            out.update(_flatten(v, f"{prefix}/{k}" if prefix else str(k)))
-        return out
-    return {prefix: x}
+def _leaves_file(path: Path | None) -> dict:
+    """The final non-tensor leaves: a flat JSON object, key path -> exact JSON leaf."""
+    if path is None:
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise TraceError(f"{path}: the final leaves must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _raw(t):
@@ -244,8 +292,7 @@ def compare_final_tensors(fb: Path, ft: Path, counts: dict) -> list[TensorDiff]:
 
 def compare_final_json(jb: Path | None, jt: Path | None, counts: dict) -> list[TensorDiff]:
     """The non-tensor leaves, exactly; returned as TensorDiffs with dtype "json"."""
-    lb = _flatten(json.loads(jb.read_text())) if jb else {}
-    lt = _flatten(json.loads(jt.read_text())) if jt else {}
+    lb, lt = _leaves_file(jb), _leaves_file(jt)
     out = []
     for k in sorted(lb.keys() | lt.keys()):
         counts["final_leaves"] += 1
@@ -304,10 +351,27 @@ def _missing_attempts(trial: Trace, rank: int):
     """For a step the trial never ran on `rank`: the attempt that went past it, else the last attempt."""
     top = {}
     for row in trial.steps(rank):
-        a = row.get("attempt", 0)
-        top[a] = max(top.get(a, row["step"]), row["step"])
+        top[row.attempt] = max(top.get(row.attempt, row.step), row.step)
     last = max(trial.attempts(), default=0)
     return lambda step: next((a for a in sorted(top) if top[a] > step), last)
+
+
+def unused_rng_streams(base: Trace) -> set[str]:
+    """RNG streams whose state never changes on any rank of the baseline: nothing draws from them.
+
+    An unused stream is not compared (an unseeded but unused numpy RNG is harmless). It needs two step
+    rows on a rank to tell; with fewer, every stream counts as used.
+    """
+    states: dict[str, set] = {}
+    for r in base.ranks:
+        rows = base.steps(r)
+        if len(rows) < 2:
+            return set()
+        for row in rows:
+            for name, d in _dict(row.rng).items():
+                states.setdefault(f"{name}@{r}", set()).add(d)
+    streams = {k.split("@")[0] for k in states}
+    return {s for s in streams if all(len(v) == 1 for k, v in states.items() if k.split("@")[0] == s)}
 
 
 def compare_runs(baseline_trace_dir, trial_trace_dir) -> Comparison:
@@ -317,28 +381,36 @@ def compare_runs(baseline_trace_dir, trial_trace_dir) -> Comparison:
     index = {}
     for r in base.ranks:
         for row in base.steps(r):
-            if (r, row["step"]) in index:
-                warnings.append(f"baseline: rank {r} recorded step {row['step']} twice; the first row is used")
-            index.setdefault((r, row["step"]), row)
+            if (r, row.step) in index:
+                warnings.append(f"baseline: rank {r} recorded step {row.step} twice; the first row is used")
+            index.setdefault((r, row.step), row)
+    unused = unused_rng_streams(base)
 
     divs, seen, fields_seen = [], set(), {}
     rows = reexecuted = 0
     for r in trial.ranks:
+        prev_rng: dict = {}
         for row in trial.steps(r):
-            key, attempt = (r, row["step"]), row.get("attempt", 0)
+            # A stream unused by the baseline is compared where the trial draws from it (its state changed).
+            rng = _dict(row.rng)
+            drawn = {s for s in unused if (row.attempt, s) in prev_rng and prev_rng[row.attempt, s] != rng.get(s)}
+            prev_rng.update({(row.attempt, s): rng.get(s) for s in unused})
+            key, attempt = (r, row.step), row.attempt
             reexecuted += key in seen
             seen.add(key)
             b = index.get(key)
             if b is None:
-                divs.append(Divergence(row["step"], r, attempt, ["extra"], [], "trace",
+                divs.append(Divergence(row.step, r, attempt, ["extra"], [], "trace",
                                        "the baseline has no such step"))
                 continue
             rows += 1
-            fields, tensors, note, compared = compare_step(b, row)
+            fields, tensors, note, compared = compare_step(b, row, unused - drawn)
+            if drawn & {f[4:] for f in fields if f.startswith("rng:")}:
+                note = "; ".join(filter(None, [note, ", ".join(f"rng:{s} is drawn from in the trial, never in the "
+                                                               "baseline" for s in sorted(drawn))]))
             fields_seen.update(dict.fromkeys(compared))
             if fields:
-                divs.append(Divergence(row["step"], r, attempt, fields, tensors, "trace", note))
-
+                divs.append(Divergence(row.step, r, attempt, fields, tensors, "trace", note))
     for r in trial.ranks + [r for r in base.ranks if r not in trial.ranks]:
         missing_attempt = _missing_attempts(trial, r)
         for step in sorted(s for (rr, s) in index if rr == r and (rr, s) not in seen):
@@ -355,6 +427,7 @@ def compare_runs(baseline_trace_dir, trial_trace_dir) -> Comparison:
         "reexecuted_rows": reexecuted,
         **counts,
         "fields": list(fields_seen),
+        "unused_rng": sorted(f"rng:{s}" for s in unused),
         "divergences": len(divs),
     }
     return Comparison(divs[0] if divs else None, divs, compared, warnings)

@@ -13,24 +13,25 @@ the last line of the file (skipped), or a torn row that the next attempt's row w
 from __future__ import annotations
 
 import json
-import re
+from dataclasses import dataclass
 from pathlib import Path
 
-_RANK_FILE = re.compile(r"^rank(\d+)\.jsonl$")
+from harness.trace_schema import (RANK_TRACE_RE, EventRow, FaultRow, FinishRow, Row, RowError, StepRow,
+                                  final_leaves_file, final_tensors_file, parse_row)
 
 
 class TraceError(ValueError):
     """A trace folder that cannot be read as a trace."""
 
 
-def _parse(line: bytes):
-    row = json.loads(line)
-    if not isinstance(row, dict) or "kind" not in row:
-        raise ValueError("not a trace row")
-    return row
+def _parse(line: bytes) -> Row:
+    try:
+        return parse_row(json.loads(line))
+    except RowError as e:
+        raise ValueError(str(e)) from None
 
 
-def _recover(line: bytes) -> dict | None:
+def _recover(line: bytes) -> Row | None:
     """The complete row at the end of a line that starts with a torn one, if any."""
     pos = line.find(b"{", 1)
     while pos > 0:
@@ -41,7 +42,7 @@ def _recover(line: bytes) -> dict | None:
     return None
 
 
-def _read_rows(path: Path, warnings: list[str]) -> list[dict]:
+def _read_rows(path: Path, warnings: list[str]) -> list[Row]:
     lines = path.read_bytes().split(b"\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     rows = []
@@ -64,16 +65,41 @@ def _read_rows(path: Path, warnings: list[str]) -> list[dict]:
     return rows
 
 
-def event_step(row: dict):
-    """The step of an event row: its info's `step` (e.g. the checkpoint's), else the last step seen."""
-    info = row.get("info") or {}
-    return info["step"] if isinstance(info, dict) and "step" in info else row.get("step")
+@dataclass(frozen=True)
+class AttemptSummary:
+    """What one attempt of a run did, read from its rows."""
+
+    attempt: int
+    first_step: int | None
+    last_step: int | None
+    fault: FaultRow | None  # the first fault row of the attempt (the fault fired)
+    finished: bool  # every rank of the trace recorded a finish row in this attempt
+    finished_ranks: tuple[int, ...]
+    committed_steps: tuple[int, ...]  # checkpoints committed up to the end of this attempt
+    loaded: tuple[EventRow, ...]  # checkpoint.loaded events of this attempt
+
+    @property
+    def resumed_from(self) -> int | None:
+        """The step of the checkpoint this attempt loaded, if it loaded one."""
+        return self.loaded[0].event_step if self.loaded else None
+
+    def to_json(self) -> dict:
+        return {"attempt": self.attempt, "first_step": self.first_step, "last_step": self.last_step,
+                "fault": _row_json(self.fault) if self.fault else None, "finished": self.finished,
+                "finished_ranks": list(self.finished_ranks), "committed_steps": list(self.committed_steps),
+                "loaded": [_row_json(e) for e in self.loaded]}
+
+
+def _row_json(row: Row) -> dict:
+    from harness.trace_schema import row_to_json
+
+    return row_to_json(row)
 
 
 class Trace:
     """All rows of one run (baseline or trial), by rank, in file order."""
 
-    def __init__(self, path: Path, rows: dict[int, list[dict]], warnings: list[str]):
+    def __init__(self, path: Path, rows: dict[int, list[Row]], warnings: list[str]):
         self.path = Path(path)
         self._rows = rows
         self.warnings = warnings
@@ -82,69 +108,90 @@ class Trace:
     def __repr__(self) -> str:
         return f"Trace({str(self.path)!r}, ranks={self.ranks}, attempts={self.attempts()})"
 
-    def rows(self, rank: int) -> list[dict]:
+    def rows(self, rank: int) -> list[Row]:
         return self._rows.get(rank, [])
 
-    def _kind(self, kind: str, rank: int | None = None, attempt: int | None = None) -> list[dict]:
+    def _kind(self, cls: type, rank: int | None = None, attempt: int | None = None) -> list:
         ranks = self.ranks if rank is None else [rank]
-        return [
-            row for r in ranks for row in self.rows(r)
-            if row.get("kind") == kind and (attempt is None or row.get("attempt", 0) == attempt)
-        ]
+        return [row for r in ranks for row in self.rows(r)
+                if isinstance(row, cls) and (attempt is None or row.attempt == attempt)]
 
-    def steps(self, rank: int, attempt: int | None = None) -> list[dict]:
-        return self._kind("step", rank, attempt)
+    def steps(self, rank: int, attempt: int | None = None) -> list[StepRow]:
+        return self._kind(StepRow, rank, attempt)
 
     def attempts(self) -> list[int]:
-        return sorted({row.get("attempt", 0) for r in self.ranks for row in self.rows(r)})
+        return sorted({row.attempt for r in self.ranks for row in self.rows(r)})
 
-    def faults(self) -> list[dict]:
+    def faults(self) -> list[FaultRow]:
         """Fault rows of all ranks, by attempt, then rank."""
-        return sorted(self._kind("fault"), key=lambda row: row.get("attempt", 0))
+        return sorted(self._kind(FaultRow), key=lambda row: row.attempt)
 
-    def events(self, name: str | None = None) -> list[dict]:
+    def events(self, name: str | None = None) -> list[EventRow]:
         """Event rows of all ranks (rank order, file order within a rank)."""
-        return [row for row in self._kind("event") if name is None or row.get("name") == name]
+        return [row for row in self._kind(EventRow) if name is None or row.name == name]
+
+    def event_names(self) -> dict[str, int]:
+        """Every point name recorded, with the most times one rank reached it in one attempt."""
+        counts: dict[tuple, int] = {}
+        for row in self._kind(EventRow):
+            key = (row.name, row.rank, row.attempt)
+            counts[key] = counts.get(key, 0) + 1
+        out: dict[str, int] = {}
+        for (name, _, _), n in counts.items():
+            out[name] = max(out.get(name, 0), n)
+        return out
 
     def finished(self, rank: int, attempt: int | None = None) -> bool:
-        return bool(self._kind("finish", rank, attempt))
+        return bool(self._kind(FinishRow, rank, attempt))
 
     def final_file(self, rank: int) -> Path | None:
         """The final-state safetensors of `rank`: the file its finish row names, else the default path."""
-        for row in reversed(self._kind("finish", rank)):
-            if row.get("file") and (self.path / row["file"]).is_file():
-                return self.path / row["file"]
-        default = self.path / "final" / f"rank{rank}.safetensors"
+        for row in reversed(self._kind(FinishRow, rank)):
+            if row.file and (self.path / row.file).is_file():
+                return self.path / row.file
+        default = self.path / final_tensors_file(rank)
         return default if default.is_file() else None
 
     def final_json(self, rank: int) -> Path | None:
         """The final non-tensor leaves of `rank` (beside the safetensors file)."""
         f = self.final_file(rank)
-        j = f.with_suffix(".json") if f else self.path / "final" / f"rank{rank}.json"
+        j = f.with_suffix(".json") if f else self.path / final_leaves_file(rank)
         return j if j.is_file() else None
 
     def last_step(self) -> int:
         """The highest step any rank recorded (0 with none)."""
-        return max((row["step"] for r in self.ranks for row in self.steps(r)), default=0)
+        return max((row.step for r in self.ranks for row in self.steps(r)), default=0)
 
-    def attempt_summary(self) -> list[dict]:
-        """One dict per attempt: steps run, the fault that ended it, finish, checkpoints committed so far, loads."""
+    def step_times(self) -> list[float]:
+        """Gaps in seconds between consecutive timed rows of one rank and attempt (start, steps, events)."""
+        gaps = []
+        for r in self.ranks:
+            prev = {}
+            for row in self.rows(r):
+                t = getattr(row, "time", None)
+                if not isinstance(t, (int, float)):
+                    continue
+                if row.attempt in prev:
+                    gaps.append(max(0.0, t - prev[row.attempt]))
+                prev[row.attempt] = t
+        return gaps
+
+    def attempt_summary(self) -> list[AttemptSummary]:
+        """One summary per attempt: steps run, the fault that ended it, finish, checkpoints committed, loads."""
         out, committed = [], set()
         all_faults, all_events = self.faults(), self.events()
         for a in self.attempts():
-            steps = [row["step"] for r in self.ranks for row in self.steps(r, a)]
-            faults = [row for row in all_faults if row.get("attempt", 0) == a]
-            events = [row for row in all_events if row.get("attempt", 0) == a]
-            committed |= {event_step(e) for e in events if e.get("name") == "checkpoint.committed"}
-            out.append({
-                "attempt": a,
-                "first_step": min(steps, default=None),
-                "last_step": max(steps, default=None),
-                "fault": faults[0] if faults else None,
-                "finished": bool(self.ranks) and all(self.finished(r, a) for r in self.ranks),
-                "committed_steps": sorted(s for s in committed if s is not None),
-                "loaded": [e for e in events if e.get("name") == "checkpoint.loaded"],
-            })
+            steps = [row.step for r in self.ranks for row in self.steps(r, a)]
+            faults = [row for row in all_faults if row.attempt == a]
+            events = [row for row in all_events if row.attempt == a]
+            committed |= {e.event_step for e in events if e.name == "checkpoint.committed"}
+            finished = tuple(r for r in self.ranks if self.finished(r, a))
+            out.append(AttemptSummary(
+                attempt=a, first_step=min(steps, default=None), last_step=max(steps, default=None),
+                fault=faults[0] if faults else None,
+                finished=bool(self.ranks) and len(finished) == len(self.ranks), finished_ranks=finished,
+                committed_steps=tuple(sorted(s for s in committed if isinstance(s, int))),
+                loaded=tuple(e for e in events if e.name == "checkpoint.loaded")))
         return out
 
 
@@ -157,11 +204,11 @@ def load_trace(trace_dir) -> Trace:
         raise TraceError(f"no trace folder at {path}")
     rows, warnings = {}, []
     for f in sorted(path.iterdir()):
-        m = _RANK_FILE.match(f.name)
+        m = RANK_TRACE_RE.match(f.name)
         if m:
             rank = int(m.group(1))
             rows[rank] = _read_rows(f, warnings)
-            bad = sum(1 for row in rows[rank] if row.get("rank", rank) != rank)
+            bad = sum(1 for row in rows[rank] if row.rank != rank)
             if bad:
                 warnings.append(f"{f.name}: {bad} row(s) carry another rank number")
     if not rows:

@@ -1,4 +1,4 @@
-"""The verdict of one trial: RunResult, and `assess`, which derives it from the recorded traces.
+"""The verdict of one trial: `Verdict` (frozen, produced once by `assess`) and `RunResult` (it, plus context).
 
 Outcomes and their verdicts, in the order `assess` checks them:
 
@@ -6,32 +6,62 @@ Outcomes and their verdicts, in the order `assess` checks them:
 |----------------------------|---------|------|
 | baseline_failed            | error   | the uninterrupted run itself failed (the caller says so) |
 | nondeterministic_baseline  | fail    | two uninterrupted runs differ: the training is not reproducible, resume or not |
-| crash_on_resume            | fail    | a rank of a resumed attempt (> 0) ended without finishing and without a fault |
-| crash                      | error   | the same in attempt 0, before any fault: the baseline ran this code fine |
+| crash_on_resume            | fail    | a rank of a resumed attempt (> 0) ended without finishing and without a fault, or exited non-zero after finishing |
+| crash                      | error   | a rank ended without finishing in attempt 0, before any fault: the baseline ran this code fine |
 | fault_not_fired            | error   | an attempt that armed a fault finished without it firing |
+| fault_survived             | error   | a fault fired but the attempt ran to the end: the process ignored SIGTERM or caught the exception |
+| fault_not_armed            | error   | the trial ended before every fault of the plan was armed |
 | divergence                 | fail    | a trace row or the final state differs, or the trial missed steps |
 | not_resumed                | fail    | a checkpoint was committed before the kill, yet the next attempt restarted from step 1 |
 | not_resumed                | error   | no checkpoint existed before the kill: the trial restarted from scratch, resume untested |
-| bit_exact                  | pass    | everything compared is equal, bit for bit |
+| timeout                    | fail    | a resumed attempt hung (stalled or past --timeout): the baseline finished the same steps |
+| timeout                    | error   | attempt 0 or the baseline hung |
+| bit_exact                  | pass    | every fault fired, ended its attempt and was followed by a resume; everything compared is equal |
 | error                      | error   | anything else that stopped the harness (the caller builds it) |
+
+A PASS therefore needs: a plan of at least one fault, every fault fired, every fired fault ended its
+attempt, every attempt after a fault resumed (loaded a checkpoint or began past step 1), the last
+attempt finished on every rank with exit code 0, and no divergence.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+from dataclasses import dataclass, field, replace
 
 from .compare import Comparison, Divergence, json_float
-from .trace import Trace
+from .trace import AttemptSummary, Trace
 
-OUTCOMES = (
-    "bit_exact", "divergence", "nondeterministic_baseline", "not_resumed", "crash_on_resume",
-    "crash", "fault_not_fired", "baseline_failed", "error",
-)
+
+class Outcome(str, enum.Enum):
+    """Why a trial got its verdict (compares equal to its string value)."""
+
+    BIT_EXACT = "bit_exact"
+    DIVERGENCE = "divergence"
+    NONDETERMINISTIC_BASELINE = "nondeterministic_baseline"
+    NOT_RESUMED = "not_resumed"
+    CRASH_ON_RESUME = "crash_on_resume"
+    CRASH = "crash"
+    FAULT_NOT_FIRED = "fault_not_fired"
+    FAULT_SURVIVED = "fault_survived"
+    FAULT_NOT_ARMED = "fault_not_armed"
+    TIMEOUT = "timeout"
+    BASELINE_FAILED = "baseline_failed"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+OUTCOMES = tuple(o.value for o in Outcome)
+VERDICTS = ("pass", "fail", "error")
 EXIT_CODES = {"pass": 0, "fail": 1, "error": 2}
 
 
 def jsonable(x):
     """Plain JSON types only: Paths and other objects become strings, non-finite floats "inf"/"nan"."""
+    if isinstance(x, enum.Enum):
+        return x.value
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple, set)):
@@ -47,38 +77,79 @@ def jsonable(x):
     return str(x)
 
 
-@dataclass
-class RunResult:
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement of one trial, made once by `assess` (or by the engine for a run that could not be
+    judged) and never edited afterwards."""
+
     verdict: str  # "pass" | "fail" | "error"
-    outcome: str  # one of OUTCOMES
+    outcome: Outcome
     message: str
+    first_divergence: Divergence | None = None
+    compared: dict = field(default_factory=dict)
+    attempts: tuple[AttemptSummary, ...] = ()
+    log_tail: str | None = None
+    warnings: tuple[str, ...] = ()
+    hint: str | None = None  # what the user should check
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        object.__setattr__(self, "outcome", Outcome(self.outcome))
+        object.__setattr__(self, "attempts", tuple(self.attempts))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
+        if self.verdict == "pass" and self.outcome is not Outcome.BIT_EXACT:
+            raise ValueError(f"only bit_exact passes, not {self.outcome}")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A Verdict with the context of its trial (target, plan, replay command, files, timings)."""
+
+    verdict_: Verdict
     target: str = ""
     nproc: int = 0
     backend: str = ""
     seed: int | None = None
     plan: str = ""
-    first_divergence: Divergence | None = None
-    compared: dict = field(default_factory=dict)
-    attempts: list[dict] = field(default_factory=list)
-    log_tail: str | None = None
     replay: str = ""
     out_dir: str = ""
     timings: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+
+    verdict = property(lambda self: self.verdict_.verdict)
+    outcome = property(lambda self: self.verdict_.outcome)
+    message = property(lambda self: self.verdict_.message)
+    first_divergence = property(lambda self: self.verdict_.first_divergence)
+    compared = property(lambda self: self.verdict_.compared)
+    attempts = property(lambda self: self.verdict_.attempts)
+    log_tail = property(lambda self: self.verdict_.log_tail)
+    warnings = property(lambda self: self.verdict_.warnings)
+    hint = property(lambda self: self.verdict_.hint)
 
     @property
     def exit_code(self) -> int:
         return EXIT_CODES.get(self.verdict, 2)
 
     def to_json(self) -> dict:
+        v = self.verdict_
         return jsonable({
-            "verdict": self.verdict, "outcome": self.outcome, "message": self.message,
-            "first_divergence": self.first_divergence.to_json() if self.first_divergence else None,
-            "compared": self.compared, "attempts": self.attempts, "replay": self.replay,
-            "out_dir": str(self.out_dir), "timings": self.timings, "warnings": self.warnings,
+            "verdict": v.verdict, "outcome": v.outcome, "message": v.message, "hint": v.hint,
+            "first_divergence": v.first_divergence.to_json() if v.first_divergence else None,
+            "compared": v.compared, "attempts": v.attempts, "replay": self.replay,
+            "out_dir": str(self.out_dir), "timings": self.timings, "warnings": v.warnings,
             "target": self.target, "nproc": self.nproc, "backend": self.backend, "seed": self.seed,
-            "plan": self.plan, "log_tail": self.log_tail,
+            "plan": self.plan, "log_tail": v.log_tail,
         })
+
+
+@dataclass(frozen=True)
+class RankEnd:
+    """How one rank of the trial's last attempt ended (what the launcher saw)."""
+
+    rank: int
+    returncode: int | None
+    torn_down: bool = False
+    log_tail: str | None = None
 
 
 def describe(d: Divergence) -> str:
@@ -93,17 +164,33 @@ def describe(d: Divergence) -> str:
     return f"step {d.step}, rank {d.rank}, attempt {d.attempt}: {fields} differ"
 
 
-def _crashed_rank(trial: Trace, attempt: int, exit_codes: dict | None) -> int | None:
+def _crashed_rank(trial: Trace, attempt: int, ends: dict[int, RankEnd]) -> int | None:
     """A rank of `attempt` that did not finish; the one that failed by itself when exit codes say so."""
     unfinished = [r for r in trial.ranks if not trial.finished(r, attempt)]
     if not unfinished:
         return None
-    codes = exit_codes or {}
-    for test in (lambda c: c is not None and c > 0, lambda c: c not in (None, 0)):
-        hit = [r for r in unfinished if test(codes.get(r))]
+    for test in (lambda e: e is not None and not e.torn_down and (e.returncode or 0) > 0,
+                 lambda e: e is not None and not e.torn_down and e.returncode not in (None, 0)):
+        hit = [r for r in unfinished if test(ends.get(r))]
         if hit:
             return hit[0]
     return unfinished[0]
+
+
+def _fault_text(row) -> str:
+    f = row.fault if isinstance(row.fault, dict) else {}
+    sig = f.get("signal", "fault")
+    at = f"point {row.point}" if row.point else f"step {row.step}"
+    return f"{sig} on rank {row.rank} at {at}"
+
+
+_SURVIVED_HINT = {
+    "SIGTERM": "the script handles or ignores SIGTERM (signal.signal(signal.SIGTERM, ...)) and keeps training; "
+               "a job manager's SIGTERM means 'stop': save and exit, or let the signal end the process",
+    "exception": "the script catches harness.probe.InjectedFault (an `except Exception` around the training "
+                 "step, or a retry loop) and keeps training; let it propagate, or re-raise it",
+    "SIGKILL": "the process survived SIGKILL, which cannot be caught: was the probe called from a child process?",
+}
 
 
 def assess(
@@ -113,88 +200,146 @@ def assess(
     n_faults: int | None = None,
     baseline_repro: Comparison | None = None,
     baseline_error: str | None = None,
-    exit_codes: dict[int, int | None] | None = None,
-    log_tails: dict[int, str] | None = None,
-) -> dict:
-    """Derive verdict, outcome, message, first_divergence, compared, attempts, log_tail, warnings.
+    last_exits: list[RankEnd] | None = None,
+) -> Verdict:
+    """Judge a trial. See the module docstring for the rules, in the order they are checked.
 
     comparison: compare_runs(baseline, trial). trial: the trial's Trace. n_faults: faults in the plan
     (attempt i arms fault i). baseline_repro: compare_runs(baseline, second baseline), if one was run.
-    baseline_error: why the baseline failed, if it did. exit_codes / log_tails: per rank, of the last
-    attempt. Returns keyword arguments for RunResult (add target, nproc, backend, seed, plan, replay...).
+    baseline_error: why the baseline failed, if it did. last_exits: how each rank of the trial's last
+    attempt ended.
     """
     warnings = list(comparison.warnings) if comparison else []
-    out = {"first_divergence": comparison.first if comparison else None,
-           "compared": dict(comparison.compared) if comparison else {},
-           "attempts": trial.attempt_summary() if trial else [], "log_tail": None, "warnings": warnings}
+    base = dict(first_divergence=comparison.first if comparison else None,
+                compared=dict(comparison.compared) if comparison else {},
+                attempts=tuple(trial.attempt_summary()) if trial else ())
+    ends = {e.rank: e for e in last_exits or []}
 
-    def done(verdict, outcome, message, **kw):
-        return {**out, "verdict": verdict, "outcome": outcome, "message": message, **kw}
+    def done(verdict, outcome, message, **kw) -> Verdict:
+        return Verdict(**{**base, "verdict": verdict, "outcome": outcome, "message": message,
+                          "warnings": tuple(warnings), **kw})
 
     if baseline_error is not None:
-        return done("error", "baseline_failed", f"the baseline run failed: {baseline_error}")
+        return done("error", Outcome.BASELINE_FAILED, f"the baseline run failed: {baseline_error}")
     if baseline_repro is not None and baseline_repro.first is not None:
         d = baseline_repro.first
         where = f"first at step {d.step}, rank {d.rank}" if d.where == "trace" else f"in the final state of rank {d.rank}"
-        return done("fail", "nondeterministic_baseline",
+        return done("fail", Outcome.NONDETERMINISTIC_BASELINE,
                     f"the training is nondeterministic even without faults: two uninterrupted runs differ "
-                    f"{where} ({', '.join(d.fields)}); {_nondeterminism_hint(d.fields)}",
-                    first_divergence=d)
+                    f"{where} ({', '.join(d.fields)})", first_divergence=d, hint=_nondeterminism_hint(d.fields))
     if comparison is None or trial is None:
-        return done("error", "error", "no trial trace to judge")
+        return done("error", Outcome.ERROR, "no trial trace to judge")
+    n_faults = n_faults or 0
+    if n_faults < 1:
+        return done("error", Outcome.FAULT_NOT_ARMED, "the plan has no fault, so no resume was tested",
+                    hint="give a fault plan (--kill STEP, or --kill random)")
 
-    summary = out["attempts"]
-    last = summary[-1] if summary else None
-    if last and not last["finished"] and last["fault"] is None:
-        a = last["attempt"]
-        r = _crashed_rank(trial, a, exit_codes)
-        code = (exit_codes or {}).get(r)
-        tail = (log_tails or {}).get(r)
-        steps = [row["step"] for row in trial.steps(r, a)] if r is not None else []
+    summary = base["attempts"]
+    if not summary:
+        return done("error", Outcome.ERROR, "the trial recorded no trace row: did its ranks start? See attempt0/rank*.log")
+    recorded = {s.attempt for s in summary}
+    for a in range(max(recorded) + 1):
+        if a not in recorded:
+            return done("error", Outcome.ERROR, f"attempt {a} recorded no trace row: did its ranks start? "
+                                                f"See attempt{a}/rank*.log")
+    last = summary[-1]
+    if not last.finished and last.fault is None:
+        a = last.attempt
+        r = _crashed_rank(trial, a, ends)
+        end = ends.get(r)
+        steps = [row.step for row in trial.steps(r, a)] if r is not None else []
         at = f"its last step was {max(steps)}" if steps else "it recorded no step"
-        how = f" (exit code {code})" if code is not None else ""
+        how = f" (exit code {end.returncode})" if end is not None and end.returncode is not None else ""
+        tail = end.log_tail if end is not None else None
         if a > 0:
-            return done("fail", "crash_on_resume", f"rank {r} crashed in attempt {a}, after the resume{how}; {at}",
-                        log_tail=tail)
-        return done("error", "crash", f"rank {r} crashed in attempt 0, before any fault fired{how}; {at}",
+            return done("fail", Outcome.CRASH_ON_RESUME,
+                        f"rank {r} crashed in attempt {a}, after the resume{how}; {at}", log_tail=tail)
+        return done("error", Outcome.CRASH, f"rank {r} crashed in attempt 0, before any fault fired{how}; {at}",
                     log_tail=tail)
 
-    recorded = {s["attempt"] for s in summary}
-    for a in range(len(summary) and max(recorded) + 1):
-        if a not in recorded:
-            return done("error", "error", f"attempt {a} recorded no trace row: did its ranks start? "
-                                          f"See attempt{a}/rank*.log")
     for s in summary:
-        if s["attempt"] < (n_faults or 0) and s["fault"] is None and s["finished"]:
-            return done("error", "fault_not_fired",
-                        f"fault {s['attempt'] + 1} of the plan never fired: attempt {s['attempt']} finished "
-                        f"at step {s['last_step']} without reaching it")
+        if s.attempt >= n_faults:
+            break
+        if s.fault is None and s.finished:
+            return done("error", Outcome.FAULT_NOT_FIRED,
+                        f"fault {s.attempt + 1} of the plan never fired: attempt {s.attempt} finished "
+                        f"at step {s.last_step} without reaching it",
+                        hint="check the step is within the run and the point name is one the script reaches")
+        fired_on = {row.rank for row in trial.faults() if row.attempt == s.attempt}
+        survived = sorted(fired_on & set(s.finished_ranks))
+        if s.fault is not None and survived:
+            sig = s.fault.fault.get("signal", "SIGKILL") if isinstance(s.fault.fault, dict) else "SIGKILL"
+            later = n_faults - s.attempt - 1
+            never = f"; {later} later fault(s) of the plan were never armed" if later else ""
+            return done("error", Outcome.FAULT_SURVIVED,
+                        f"fault {s.attempt + 1} ({_fault_text(s.fault)}) fired, but rank(s) {survived} ran to the "
+                        f"end of attempt {s.attempt}: the process survived it, so no resume was tested{never}",
+                        hint=_SURVIVED_HINT.get(sig))
+    if len(summary) < n_faults + 1:
+        return done("error", Outcome.FAULT_NOT_ARMED,
+                    f"the trial ended after {len(summary)} attempt(s); fault(s) {len(summary) + 1}..{n_faults} of "
+                    f"the plan were never armed")
 
-    restarts = []  # (attempt after a fault, that attempt's summary, summary of the attempt with the fault)
+    restarts = []  # (attempt after a fault, the attempt with the fault)
     for prev, nxt in zip(summary, summary[1:]):
-        if prev["fault"] is not None and not nxt["loaded"] and nxt["first_step"] is not None and nxt["first_step"] <= 1:
+        if prev.fault is not None and not nxt.loaded and nxt.first_step is not None and nxt.first_step <= 1:
             restarts.append((nxt, prev))
     for nxt, prev in restarts:
-        if prev["committed_steps"]:
-            warnings.append(f"attempt {nxt['attempt']} restarted from step 1 although checkpoint(s) at step(s) "
-                            f"{prev['committed_steps']} were committed before the kill")
+        if prev.committed_steps:
+            warnings.append(f"attempt {nxt.attempt} restarted from step 1 although checkpoint(s) at step(s) "
+                            f"{list(prev.committed_steps)} were committed before the kill")
 
     if comparison.first is not None:
-        return done("fail", "divergence", describe(comparison.first))
+        return done("fail", Outcome.DIVERGENCE, describe(comparison.first))
     for nxt, prev in restarts:
-        kill = prev["fault"].get("step")
-        if prev["committed_steps"]:
-            return done("fail", "not_resumed",
-                        f"checkpoint(s) at step(s) {prev['committed_steps']} were committed before the kill after "
-                        f"step {kill}, but attempt {nxt['attempt']} restarted from step 1 without loading one")
-        return done("error", "not_resumed",
+        kill = prev.fault.step
+        if prev.committed_steps:
+            return done("fail", Outcome.NOT_RESUMED,
+                        f"checkpoint(s) at step(s) {list(prev.committed_steps)} were committed before the kill after "
+                        f"step {kill}, but attempt {nxt.attempt} restarted from step 1 without loading one")
+        return done("error", Outcome.NOT_RESUMED,
                     f"the trial never resumed: no checkpoint existed before the kill after step {kill}, so attempt "
-                    f"{nxt['attempt']} restarted from scratch; this plan did not test resumption")
+                    f"{nxt.attempt} restarted from scratch; this plan did not test resumption",
+                    hint="kill after the first checkpoint (--kill random draws such a step)")
 
-    c = out["compared"]
-    return done("pass", "bit_exact",
+    failed = [e for e in ends.values() if not e.torn_down and e.returncode not in (0, None)]
+    if failed:
+        e = min(failed, key=lambda e: e.rank)
+        how = f"was killed by signal {-e.returncode}" if e.returncode < 0 else f"exited with code {e.returncode}"
+        return done("fail" if last.attempt > 0 else "error",
+                    Outcome.CRASH_ON_RESUME if last.attempt > 0 else Outcome.CRASH,
+                    f"rank {e.rank} {how} after probe.finish in attempt {last.attempt}"
+                    f"{', after the resume' if last.attempt > 0 else ''}; the baseline exited 0", log_tail=e.log_tail,
+                    hint="the script failed at its end: a check at exit (duplicated log or metric rows after a "
+                         "resume are the classic), or a teardown error")
+    unknown = [e.rank for e in ends.values() if e.returncode is None]
+    if unknown:
+        warnings.append(f"exit status of rank(s) {unknown} in attempt {last.attempt} unknown")
+
+    c = base["compared"]
+    unused = c.get("unused_rng") or []
+    note = f"; {', '.join(unused)} unused, not compared" if unused else ""
+    return done("pass", Outcome.BIT_EXACT,
                 f"{c.get('rows', 0)} step rows ({c.get('reexecuted_rows', 0)} re-executed) on "
-                f"{c.get('ranks', 0)} rank(s) and {c.get('final_tensors', 0)} final tensors match the baseline")
+                f"{c.get('ranks', 0)} rank(s) and {c.get('final_tensors', 0)} final tensors match the baseline{note}")
+
+
+def timeout_verdict(trial: Trace | None, attempt: int, reason: str, last_steps: dict[int, int | None],
+                    log_tail: str | None) -> Verdict:
+    """An attempt that was stopped because it hung: which ranks, and the last step each recorded."""
+    where = ", ".join(f"rank {r} at step {s}" if s is not None else f"rank {r} before step 1"
+                      for r, s in sorted(last_steps.items()))
+    verdict = "fail" if attempt > 0 else "error"
+    after = ", after the resume" if attempt > 0 else ""
+    return Verdict(verdict, Outcome.TIMEOUT, f"attempt {attempt} hung{after}: {reason}; last recorded: {where}",
+                   attempts=tuple(trial.attempt_summary()) if trial else (), log_tail=log_tail,
+                   hint="a collective that not every rank reaches (a rank that skips a step or a save after the "
+                        "resume) is the common cause; py-spy dump --pid PID shows where a rank waits")
+
+
+def error_verdict(message: str, outcome: Outcome = Outcome.ERROR, **kw) -> Verdict:
+    """A run that could not be judged (bad plan, launcher failure, ...)."""
+    return Verdict("error", outcome, message, **kw)
 
 
 _UNSEEDED = {"rng:python": "python's random is not seeded (random.seed)",
@@ -206,6 +351,6 @@ _UNSEEDED = {"rng:python": "python's random is not seeded (random.seed)",
 def _nondeterminism_hint(fields: list[str]) -> str:
     unseeded = [_UNSEEDED[f] for f in fields if f in _UNSEEDED]
     if unseeded:
-        return "; ".join(unseeded) + " (seed every RNG at startup, the same way on every run)"
+        return "; ".join(unseeded) + " (seed every RNG that the training draws from at startup, the same way on every run)"
     return ("an unseeded RNG is the common cause (numpy's above all); else nondeterministic kernels "
             "(torch.use_deterministic_algorithms(True)) or data order (a sampler without a seed)")

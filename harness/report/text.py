@@ -8,7 +8,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.oracle.trace import event_step
 
 STYLES = {"pass": "bold green", "fail": "bold red", "error": "bold yellow"}
 MAX_TENSORS = 10
@@ -23,18 +22,17 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _attempt(s: dict) -> str:
-    steps = f"steps {s['first_step']}-{s['last_step']}" if s.get("first_step") is not None else "no steps"
-    parts = [f"{s['attempt']}: {steps}"]
-    loaded = [event_step(e) for e in s.get("loaded") or []]
-    if loaded:
-        parts.insert(1, f"resumed from step {loaded[0]}")
-    if s.get("fault"):
-        f = s["fault"]
-        sig = (f.get("fault") or {}).get("signal", "fault")
-        at = f"at {f['point']}, " if f.get("point") else ""
-        parts.append(f"{sig} {at}after step {f.get('step')}")
-    if s.get("finished"):
+def _attempt(s) -> str:
+    steps = f"steps {s.first_step}-{s.last_step}" if s.first_step is not None else "no steps"
+    parts = [f"{s.attempt}: {steps}"]
+    if s.resumed_from is not None:
+        parts.insert(1, f"resumed from step {s.resumed_from}")
+    if s.fault is not None:
+        f = s.fault
+        sig = (f.fault or {}).get("signal", "fault") if isinstance(f.fault, dict) else "fault"
+        at = f"at {f.point}, " if f.point else ""
+        parts.append(f"{sig} {at}after step {f.step}")
+    if s.finished:
         parts.append("finished")
     return ", ".join(parts)
 
@@ -80,15 +78,31 @@ def _tensor_table(tensors) -> Table:
     return t
 
 
+#: Width of the report when the output is not a terminal (CI logs, files): wide enough that tables are
+#: never squeezed; lines that must stay whole (verdict, replay) are never wrapped at any width.
+NO_TTY_WIDTH = 400
+
+
+def make_console(file=None, stderr: bool = False) -> Console:
+    """A rich Console for the report: a terminal's own width, else NO_TTY_WIDTH columns."""
+    import sys
+
+    stream = file or (sys.stderr if stderr else sys.stdout)
+    isatty = getattr(stream, "isatty", lambda: False)()
+    return Console(file=stream, stderr=stderr, width=None if isatty else NO_TTY_WIDTH)
+
+
 def render_text(result, console: Console | None = None) -> Console:
     """Print the report of `result` on `console` (stdout by default) and return the console."""
-    console = console or Console()
+    console = console or make_console()
     console.print(_compared_table(result))
     line = Text()
     line.append(f" {result.verdict.upper()} ", style=STYLES.get(result.verdict, "bold") + " reverse")
     line.append(f" {result.outcome}: ", style="bold")
     line.append(result.message)
-    console.print(line)
+    console.print(line, soft_wrap=True)  # one line, however long: grep-able in CI logs
+    if getattr(result, "hint", None):
+        console.print(Text.assemble(("check: ", "bold"), result.hint), soft_wrap=True)
     d = result.first_divergence
     if d is not None:
         head = "final state" if d.where == "final" else f"step {d.step}"
@@ -99,13 +113,13 @@ def render_text(result, console: Console | None = None) -> Console:
         if d.tensors:
             console.print(_tensor_table(d.tensors))
     for w in result.warnings or []:
-        console.print(Text.assemble(("warning: ", "yellow"), w))
+        console.print(Text.assemble(("warning: ", "yellow"), w), soft_wrap=True)
     if result.log_tail:
         lines = result.log_tail.rstrip("\n").splitlines()[-MAX_LOG_LINES:]
         console.print(Text("log tail:", style="bold"))
         console.print(Text("\n".join(f"  | {ln}" for ln in lines)))
     if result.replay:
-        console.print(Text.assemble(("replay: ", "bold"), result.replay))
+        console.print(Text.assemble(("replay: ", "bold"), result.replay), soft_wrap=True)
     if result.out_dir:
-        console.print(Text.assemble(("files: ", "bold"), str(result.out_dir)))
+        console.print(Text.assemble(("files: ", "bold"), str(result.out_dir)), soft_wrap=True)
     return console

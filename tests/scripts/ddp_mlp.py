@@ -7,6 +7,12 @@ start it resumes from the newest step for which every rank's file exists.
 
 --bug reseed     on resume, reseed the RNGs as at a fresh start instead of restoring them
 --bug crash-on-resume   raise an error right after loading a checkpoint
+--bug str-keys   a per-epoch counter {epoch: steps} goes through JSON in the checkpoint, and its int keys
+                 come back as str keys
+--bug ignore-sigterm     ignore SIGTERM (the job runs on)
+--bug catch-fault        catch the probe's injected exception around the step and carry on
+--bug metrics-check      append a metrics row per step to a file; at the end exit 1 if a step appears twice
+                         (it does after a resume, whose re-executed steps append again)
 --unseeded       leave numpy's global RNG unseeded (the training is then nondeterministic)
 --graceful       on SIGTERM, save after the current step and exit 0
 --sleep S        sleep S seconds per step (for tests that need a slow run)
@@ -34,7 +40,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=24)
 parser.add_argument("--save-every", type=int, default=4)
 parser.add_argument("--batch", type=int, default=8)
-parser.add_argument("--bug", choices=["reseed", "crash-on-resume"], default=None)
+parser.add_argument("--bug", choices=["reseed", "crash-on-resume", "str-keys", "ignore-sigterm", "catch-fault",
+                                      "metrics-check"], default=None)
 parser.add_argument("--unseeded", action="store_true")
 parser.add_argument("--graceful", action="store_true")
 parser.add_argument("--sleep", type=float, default=0.0)
@@ -87,7 +94,8 @@ def save(step):
     state["rng/numpy_cached"] = torch.tensor([cached], dtype=torch.float64)
     version, words, gauss = random.getstate()
     state["rng/python"] = torch.tensor(words, dtype=torch.int64)
-    metadata = {"opt_groups": json.dumps(opt.state_dict()["param_groups"]), "sched": json.dumps(sched.state_dict())}
+    metadata = {"opt_groups": json.dumps(opt.state_dict()["param_groups"]), "sched": json.dumps(sched.state_dict()),
+                "epoch_steps": json.dumps(epoch_steps)}
     probe.point("ckpt.save", step=step)
     path = os.path.join(run_dir, f"step{step}-rank{rank}.safetensors")
     save_file(state, path + ".tmp", metadata=metadata)
@@ -110,13 +118,19 @@ def load(step):
     with safe_open(path, "pt") as f:
         metadata = f.metadata()
     model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model/")})
-    opt_state = {"state": {}, "param_groups": json.loads(metadata["opt_groups"])}
+    groups = json.loads(metadata["opt_groups"])
+    for g in groups:  # JSON made the betas tuple a list: restore it, or the resumed state differs in type
+        g["betas"] = tuple(g["betas"])
+    opt_state = {"state": {}, "param_groups": groups}
     for key, v in state.items():
         if key.startswith("opt/"):
             _, pid, k = key.split("/")
             opt_state["state"].setdefault(int(pid), {})[k] = v
     opt.load_state_dict(opt_state)
     sched.load_state_dict(json.loads(metadata["sched"]))
+    epoch_steps.clear()
+    loaded = json.loads(metadata["epoch_steps"])  # JSON object keys are always str
+    epoch_steps.update(loaded if args.bug == "str-keys" else {int(k): v for k, v in loaded.items()})
     if args.bug == "reseed":
         seed_all()
         return
@@ -127,7 +141,10 @@ def load(step):
     random.setstate((3, tuple(state["rng/python"].tolist()), None))
 
 
+epoch_steps: dict[int, int] = {}
 stop = False
+if args.bug == "ignore-sigterm":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if args.graceful:
     def on_sigterm(signum, frame):
         global stop
@@ -151,7 +168,17 @@ for step in range(start + 1, args.steps + 1):
     loss.backward()
     opt.step()
     sched.step()
-    probe.step(step, loss=loss, batch=(x, y), model=ddp, optimizer=opt, lr=sched.get_last_lr()[0])
+    epoch = (step - 1) // steps_per_epoch
+    epoch_steps[epoch] = epoch_steps.get(epoch, 0) + 1
+    try:
+        probe.step(step, loss=loss, batch=(x, y), model=ddp, optimizer=opt, lr=sched.get_last_lr()[0])
+    except probe.InjectedFault:
+        if args.bug != "catch-fault":
+            raise
+        print(f"rank {rank}: caught the injected fault, carrying on", flush=True)
+    if args.bug == "metrics-check" and rank == 0:
+        with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "loss": loss.item()}) + "\n")
     if args.sleep:
         time.sleep(args.sleep)
     if step % args.save_every == 0 or stop:
@@ -160,5 +187,10 @@ for step in range(start + 1, args.steps + 1):
         print(f"rank {rank}: SIGTERM, saved step {step}, exiting", flush=True)
         sys.exit(0)
 
-probe.finish(model=ddp, optimizer=opt, scheduler=sched.state_dict())
+probe.finish(model=ddp, optimizer=opt, scheduler=sched.state_dict(), epoch_steps=epoch_steps)
 dist.destroy_process_group()
+if args.bug == "metrics-check" and rank == 0:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        logged = [json.loads(line)["step"] for line in f]
+    if len(logged) != len(set(logged)):
+        sys.exit(f"rank {rank}: metrics.jsonl has duplicated steps {sorted(s for s in set(logged) if logged.count(s) > 1)}")

@@ -1,0 +1,303 @@
+"""One trial: the baseline (cached), the attempts under a fault plan, then the oracle's verdict.
+
+A trial of a plan with k faults has k+1 attempts: attempt a arms fault a (HARNESS_FAULT), and after
+an attempt whose fault fired the job is restarted so that it resumes from its own checkpoints. The
+trial stops early when an attempt finishes, crashes without its fault, or hangs. Every step row of
+the trial and its final state are then compared with the baseline (``harness.oracle``).
+
+Files: ``OUT/trace`` (the trial's trace), ``OUT/run`` (its checkpoints), ``OUT/attempt{a}/rank{r}.log``,
+``OUT/baseline`` (a failed baseline's logs), ``OUT/result.json``.
+Default OUT: ``harness-out/<target>-<YYYYmmdd-HHMMSS>-<id>``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shlex
+import sys
+import time
+import uuid
+
+from harness.engine.baseline import Baseline, get_baseline
+from harness.engine.jobs import RunFolder, attempt_spec, exits_summary, failure_message
+from harness.engine.monitor import AttemptMonitor, stall_limit
+from harness.engine.target import Target, UsageError, resolve_target
+from harness.faults import FaultPlan
+from harness.launch import LaunchError, Launcher
+from harness.launch.spec import log_tail
+
+BACKENDS = ("auto", "gloo", "nccl")
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def cuda_available() -> bool:
+    """Whether ranks will see a CUDA device, without importing torch in this process if it is not yet."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.cuda.is_available()
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    try:
+        return bool(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return False
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto``: nccl when a CUDA device is visible, else gloo."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "nccl" if cuda_available() else "gloo"
+    return backend
+
+
+def replay_command(target: Target, *, nproc: int, backend: str, seed: int, plan: FaultPlan, script_args=(),
+                   timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None) -> str:
+    """The ``harness run`` command line that repeats this trial with its concrete fault plan."""
+    parts = ["harness", "run", target.name, "--nproc", str(nproc), "--backend", backend, "--seed", str(seed)]
+    for fault in plan:
+        parts += ["--kill", fault.format()]
+    if timeout_s != DEFAULT_TIMEOUT_S:
+        parts += ["--timeout", f"{timeout_s:g}"]
+    if stall_s is not None:
+        parts += ["--stall", f"{stall_s:g}"]
+    if script_args:
+        parts += ["--", *script_args]
+    return shlex.join(parts)
+
+
+def default_out_dir(target: Target) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("harness-out", f"{target.slug}-{stamp}-{uuid.uuid4().hex[:6]}")
+
+
+def _coerce_plan(plan) -> FaultPlan:
+    if plan is None:
+        return FaultPlan.parse("random")
+    try:
+        plan = FaultPlan.coerce(plan)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not plan:
+        raise UsageError("the fault plan is empty, so no resume would be tested; give --kill STEP or --kill random")
+    return plan
+
+
+def check_plan_ranks(plan: FaultPlan, nproc: int) -> None:
+    """A fault on a rank that does not exist never fires: refuse it before anything runs."""
+    for i, fault in enumerate(plan):
+        if fault.rank != "all" and fault.rank >= nproc:
+            raise UsageError(f"fault {i + 1} ({fault.format()}) is on rank {fault.rank}, but the job has "
+                             f"--nproc {nproc} (ranks 0..{nproc - 1})")
+
+
+def check_plan_against_baseline(plan: FaultPlan, last_step: int, points: dict[str, int]) -> list[str]:
+    """Steps beyond the baseline's last step and points the baseline never reached cannot fire.
+
+    The first fault's attempt runs as the baseline did, so its point must be one the baseline reached,
+    often enough. Later faults are armed in resumed attempts, which may reach points the baseline
+    never does (``checkpoint.loaded``): for them an unknown point is only noted (returned).
+    """
+    notes = []
+    for i, fault in enumerate(plan):
+        what = f"fault {i + 1} ({fault.format()})"
+        if fault.step is not None and fault.step > last_step:
+            raise UsageError(f"{what} is at step {fault.step}, but the baseline's last step is {last_step}")
+        if fault.point is not None and i > 0 and fault.point not in points:
+            notes.append(f"{what}: the baseline never reached point {fault.point!r}; it can only fire after a resume")
+        elif fault.point is not None and i == 0:
+            if fault.point not in points:
+                close = difflib.get_close_matches(fault.point, list(points), n=3, cutoff=0.5)
+                known = ", ".join(sorted(points)) or "none (the script calls no probe.point)"
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                raise UsageError(f"{what}: the baseline never reached point {fault.point!r}{hint} "
+                                 f"(points it reached: {known})")
+            if fault.occurrence > points[fault.point]:
+                raise UsageError(f"{what}: the baseline reached {fault.point!r} at most {points[fault.point]} "
+                                 f"time(s) on one rank, not {fault.occurrence}")
+    return notes
+
+
+def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backend: str = "auto",
+        out_dir: str | None = None, script_args=(), baseline_runs: int | None = None, use_cache: bool = True,
+        launcher: Launcher | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None,
+        progress=None):
+    """Run one trial of ``target`` under ``plan`` and judge it against the baseline.
+
+    target: a built-in scenario name or a path to a script. plan: a FaultPlan, a short string
+    ("12", "checkpoint.write:2@all:SIGTERM", "random"), a list of them; None means "random" (a PASS
+    needs a resume, so there is no plan without a fault). baseline_runs: uninterrupted runs to make
+    (and compare) for the baseline; default 2 for scripts, 1 for built-in scenarios. launcher: reuse
+    one (e.g. a ForkServerLauncher shared by many trials); by default a ForkServerLauncher is made and
+    closed. timeout_s: the limit of each launch. stall_s: stop an attempt when no rank records anything
+    for this long (default: derived from the baseline's step times, see harness.engine.monitor).
+    progress: a callable taking one line of status.
+
+    Raises UsageError for bad arguments, found before anything runs where possible; everything that
+    happens once processes run is reported in the returned ``harness.oracle.RunResult``.
+    """
+    t_start = time.monotonic()
+    say = progress or (lambda line: None)
+    tgt = resolve_target(target)
+    plan = _coerce_plan(plan)
+    if not isinstance(nproc, int) or nproc < 1:
+        raise UsageError(f"--nproc must be an integer >= 1, got {nproc!r}")
+    check_plan_ranks(plan, nproc)
+    runs = baseline_runs if baseline_runs is not None else (1 if tgt.builtin else 2)
+    if not isinstance(runs, int) or runs < 1:
+        raise UsageError(f"--baseline-runs must be an integer >= 1, got {baseline_runs!r}")
+    if timeout_s <= 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {timeout_s}")
+    if stall_s is not None and stall_s <= 0:
+        raise UsageError(f"--stall must be > 0 seconds, got {stall_s}")
+    backend = resolve_backend(backend)
+    out = os.path.abspath(out_dir or default_out_dir(tgt))
+    folder = RunFolder(out)
+    if os.path.isdir(folder.trace_dir) and os.listdir(folder.trace_dir):
+        raise UsageError(f"{out} already holds a trial (trace/ is not empty); choose another --out")
+    os.makedirs(out, exist_ok=True)
+
+    own_launcher = launcher is None
+    if own_launcher:
+        from harness.launch.forkserver import ForkServerLauncher
+
+        launcher = ForkServerLauncher()  # the zygote imports torch while the baseline is looked up
+    trial = _Trial(tgt, plan, folder, launcher=launcher, runs=runs, use_cache=use_cache, timeout_s=timeout_s,
+                   stall_s=stall_s, script_args=tuple(script_args), say=say,
+                   common=dict(target=tgt.name, nproc=nproc, backend=backend, seed=seed, out_dir=out))
+    try:
+        verdict, context = trial.run()
+    except LaunchError as e:
+        verdict, context = _error_verdict(f"the launcher failed: {e}"), {"plan": trial.plan.format(),
+                                                                         "replay": trial.replay()}
+    finally:
+        if own_launcher:
+            launcher.close()
+    from harness.oracle import RunResult
+
+    timings = {**trial.timings, "total_s": round(time.monotonic() - t_start, 3)}
+    result = RunResult(verdict, **trial.common, timings=timings, **context)
+    with open(os.path.join(out, "result.json"), "w") as f:
+        json.dump(result.to_json(), f, indent=1)
+    return result
+
+
+def _error_verdict(message: str, **kw):
+    from harness.oracle import error_verdict
+
+    return error_verdict(message, **kw)
+
+
+class _Trial:
+    """The state of one trial while it runs (the plan becomes concrete once the baseline exists)."""
+
+    def __init__(self, tgt: Target, plan: FaultPlan, folder: RunFolder, *, launcher, runs, use_cache, timeout_s,
+                 stall_s, script_args, say, common):
+        self.tgt, self.plan, self.folder = tgt, plan, folder
+        self.launcher, self.runs, self.use_cache = launcher, runs, use_cache
+        self.timeout_s, self.stall_s, self.script_args, self.say = timeout_s, stall_s, script_args, say
+        self.common = common
+        self.timings: dict = {}
+
+    def replay(self) -> str:
+        c = self.common
+        return replay_command(self.tgt, nproc=c["nproc"], backend=c["backend"], seed=c["seed"], plan=self.plan,
+                              script_args=self.script_args, timeout_s=self.timeout_s, stall_s=self.stall_s)
+
+    def context(self) -> dict:
+        return {"plan": self.plan.format(), "replay": self.replay()}
+
+    def run(self):
+        from harness.oracle import RankEnd, assess, compare_runs, load_trace, timeout_verdict
+
+        c = self.common
+        t0 = time.monotonic()
+        baseline = get_baseline(self.tgt, nproc=c["nproc"], backend=c["backend"], script_args=self.script_args,
+                                runs=self.runs, launcher=self.launcher, timeout_s=self.timeout_s,
+                                use_cache=self.use_cache, scratch=os.path.join(self.folder.root, "baseline"),
+                                progress=self.say)
+        self.timings.update(baseline_s=round(time.monotonic() - t0, 3), baseline_cached=baseline.cached)
+        if baseline.error is not None or (baseline.repro is not None and baseline.repro.first is not None):
+            if baseline.error is not None:
+                self.say(f"baseline: failed ({baseline.root})")
+            verdict = assess(None, None, baseline_error=baseline.error, baseline_repro=baseline.repro)
+            if baseline.log_tail:
+                from dataclasses import replace
+
+                verdict = replace(verdict, log_tail=baseline.log_tail)
+            return verdict, self.context()
+        self.say(f"baseline: {'cached' if baseline.cached else 'ran'}, {baseline.last_step} steps ({baseline.root})")
+        base_trace = load_trace(baseline.trace_dir)
+        committed = [row.event_step for row in base_trace.events("checkpoint.committed")]
+        try:
+            for note in check_plan_against_baseline(self.plan, baseline.last_step, base_trace.event_names()):
+                self.say(note)
+            concrete = self.plan.resolve(c["seed"], baseline.last_step, first_checkpoint=min(committed, default=0))
+        except ValueError as e:  # UsageError included: the CLI reports it with exit code 2
+            if isinstance(e, UsageError):
+                raise
+            return _error_verdict(str(e)), self.context()
+        if concrete is not self.plan:
+            self.say(f"plan: {concrete.format()} (drawn from --seed {c['seed']})")
+        self.plan = concrete
+        stall = self.stall_s if self.stall_s is not None else stall_limit(base_trace)
+
+        t1 = time.monotonic()
+        launches, trace = {}, None
+        for a in range(len(concrete) + 1):
+            fault = concrete[a] if a < len(concrete) else None
+            monitor = AttemptMonitor(self.folder.trace_dir, c["nproc"], a, stall_s=stall, say=self.say)
+            spec = attempt_spec(self.tgt, self.folder, nproc=c["nproc"], backend=c["backend"],
+                                script_args=self.script_args, role="trial", attempt=a, fault=fault,
+                                timeout_s=self.timeout_s, watch=monitor.watch)
+            result = launches[a] = self.launcher.launch(spec)
+            trace = load_trace(self.folder.trace_dir)
+            fired = [row for row in trace.faults() if row.attempt == a]
+            finished = all(trace.finished(r, a) for r in range(c["nproc"]))
+            stopped = getattr(result, "stopped", None)
+            self.say(_attempt_line(a, fault, fired, finished, result, self.timeout_s))
+            if result.timed_out or stopped:
+                self.timings["trial_s"] = round(time.monotonic() - t1, 3)
+                reason = stopped or f"no end within --timeout {self.timeout_s:g} s"
+                last_steps = {r: max((row.step for row in trace.steps(r, a)), default=None)
+                              for r in range(c["nproc"])}
+                tails = "\n".join(f"--- rank {e.rank} ---\n{log_tail(e.log_path, 15)}" for e in result.exits)
+                return timeout_verdict(trace, a, reason, last_steps, tails), self.context()
+            if fault is None or not fired or finished:
+                break
+        self.timings["trial_s"] = round(time.monotonic() - t1, 3)
+
+        t2 = time.monotonic()
+        last = launches[max(launches)]
+        comparison = compare_runs(base_trace, trace)  # the traces as loaded above: no process writes them now
+        ends = [RankEnd(e.rank, e.returncode, e.torn_down, log_tail(e.log_path)) for e in last.exits]
+        verdict = assess(comparison, trace, n_faults=len(concrete), last_exits=ends)
+        self.timings["compare_s"] = round(time.monotonic() - t2, 3)
+        self.timings["attempts"] = {a: {"wall_s": round(r.wall_s, 3), "exits": exits_summary(r)}
+                                    for a, r in launches.items()}
+        return verdict, self.context()
+
+
+def _attempt_line(a, fault, fired, finished, result, timeout_s) -> str:
+    armed = f"armed {fault.format()}" if fault is not None else "no fault armed"
+    stopped = getattr(result, "stopped", None)
+    if result.timed_out or stopped:
+        end = stopped or failure_message(result, timeout_s)
+    elif fired:
+        row = fired[0]
+        at = f"point {row.point}" if row.point else f"step {row.step}"
+        end = f"fault fired on rank {row.rank} at {at}"
+        if finished:
+            end += ", and the job ran to the end anyway"
+    elif finished:
+        end = "finished"
+    else:
+        end = failure_message(result, timeout_s) or "ended without finishing"
+    return f"attempt {a} ({armed}): {end} [{result.wall_s:.1f} s]"
+
+
+__all__ = ["run", "replay_command", "resolve_backend", "cuda_available", "default_out_dir", "BACKENDS",
+           "DEFAULT_TIMEOUT_S", "check_plan_ranks", "check_plan_against_baseline", "Baseline"]

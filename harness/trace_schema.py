@@ -1,0 +1,161 @@
+"""The trace schema: the rows that the probe writes in each rank and the oracle reads afterwards.
+
+One module, used by the writer (``harness.probe``), the reader (``harness.oracle.trace``) and the
+tests that build traces by hand, so the three cannot drift apart. docs/design.md, section 2, is the
+prose form of it.
+
+A trace folder holds, per rank ``r``::
+
+    rank{r}.jsonl                 one JSON object per line, appended across attempts (rows below)
+    final/rank{r}.safetensors     the tensors given to probe.finish, under typed key paths
+    final/rank{r}.json            the other leaves of probe.finish, under the same key paths
+
+Every row has ``kind``, ``attempt`` and ``rank``. Unknown keys are ignored when reading, so a newer
+writer's extra fields do not break an older reader; a missing required field is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Union
+
+#: Version of the row format; written in every ``start`` row.
+SCHEMA_VERSION = 2
+
+RANK_TRACE_RE = re.compile(r"^rank(\d+)\.jsonl$")
+FINAL_DIR = "final"
+
+
+def rank_trace_file(rank: int) -> str:
+    """File name of a rank's rows, inside the trace folder."""
+    return f"rank{rank}.jsonl"
+
+
+def final_tensors_file(rank: int) -> str:
+    """Path of a rank's final tensors, relative to the trace folder."""
+    return f"{FINAL_DIR}/rank{rank}.safetensors"
+
+
+def final_leaves_file(rank: int) -> str:
+    """Path of a rank's final non-tensor leaves, relative to the trace folder."""
+    return f"{FINAL_DIR}/rank{rank}.json"
+
+
+@dataclass(frozen=True)
+class StartRow:
+    """A rank process started (or restarted) and made its first probe call."""
+
+    attempt: int
+    rank: int
+    pid: int
+    world_size: int
+    time: float
+    schema: int = 1
+    kind: str = field(default="start", init=False)
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One global optimizer step on one rank, recorded after the step.
+
+    loss: ``{"dtype", "hex"}`` (raw bytes) or None. batch, params, optimizer: digests or None.
+    rng: digest per stream (python, numpy, torch, cuda; None where absent). params_tensors: digest per
+    parameter/buffer name. optimizer_groups: per param group, its hyperparameters as exact JSON leaves.
+    optimizer_state: digest per "<param name> <state key>". extra: per key, a digest or an exact JSON leaf.
+    time: wall-clock seconds (time.time()) when the row was written, for progress and stall limits.
+    """
+
+    attempt: int
+    rank: int
+    step: int
+    time: float | None = None
+    loss: dict | None = None
+    loss_value: float | None = None
+    batch: str | None = None
+    rng: dict = field(default_factory=dict)
+    params: str | None = None
+    params_tensors: dict | None = None
+    optimizer: str | None = None
+    optimizer_groups: list | None = None
+    optimizer_state: dict | None = None
+    extra: dict = field(default_factory=dict)
+    kind: str = field(default="step", init=False)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """A named point (``probe.point``): ``step`` is the last step seen (0 before any)."""
+
+    attempt: int
+    rank: int
+    name: str
+    step: int
+    info: dict = field(default_factory=dict)
+    time: float | None = None
+    kind: str = field(default="event", init=False)
+
+    @property
+    def event_step(self):
+        """The step the event is about: its info's ``step`` (e.g. a checkpoint's), else the last step seen."""
+        return self.info["step"] if isinstance(self.info, dict) and "step" in self.info else self.step
+
+
+@dataclass(frozen=True)
+class FaultRow:
+    """An armed fault is about to be delivered (written just before it)."""
+
+    attempt: int
+    rank: int
+    fault: dict
+    step: int
+    point: str | None = None
+    time: float | None = None
+    kind: str = field(default="fault", init=False)
+
+
+@dataclass(frozen=True)
+class FinishRow:
+    """probe.finish completed: the final state is in ``file`` (and its ``.json`` sibling)."""
+
+    attempt: int
+    rank: int
+    file: str
+    time: float | None = None
+    kind: str = field(default="finish", init=False)
+
+
+Row = Union[StartRow, StepRow, EventRow, FaultRow, FinishRow]
+ROW_TYPES: dict[str, type] = {"start": StartRow, "step": StepRow, "event": EventRow, "fault": FaultRow,
+                              "finish": FinishRow}
+
+
+class RowError(ValueError):
+    """A JSON object that is not a valid trace row."""
+
+
+def row_to_json(row: Row) -> dict:
+    """The JSON object of a row, ``kind`` first."""
+    data = asdict(row)
+    return {"kind": data.pop("kind"), **data}
+
+
+def parse_row(obj: Any) -> Row:
+    """A typed row from a parsed JSON object. Raises RowError naming what is wrong."""
+    if not isinstance(obj, dict):
+        raise RowError(f"a trace row is a JSON object, got {type(obj).__name__}")
+    cls = ROW_TYPES.get(obj.get("kind"))
+    if cls is None:
+        raise RowError(f"unknown row kind {obj.get('kind')!r}")
+    names = {f.name for f in fields(cls) if f.init}
+    kwargs = {k: v for k, v in obj.items() if k in names}
+    kwargs.setdefault("attempt", 0)
+    try:
+        row = cls(**kwargs)
+    except TypeError as e:
+        raise RowError(f"{obj.get('kind')} row: {e}") from None
+    if not isinstance(row.rank, int) or not isinstance(row.attempt, int):
+        raise RowError(f"{row.kind} row: rank and attempt must be integers")
+    if isinstance(row, (StepRow, EventRow, FaultRow)) and not isinstance(row.step, int):
+        raise RowError(f"{row.kind} row: step must be an integer, got {row.step!r}")
+    return row
