@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from checkpoint_util import full_state, make_job, train
 from harness.checkpoint import (CheckpointSaveError, Checkpointer, CheckpointSkippedWarning, CorruptCheckpointError,
                                 IncompatibleCheckpointError, NotACheckpointError, ProjectConfiguration,
                                 UnsafeCheckpointError)
+from harness.checkpoint.manifest import seal
 
 
 @pytest.fixture
@@ -35,9 +37,11 @@ def _manifest(path):
         return json.load(f)
 
 
-def _write_manifest(path, doc):
+def _write_manifest(path, doc, reseal=True):
+    """Replace the manifest. `reseal` recomputes its own checksum, so that the check under test is the
+    one that has to catch the edit (without it, the manifest checksum does)."""
     with open(os.path.join(path, "manifest.json"), "w") as f:
-        json.dump(doc, f)
+        json.dump(seal(doc) if reseal else doc, f)
 
 
 def _relist(path, rel):
@@ -223,6 +227,74 @@ def test_incomplete_or_future_manifest(saved):
     _write_manifest(path, {**doc, "version": 99})
     with pytest.raises(CorruptCheckpointError, match="format version 99 is not supported"):
         make_job(path)[0].load_state(path)
+
+
+MANIFEST_EDITS = {
+    "step": lambda doc: doc.update(step=doc["step"] + 1),
+    "iteration": lambda doc: doc.update(iteration=7),
+    "world_size": lambda doc: doc.update(world_size=2),
+    "libraries_value": lambda doc: doc["libraries"].update(torch="0.0.1"),
+    "libraries_new_key": lambda doc: doc["libraries"].update(extra="1"),
+    "contents_entry": lambda doc: doc["contents"].update(custom=doc["contents"]["custom"] + 1),
+    "file_size_and_checksum": lambda doc: doc["files"]["rank0"][0].update(size=1, xxh3_128="0" * 32),
+    "backend": lambda doc: doc.update(backend="fsdp"),
+    "checksum_itself": lambda doc: doc.update(manifest_xxh3_128="0" * 32),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(MANIFEST_EDITS))
+def test_edited_manifest_is_refused(saved, edit):
+    _, path, _ = saved
+    doc = _manifest(path)
+    MANIFEST_EDITS[edit](doc)
+    _write_manifest(path, doc, reseal=False)
+    manifest_path = os.path.join(path, "manifest.json")
+    with pytest.raises(CorruptCheckpointError, match=rf"{re.escape(manifest_path)}: manifest checksum mismatch .*"
+                                                     "restore the original manifest.json, or delete this checkpoint"):
+        make_job(path)[0].load_state(path)
+
+
+def test_untouched_manifest_loads_whatever_its_formatting(saved):
+    """The checksum covers the fields, not their layout: re-indented, re-ordered JSON still loads."""
+    _, path, state = saved
+    doc = _manifest(path)
+    assert doc["version"] == 2 and isinstance(doc["manifest_xxh3_128"], str) and list(doc)[-1] == "complete"
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump(dict(reversed(list(doc.items()))), f, indent=2)
+    job = make_job(path)
+    assert job[0].load_state(path) == path
+    assert full_state(job) == state
+
+
+def test_manifest_without_its_checksum_is_refused(saved):
+    _, path, _ = saved
+    doc = _manifest(path)
+    del doc["manifest_xxh3_128"]
+    _write_manifest(path, doc, reseal=False)
+    with pytest.raises(CorruptCheckpointError, match="manifest.json: manifest has no manifest_xxh3_128 field"):
+        make_job(path)[0].load_state(path)
+
+
+def test_version_1_manifest_without_checksum_still_loads(saved):
+    """Version 1 had no manifest checksum; its trees decode unchanged (they hold every tensor name)."""
+    _, path, state = saved
+    doc = _manifest(path)
+    del doc["manifest_xxh3_128"]
+    _write_manifest(path, {**doc, "version": 1}, reseal=False)
+    job = make_job(path)
+    assert job[0].load_state(path) == path
+    assert full_state(job) == state
+
+
+def test_fallback_skips_a_checkpoint_whose_manifest_was_edited(saved):
+    project, newest, _ = saved
+    doc = _manifest(newest)
+    doc["step"] = 1000
+    _write_manifest(newest, doc, reseal=False)
+    job = make_job(project)
+    with pytest.warns(CheckpointSkippedWarning, match=r"checkpoint_1.*manifest.json: manifest checksum mismatch"):
+        loaded = job[0].load_state()
+    assert loaded.endswith("checkpoint_0") and job[0].step == 2
 
 
 def test_malformed_safetensors_header(saved):

@@ -221,7 +221,7 @@ def test_tree_roundtrip_keeps_types_and_bits(value):
 
 
 def test_tree_refuses_objects_with_their_path():
-    with pytest.raises(TypeError, match=r"opt/state/0/fn: cannot checkpoint .*function"):
+    with pytest.raises(TypeError, match=r"opt/state/#0/fn: cannot checkpoint .*function"):
         tree.encode({"state": {0: {"fn": lambda: 0}}}, "opt", {})
 
 

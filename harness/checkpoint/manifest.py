@@ -4,6 +4,12 @@ It holds the format version, the world size, every file per rank with its size a
 library versions and a completion marker. Paths in it are checked before anything is opened:
 relative, normalized, no `..`, no absolute paths, so a crafted manifest cannot read outside the
 checkpoint folder.
+
+Format versions: 2 names tensors injectively (see `tree`) and checksums the manifest itself:
+`manifest_xxh3_128` is the xxh3-128 of the canonical JSON (`canonical_json`) of every other field,
+so an edited `step`, `files`, `contents` or `libraries` is caught on load. Version 1 (no manifest
+checksum, tensor names that could collide) is still read: its trees decode unchanged, but its
+manifest fields cannot be verified.
 """
 
 from __future__ import annotations
@@ -14,13 +20,16 @@ import platform
 import posixpath
 from dataclasses import dataclass, field
 
+import xxhash
+
 from .errors import CorruptCheckpointError, NotACheckpointError, UnsafeCheckpointError
 from .files import HASH, FileRecord, refuse_pickle
 
 FORMAT = "resume-harness-checkpoint"
-VERSION = 1
+VERSION = 2
 MANIFEST = "manifest.json"
 SHARED = "shared"
+CHECKSUM = f"manifest_{HASH}"  # the manifest's own checksum field (version >= 2)
 
 
 def rank_dir(rank: int) -> str:
@@ -44,7 +53,8 @@ class Manifest:
         return self.files.get(SHARED, []) + self.files.get(rank_dir(rank), [])
 
     def to_json(self) -> dict:
-        return {
+        """The manifest document, sealed with its own checksum."""
+        return seal({
             "format": FORMAT,
             "version": self.version,
             "world_size": self.world_size,
@@ -55,7 +65,26 @@ class Manifest:
             "libraries": self.libraries,
             "files": {k: [r.to_json() for r in v] for k, v in self.files.items()},
             "complete": self.complete,  # keep last: the completion marker
-        }
+        })
+
+
+def canonical_json(doc: dict) -> bytes:
+    """The bytes the manifest checksum covers: every field but the checksum, keys sorted, no spaces."""
+    rest = {k: v for k, v in doc.items() if k != CHECKSUM}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def manifest_checksum(doc: dict) -> str:
+    return xxhash.xxh3_128_hexdigest(canonical_json(doc))
+
+
+def seal(doc: dict) -> dict:
+    """`doc` with its checksum field set (placed before `complete`, which stays last)."""
+    out = {k: v for k, v in doc.items() if k not in (CHECKSUM, "complete")}
+    out[CHECKSUM] = manifest_checksum(doc)
+    if "complete" in doc:
+        out["complete"] = doc["complete"]
+    return out
 
 
 def library_versions() -> dict:
@@ -100,8 +129,23 @@ def parse_manifest(path: str, doc) -> Manifest:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise bad(f"not a {FORMAT} manifest")
     version = doc.get("version")
-    if not isinstance(version, int) or version > VERSION or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version > VERSION or version < 1:
         raise bad(f"format version {version!r} is not supported by this resume-harness (reads 1..{VERSION}); upgrade it")
+    if version >= 2:
+        saved = doc.get(CHECKSUM)
+        if not isinstance(saved, str):
+            raise bad(f"manifest has no {CHECKSUM} field (required since format version 2), so its fields cannot "
+                      "be trusted; the file was edited or damaged. Delete this checkpoint folder (load_state() "
+                      "then falls back to an older one) or restore the original manifest.json")
+        try:
+            actual = manifest_checksum(doc)
+        except (TypeError, ValueError) as e:
+            raise bad(f"manifest cannot be checksummed ({e})") from None
+        if actual != saved:
+            raise bad(f"manifest checksum mismatch ({CHECKSUM}): manifest.json was edited or corrupted after the "
+                      "save (step, files, contents, libraries, ... cannot be trusted). Do not edit a manifest: "
+                      "restore the original manifest.json, or delete this checkpoint folder so that load_state() "
+                      "falls back to an older checkpoint")
     if doc.get("complete") is not True:
         raise bad("manifest is incomplete (the save did not finish)")
     try:
