@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import xxhash
 
-from harness.probe.digest import tensor_bytes  # the probe's digests hash the very same bytes
+from harness.tensors import tensor_bytes  # the probe's digests hash the very same bytes
 
 from .errors import CorruptCheckpointError, UnsafeCheckpointError
 

@@ -17,20 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.tensors import unwrap_model
+
 from . import rng, tree
 from .data import ResumableDataLoader
 from .errors import IncompatibleCheckpointError
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose state_dict keys are the user's: strips DDP/DataParallel and torch.compile."""
-    while True:
-        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _is_scheduler(obj) -> bool:
