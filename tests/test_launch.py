@@ -261,3 +261,216 @@ def test_torchrun_command_line():
         make_launcher("torchrun", nnodes=2)
     with pytest.raises(ValueError, match="nnodes"):
         make_launcher("torchrun", nnodes=0)
+
+
+# -- watch: stalls caught in seconds ---------------------------------------------------------------------
+def stall_after(seconds, calls):
+    def watch(elapsed):
+        calls.append(elapsed)
+        return "stalled" if elapsed >= seconds else None
+    return watch
+
+
+def test_watch_stops_a_hang(launcher, tmp_path):
+    calls = []
+    t0 = time.monotonic()
+    result = launcher.launch(LaunchSpec(nproc=2, log_dir=str(tmp_path), script=script("hang.py"),
+                                        args=(str(tmp_path),), timeout_s=60, watch=stall_after(1.0, calls)))
+    assert time.monotonic() - t0 < 10  # well before timeout_s
+    assert result.stopped == "stalled" and not result.timed_out and not result.ok
+    assert all(e.torn_down and e.returncode == -signal.SIGKILL for e in result.exits)
+    assert calls[-1] >= 1.0 and calls == sorted(calls) and len(calls) <= 4  # about twice a second
+    pids = read_pids(tmp_path, "pids")
+    assert len(pids) == 4 and wait_gone(pids)
+
+
+def test_watch_that_never_stops_leaves_the_launch_alone(launcher, tmp_path):
+    calls = []
+    result = launcher.launch(LaunchSpec(nproc=1, log_dir=str(tmp_path), script=script("exit_code.py"),
+                                        args=("0", "0", "1.2", str(tmp_path)), timeout_s=60,
+                                        watch=lambda elapsed: calls.append(elapsed)))
+    assert result.ok and result.stopped is None and not result.exits[0].torn_down
+    assert 1 <= len(calls) <= 4 and calls == sorted(calls)
+
+
+@pytest.mark.parametrize("kind", ["pool", "subprocess"])
+def test_watch_that_raises_leaves_nothing_running(pool, tmp_path, kind):
+    launcher = pool if kind == "pool" else make_launcher("subprocess")
+
+    def watch(elapsed):
+        if len(read_pids(tmp_path, "pids")) == 4:
+            raise RuntimeError("watch failed")
+
+    with pytest.raises(RuntimeError, match="watch failed"):
+        launcher.launch(LaunchSpec(nproc=2, log_dir=str(tmp_path), script=script("hang.py"), args=(str(tmp_path),),
+                                   timeout_s=60, watch=watch))
+    assert wait_gone(read_pids(tmp_path, "pids"))
+    again = launcher.launch(LaunchSpec(nproc=2, log_dir=str(tmp_path / "again"), script=script("init_barrier.py")))
+    assert again.ok  # the launcher (and the pool's zygote) still serves
+
+
+@pytest.mark.slow
+def test_torchrun_watch_stops_a_hang(tmp_path):
+    calls = []
+    t0 = time.monotonic()
+    result = make_launcher("torchrun").launch(LaunchSpec(nproc=2, log_dir=str(tmp_path), script=script("hang.py"),
+                                                         args=(str(tmp_path),), timeout_s=120,
+                                                         watch=lambda e: calls.append(e) or (
+                                                             "stalled" if len(read_pids(tmp_path, "pids")) == 4
+                                                             else None)))
+    assert time.monotonic() - t0 < 60
+    assert result.stopped == "stalled" and not result.timed_out and not result.ok
+    assert all(e.torn_down for e in result.exits)
+    assert wait_gone(read_pids(tmp_path, "pids"), within=15)
+
+
+def test_close_from_another_thread_during_a_launch(tmp_path):
+    import threading
+
+    launcher = make_launcher("pool")
+    zygote = list(launcher._zygotes.values())[0].proc.pid
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = launcher.launch(LaunchSpec(nproc=2, log_dir=str(tmp_path), script=script("hang.py"),
+                                                           args=(str(tmp_path),), timeout_s=120))
+        except Exception as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while len(read_pids(tmp_path, "pids")) < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    launcher.close()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert "error" in outcome or not outcome["result"].ok
+    assert wait_gone(read_pids(tmp_path, "pids") + [zygote])
+    with pytest.raises(Exception, match="closed"):
+        launcher.launch(LaunchSpec(nproc=1, log_dir=str(tmp_path / "x"), script=script("init_barrier.py")))
+
+
+# -- the rendezvous store listens on loopback only and shrugs off junk ----------------------------------------
+def non_loopback_ipv4() -> str | None:
+    import ipaddress
+    import socket
+
+    candidates = set()
+    try:
+        candidates |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, timeout=10).stdout
+        candidates |= {line.split()[3].split("/")[0] for line in out.splitlines() if " inet " in line}
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    for addr in sorted(candidates):
+        if not ipaddress.ip_address(addr).is_loopback:
+            return addr
+    return None
+
+
+def rank_store_address(pid: int) -> tuple[str, int]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(entry.split(b"=", 1) for entry in f.read().split(b"\0") if b"=" in entry)
+    return env[b"MASTER_ADDR"].decode(), int(env[b"MASTER_PORT"])
+
+
+def test_store_listens_on_loopback_only(launcher, tmp_path):
+    import socket
+
+    outside = non_loopback_ipv4()
+    if outside is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    seen = {}
+
+    def watch(elapsed):
+        pids = read_pids(tmp_path, "pids")
+        if len(pids) < 4:
+            return None
+        addr, port = rank_store_address(pids[1])  # rank 0's child: exec'd with the rank's environment
+        seen.update(addr=addr, port=port)
+        with socket.create_connection((addr, port), timeout=5):
+            seen["inside"] = True  # the store is up, where MASTER_ADDR says
+        try:
+            with socket.create_connection((outside, port), timeout=5):
+                seen["outside"] = "reachable"
+        except OSError as e:
+            seen["outside"] = type(e).__name__
+        return "checked"
+
+    result = launcher.launch(LaunchSpec(nproc=2, log_dir=str(tmp_path), script=script("hang.py"),
+                                        args=(str(tmp_path),), timeout_s=60, watch=watch))
+    assert result.stopped == "checked", seen
+    assert seen["addr"] == "127.0.0.1" and seen["inside"]
+    assert seen["outside"] == "ConnectionRefusedError", (outside, seen)
+    assert wait_gone(read_pids(tmp_path, "pids"))
+
+
+JUNK_TARGET = textwrap.dedent("""
+    import os, sys, time
+    import torch
+    import torch.distributed as dist
+
+    out, rank = sys.argv[1], os.environ["RANK"]
+
+    def phase(name):
+        with open(os.path.join(out, f"{name}{rank}"), "w") as f:
+            f.write(os.environ["MASTER_PORT"])
+        while not os.path.exists(os.path.join(out, f"go-{name}")):
+            time.sleep(0.05)
+
+    phase("before")  # junk arrives before the ranks join the store ...
+    dist.init_process_group("gloo")
+    phase("after")  # ... and while they use it
+    dist.barrier()
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    assert t.item() == dist.get_world_size()
+    dist.destroy_process_group()
+""")
+
+
+def test_junk_sent_to_the_store_does_not_hurt_the_run(launcher, tmp_path):
+    import random
+    import socket
+
+    target = tmp_path / "junk_target.py"
+    target.write_text(JUNK_TARGET)
+    out = tmp_path / "out"
+    out.mkdir()
+    rng = random.Random(1234)
+    held = []  # junk connections, left open for the rest of the run
+
+    def send_junk(port):
+        for payload in (rng.randbytes(4096), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", rng.randbytes(4096),
+                        b"\xff" * 4096):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            held.append(conn)
+            try:
+                conn.sendall(payload)
+            except OSError:
+                pass  # the store may drop a junk connection: fine
+
+    def watch(elapsed):
+        for phase in ("before", "after"):
+            if (out / f"go-{phase}").exists():
+                continue
+            if all((out / f"{phase}{r}").exists() for r in range(2)):
+                send_junk(int((out / f"{phase}0").read_text()))
+                (out / f"go-{phase}").touch()
+            return None
+
+    try:
+        result = launcher.launch(LaunchSpec(nproc=2, log_dir=str(tmp_path / "logs"), script=str(target),
+                                            args=(str(out),), timeout_s=60, watch=watch))
+    finally:
+        for conn in held:
+            conn.close()
+    assert (out / "go-after").exists() and len(held) == 8
+    assert result.ok and [e.returncode for e in result.exits] == [0, 0], \
+        [open(e.log_path).read()[-2000:] for e in result.exits]
