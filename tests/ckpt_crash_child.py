@@ -2,9 +2,12 @@
 
 usage: ckpt_crash_child.py RUN_DIR [DIGESTS_JSON]
 With DIGESTS_JSON (the uninterrupted reference run) it writes the digest of the state at each save.
+CKPT_CRASH_MUTANT=rotate-before-commit breaks the checkpointer on purpose (it deletes the old
+checkpoints before committing the new one), for the test that checks the crash test can fail.
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -26,7 +29,22 @@ def build(run_dir):
     return ckpt, model, opt
 
 
+def _rotate_before_commit():
+    from harness.checkpoint import manager, storage
+
+    commit = manager.Checkpointer._commit
+
+    def broken_commit(self, job, reports):
+        cfg = self.project_configuration
+        storage.rotate(cfg.checkpoints_dir, 0, keep=job.final)  # the bug: old checkpoints go first
+        commit(self, job, reports)
+
+    manager.Checkpointer._commit = broken_commit
+
+
 def main():
+    if os.environ.get("CKPT_CRASH_MUTANT") == "rotate-before-commit":
+        _rotate_before_commit()
     ckpt, model, opt = build(sys.argv[1])
     digests = {}
     for step in (1, 2):
