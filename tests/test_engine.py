@@ -44,11 +44,12 @@ def test_correct_resume_is_bit_exact(trial, tmp_path):
     result = trial(plan="10")
     assert (result.verdict, result.outcome) == ("pass", "bit_exact"), result.message
     assert result.exit_code == 0 and result.first_divergence is None
-    assert [a["attempt"] for a in result.attempts] == [0, 1]
-    assert result.attempts[0]["fault"]["step"] == 10 and result.attempts[1]["first_step"] == 9
-    assert result.attempts[0]["exits"][0]["signal"] == "SIGKILL"
+    assert [a.attempt for a in result.attempts] == [0, 1]
+    assert result.attempts[0].fault.step == 10 and result.attempts[1].first_step == 9
+    assert result.launches[0]["exits"][0]["signal"] == "SIGKILL"
+    assert json.loads(json.dumps(result.to_json()))["attempts"][0]["exits"][0]["signal"] == "SIGKILL"
     assert result.compared["reexecuted_rows"] == 4 and result.compared["final_tensors"] > 0
-    assert result.replay == f"harness run {MLP} --nproc 2 --backend gloo --seed 0 --kill 10"
+    assert result.replay == f"harness run {MLP} --nproc 2 --backend gloo --seed 0 --kill 10 --timeout 120"
     out = tmp_path / "out"
     assert json.loads((out / "result.json").read_text())["verdict"] == "pass"
     assert sorted(os.listdir(out)) == ["attempt0", "attempt1", "result.json", "run", "trace"]
@@ -75,13 +76,13 @@ def test_plans(trial, plan, attempts):
     result = trial(plan=plan, script_args=["--graceful"])
     assert (result.verdict, result.outcome) == ("pass", "bit_exact"), result.message
     assert len(result.attempts) == attempts
-    assert all(a["fault"] is not None for a in result.attempts[:-1])
+    assert all(a.fault is not None for a in result.attempts[:-1])
 
 
 def test_sigterm_graceful_resumes_from_the_step_it_saved(trial):
     result = trial(plan="13@all:SIGTERM", script_args=["--graceful"])
-    assert result.attempts[1]["first_step"] == 14
-    assert [e["returncode"] for e in result.attempts[0]["exits"]] == [0, 0]
+    assert result.attempts[1].first_step == 14
+    assert [e["returncode"] for e in result.launches[0]["exits"]] == [0, 0]
 
 
 def test_random_plan_is_resolved_from_the_seed(trial, tmp_path):
@@ -89,20 +90,35 @@ def test_random_plan_is_resolved_from_the_seed(trial, tmp_path):
     b = trial(plan="random", seed=5, out_dir=str(tmp_path / "b"))
     assert a.verdict == "pass", a.message
     assert a.plan == b.plan and a.plan.isdigit() and 1 <= int(a.plan) <= 23
-    assert a.replay.endswith(f"--seed 5 --kill {a.plan}")
+    assert a.replay.endswith(f"--seed 5 --kill {a.plan} --timeout 120")
     assert b.timings["baseline_cached"]  # the baseline of a was cached and reused
 
 
+def test_plans_that_cannot_fire_are_refused_before_anything_runs(trial, tmp_path):
+    with pytest.raises(UsageError, match=r"rank 2, but the job has --nproc 2"):
+        trial(plan="10@2", out_dir=str(tmp_path / "a"))
+    assert not os.path.exists(tmp_path / "a")  # refused before the baseline or the trial ran
+    with pytest.raises(UsageError, match="step 100, but the baseline's last step is 24"):
+        trial(plan="100")
+    with pytest.raises(UsageError, match=r"never reached point 'ckpt.sav'; did you mean ckpt.save or ckpt.saved\?"):
+        trial(plan="ckpt.sav")
+    with pytest.raises(UsageError, match=r"reached 'ckpt.save' at most 6 time\(s\)"):
+        trial(plan="ckpt.save:7")
+    with pytest.raises(UsageError, match="empty"):
+        trial(plan=[])
+
+
 def test_fault_that_never_fires_is_an_error(trial):
-    result = trial(plan="100")
-    assert (result.verdict, result.outcome) == ("error", "fault_not_fired")
-    assert result.exit_code == 2
+    """A later fault at a point only a resumed attempt reaches, more often than it does: never fires."""
+    result = trial(plan="10,ckpt.loaded:3")
+    assert (result.verdict, result.outcome) == ("error", "fault_not_fired"), result.message
+    assert result.exit_code == 2 and "fault 2 of the plan never fired" in result.message
 
 
 def test_kill_before_the_first_checkpoint_is_not_resumed(trial):
     result = trial(plan="2")
     assert result.outcome == "not_resumed", result.message
-    assert result.attempts[1]["first_step"] == 1
+    assert result.attempts[1].first_step == 1
 
 
 def test_crash_on_resume_shows_the_log_tail(trial):
@@ -133,18 +149,36 @@ def test_script_without_probe_calls(trial, tmp_path):
     assert result.outcome == "baseline_failed" and "recorded no trace" in result.message
 
 
-def test_timeout_is_an_error(trial, tmp_path):
+SLOW = """
+import os, time
+from harness import probe
+for step in range(1, 4):
+    probe.step(step)
+    if step == 1 and os.environ["HARNESS_ROLE"] == "trial":
+        time.sleep(600)
+probe.finish()
+"""
+
+
+def test_timeout_is_an_error_naming_the_hung_ranks(trial, tmp_path):
     slow = tmp_path / "slow.py"
-    slow.write_text(textwrap.dedent("""
-        import os, time
-        from harness import probe
-        probe.step(1)
-        if os.environ["HARNESS_ROLE"] == "trial":
-            time.sleep(600)
-        probe.finish()
-    """))
-    result = trial(str(slow), plan=None, timeout_s=2, baseline_runs=1)
-    assert result.verdict == "error" and "timed out after 2 s" in result.message
+    slow.write_text(SLOW)
+    result = trial(str(slow), plan="2", timeout_s=2, stall_s=100, baseline_runs=1)
+    assert (result.verdict, result.outcome) == ("error", "timeout"), result.message
+    assert "attempt 0 hung: no end within --timeout 2 s" in result.message
+    assert "rank 0 at step 1" in result.message and "rank 1 at step 1" in result.message
+    assert "--timeout 2" in result.replay and "--stall 100" in result.replay
+
+
+def test_a_stall_is_caught_in_seconds(trial, tmp_path):
+    slow = tmp_path / "slow.py"
+    slow.write_text(SLOW)
+    lines = []
+    result = trial(str(slow), plan="2", stall_s=1.5, baseline_runs=1, progress=lines.append)
+    assert (result.verdict, result.outcome) == ("error", "timeout"), result.message
+    assert "stalled: no rank recorded anything" in result.message and "rank 1: step 1" in result.message
+    assert result.timings["trial_s"] < 30
+    assert any("stalled" in line for line in lines)
 
 
 def test_baseline_cache_key_and_reuse(trial, tmp_path):
@@ -211,7 +245,7 @@ def test_target_resolution(tmp_path):
         resolve_target("../etc")
     if "default" in list_scenarios():
         t = resolve_target("default")
-        assert t.module == "scenarios.default" and t.builtin and t.slug == "default"
+        assert t.module == "harness.scenarios.default" and t.builtin and t.slug == "default"
         assert any(name == "default.py" for name, _ in t.source_files())
 
 
@@ -257,3 +291,44 @@ def test_crash_before_any_fault(trial, tmp_path):
     result = trial(str(crashy), plan="4", baseline_runs=1)
     assert (result.verdict, result.outcome) == ("error", "crash"), result.message
     assert "disk full while logging" in result.log_tail and len(result.attempts) == 1
+
+
+# --- a PASS must never be false: each of these once passed ------------------------------------------
+
+def test_a_script_that_ignores_sigterm_is_not_a_pass(trial):
+    result = trial(plan="10:SIGTERM,16", script_args=["--bug", "ignore-sigterm"])
+    assert (result.verdict, result.outcome) == ("error", "fault_survived"), result.message
+    assert result.exit_code == 2
+    assert "ran to the end of attempt 0" in result.message and "1 later fault(s)" in result.message
+    assert "SIGTERM" in result.hint
+
+
+def test_a_script_that_catches_the_injected_exception_is_not_a_pass(trial):
+    result = trial(plan="10:exc", script_args=["--bug", "catch-fault"])
+    assert (result.verdict, result.outcome) == ("error", "fault_survived"), result.message
+    assert "InjectedFault" in result.hint
+
+
+def test_a_nonzero_exit_after_finish_in_the_resumed_attempt_fails(trial):
+    """The job checks its metrics log at exit and finds the steps re-executed after the resume twice."""
+    result = trial(plan="10", script_args=["--bug", "metrics-check"])
+    assert (result.verdict, result.outcome) == ("fail", "crash_on_resume"), result.message
+    assert "rank 0 exited with code 1 after probe.finish in attempt 1" in result.message
+    assert "duplicated steps [9]" in result.log_tail  # step 10 was killed before its metrics row
+    assert result.exit_code == 1
+
+
+def test_a_resume_that_turns_int_keys_into_str_keys_fails(trial):
+    result = trial(plan="10", script_args=["--bug", "str-keys"])
+    assert (result.verdict, result.outcome) == ("fail", "divergence"), result.message
+    d = result.first_divergence
+    assert d.where == "final" and d.fields == ["extra:epoch_steps"]
+    assert {t.name for t in d.tensors} >= {"extra/epoch_steps/#0", "extra/epoch_steps/0"}
+
+
+def test_no_plan_means_a_seeded_random_kill_and_the_plan_is_said(trial):
+    lines = []
+    result = trial(plan=None, seed=3, progress=lines.append)
+    assert result.verdict == "pass" and result.plan.isdigit(), result.message
+    assert any(line == f"plan: {result.plan} (drawn from --seed 3)" for line in lines)
+    assert len(result.attempts) == 2 and result.attempts[1].first_step > 1  # it resumed

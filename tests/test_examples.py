@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_readme_example_resumes_bit_exact(resume_harness, plan):
     result = resume_harness(os.path.join(ROOT, "examples", "train_ddp.py"), plan=plan)
     assert result.verdict == "pass" and result.outcome == "bit_exact", result.message
-    assert any(a["loaded"] for a in result.attempts)
+    assert any(a.loaded for a in result.attempts)
 
 
 def test_readme_example_matches_the_file():

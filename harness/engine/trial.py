@@ -207,8 +207,12 @@ class _Trial:
         return replay_command(self.tgt, nproc=c["nproc"], backend=c["backend"], seed=c["seed"], plan=self.plan,
                               script_args=self.script_args, timeout_s=self.timeout_s, stall_s=self.stall_s)
 
-    def context(self) -> dict:
-        return {"plan": self.plan.format(), "replay": self.replay()}
+    def context(self, launches: dict | None = None) -> dict:
+        out = {"plan": self.plan.format(), "replay": self.replay()}
+        if launches:
+            out["launches"] = tuple({"attempt": a, "wall_s": round(r.wall_s, 3), "exits": exits_summary(r)}
+                                    for a, r in sorted(launches.items()))
+        return out
 
     def run(self):
         from harness.oracle import RankEnd, assess, compare_runs, load_trace, timeout_verdict
@@ -265,7 +269,7 @@ class _Trial:
                 last_steps = {r: max((row.step for row in trace.steps(r, a)), default=None)
                               for r in range(c["nproc"])}
                 tails = "\n".join(f"--- rank {e.rank} ---\n{log_tail(e.log_path, 15)}" for e in result.exits)
-                return timeout_verdict(trace, a, reason, last_steps, tails), self.context()
+                return timeout_verdict(trace, a, reason, last_steps, tails), self.context(launches)
             if fault is None or not fired or finished:
                 break
         self.timings["trial_s"] = round(time.monotonic() - t1, 3)
@@ -276,9 +280,7 @@ class _Trial:
         ends = [RankEnd(e.rank, e.returncode, e.torn_down, log_tail(e.log_path)) for e in last.exits]
         verdict = assess(comparison, trace, n_faults=len(concrete), last_exits=ends)
         self.timings["compare_s"] = round(time.monotonic() - t2, 3)
-        self.timings["attempts"] = {a: {"wall_s": round(r.wall_s, 3), "exits": exits_summary(r)}
-                                    for a, r in launches.items()}
-        return verdict, self.context()
+        return verdict, self.context(launches)
 
 
 def _attempt_line(a, fault, fired, finished, result, timeout_s) -> str:

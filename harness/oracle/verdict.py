@@ -115,6 +115,7 @@ class RunResult:
     replay: str = ""
     out_dir: str = ""
     timings: dict = field(default_factory=dict)
+    launches: tuple = ()  # per attempt: {"attempt", "wall_s", "exits": [{"rank", "returncode", "signal", "torn_down"}]}
 
     verdict = property(lambda self: self.verdict_.verdict)
     outcome = property(lambda self: self.verdict_.outcome)
@@ -135,11 +136,24 @@ class RunResult:
         return jsonable({
             "verdict": v.verdict, "outcome": v.outcome, "message": v.message, "hint": v.hint,
             "first_divergence": v.first_divergence.to_json() if v.first_divergence else None,
-            "compared": v.compared, "attempts": v.attempts, "replay": self.replay,
+            "compared": v.compared, "attempts": self._attempts_json(), "replay": self.replay,
             "out_dir": str(self.out_dir), "timings": self.timings, "warnings": v.warnings,
             "target": self.target, "nproc": self.nproc, "backend": self.backend, "seed": self.seed,
             "plan": self.plan, "log_tail": v.log_tail,
         })
+
+
+    def _attempts_json(self) -> list:
+        """Each attempt's summary, with how its launch ended (wall time, exit codes) where known."""
+        launches = {x.get("attempt"): x for x in self.launches}
+        out = []
+        for s in self.verdict_.attempts:
+            j = s.to_json()
+            launch = launches.get(s.attempt)
+            if launch is not None:
+                j.update(wall_s=launch.get("wall_s"), exits=launch.get("exits"))
+            out.append(j)
+        return out
 
 
 @dataclass(frozen=True)
