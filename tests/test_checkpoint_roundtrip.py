@@ -267,3 +267,30 @@ def test_grad_scaler_and_per_rank_objects_roundtrip(tmp_path):
     ckpt2.load_state(path)
     assert scaler2.state_dict() == scaler.state_dict() and scaler2.get_scale() == 512.0
     assert mine2.n == 42
+
+
+class _WithExtraState(torch.nn.Linear):
+    """A module whose `get_extra_state` holds a tensor and bytes (they go to shared/state.safetensors)."""
+
+    def __init__(self):
+        super().__init__(2, 2)
+        self.extra = {"blob": b"abc", "t": torch.arange(3.0), "n": 1}
+
+    def get_extra_state(self):
+        return self.extra
+
+    def set_extra_state(self, state):
+        self.extra = state
+
+
+def test_model_extra_state_with_tensors_roundtrips(tmp_path):
+    model = _WithExtraState()
+    ckpt = Checkpointer()
+    ckpt.prepare(model)
+    path = ckpt.save_state(tmp_path / "c")
+    again = _WithExtraState()
+    again.extra = {}
+    ckpt2 = Checkpointer()
+    ckpt2.prepare(again)
+    ckpt2.load_state(path)
+    assert state_bytes(again.extra) == state_bytes(model.extra) and again.extra["blob"] == b"abc"

@@ -39,7 +39,7 @@ def shared_files(doc: dict, tensors: dict, weights: list[dict], optimizers: list
                  max_shard_size: int) -> list[FileJob]:
     """The replicated files (rank 0): model weights, optimizer states, and `doc` (which gets their paths)."""
     jobs: list[FileJob] = []
-    doc["models"] = [_model_files(i, sd, max_shard_size, jobs) for i, sd in enumerate(weights)]
+    doc["models"] = [_model_files(i, sd, max_shard_size, jobs, tensors) for i, sd in enumerate(weights)]
     doc["optimizers"] = []
     for i, sd in enumerate(optimizers):
         opt_tensors: dict = {}
@@ -51,10 +51,14 @@ def shared_files(doc: dict, tensors: dict, weights: list[dict], optimizers: list
     return jobs
 
 
-def _model_files(i: int, sd: dict, max_shard_size: int, jobs: list[FileJob]) -> dict:
-    """Queue model i's weights, split above `max_shard_size`; return its entry for shared/state.json."""
+def _model_files(i: int, sd: dict, max_shard_size: int, jobs: list[FileJob], shared_tensors: dict) -> dict:
+    """Queue model i's weights, split above `max_shard_size`; return its entry for shared/state.json.
+
+    Entries that are not tensors (`_extra_state`, ...) go into the entry's `extra` tree; tensors and
+    bytes inside them go to `shared_tensors` (shared/state.safetensors), under `models/{i}/...`.
+    """
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    extra = tree.encode({k: v for k, v in sd.items() if not isinstance(v, torch.Tensor)}, f"models/{i}", {})
+    extra = tree.encode({k: v for k, v in sd.items() if not isinstance(v, torch.Tensor)}, f"models/{i}", shared_tensors)
     shards: list[dict] = [{}]
     size = 0
     for k, v in tensors.items():

@@ -381,7 +381,7 @@ class Checkpointer:
             tensors = {**read(f"{SHARED}/state.safetensors", True), **read(f"{own}/state.safetensors", True)}
             weights = []
             for m in shared["models"]:
-                sd = tree.decode(m["extra"], {})
+                sd = tree.decode(m["extra"], tensors)  # extra state's tensors are in shared/state.safetensors
                 for rel in m["files"]:
                     sd.update(read(rel, True))
                 weights.append(sd)
