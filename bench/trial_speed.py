@@ -3,7 +3,7 @@
     python bench/trial_speed.py [--reps 5] [--kill 12] [--nproc 2]
 
 Measured side by side, interleaved, in one run (medians over --reps):
-  torchrun      `torchrun --standalone --nproc-per-node N -m scenarios.default`: one uninterrupted
+  torchrun      `torchrun --standalone --nproc-per-node N -m harness.scenarios.default`: one uninterrupted
                 training, no harness (the probe is a no-op), a fresh checkpoint folder each time
   harness CLI   `harness run default --kill K`: a whole command, a trial with its kill and restart,
                 the baseline cached (warmed once before timing), the fork-server pool started by the command
@@ -40,7 +40,7 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_CACHE_DIR": os.path.join(root, "cache")}
     env.pop("HARNESS_TRACE_DIR", None)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-                "-m", "scenarios.default"]
+                "-m", "harness.scenarios.default"]
     cli = [sys.executable, "-m", "harness.cli", "run", "default", "--nproc", str(args.nproc), "--kill", args.kill,
            "--json"]
 

@@ -15,8 +15,11 @@ BUGGY = os.path.join(SCRIPTS, "buggy_reseed.py")
 
 
 
-def harness(*args, cache, cwd=None, timeout=300):
-    env = {**os.environ, "HARNESS_CACHE_DIR": cache, "COLUMNS": "200"}
+def harness(*args, cache, cwd=None, timeout=300, columns="200"):
+    env = {**os.environ, "HARNESS_CACHE_DIR": cache}
+    env.pop("COLUMNS", None)
+    if columns:
+        env["COLUMNS"] = columns
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=timeout)
 
@@ -59,9 +62,23 @@ def test_no_command_prints_usage(capsys):
 
 
 def test_help_documents_the_fault_grammar(capsys):
+    from harness.faults import KILL_GRAMMAR, plan
+
     assert main(["run", "--help"]) == 0
     out = capsys.readouterr().out
     assert "FAULT   := AT" in out and "checkpoint.write:2@all:SIGTERM" in out
+    assert all(line in out for line in KILL_GRAMMAR.splitlines())
+    assert all(line in plan.__doc__ for line in KILL_GRAMMAR.splitlines())
+
+
+def test_readme_holds_the_fault_grammar_and_every_outcome():
+    from harness.faults import KILL_GRAMMAR
+    from harness.oracle import OUTCOMES
+
+    readme = open(os.path.join(os.path.dirname(SCRIPTS), "..", "README.md")).read()
+    assert KILL_GRAMMAR in readme
+    missing = [o for o in OUTCOMES if f"`{o}`" not in readme]
+    assert not missing, f"README.md does not document outcome(s) {missing}"
 
 
 def test_scenarios_lists_builtins(capsys):
@@ -137,3 +154,23 @@ def test_ctrl_c_stops_everything(shared_cache, tmp_path):
         time.sleep(0.05)
     assert not any(alive(p) for p in started) and processes_with_env("CTRL_C_MARKER", marker) == []
     assert [e for e in os.listdir(tmp_path / "cache") if e.startswith(".tmp")] == []
+
+
+def test_ci_logs_never_wrap_the_verdict_or_the_replay(shared_cache, tmp_path):
+    """Not a terminal and no COLUMNS (a CI log): the verdict and the replay command stay one line each."""
+    long_args = ["--", "--steps", "12", "--save-every", "4", "--seed", "1234", "--batch", "8", "--sleep", "0"]
+    proc = harness("run", MLP, "--kill", "6", "--out", str(tmp_path / ("o" * 60)), *long_args, cache=shared_cache,
+                   columns=None)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    verdict = [ln for ln in lines if "PASS" in ln]
+    replay = [ln for ln in lines if ln.startswith("replay: ")]
+    assert len(verdict) == 1 and "match the baseline" in verdict[0]
+    assert len(replay) == 1 and replay[0].endswith("--sleep 0") and len(replay[0]) > 80
+
+
+def test_no_lock_files_are_left_in_the_cache(tmp_path):
+    cache = str(tmp_path / "cache")
+    proc = harness("run", MLP, "--kill", "6", "--out", str(tmp_path / "o"), "--", "--steps", "8", cache=cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [e for e in os.listdir(cache) if e.endswith(".lock")] == []

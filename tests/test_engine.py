@@ -140,6 +140,8 @@ def test_failing_baseline(trial, tmp_path):
     result = trial(str(broken), plan="3")
     assert (result.verdict, result.outcome) == ("error", "baseline_failed")
     assert "exited with code 4" in result.message and "cannot start: no data" in result.log_tail
+    log = result.message.split("its log: ")[1].split()[0].rstrip(";,")
+    assert os.path.isfile(log) and log.startswith(str(tmp_path / "out")), log  # kept, and named where it is
 
 
 def test_script_without_probe_calls(trial, tmp_path):
@@ -332,3 +334,26 @@ def test_no_plan_means_a_seeded_random_kill_and_the_plan_is_said(trial):
     assert result.verdict == "pass" and result.plan.isdigit(), result.message
     assert any(line == f"plan: {result.plan} (drawn from --seed 3)" for line in lines)
     assert len(result.attempts) == 2 and result.attempts[1].first_step > 1  # it resumed
+
+
+UNUSED_NUMPY = """
+import random
+import torch
+from harness import probe
+random.seed(0)
+torch.manual_seed(0)
+w = torch.zeros(3)
+for step in range(1, 7):
+    w += torch.randn(3) * random.random()   # never draws from (or seeds) numpy's global RNG
+    probe.step(step, loss=float(w.sum()), w=w)
+probe.finish(w=w)
+"""
+
+
+def test_an_unseeded_but_unused_numpy_rng_passes_the_determinism_check(trial, tmp_path):
+    script = tmp_path / "unused_numpy.py"
+    script.write_text(UNUSED_NUMPY)
+    result = trial(str(script), plan="3", nproc=1, use_cache=False)
+    # No checkpoint: the resume is not tested, but the baseline was judged reproducible first.
+    assert result.outcome == "not_resumed", result.message
+    assert result.compared["unused_rng"] == ["rng:cuda", "rng:numpy"]

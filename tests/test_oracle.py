@@ -457,3 +457,103 @@ def test_first_divergence_prefers_the_rank_whose_inputs_differ(base, tmp_path):
     b.row(1, 6, 1)["params"] = "0" * 32
     first = compare_runs(base, b.write()).first
     assert (first.step, first.rank, first.fields) == (6, 1, ["rng:torch", "params"])
+
+
+# --- the rules of a PASS ---------------------------------------------------------------------------------
+
+def test_a_fault_the_process_survived_is_not_a_pass(base, tmp_path):
+    """SIGTERM ignored: the fault row is written, then the same attempt runs on and finishes."""
+    b = TraceBuilder(tmp_path / "t").start(0).steps(0, 1, 7).fault(0, 7, signal="SIGTERM").steps(0, 8, 10).finish(0)
+    r = _assess(base, b.write(), n_faults=2)
+    assert (r.verdict, r.outcome) == ("error", "fault_survived")
+    assert "rank(s) [0] ran to the end of attempt 0" in r.message and "1 later fault(s)" in r.message
+    assert "SIGTERM" in r.hint
+
+
+def test_a_peer_that_finished_before_the_teardown_is_not_a_survivor(base, tmp_path):
+    """SIGKILL on rank 0 at the last step: rank 1 may write its finish row before it is torn down."""
+    b = TraceBuilder(tmp_path / "t").start(0).steps(0, 1, 10).fault(0, 10).finish(0, ranks=[1])
+    b.start(1).event(1, "checkpoint.loaded", 10).finish(1)
+    r = _assess(base, b.write(), n_faults=1)
+    assert r.outcome != "fault_survived", r.message
+
+
+def test_no_fault_in_the_plan_is_not_a_pass(base, tmp_path):
+    r = _assess(base, baseline(tmp_path / "t").write(), n_faults=0)
+    assert (r.verdict, r.outcome) == ("error", "fault_not_armed")
+
+
+def test_a_nonzero_exit_after_finish_fails(base, tmp_path):
+    ends = [RankEnd(0, 0), RankEnd(1, 3, log_tail="duplicated rows")]
+    r = _assess(base, resumed(tmp_path / "t").write(), n_faults=1, last_exits=ends)
+    assert (r.verdict, r.outcome) == ("fail", "crash_on_resume")
+    assert "rank 1 exited with code 3 after probe.finish in attempt 1" in r.message and r.log_tail == "duplicated rows"
+    ends = [RankEnd(0, 0), RankEnd(1, -9, torn_down=True)]  # torn down by the launcher: not the job's failure
+    assert _assess(base, resumed(tmp_path / "t2").write(), n_faults=1, last_exits=ends).verdict == "pass"
+
+
+def _constant_numpy(b):
+    for rows in b.rows.values():
+        for x in rows:
+            if x["kind"] == "step":
+                x["rng"]["numpy"] = "unused-" + str(x["rank"]) + "-" + str(x["attempt"])
+
+
+def test_an_unused_rng_stream_is_not_compared(tmp_path):
+    """numpy's global RNG is never drawn from (its state is constant) and differs between runs: not a failure."""
+    b = baseline(tmp_path / "b")
+    _constant_numpy(b)
+    t = resumed(tmp_path / "t")
+    _constant_numpy(t)  # another constant state (unseeded), differing per attempt too
+    cmp = compare_runs(b.write(), t.write())
+    assert cmp.ok and cmp.compared["unused_rng"] == ["rng:cuda", "rng:numpy"]
+    assert "rng:numpy" not in cmp.compared["fields"]
+    r = assess(cmp, load_trace(tmp_path / "t"), n_faults=1)
+    assert r.verdict == "pass" and "rng:cuda, rng:numpy unused, not compared" in r.message
+
+
+def test_a_stream_the_trial_draws_from_but_the_baseline_never_did_diverges(tmp_path):
+    b = baseline(tmp_path / "b")
+    _constant_numpy(b)
+    t = resumed(tmp_path / "t")
+    _constant_numpy(t)
+    t.row(0, 8, 1)["rng"]["numpy"] = "drawn"
+    first = compare_runs(b.write(), t.write()).first
+    assert (first.step, first.rank, first.fields) == (8, 0, ["rng:numpy"])
+    assert "drawn from in the trial, never in the baseline" in first.note
+
+
+def test_optimizer_divergence_names_the_hyperparameter_and_the_state_entry(base, tmp_path):
+    groups = [{"lr": 0.001, "betas/(0)": 0.9, "weight_decay": 0.0}]
+    b = baseline(tmp_path / "b")
+    t = resumed(tmp_path / "t")
+    for builder in (b, t):
+        for rows in builder.rows.values():
+            for x in rows:
+                if x["kind"] == "step":
+                    x["optimizer_groups"] = json.loads(json.dumps(groups))
+                    x["optimizer_state"] = {"0.weight exp_avg": "a", "0.weight exp_avg_sq": "b"}
+    row = t.row(0, 6, 1)
+    row["optimizer"] = "other"
+    row["optimizer_groups"][0]["lr"] = 0.0005
+    row["optimizer_state"]["0.weight exp_avg"] = "changed"
+    first = compare_runs(b.write(), t.write()).first
+    assert first.fields == ["optimizer"]
+    assert "optimizer: param_groups/0/lr 0.001 vs 0.0005" in first.note
+    assert "optimizer: state exp_avg of 0.weight" in first.note
+    assert [d.name for d in first.tensors] == ["optimizer state exp_avg of 0.weight"]
+
+
+def test_verdict_is_frozen_and_only_bit_exact_passes():
+    from dataclasses import FrozenInstanceError
+
+    from harness.oracle import Outcome, Verdict
+
+    v = Verdict("fail", "divergence", "x")
+    assert v.outcome is Outcome.DIVERGENCE and v.outcome == "divergence"
+    with pytest.raises(FrozenInstanceError):
+        v.verdict = "pass"
+    with pytest.raises(ValueError, match="only bit_exact passes"):
+        Verdict("pass", "divergence", "x")
+    with pytest.raises(ValueError):
+        Verdict("pass", "no_such_outcome", "x")

@@ -191,7 +191,7 @@ CORRECT_PLANS = [
 def test_correct_scenario_is_bit_exact(launcher, tmp_path, target, plan):
     res = trial(launcher, tmp_path, target, plan)
     assert res.verdict == "pass" and res.outcome == "bit_exact", describe(res)
-    resumed = [a for a in res.attempts if a["loaded"]]
+    resumed = [a for a in res.attempts if a.loaded]
     assert len(resumed) == len(plan.split(",")), res.attempts  # every restart resumed from a checkpoint
 
 
@@ -236,7 +236,7 @@ def test_rng_from_rank0_shows_on_rank1_rng(launcher, tmp_path):
     assert res.verdict == "fail", describe(res)
     assert res.first_divergence.rank == 1 and "rng:torch" in res.first_divergence.fields, describe(res)
     tr = load_trace(tmp_path / "out" / "trace")
-    rows = {(r, row["attempt"]): row for r in (0, 1) for row in tr.steps(r) if row["step"] == 11}
+    rows = {(r, row.attempt): row for r in (0, 1) for row in tr.steps(r) if row.step == 11}
     fields1 = compare_step(rows[(1, 0)], rows[(1, 1)])[0]
     fields0 = compare_step(rows[(0, 0)], rows[(0, 1)])[0]
     assert {"rng:python", "rng:numpy", "rng:torch", "batch", "loss"} <= set(fields1), fields1
