@@ -8,8 +8,13 @@ Three launchers share one contract (``Launcher``: ``launch(LaunchSpec) -> Launch
 
 Every rank gets the torchrun environment (docs/design.md, section 1) and its own log
 ``LaunchSpec.log_dir/rank{r}.log``. When a rank exits abnormally the others are killed at once; a
-launch past its timeout is killed and marked ``timed_out``; every process is reaped on every path,
-Ctrl-C included (KeyboardInterrupt propagates after the cleanup).
+launch past its timeout is killed and marked ``timed_out``; ``LaunchSpec.watch`` is called about
+twice a second while the ranks run, and a string it returns stops the launch the same way
+(``LaunchResult.stopped``); every process is reaped on every path, Ctrl-C and an exception raised by
+``watch`` included (the exception propagates after the cleanup). The pool and subprocess launchers
+share one supervision loop (``harness.launch.supervisor``) and host the rendezvous store on
+``LaunchSpec.master_addr`` only, loopback by default (``harness.launch.store``); torchrun's stores
+listen on every interface (``harness.launch.torchrun``).
 """
 
 from harness.launch.spec import LaunchError, LaunchResult, LaunchSpec, Launcher, RankExit

@@ -7,10 +7,23 @@ exit status in ``LOG_DIR/rank{RANK}.exit`` (absent when the rank was killed). Wi
 endpoint it uses ``--standalone`` (torchrun picks a free port itself). For several nodes, LOG_DIR and
 the trace folder must be on a file system that every node sees.
 
-Teardown: torchrun itself stops the other workers when one fails; on a timeout or an interrupt the
-harness sends torchrun SIGTERM, then SIGKILLs its process group and any remaining process that
-carries this launch's HARNESS_LAUNCH_ID (workers run in sessions of their own). If the harness dies,
-torchrun gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops its workers itself.
+Teardown: torchrun itself stops the other workers when one fails; on a timeout, a stop by
+``LaunchSpec.watch`` (polled in the wait loop, about twice a second) or an interrupt the harness sends
+torchrun SIGTERM, then SIGKILLs its process group and any remaining process that carries this
+launch's HARNESS_LAUNCH_ID (workers run in sessions of their own). If the harness dies, torchrun gets
+SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops its workers itself.
+
+Where the stores listen (unlike the pool and subprocess launchers, which bind to loopback only):
+torch's TCPStore server ignores its host argument and listens on every interface. torchrun's agent
+hosts two stores: the c10d rendezvous store (``--standalone``: a port the OS picks; several nodes:
+the port of ``--rdzv-endpoint HOST:PORT``) and, on the node that becomes rank 0, the store it shares
+with the workers (a port the OS picks; MASTER_ADDR is that node's name). Both listen on ``*``, not
+only on HOST. Binding them to loopback for a single node is not feasible from the command line: the
+rendezvous store could be hosted by the harness (``--rdzv-conf is_host=false``), but the shared
+worker store is created inside torchrun's agent (and with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 rank 0
+of the workers hosts one on ``*`` instead, at a port picked then freed: a race). So a torchrun launch
+exposes two unauthenticated stores on every interface of its nodes for its duration; run it on
+trusted networks, or use the pool or subprocess launcher on a single node.
 """
 
 from __future__ import annotations
