@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from checkpoint_util import full_state, make_job, next_draws, state_bytes, train
+from support.checkpoint_jobs import full_state, make_job, next_draws, state_bytes, train
 from harness.checkpoint import CheckpointSaveError, Checkpointer, ProjectConfiguration, tree
 from harness.checkpoint.files import FileRecord, read_tensors, write_tensors
 
@@ -250,7 +250,7 @@ def test_grad_scaler_and_per_rank_objects_roundtrip(tmp_path):
         scaler.step(opt)
         scaler.update()
         opt.zero_grad()
-    from checkpoint_util import Counter
+    from support.checkpoint_jobs import Counter
 
     mine = Counter()
     mine.n = 42

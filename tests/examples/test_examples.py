@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO as ROOT  # noqa: E402
 
 
 @pytest.mark.parametrize("plan", ["7", "9@all"])

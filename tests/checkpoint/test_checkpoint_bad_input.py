@@ -14,7 +14,8 @@ import pytest
 import torch
 import xxhash
 
-from checkpoint_util import full_state, make_job, train
+from support import TESTS
+from support.checkpoint_jobs import full_state, make_job, train
 from harness.checkpoint import (CheckpointSaveError, Checkpointer, CheckpointSkippedWarning, CorruptCheckpointError,
                                 IncompatibleCheckpointError, NotACheckpointError, ProjectConfiguration,
                                 UnsafeCheckpointError)
@@ -408,7 +409,7 @@ def test_loading_never_imports_pickle_machinery(saved):
     _, path, _ = saved
     code = f"""
 import pickle, sys
-sys.path.insert(0, {os.path.dirname(__file__)!r})
+sys.path.insert(0, {TESTS!r})
 calls = []
 class Spy(pickle.Unpickler):
     def __init__(self, *a, **k):
@@ -418,7 +419,7 @@ real_loads = pickle.loads
 pickle.loads = lambda *a, **k: (calls.append(1), real_loads(*a, **k))[1]
 import torch
 torch.load = lambda *a, **k: (_ for _ in ()).throw(AssertionError("torch.load called"))
-from checkpoint_util import make_job
+from support.checkpoint_jobs import make_job
 job = make_job({str(path)!r})
 job[0].load_state({str(path)!r})
 assert not calls, calls

@@ -10,7 +10,7 @@ import os
 import harness.tensors
 from harness.checkpoint import files, state
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO as ROOT  # noqa: E402
 CHECKPOINT = os.path.join(ROOT, "harness", "checkpoint")
 ALLOWED_MODULES = {"harness.probe", "harness.tensors"}  # `import X` / `from X import ...`
 ALLOWED_FROM_HARNESS = {"probe", "tensors", "__version__"}  # `from harness import X`

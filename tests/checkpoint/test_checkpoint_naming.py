@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from checkpoint_util import make_job, train
+from support.checkpoint_jobs import make_job, train
 from harness.checkpoint import tree
 from harness.checkpoint.files import read_tensors, write_tensors
 from harness.checkpoint.files import FileRecord

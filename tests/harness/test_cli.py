@@ -9,7 +9,7 @@ from harness import __version__
 from harness.cli import main
 from harness.engine import list_scenarios
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+from support import REPO, SCRIPTS  # noqa: E402
 MLP = os.path.join(SCRIPTS, "ddp_mlp.py")
 BUGGY = os.path.join(SCRIPTS, "buggy_reseed.py")
 
@@ -75,7 +75,7 @@ def test_readme_holds_the_fault_grammar_and_every_outcome():
     from harness.faults import KILL_GRAMMAR
     from harness.oracle import OUTCOMES
 
-    readme = open(os.path.join(os.path.dirname(SCRIPTS), "..", "README.md")).read()
+    readme = open(os.path.join(REPO, "README.md")).read()
     assert KILL_GRAMMAR in readme
     missing = [o for o in OUTCOMES if f"`{o}`" not in readme]
     assert not missing, f"README.md does not document outcome(s) {missing}"

@@ -16,7 +16,7 @@ from harness.oracle import (
 )
 from harness.oracle.ulp import ordinal
 
-from oracle_helpers import TraceBuilder, baseline, final_tensors, resumed, step_row
+from support.traces import TraceBuilder, baseline, final_tensors, resumed, step_row
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from harness.oracle import RankEnd, RunResult, Verdict, assess, compare_runs, lo
 from harness.oracle.compare import Divergence, TensorDiff
 from harness.report import render_json, render_text
 
-from oracle_helpers import baseline, resumed
+from support.traces import baseline, resumed
 
 REPLAY = "harness run scenarios/mlp.py --nproc 2 --seed 0 --kill step=7"
 TOP_KEYS = {"verdict", "outcome", "message", "first_divergence", "compared", "attempts", "replay", "out_dir",

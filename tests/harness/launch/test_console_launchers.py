@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO as ROOT  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", ["pool", "subprocess", pytest.param("torchrun", marks=pytest.mark.slow)])

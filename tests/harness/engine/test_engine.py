@@ -12,22 +12,10 @@ from harness.engine.baseline import baseline_key, cache_root
 from harness.faults import FaultPlan
 from harness.launch import make_launcher
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+from support import SCRIPTS  # noqa: E402
 MLP = os.path.join(SCRIPTS, "ddp_mlp.py")
 BUGGY = os.path.join(SCRIPTS, "buggy_reseed.py")
 
-
-
-@pytest.fixture(autouse=True)
-def cache_env(shared_cache, monkeypatch):
-    monkeypatch.setenv("HARNESS_CACHE_DIR", shared_cache)
-
-
-@pytest.fixture(scope="module")
-def pool():
-    launcher = make_launcher("pool")
-    yield launcher
-    launcher.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint_util import Counter, next_draws, state_bytes
+from support.checkpoint_jobs import Counter, next_draws, state_bytes
 from harness.checkpoint import Checkpointer, NotACheckpointError, UnsafeCheckpointError
 from harness.checkpoint.from_accelerate import convert
 

@@ -25,27 +25,9 @@ CORRECT = ["default", "transformer_lm", "workers", "bf16", "ema"]
 BUGGY = sorted(EXPECTED)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _baseline_cache(tmp_path_factory):
-    """One baseline cache for the whole session (shared by xdist workers; the engine locks per key)."""
-    base = tmp_path_factory.getbasetemp()
-    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "scenario-baseline-cache"
-    old = os.environ.get("HARNESS_CACHE_DIR")
-    os.environ["HARNESS_CACHE_DIR"] = str(cache)
-    yield str(cache)
-    if old is None:
-        os.environ.pop("HARNESS_CACHE_DIR", None)
-    else:
-        os.environ["HARNESS_CACHE_DIR"] = old
-
-
 @pytest.fixture(scope="session")
-def launcher():
-    from harness.launch.forkserver import ForkServerLauncher
-
-    lau = ForkServerLauncher()
-    yield lau
-    lau.close()
+def launcher(pool):
+    return pool
 
 
 def trial(launcher, tmp_path, target, plan):
@@ -83,7 +65,7 @@ def test_documented_epoch_boundaries_and_checkpoints():
 
 # -- packaging: the folder scenarios/ ships as harness.scenarios, never as a top-level module ------
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO as REPO  # noqa: E402
 
 
 def _is_top_level_scenarios(name: str) -> bool:

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from checkpoint_util import next_draws, state_bytes
+from support.checkpoint_jobs import next_draws, state_bytes
 
 WORLD = 2
 
@@ -105,7 +105,7 @@ def test_two_ranks_save_and_resume_bit_exact(tmp_path):
 
 
 def test_world_size_one_has_no_collectives(tmp_path):
-    from checkpoint_util import make_job, train
+    from support.checkpoint_jobs import make_job, train
 
     job = make_job(tmp_path)
     train(job, 2)

@@ -11,18 +11,11 @@ import pytest
 from harness.launch import LaunchSpec, make_launcher
 from harness.launch.reap import alive, group_members
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+from support import SCRIPTS  # noqa: E402
 
 
 def script(name):
     return os.path.join(SCRIPTS, name)
-
-
-@pytest.fixture(scope="module")
-def pool():
-    launcher = make_launcher("pool")
-    yield launcher
-    launcher.close()
 
 
 @pytest.fixture(params=["pool", "subprocess"])

@@ -18,22 +18,20 @@ import json
 import os
 import random
 import signal
-import sys
 
 import pytest
 
-from harness.launch.forkserver import ForkServerLauncher
 from harness.launch.spec import LaunchSpec, log_tail
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CHILD = os.path.join(HERE, "ckpt_crash_child.py")
+from support import SUPPORT  # noqa: E402
+
+CHILD = os.path.join(SUPPORT, "ckpt_crash_child.py")
 N_KILLS = 24
 
 
 @pytest.fixture(scope="module")
-def launcher():
-    with ForkServerLauncher() as launcher:
-        yield launcher
+def launcher(pool):
+    return pool
 
 
 def _run_child(launcher, run_dir, trace_dir, fault=None, digests=None, env=None):
@@ -80,8 +78,7 @@ def reference(tmp_path_factory, launcher):
 
 def _kill_and_check(launcher, tmp_path, point, digests, env=None) -> list[str]:
     """SIGKILL the child at `point`, then load and save again; return what went wrong (nothing, if correct)."""
-    sys.path.insert(0, HERE)
-    from ckpt_crash_child import build, digest
+    from support.ckpt_crash_child import build, digest
 
     name, occurrence = point
     fault = {"at": {"point": name, "occurrence": occurrence}, "rank": 0, "signal": "SIGKILL"}
