@@ -1,9 +1,9 @@
 """Durable, checksummed files: safetensors and JSON.
 
 Writing streams each tensor's memory straight to the file (no serialized copy of the whole
-state), hashes the same bytes on the way (xxh3-128, ~28 GB/s here, so the checksum is nearly
-free) and fsyncs before returning. (O_DIRECT was tried and measured: no faster to write here, and
-files written that way were up to 3x slower to read back, which is what a checkpoint is for.) The files are standard safetensors: `safetensors.safe_open`
+state), hashes the same bytes on the way (xxh3-128, far faster than the disk, so the checksum is nearly
+free) and fsyncs before returning. (O_DIRECT was tried and measured, see the README's benchmarks: no
+faster to write, and slower to read back, which is what a checkpoint is for.) The files are standard safetensors: `safetensors.safe_open`
 reads them, and this module reads files that `safetensors.torch.save_file` wrote.
 
 Reading maps the file, checks its size and checksum against the manifest, refuses pickle and
@@ -119,7 +119,7 @@ def _open_verified(path: str, record: FileRecord) -> mmap.mmap | bytes:
                 f"{path}: is {size} bytes but the manifest says {record.size} (truncated or replaced)")
         data = mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else b""
         if size:
-            data.madvise(mmap.MADV_SEQUENTIAL)  # read-ahead: ~2x faster from a cold cache here
+            data.madvise(mmap.MADV_SEQUENTIAL)  # read-ahead from a cold cache
     finally:
         os.close(fd)
     if xxhash.xxh3_128_hexdigest(data) != record.digest:

@@ -48,7 +48,7 @@ def exit_code_of(exc: SystemExit) -> int:
 
 
 def _skip_torch_library_finalizers() -> None:
-    """torch deregisters its operator libraries at exit (about 40 ms); a process about to _exit need not."""
+    """torch deregisters its operator libraries at exit, which takes time; a process about to _exit need not."""
     import weakref
 
     for info in list(getattr(weakref.finalize, "_registry", {}).values()):

@@ -35,7 +35,7 @@ import time
 import traceback
 
 # What training scripts import, so a forked rank finds it imported: DDP's constructor alone imports
-# torch._dynamo (1.5 s here). Each of these imports leaves the process single-threaded.
+# torch._dynamo, which is slow to import. Each of these imports leaves the process single-threaded.
 PRELOAD = ("torch", "torch.distributed", "torch.nn", "torch.nn.parallel", "torch.optim", "torch.utils.data",
            "torch._dynamo", "torch.distributed.checkpoint", "torch.distributed.fsdp", "torch.distributed.tensor",
            "numpy", "safetensors", "safetensors.torch", "xxhash", "harness.probe", "harness.probe.digest",

@@ -283,3 +283,16 @@ def test_fault_for_another_rank_does_not_fire(tmp_path):
     assert proc.returncode == 0 and "fault" not in [r["kind"] for r in trace]
     proc, trace = run_with_fault(tmp_path / "r1", {"at": {"step": 2}, "rank": 1, "signal": "SIGKILL"}, rank="1")
     assert proc.returncode == -signal.SIGKILL
+
+
+def test_non_finite_floats_are_recorded_by_their_bits(trace_dir):
+    """NaN payloads and signs survive: a NaN with another payload is another value."""
+    quiet = struct.unpack("<d", bytes.fromhex("010000000000f87f"))[0]  # NaN, payload 1
+    probe.step(1, loss=quiet, x=quiet, y=float("-inf"))
+    row = rows(trace_dir)[-1]
+    assert row["extra"]["x"] == {"float64": "7ff8000000000001"}
+    assert row["extra"]["y"] == {"float64": "fff0000000000000"}
+    assert row["loss"] == {"dtype": "float64", "hex": "010000000000f87f"} and row["loss_value"] is None
+    probe.finish(z=quiet)
+    leaves = json.loads((trace_dir / "final" / "rank1.json").read_text())
+    assert leaves["extra/z"] == {"float64": "7ff8000000000001"}
