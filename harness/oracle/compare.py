@@ -98,6 +98,7 @@ class Comparison:
     divergences: list[Divergence]
     compared: dict
     warnings: list[str] = field(default_factory=list)
+    base: Trace | None = field(default=None, repr=False, compare=False)  # the baseline, for the diagnosis
 
     @property
     def ok(self) -> bool:
@@ -430,4 +431,4 @@ def compare_runs(baseline_trace_dir, trial_trace_dir) -> Comparison:
         "unused_rng": sorted(f"rng:{s}" for s in unused),
         "divergences": len(divs),
     }
-    return Comparison(divs[0] if divs else None, divs, compared, warnings)
+    return Comparison(divs[0] if divs else None, divs, compared, warnings, base=base)

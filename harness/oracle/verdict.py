@@ -30,6 +30,7 @@ import enum
 from dataclasses import dataclass, field, replace
 
 from .compare import Comparison, Divergence, json_float
+from .diagnosis import Diagnosis, diagnose
 from .trace import AttemptSummary, Trace
 
 
@@ -91,6 +92,7 @@ class Verdict:
     log_tail: str | None = None
     warnings: tuple[str, ...] = ()
     hint: str | None = None  # what the user should check
+    diagnosis: Diagnosis | None = None  # the likely cause of a failure, with its evidence
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -126,6 +128,7 @@ class RunResult:
     log_tail = property(lambda self: self.verdict_.log_tail)
     warnings = property(lambda self: self.verdict_.warnings)
     hint = property(lambda self: self.verdict_.hint)
+    diagnosis = property(lambda self: self.verdict_.diagnosis)
 
     @property
     def exit_code(self) -> int:
@@ -135,6 +138,7 @@ class RunResult:
         v = self.verdict_
         return jsonable({
             "verdict": v.verdict, "outcome": v.outcome, "message": v.message, "hint": v.hint,
+            "diagnosis": v.diagnosis.to_json() if v.diagnosis else None,
             "first_divergence": v.first_divergence.to_json() if v.first_divergence else None,
             "compared": v.compared, "attempts": self._attempts_json(), "replay": self.replay,
             "out_dir": str(self.out_dir), "timings": self.timings, "warnings": v.warnings,
@@ -240,7 +244,8 @@ def assess(
         where = f"first at step {d.step}, rank {d.rank}" if d.where == "trace" else f"in the final state of rank {d.rank}"
         return done("fail", Outcome.NONDETERMINISTIC_BASELINE,
                     f"the training is nondeterministic even without faults: two uninterrupted runs differ "
-                    f"{where} ({', '.join(d.fields)})", first_divergence=d, hint=_nondeterminism_hint(d.fields))
+                    f"{where} ({', '.join(d.fields)})", first_divergence=d, hint=_nondeterminism_hint(d.fields),
+                    diagnosis=diagnose(None, None, baseline_repro=baseline_repro))
     if comparison is None or trial is None:
         return done("error", Outcome.ERROR, "no trial trace to judge")
     n_faults = n_faults or 0
@@ -304,7 +309,9 @@ def assess(
                             f"{list(prev.committed_steps)} were committed before the kill")
 
     if comparison.first is not None:
-        return done("fail", Outcome.DIVERGENCE, describe(comparison.first))
+        sizes = {row.world_size for r in trial.ranks for row in trial.rows(r) if row.kind == "start"}
+        return done("fail", Outcome.DIVERGENCE, describe(comparison.first),
+                    diagnosis=diagnose(comparison, trial, comparison.base, world_size=max(sizes, default=None)))
     for nxt, prev in restarts:
         kill = prev.fault.step
         if prev.committed_steps:

@@ -114,6 +114,11 @@ def render_text(result, console: Console | None = None) -> Console:
             console.print(Text(f"  {d.note}"))
         if d.tensors:
             console.print(_tensor_table(d.tensors))
+    diagnosis = getattr(result, "diagnosis", None)
+    if diagnosis is not None:
+        console.print(Text.assemble(("likely cause: ", "bold"), (diagnosis.cause, "bold magenta"), " - ",
+                                    diagnosis.summary), soft_wrap=True)
+        console.print(Text.assemble(("  evidence: ", "bold"), diagnosis.evidence), soft_wrap=True)
     for w in result.warnings or []:
         console.print(Text.assemble(("warning: ", "yellow"), w), soft_wrap=True)
     if result.log_tail:

@@ -173,6 +173,7 @@ CORRECT_PLANS = [
 def test_correct_scenario_is_bit_exact(launcher, tmp_path, target, plan):
     res = trial(launcher, tmp_path, target, plan)
     assert res.verdict == "pass" and res.outcome == "bit_exact", describe(res)
+    assert res.diagnosis is None
     resumed = [a for a in res.attempts if a.loaded]
     assert len(resumed) == len(plan.split(",")), res.attempts  # every restart resumed from a checkpoint
 
@@ -188,6 +189,12 @@ def test_buggy_variant_fails_at_first_step_after_resume(launcher, tmp_path, targ
     d = res.first_divergence
     assert (d.where, d.step, d.rank, d.attempt) == ("trace", exp.step, exp.rank, 1), describe(res)
     assert d.fields == list(exp.fields), describe(res)
+    assert res.diagnosis is not None and res.diagnosis.cause == exp.cause, (res.diagnosis, describe(res))
+
+
+def test_each_buggy_variant_has_its_own_diagnosis():
+    causes = [e.cause for e in EXPECTED.values()]
+    assert all(causes) and len(set(causes)) == len(causes), causes
 
 
 # The same mistakes under other kinds of kills.
@@ -196,7 +203,7 @@ BUGGY_OTHER_PLANS = [
     ("buggy/sampler_epoch_not_set", "12@all", 11, ("batch", "loss", "params", "optimizer")),
     ("buggy/optimizer_not_saved", "checkpoint.write:10", 6, ("params", "optimizer")),
     ("buggy/scheduler_not_saved", "12@1", 11, ("params", "optimizer", "extra:lr")),
-]
+]  # the diagnosis is the variant's own under every kill
 
 
 @pytest.mark.parametrize("target, plan, step, fields", BUGGY_OTHER_PLANS,
@@ -206,6 +213,7 @@ def test_buggy_variant_under_other_kills(launcher, tmp_path, target, plan, step,
     assert res.verdict == "fail" and res.outcome == "divergence", describe(res)
     d = res.first_divergence
     assert (d.step, d.rank, d.fields) == (step, 0, list(fields)), describe(res)
+    assert res.diagnosis is not None and res.diagnosis.cause == EXPECTED[target].cause, res.diagnosis
 
 
 def test_rng_from_rank0_shows_on_rank1_rng(launcher, tmp_path):
