@@ -1,8 +1,10 @@
-"""Command line: ``harness run``, ``harness scenarios``, ``harness convert``, ``harness --version``.
+"""Command line: ``harness run``, ``harness repro``, ``harness scenarios``, ``harness convert``, ``harness --version``.
 
     harness run [TARGET] [--nproc N] [--kill PLAN]... [--seed S] [--backend auto|gloo|nccl] [--out DIR]
                 [--json] [--no-cache] [--baseline-runs N] [--timeout S] [--stall S] [--launcher pool|subprocess|torchrun]
-                [--launch-prefix "srun ..."] [--nnodes N] [--rdzv-endpoint HOST:PORT] [-- SCRIPT_ARGS...]
+                [--launch-prefix "srun ..."] [--nnodes N] [--rdzv-endpoint HOST:PORT]
+                [--save-repro FILE [--inline]] [-- SCRIPT_ARGS...]
+    harness repro FILE [--json] [--out DIR] [--ignore-hash] [--no-cache]
 
 TARGET is a built-in scenario name or a path to a script (default: the ``default`` scenario); without
 ``--kill``, a step is drawn from ``--seed`` (``--kill random``) and the plan drawn is printed. Exit codes: 0 bit-exact, 1 divergence or nondeterministic
@@ -69,9 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nnodes", type=int, default=1, help="nodes for --launcher torchrun (default 1)")
     run.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
                      help="torchrun c10d rendezvous endpoint, needed with --nnodes > 1")
+    run.add_argument("--save-repro", default=None, metavar="FILE",
+                     help="write a bug report of this run (pass or fail) to FILE (TOML); rerun it with harness repro FILE")
+    run.add_argument("--inline", action="store_true", help="with --save-repro: embed the script's text in the report")
     run.add_argument("script_args", nargs="*", metavar="-- SCRIPT_ARGS", help="arguments for the script, after --")
 
     sub.add_parser("scenarios", help="list the built-in scenarios")
+
+    repro = sub.add_parser(
+        "repro", help="rerun a bug report (harness run --save-repro) and say whether it reproduces",
+        description="Rerun the trial of a bug report and compare it with what the report recorded. Exit codes: "
+                    "0 reproduces; 1 reproduces differently, or does not reproduce (now passes); 2 environment "
+                    "differs (it still reruns and reports), or a usage error or bad file.")
+    repro.add_argument("file", metavar="FILE", help="the bug report (TOML) written by harness run --save-repro")
+    repro.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    repro.add_argument("--out", default=None, metavar="DIR", help="output folder of the rerun "
+                                                                  "(default harness-out/repro-<script>-<time>-<id>)")
+    repro.add_argument("--ignore-hash", action="store_true",
+                       help="run the script even though its sha256 differs from the report's (e.g. to check a fix)")
+    repro.add_argument("--no-cache", action="store_true", help="run the baseline again instead of using the cache")
 
     convert = sub.add_parser(
         "convert", help="convert an HF Accelerate save_state folder to the native checkpoint format",
@@ -107,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return _scenarios()
     if args.command == "convert":
         return _convert(args)
+    if args.command == "repro":
+        return _repro(args, script_args)
     if args.script_args:
         print(f"harness: error: unexpected argument(s) {' '.join(args.script_args)}; "
               "put script arguments after --", file=sys.stderr)
@@ -164,6 +184,15 @@ def _run(args, script_args: list[str]) -> int:
         return _usage_error(str(e), args.json)
     if args.launcher == "torchrun" and args.nproc % args.nnodes:
         return _usage_error(f"--nproc {args.nproc} is not a multiple of --nnodes {args.nnodes}", args.json)
+    if args.inline and not args.save_repro:
+        return _usage_error("--inline needs --save-repro FILE", args.json)
+    if args.save_repro:
+        from harness.repro import ReproError, check_inline_target
+
+        try:
+            check_inline_target(target, args.inline)
+        except ReproError as e:
+            return _usage_error(str(e), args.json)
     err = make_console(stderr=True)
     progress = None if args.json else (
         lambda line: err.print(Text.assemble(("harness: ", "dim"), line), highlight=False, soft_wrap=True))
@@ -192,7 +221,82 @@ def _run(args, script_args: list[str]) -> int:
         from harness.report import render_text
 
         render_text(result, make_console())
+    if args.save_repro:
+        return _save_repro(args, result, script_args)
     return result.exit_code
+
+
+def _save_repro(args, result, script_args: list[str]) -> int:
+    """Write the run's bug report; the run's exit code, or 2 when the file could not be written."""
+    from harness.repro import Repro, ReproError
+
+    try:
+        path = Repro.from_result(result, inline=args.inline, script_args=script_args, launcher=args.launcher,
+                                 timeout_s=args.timeout, stall_s=args.stall,
+                                 baseline_runs=args.baseline_runs).dump(args.save_repro)
+    except ReproError as e:
+        print(f"harness: error: --save-repro: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"harness: wrote bug report {path}; rerun it with: harness repro {shlex.quote(path)}", file=sys.stderr)
+    return result.exit_code
+
+
+def _repro(args, script_args: list[str]) -> int:
+    from rich.text import Text
+
+    from harness.engine import UsageError
+    from harness.report import make_console, render_text
+    from harness.repro import Repro, ReproError, rerun
+
+    if script_args:
+        return _repro_error("harness repro takes no script arguments: they are in the report ([script] args)",
+                            args.json)
+    try:
+        repro = Repro.load(args.file)
+    except ReproError as e:
+        return _repro_error(str(e), args.json)
+    err = make_console(stderr=True)
+    progress = None if args.json else (
+        lambda line: err.print(Text.assemble(("harness: ", "dim"), line), highlight=False, soft_wrap=True))
+    try:
+        outcome = rerun(repro, repro_path=args.file, out_dir=args.out, ignore_hash=args.ignore_hash,
+                        use_cache=not args.no_cache, progress=progress)
+    except (ReproError, UsageError) as e:
+        return _repro_error(str(e), args.json)
+    except KeyboardInterrupt:
+        print("harness: interrupted; all processes were stopped", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in the harness: show it, but never exit 0 or 1
+        import traceback
+
+        traceback.print_exc()
+        return _repro_error(f"internal error: {type(e).__name__}: {e}", args.json)
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps(outcome.to_json()) + "\n")
+        return outcome.exit_code
+    out = make_console()
+    render_text(outcome.result, out)
+    style = {0: "bold green", 1: "bold red"}.get(outcome.exit_code, "bold yellow")
+    out.print(Text.assemble((f" {outcome.title.upper()} ", style + " reverse"), " ", outcome.message), soft_wrap=True)
+    for line in outcome.environment_differences:
+        out.print(Text.assemble(("  differs: ", "yellow"), line), soft_wrap=True)
+    e = repro.expected
+    if outcome.status != "reproduces":
+        want = f"{e.outcome}" + (f" at {e.first_divergence.describe()}" if e.first_divergence else "")
+        out.print(Text.assemble(("report: ", "bold"), f"{e.verdict}, {want}"), soft_wrap=True)
+    return outcome.exit_code
+
+
+def _repro_error(message: str, as_json: bool) -> int:
+    if as_json:
+        import json
+
+        print(json.dumps({"status": "error", "exit_code": EXIT_ERROR, "message": message}))
+    else:
+        print(f"harness: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def _usage_error(message: str, as_json: bool) -> int:
