@@ -57,11 +57,14 @@ Every digest is an xxh3-128 hex string over, for each leaf in order, a record::
       int    b"I" + len + decimal    float  b"F" + IEEE-754 float64 bits (little-endian)
       str    b"S" + len + UTF-8      bytes  b"Y" + len + the bytes
       Empty  b"E" + len + kind
-      tensor b"T" + len + "<dtype> <shape>" + u64 nbytes + xxh3-128 of the raw bytes
+      tensor b"T" + len + "<dtype> <shape>" + u64 nbytes + xxh3-128 of the raw bytes   (CPU)
+             b"T" + len + "<dtype> <shape>" + b"D" + u64 nbytes + u64 s_a + u64 s_b   (other devices)
       array  b"A" + len + "<dtype.str> <shape>" + u64 nbytes + xxh3-128 of the raw bytes
 
-(``len`` is a u64-le byte count; strings are UTF-8 with lone surrogates passed through). The raw
-bytes of a tensor are read zero-copy where possible (``harness.tensors.tensor_bytes``; a DTensor
+(``len`` is a u64-le byte count; strings are UTF-8 with lone surrogates passed through). A tensor on
+an accelerator is reduced on its device to two 64-bit word sums (``device_digest.py``: any single
+flipped bit changes them; only 16 bytes are copied to the host). The raw bytes of a CPU tensor are
+read zero-copy where possible (``harness.tensors.tensor_bytes``; a DTensor
 gives its local shard). Two structures have the same digest only if they have the same paths, leaf
 types and values bit for bit: ``{0: x}`` differs from ``{"0": x}``, ``(t,)`` from ``[t]``, ``[t, t]``
 from ``{0: t, 1: t}``, ``{"a/b": x}`` from ``{"a": {"b": x}}``, ``{"a": {}}`` from ``{"a": []}``.
@@ -322,6 +325,14 @@ def _payload(buf) -> bytes:
 def _leaf_record(path: str, leaf) -> bytes:
     if isinstance(leaf, Empty):
         return b"E" + _lp(_utf8(leaf.kind))
+    if is_tensor(leaf) and leaf.device.type not in ("cpu", "meta"):
+        # On an accelerator: reduce on the device and copy 16 bytes, never the tensor (device_digest.py).
+        from harness.probe.device_digest import word_sums
+
+        s_a, s_b = word_sums(leaf)
+        nbytes = leaf.numel() * leaf.element_size()
+        return b"T" + _lp(f"{str(leaf.dtype)[6:]} {tuple(leaf.shape)}".encode()) + b"D" + \
+            struct.pack("<QQQ", nbytes, s_a, s_b)
     if is_tensor(leaf):
         try:
             data = tensor_bytes(leaf)
