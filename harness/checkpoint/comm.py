@@ -33,6 +33,11 @@ class Comm:
     def world_size(self) -> int:
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
+    @property
+    def group(self):
+        """The dedicated gloo group (None with one process); after `setup()`."""
+        return self._group
+
     def setup(self) -> None:
         """Create the gloo group. Collective: call on every rank from the main thread."""
         if self.distributed and self._group is None:

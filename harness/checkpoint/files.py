@@ -76,6 +76,11 @@ def write_json(path: str, obj) -> tuple[int, str]:
     return _write(path, [memoryview(data)], None)
 
 
+def write_bytes(path: str, data: bytes) -> tuple[int, str]:
+    """Write raw bytes (a DeepSpeed `latest` file), fsync, return (size, digest)."""
+    return _write(path, [memoryview(data)], None)
+
+
 def _write(path: str, parts: Iterable, on_chunk: Callable[[], None] | None) -> tuple[int, str]:
     digest = xxhash.xxh3_128()
     size = 0

@@ -35,6 +35,7 @@ from torch.utils.hooks import RemovableHandle
 from harness import probe
 
 from . import files, from_accelerate, layout, storage, tree
+from . import strategy as strategies
 from .comm import Comm
 from .config import ProjectConfiguration
 from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
@@ -43,6 +44,7 @@ from .files import FileRecord
 from .layout import FileJob
 from .manifest import SHARED, rank_dir, read_manifest
 from .state import Registry
+from .strategy import SaveContext, StrategyInfo
 
 
 class CheckpointSkippedWarning(UserWarning):
@@ -70,6 +72,8 @@ class _SaveJob:
     contents: dict
     jobs: list[FileJob] = field(default_factory=list)
     error: str | None = None  # the snapshot failed
+    strategy: StrategyInfo = field(default_factory=lambda: StrategyInfo("replicated", "replicated"))
+    native: tuple[FileRecord, ...] = ()  # files the backend wrote itself (this rank's), already hashed
 
 
 class Checkpointer:
@@ -82,8 +86,11 @@ class Checkpointer:
     """
 
     def __init__(self, project_config: ProjectConfiguration | None = None, *, max_shard_size: int | str = "4GB",
-                 timeout_s: float = 1800.0) -> None:
+                 timeout_s: float = 1800.0, fsdp_state_dict: str = "sharded") -> None:
+        if fsdp_state_dict not in strategies.FSDP_STATE_DICTS:
+            raise ValueError(f"fsdp_state_dict must be one of {strategies.FSDP_STATE_DICTS}, got {fsdp_state_dict!r}")
         self.project_configuration = project_config or ProjectConfiguration()
+        self.fsdp_state_dict = fsdp_state_dict
         self.max_shard_size = parse_size(max_shard_size)
         self.step = 0
         self._registry = Registry()
@@ -95,6 +102,11 @@ class Checkpointer:
         self._buffers: dict[str, torch.Tensor] = {}
 
     # -- registration -----------------------------------------------------------------------------
+
+    @property
+    def strategy(self) -> strategies.Strategy:
+        """How model and optimizer state are saved, detected from the prepared models (`harness.checkpoint.strategy`)."""
+        return strategies.detect(self._registry.models, fsdp_state_dict=self.fsdp_state_dict)
 
     @property
     def project_dir(self):
@@ -219,17 +231,21 @@ class Checkpointer:
     def _snapshot(self, final: str, staging: str, auto_index: int | None, copy: bool) -> _SaveJob:
         comm, reg = self._comm, self._registry
         rank = comm.rank
-        job = _SaveJob(final, staging, self.step, auto_index, reg.counts())
-        weights = reg.model_weights()
+        strategy = self.strategy
+        job = _SaveJob(final, staging, self.step, auto_index, reg.counts(), strategy=strategy.info())
+        weights = strategy.model_weights(reg.models)  # [] when the backend writes the weights itself
         for hook in self._save_hooks.values():
             hook(reg.models, weights, staging)
         tensors: dict = {}
         job.jobs += layout.rank_files(rank, reg.rank_state(self.step, tensors), tensors)
+        optimizers = strategy.optimizer_states(reg.optimizers, reg.models, rank)
         if rank == 0:
             shared_tensors: dict = {}
             shared = reg.shared_state(self.step, auto_index, shared_tensors)
-            optimizers = [o.state_dict() for o in reg.optimizers]
             job.jobs += layout.shared_files(shared, shared_tensors, weights, optimizers, self.max_shard_size)
+        # The backend's own files (DCP shards, DeepSpeed's), written now, on this thread, also when blocking=False.
+        ctx = SaveContext(staging, rank, comm.world_size, self.step, comm.group)
+        job.native = strategy.save_native(ctx, reg.models, reg.optimizers).records
         if copy:
             for fj in job.jobs:
                 if fj.is_tensors:
@@ -253,7 +269,7 @@ class Checkpointer:
         if error is None:
             try:
                 os.makedirs(os.path.join(job.staging, rank_dir(rank)), exist_ok=True)
-                records = layout.write_files(job.staging, job.jobs)
+                records = layout.write_files(job.staging, job.jobs) + list(job.native)
             except Exception as e:
                 error = f"{type(e).__name__}: {e}"
         reports = comm.all_gather_json({"error": error, "files": [r.to_json() for r in records]})
@@ -285,7 +301,8 @@ class Checkpointer:
         probe.point("checkpoint.manifest")
         records = [FileRecord(r["path"], r["size"], r[files.HASH]) for rep in reports for r in rep["files"]]
         layout.write_manifest(job.staging, records, world_size=self._comm.world_size, step=job.step,
-                              iteration=job.iteration, contents=job.contents)
+                              iteration=job.iteration, contents=job.contents, backend=job.strategy.name,
+                              strategy=job.strategy.to_json())
         probe.point("checkpoint.commit")
         storage.commit(job.staging, job.final)
 
@@ -352,10 +369,9 @@ class Checkpointer:
         """Read and verify everything this rank needs from `path`, and validate it against the registry."""
         comm = self._comm
         manifest = read_manifest(path)
-        if manifest.world_size != comm.world_size:
-            raise IncompatibleCheckpointError(
-                f"{path}: saved by {manifest.world_size} rank(s), loading on {comm.world_size}; the replicated "
-                "(DDP) backend cannot reshard per-rank state (RNG, data position): resume with the same world size")
+        saved = StrategyInfo.from_json(manifest.strategy, manifest.backend)
+        strategy = self.strategy
+        strategy.check_compatible(path, saved, manifest.world_size, comm.world_size)
         records = {r.path: r for r in manifest.records_for(comm.rank)}
         root = os.path.realpath(path)
 
@@ -391,18 +407,24 @@ class Checkpointer:
             self._registry.validate(shared, per_rank, tensors, weights, optimizers, rng_state, comm.rank, strict_rng)
             for rel in sorted(records.keys() - read_files):  # what save hooks added: verified for the load hooks
                 files.verify(resolve(rel), records[rel])
+            native = [r for group in (strategies.DCP_DIR, strategies.DEEPSPEED_DIR) for r in manifest.files.get(group, [])]
+            strategy.verify_native(path, native, comm.rank, comm.world_size, saved, self._registry.models)
         except (KeyError, TypeError, ValueError) as e:  # a malformed tree (what tree.decode raises, a missing key)
             raise CorruptCheckpointError(f"{path}: state files are malformed ({type(e).__name__}: {e})") from None
         return {"shared": shared, "per_rank": per_rank, "tensors": tensors, "weights": weights,
-                "optimizers": optimizers, "rng": rng_state, "step": manifest.step}
+                "optimizers": optimizers, "rng": rng_state, "step": manifest.step, "saved": saved,
+                "strategy": strategy}
 
     def _apply(self, path: str, loaded: dict) -> None:
         reg = self._registry
         models = list(reg.models)
         for hook in self._load_hooks.values():
             hook(models, path)
+        index = [i for i, m in enumerate(reg.models) if any(m is x for x in models)]
         try:
-            reg.apply(models, loaded["weights"], loaded["optimizers"], loaded["shared"], loaded["per_rank"],
+            loaded["strategy"].load(path, loaded["saved"], models, index, loaded["weights"], reg.optimizers,
+                                    loaded["optimizers"], self._comm.group)
+            reg.apply(models, [], [], loaded["shared"], loaded["per_rank"],
                       loaded["tensors"], loaded["rng"], self._comm.rank)
         except CheckpointError:
             raise

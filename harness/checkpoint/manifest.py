@@ -5,7 +5,11 @@ library versions and a completion marker. Paths in it are checked before anythin
 relative, normalized, no `..`, no absolute paths, so a crafted manifest cannot read outside the
 checkpoint folder.
 
-Format versions: 2 names tensors injectively (see `tree`) and checksums the manifest itself:
+Format versions: 3 records the strategy that saved the checkpoint: `backend` is its name
+(`replicated`, `fsdp`, `deepspeed`) and `strategy` its details (layout, device mesh, ZeRO stage;
+`harness.checkpoint.strategy.StrategyInfo`), and lists the files a backend wrote itself (`dcp/`,
+`deepspeed/`) like any other. A version-2 reader would ignore `backend` and misread an FSDP or
+DeepSpeed checkpoint, hence the new version; versions 1 and 2 are read as replicated. 2 names tensors injectively (see `tree`) and checksums the manifest itself:
 `manifest_xxh3_128` is the xxh3-128 of the canonical JSON (`canonical_json`) of every other field,
 so an edited `step`, `files`, `contents` or `libraries` is caught on load. Version 1 (no manifest
 checksum, tensor names that could collide) is still read: its trees decode unchanged, but its
@@ -26,7 +30,7 @@ from .errors import CorruptCheckpointError, NotACheckpointError, UnsafeCheckpoin
 from .files import HASH, FileRecord, refuse_pickle
 
 FORMAT = "resume-harness-checkpoint"
-VERSION = 2
+VERSION = 3
 MANIFEST = "manifest.json"
 SHARED = "shared"
 CHECKSUM = f"manifest_{HASH}"  # the manifest's own checksum field (version >= 2)
@@ -45,6 +49,7 @@ class Manifest:
     contents: dict = field(default_factory=dict)
     libraries: dict = field(default_factory=dict)
     backend: str = "replicated"
+    strategy: dict | None = None  # StrategyInfo.to_json() (version >= 3)
     version: int = VERSION
     complete: bool = True
 
@@ -61,6 +66,7 @@ class Manifest:
             "step": self.step,
             "iteration": self.iteration,
             "backend": self.backend,
+            "strategy": self.strategy,
             "contents": self.contents,
             "libraries": self.libraries,
             "files": {k: [r.to_json() for r in v] for k, v in self.files.items()},
@@ -111,6 +117,11 @@ def read_manifest(ckpt_dir: str) -> Manifest:
         if any(os.path.exists(os.path.join(ckpt_dir, f)) for f in ("random_states_0.pkl", "optimizer.bin", "model.safetensors")):
             hint = (" It looks like an HF Accelerate checkpoint: convert it with `harness convert` "
                     "(it contains pickle, so only convert folders you trust).")
+        from .strategy import diagnose_foreign
+
+        foreign = diagnose_foreign(ckpt_dir)
+        if foreign is not None:
+            raise NotACheckpointError(f"{ckpt_dir}: not a resume-harness checkpoint (no {MANIFEST}): {foreign}")
         raise NotACheckpointError(f"{ckpt_dir}: not a checkpoint (no {MANIFEST}; an interrupted save leaves none).{hint}")
     with open(path, "rb") as f:
         raw = f.read()
@@ -158,6 +169,7 @@ def parse_manifest(path: str, doc) -> Manifest:
             iteration=None if doc.get("iteration") is None else int(doc["iteration"]),
             files=files, contents=dict(doc.get("contents") or {}), libraries=dict(doc.get("libraries") or {}),
             backend=str(doc.get("backend", "replicated")), version=version,
+            strategy=_strategy_doc(doc.get("strategy")),
         )
     except UnsafeCheckpointError:
         raise
@@ -166,6 +178,14 @@ def parse_manifest(path: str, doc) -> Manifest:
     if manifest.world_size < 1:
         raise bad(f"world_size {manifest.world_size} is invalid")
     return manifest
+
+
+def _strategy_doc(doc) -> dict | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not isinstance(doc.get("layout"), str):
+        raise TypeError(f"strategy must be an object with a name and a layout, got {doc!r}")
+    return dict(doc)
 
 
 def _safe_path(manifest_path: str, p) -> str:

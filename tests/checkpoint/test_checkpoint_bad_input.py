@@ -259,7 +259,7 @@ def test_untouched_manifest_loads_whatever_its_formatting(saved):
     """The checksum covers the fields, not their layout: re-indented, re-ordered JSON still loads."""
     _, path, state = saved
     doc = _manifest(path)
-    assert doc["version"] == 2 and isinstance(doc["manifest_xxh3_128"], str) and list(doc)[-1] == "complete"
+    assert doc["version"] == 3 and isinstance(doc["manifest_xxh3_128"], str) and list(doc)[-1] == "complete"
     with open(os.path.join(path, "manifest.json"), "w") as f:
         json.dump(dict(reversed(list(doc.items()))), f, indent=2)
     job = make_job(path)
