@@ -133,10 +133,11 @@ def rerun(repro: Repro, *, repro_path: str | None = None, out_dir: str | None = 
     from harness.engine import run
 
     kwargs = repro.run_kwargs()
-    if "strategy" in kwargs and not run_supports("strategy"):
-        raise ReproError(f"{repro_path or 'the repro file'}: field run.strategy: the report ran with strategy "
-                         f"{repro.strategy!r}, but this harness has no strategies; use the resume-harness version "
-                         f"that wrote it (environment.harness = {repro.environment.harness!r})")
+    for name in ("strategy", "auto"):
+        if name in kwargs and not run_supports(name):
+            raise ReproError(f"{repro_path or 'the repro file'}: field run.{name}: the report ran with {name} = "
+                             f"{kwargs[name]!r}, which this harness does not know; use the resume-harness version "
+                             f"that wrote it (environment.harness = {repro.environment.harness!r})")
     here = Environment.current()
     differences = tuple(repro.environment.differences(here))
     own_launcher = launcher is None

@@ -27,6 +27,7 @@ Schema 1 (every field is checked on load; an unknown field is refused, so a typo
     plan = "7"                                  # required: the concrete fault plan (README grammar)
     launcher = "pool"                           # pool | subprocess | torchrun (default pool)
     strategy = "..."                            # optional: only when the run had one
+    auto = true                                 # optional: the run recorded in auto mode (--auto)
     timeout_s = 300.0                           # default 300
     stall_s = 20.0                              # optional
     baseline_runs = 2                           # optional
@@ -45,6 +46,7 @@ Schema 1 (every field is checked on load; an unknown field is refused, so a typo
     outcome = "divergence"                      # an outcome of the README's table
     message = "step 5, rank 0, attempt 1: ..."  # informational
     hint = "..."                                # informational, optional
+    cause = "rng_not_restored"                  # informational, optional: the diagnosis's likely cause
     [expected.first_divergence]                 # absent when the run had none
     step = 5                                    # absent for a final-state divergence
     rank = 0
@@ -161,15 +163,19 @@ class Expected:
     message: str = ""
     hint: str | None = None
     first_divergence: ExpectedDivergence | None = None
+    cause: str | None = None  # the diagnosis's likely cause, where the result had one
 
     @classmethod
     def from_result(cls, result) -> Expected:
+        diagnosis = getattr(result, "diagnosis", None)
         return cls(verdict=result.verdict, outcome=str(result.outcome), message=result.message or "",
                    hint=getattr(result, "hint", None),
-                   first_divergence=ExpectedDivergence.from_divergence(result.first_divergence))
+                   first_divergence=ExpectedDivergence.from_divergence(result.first_divergence),
+                   cause=getattr(diagnosis, "cause", None))
 
     def to_json(self) -> dict:
         return {"verdict": self.verdict, "outcome": self.outcome, "message": self.message, "hint": self.hint,
+                "cause": self.cause,
                 "first_divergence": self.first_divergence.to_json() if self.first_divergence else None}
 
 
@@ -232,6 +238,7 @@ class Repro:
     timeout_s: float = DEFAULT_TIMEOUT_S
     stall_s: float | None = None
     baseline_runs: int | None = None
+    auto: bool = False
     created: str = ""
     replay: str = ""
     schema: int = SCHEMA_VERSION
@@ -264,6 +271,7 @@ class Repro:
             timeout_s = replay.get("timeout_s", DEFAULT_TIMEOUT_S)
         if stall_s is None:
             stall_s = replay.get("stall_s")
+        auto = bool(getattr(result, "auto", False) or replay.get("auto"))
         if launcher not in LAUNCHERS:
             raise ReproError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
         created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -271,7 +279,7 @@ class Repro:
                    seed=result.seed if result.seed is not None else 0, plan=result.plan or "random",
                    environment=Environment.current(), expected=Expected.from_result(result), launcher=launcher,
                    strategy=strategy or None, timeout_s=float(timeout_s), stall_s=stall_s,
-                   baseline_runs=baseline_runs, created=created, replay=result.replay or "")
+                   baseline_runs=baseline_runs, auto=auto, created=created, replay=result.replay or "")
 
     # ------------------------------------------------------------------ TOML
 
@@ -282,12 +290,14 @@ class Repro:
                   "args": list(s.args)}
         run = {"nproc": self.nproc, "backend": self.backend, "seed": self.seed, "plan": self.plan,
                "launcher": self.launcher, "strategy": self.strategy, "timeout_s": float(self.timeout_s),
-               "stall_s": None if self.stall_s is None else float(self.stall_s), "baseline_runs": self.baseline_runs}
+               "stall_s": None if self.stall_s is None else float(self.stall_s), "baseline_runs": self.baseline_runs,
+               "auto": True if self.auto else None}
         env = self.environment
         environment = {"python": env.python, "torch": env.torch, "numpy": env.numpy, "harness": env.harness,
                        "variables": dict(env.variables)}
         e = self.expected
-        expected = {"verdict": e.verdict, "outcome": e.outcome, "message": e.message, "hint": e.hint}
+        expected = {"verdict": e.verdict, "outcome": e.outcome, "message": e.message, "hint": e.hint,
+                    "cause": e.cause}
         if e.first_divergence is not None:
             d = e.first_divergence
             expected["first_divergence"] = {"step": d.step, "rank": d.rank, "attempt": d.attempt,
@@ -358,6 +368,8 @@ class Repro:
                   baseline_runs=self.baseline_runs)
         if self.strategy is not None:
             kw["strategy"] = self.strategy
+        if self.auto:
+            kw["auto"] = True
         return kw
 
 
@@ -380,6 +392,8 @@ def _parse_replay(replay: str) -> dict:
     if "--" in parts:
         i = parts.index("--")
         parts, out["args"] = parts[:i], parts[i + 1:]
+    if "--auto" in parts:
+        out["auto"] = True
     for flag, key, conv in (("--timeout", "timeout_s", float), ("--stall", "stall_s", float),
                             ("--strategy", "strategy", str)):
         for i, p in enumerate(parts[:-1]):
@@ -553,7 +567,8 @@ def _from_doc(doc: dict, source: str) -> Repro:
         raise s.error("name", "is only for an inline script (with text)")
 
     r = top.table("run")
-    r.only("nproc", "backend", "seed", "plan", "launcher", "strategy", "timeout_s", "stall_s", "baseline_runs")
+    r.only("nproc", "backend", "seed", "plan", "launcher", "strategy", "timeout_s", "stall_s", "baseline_runs",
+           "auto")
     positive = lambda v: None if v > 0 else f"must be > 0, got {v}"  # noqa: E731
     run = dict(
         nproc=r.get("nproc", int, check=lambda v: None if v >= 1 else f"must be >= 1, got {v}"),
@@ -568,6 +583,7 @@ def _from_doc(doc: dict, source: str) -> Repro:
         stall_s=r.get("stall_s", (int, float), required=False, check=positive),
         baseline_runs=r.get("baseline_runs", int, required=False,
                             check=lambda v: None if v >= 1 else f"must be >= 1, got {v}"),
+        auto=r.get("auto", bool, required=False, default=False),
     )
 
     e = top.table("environment")
@@ -576,7 +592,7 @@ def _from_doc(doc: dict, source: str) -> Repro:
                               harness=e.get("harness", str), variables=e.str_dict("variables"))
 
     x = top.table("expected")
-    x.only("verdict", "outcome", "message", "hint", "first_divergence")
+    x.only("verdict", "outcome", "message", "hint", "cause", "first_divergence")
     from harness.oracle import OUTCOMES
 
     verdict = x.get("verdict", str, check=lambda v: None if v in VERDICTS else
@@ -595,7 +611,8 @@ def _from_doc(doc: dict, source: str) -> Repro:
             step=d.get("step", int, required=where == "trace"),
             attempt=d.get("attempt", int, required=False))
     expected = Expected(verdict=verdict, outcome=outcome, message=x.get("message", str, required=False, default=""),
-                        hint=x.get("hint", str, required=False), first_divergence=div)
+                        hint=x.get("hint", str, required=False), first_divergence=div,
+                        cause=x.get("cause", str, required=False))
 
     return Repro(script=script, environment=environment, expected=expected,
                  created=top.get("created", str, required=False, default=""),
