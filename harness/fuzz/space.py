@@ -1,0 +1,217 @@
+"""The search space of a fuzz campaign, derived from the baseline's trace, and the classes of a fault.
+
+``FaultSpace.from_trace(trace, nproc=..., max_faults=...)`` reads what the uninterrupted run did:
+
+- its steps (1..last), the points it reached (``probe.point`` names, with the most occurrences one
+  rank reached in the run: ``Trace.event_names()``);
+- the committed checkpoints (``checkpoint.committed`` events): the steps just before, at and just
+  after each one are boundaries;
+- epoch ends, from a step extra named ``epoch`` (the steps where it changes);
+- accumulation boundaries: the steps whose accumulation window is not the usual one, from a step
+  extra named ``window``/``accum``/``micro`` (the built-in scenarios record ``window``), else from the
+  number of ``microbatch``-like point events between two steps;
+- the first and the last step;
+- for each point, its boundary occurrences: the first and last occurrence between two steps (the
+  first and last file of a save, the first and last micro-batch of a window).
+
+``space.strategy()`` is ``harness.strategies.fault_plans`` over that space, boundaries favoured.
+``space.classes(fault)`` names what a fault exercises, for the campaign's coverage.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from harness.faults import SIGNALS, Fault
+
+#: Points inside a save of the reference checkpointer: a fault there is a mid-save kill.
+SAVE_POINTS = ("checkpoint.begin", "checkpoint.write", "checkpoint.chunk", "checkpoint.fsync",
+               "checkpoint.manifest", "checkpoint.commit", "checkpoint.rotate")
+#: Step extras whose change marks an epoch boundary.
+EPOCH_KEYS = ("epoch",)
+#: Step extras holding the size of the step's accumulation window.
+WINDOW_KEYS = ("window", "accum", "accumulation", "micro", "microbatches")
+#: Substrings of point names called once per micro-batch.
+MICRO_POINT_HINTS = ("micro", "accum")
+
+# Coverage classes (``FaultSpace.classes``).
+FIRST_STEP, LAST_STEP, INTERIOR_STEP = "first step", "last step", "interior step"
+BEFORE_CHECKPOINT, AFTER_CHECKPOINT = "just before a checkpoint", "just after a checkpoint"
+EPOCH_END, ACCUM_BOUNDARY = "epoch end", "accumulation boundary"
+MID_SAVE, AFTER_COMMIT, AFTER_LOAD = "mid-save", "after commit", "after load"
+MID_ACCUM, USER_POINT, BOUNDARY_OCCURRENCE = "mid-accumulation", "user point", "boundary occurrence"
+
+
+def _is_micro(name: str) -> bool:
+    return any(h in name.lower() for h in MICRO_POINT_HINTS)
+
+
+def _leaf_int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class FaultSpace:
+    """Where faults can go in one job (steps, points, ranks, signals) and which values are boundaries."""
+
+    nproc: int
+    last_step: int
+    points: tuple[tuple[str, int], ...] = ()  # (name, most occurrences on one rank), in order of first use
+    committed: tuple[int, ...] = ()
+    epoch_ends: tuple[int, ...] = ()
+    accum_boundaries: tuple[int, ...] = ()
+    boundary_occurrences: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    max_faults: int = 3
+    signals: tuple[str, ...] = SIGNALS
+    boundary_weight: int = 2
+    _boundary_steps: tuple[int, ...] = field(default=(), repr=False)
+
+    def __post_init__(self):
+        if self.last_step < 1:
+            raise ValueError(f"the baseline recorded no step (last step {self.last_step}): nothing to fuzz")
+        steps = {1, self.last_step} | set(self.epoch_ends) | set(self.accum_boundaries)
+        for c in self.committed:
+            steps |= {c - 1, c, c + 1}
+        object.__setattr__(self, "_boundary_steps",
+                           tuple(sorted(s for s in steps if 1 <= s <= self.last_step)))
+
+    @property
+    def boundary_steps(self) -> tuple[int, ...]:
+        return self._boundary_steps
+
+    @property
+    def ranks(self) -> list:
+        """Every rank, then ``all`` (simplest first)."""
+        return [*range(self.nproc), "all"]
+
+    @classmethod
+    def from_trace(cls, trace, *, nproc: int, max_faults: int = 3, signals=SIGNALS,
+                   boundary_weight: int = 2) -> "FaultSpace":
+        """The space of a baseline ``harness.oracle.Trace`` (attempt 0 of an uninterrupted run)."""
+        counts = trace.event_names()
+        order: dict[str, int] = {}
+        for row in trace.events():
+            order.setdefault(row.name, len(order))
+        # checkpoint.loaded only happens after a resume: it is not a point the first fault can use.
+        names = sorted((n for n in counts if n != "checkpoint.loaded"), key=lambda n: order[n])
+        committed = sorted({e.event_step for e in trace.events("checkpoint.committed")
+                            if isinstance(e.event_step, int)})
+        rank = min(trace.ranks) if trace.ranks else 0
+        rows = sorted(trace.steps(rank), key=lambda r: r.step)
+        epoch_ends, windows = [], {}
+        prev_epoch = None
+        for row in rows:
+            extra = row.extra or {}
+            epoch = next((_leaf_int(extra.get(k)) for k in EPOCH_KEYS if _leaf_int(extra.get(k)) is not None), None)
+            if epoch is not None:
+                if prev_epoch is not None and epoch != prev_epoch:
+                    epoch_ends.append(row.step - 1)
+                prev_epoch = epoch
+            window = next((_leaf_int(extra.get(k)) for k in WINDOW_KEYS if _leaf_int(extra.get(k)) is not None), None)
+            if window is not None:
+                windows[row.step] = window
+        if not windows:  # count micro-batch points between steps: the window of step s+1 follows step s
+            per_gap = Counter(e.step for e in trace.events() if e.rank == rank and _is_micro(e.name))
+            windows = {s + 1: n for s, n in per_gap.items() if 1 <= s + 1 <= trace.last_step()}
+        accum = []
+        if len(set(windows.values())) > 1:
+            usual = Counter(windows.values()).most_common(1)[0][0]
+            accum = sorted(s for s, w in windows.items() if w != usual)
+        return cls(nproc=nproc, last_step=trace.last_step(), points=tuple((n, counts[n]) for n in names),
+                   committed=tuple(committed), epoch_ends=tuple(epoch_ends), accum_boundaries=tuple(accum),
+                   boundary_occurrences=tuple((n, _boundary_occurrences(trace, n)) for n in names),
+                   max_faults=max_faults, signals=tuple(signals), boundary_weight=boundary_weight)
+
+    def strategy(self):
+        """``harness.strategies.fault_plans`` over this space, with the boundaries favoured."""
+        from harness.strategies import fault_plans
+
+        return fault_plans(max_step=self.last_step, points=dict(self.points), max_faults=self.max_faults,
+                           ranks=self.ranks, signals=self.signals, boundary_steps=self.boundary_steps,
+                           boundary_occurrences=dict(self.boundary_occurrences),
+                           boundary_weight=self.boundary_weight)
+
+    def classes(self, fault: Fault) -> tuple[str, ...]:
+        """The boundary classes a fault exercises (for coverage)."""
+        out = []
+        if fault.step is not None:
+            s = fault.step
+            if s == 1:
+                out.append(FIRST_STEP)
+            if s == self.last_step:
+                out.append(LAST_STEP)
+            if any(s in (c - 1, c) for c in self.committed):
+                out.append(BEFORE_CHECKPOINT)
+            if any(s == c + 1 for c in self.committed):
+                out.append(AFTER_CHECKPOINT)
+            if s in self.epoch_ends:
+                out.append(EPOCH_END)
+            if s in self.accum_boundaries:
+                out.append(ACCUM_BOUNDARY)
+            if not out:
+                out.append(INTERIOR_STEP)
+        elif fault.point is not None:
+            name = fault.point
+            if name in SAVE_POINTS:
+                out.append(MID_SAVE)
+            elif name == "checkpoint.committed":
+                out.append(AFTER_COMMIT)
+            elif name == "checkpoint.loaded":
+                out.append(AFTER_LOAD)
+            elif _is_micro(name):
+                out.append(MID_ACCUM)
+            else:
+                out.append(USER_POINT)
+            if fault.occurrence in dict(self.boundary_occurrences).get(name, ()):
+                out.append(BOUNDARY_OCCURRENCE)
+        return tuple(out)
+
+    def expected_classes(self) -> tuple[str, ...]:
+        """The classes this space can produce: a campaign that never tried one of them warns."""
+        names = [n for n, _ in self.points]
+        out = [FIRST_STEP, LAST_STEP, INTERIOR_STEP]
+        if self.committed:
+            out += [BEFORE_CHECKPOINT, AFTER_CHECKPOINT]
+        if self.epoch_ends:
+            out.append(EPOCH_END)
+        if self.accum_boundaries:
+            out.append(ACCUM_BOUNDARY)
+        if any(n in SAVE_POINTS for n in names):
+            out.append(MID_SAVE)
+        if "checkpoint.committed" in names:
+            out.append(AFTER_COMMIT)
+        if any(_is_micro(n) for n in names):
+            out.append(MID_ACCUM)
+        if any(n not in SAVE_POINTS and not n.startswith("checkpoint.") and not _is_micro(n) for n in names):
+            out.append(USER_POINT)
+        return tuple(out)
+
+    def to_json(self) -> dict:
+        return {"nproc": self.nproc, "last_step": self.last_step, "points": dict(self.points),
+                "committed": list(self.committed), "epoch_ends": list(self.epoch_ends),
+                "accum_boundaries": list(self.accum_boundaries), "boundary_steps": list(self.boundary_steps),
+                "max_faults": self.max_faults, "signals": list(self.signals)}
+
+
+def _boundary_occurrences(trace, name: str) -> tuple[int, ...]:
+    """Occurrences (1-based, counted per rank and attempt) that are first or last between two steps."""
+    best: list = []
+    for r in trace.ranks:
+        by_attempt: dict[int, list] = {}
+        for row in trace.rows(r):
+            if getattr(row, "kind", None) == "event" and row.name == name:
+                by_attempt.setdefault(row.attempt, []).append(row)
+        for rows in by_attempt.values():
+            if len(rows) > len(best):
+                best = rows
+    out = set()
+    for i, row in enumerate(best):
+        if i == 0 or best[i - 1].step != row.step:
+            out.add(i + 1)
+        if i == len(best) - 1 or best[i + 1].step != row.step:
+            out.add(i + 1)
+    return tuple(sorted(out))
+
+
+__all__ = ["FaultSpace", "SAVE_POINTS"]
