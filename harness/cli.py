@@ -1,9 +1,10 @@
-"""Command line: ``harness run``, ``harness repro``, ``harness scenarios``, ``harness convert``, ``harness --version``.
+"""Command line: ``harness run``, ``harness fuzz``, ``harness repro``, ``harness scenarios``, ``harness convert``, ``harness --version``.
 
     harness run [TARGET] [--nproc N] [--kill PLAN]... [--seed S] [--backend auto|gloo|nccl] [--out DIR]
                 [--json] [--no-cache] [--baseline-runs N] [--timeout S] [--stall S] [--launcher pool|subprocess|torchrun]
                 [--launch-prefix "srun ..."] [--nnodes N] [--rdzv-endpoint HOST:PORT]
                 [--save-repro FILE [--inline]] [-- SCRIPT_ARGS...]
+    harness fuzz [TARGET] [--trials N | --time 5m] [--seed S] [--max-faults K] [--nproc N] [--db DIR] [--json] ...
     harness repro FILE [--json] [--out DIR] [--ignore-hash] [--no-cache]
 
 TARGET is a built-in scenario name or a path to a script (default: the ``default`` scenario); without
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("script_args", nargs="*", metavar="-- SCRIPT_ARGS", help="arguments for the script, after --")
 
     sub.add_parser("scenarios", help="list the built-in scenarios")
+    _add_fuzz_parser(sub, BACKENDS)
 
     repro = sub.add_parser(
         "repro", help="rerun a bug report (harness run --save-repro) and say whether it reproduces",
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return _convert(args)
     if args.command == "repro":
         return _repro(args, script_args)
+    if args.command == "fuzz":
+        return _fuzz(args, script_args)
     if args.script_args:
         print(f"harness: error: unexpected argument(s) {' '.join(args.script_args)}; "
               "put script arguments after --", file=sys.stderr)
@@ -307,6 +311,113 @@ def _usage_error(message: str, as_json: bool) -> int:
     else:
         print(f"harness: error: {message}", file=sys.stderr)
     return EXIT_ERROR
+
+
+# -- harness fuzz ------------------------------------------------------------------------------------
+
+_DURATION_RE = r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?"
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '5m', '1.5h', '1h30m', '2m30s' -> seconds (> 0); ValueError otherwise."""
+    import re
+
+    m = re.fullmatch(_DURATION_RE, text.strip().lower())
+    if not text.strip() or m is None or not any(m.groups()):
+        raise ValueError(f"--time {text!r}: expected a duration such as 90, 90s, 5m, 1h30m")
+    h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+    seconds = 3600 * h + 60 * mi + se
+    if seconds <= 0:
+        raise ValueError(f"--time {text!r}: must be more than 0 seconds")
+    return seconds
+
+
+def _add_fuzz_parser(sub, backends) -> None:
+    fuzz = sub.add_parser(
+        "fuzz", help="search fault plans with Hypothesis; shrink a failing one to a minimal plan",
+        description="Search fault plans (1..K faults over the baseline's steps and points, one rank or all, SIGKILL, "
+                    "SIGTERM or an exception) with Hypothesis, favouring the steps around checkpoints, epoch ends "
+                    "and accumulation boundaries. A failing plan is shrunk to a minimal one, with its replay "
+                    "command and a bug report. Exit codes: 0 every trial passed; 1 a failing plan; 2 a harness "
+                    "or usage error (or no trial exercised a resume); 130 interrupted.")
+    fuzz.add_argument("target", nargs="?", default=None,
+                      help="built-in scenario name or path to a script (default: the 'default' scenario)")
+    budget = fuzz.add_mutually_exclusive_group()
+    budget.add_argument("--trials", type=int, default=None, metavar="N",
+                        help="trials of the search (default 100; shrinking a failure adds some)")
+    budget.add_argument("--time", default=None, metavar="DURATION", help="search for this long, e.g. 90s, 5m, 1h")
+    fuzz.add_argument("--seed", type=int, default=0, help="seeds Hypothesis's search (default 0)")
+    fuzz.add_argument("--max-faults", type=int, default=3, metavar="K", help="faults per plan, at most (default 3)")
+    fuzz.add_argument("--nproc", type=int, default=2, help="number of ranks (default 2)")
+    fuzz.add_argument("--db", default=".hypothesis/harness-fuzz", metavar="DIR",
+                      help="Hypothesis example database: failing plans are replayed first next time "
+                           "(default .hypothesis/harness-fuzz; 'none' for no database)")
+    fuzz.add_argument("--backend", choices=backends, default="auto",
+                      help="process group backend: auto = nccl with CUDA, else gloo")
+    fuzz.add_argument("--out", default=None, metavar="DIR",
+                      help="output folder: fuzz.json, the minimal failure's trial and its bug report "
+                           "(default harness-out/fuzz-<target>-<time>-<id>)")
+    fuzz.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    fuzz.add_argument("--timeout", type=float, default=300.0, metavar="S", help="timeout of each launch in seconds (default 300)")
+    fuzz.add_argument("--stall", type=float, default=None, metavar="S",
+                      help="stop an attempt when no rank records anything for S seconds (default: from the baseline)")
+    fuzz.add_argument("script_args", nargs="*", metavar="-- SCRIPT_ARGS", help="arguments for the script, after --")
+
+
+def _fuzz(args, script_args: list[str]) -> int:
+    import os
+
+    from rich.text import Text
+
+    from harness.engine import UsageError, resolve_target
+    from harness.engine.trial import default_out_dir
+    from harness.report import make_console
+
+    try:
+        from harness.fuzz import Campaign, CampaignConfig
+        from harness.fuzz.render import ProgressBar, render_json, render_text
+    except ImportError as e:  # hypothesis is not installed
+        return _usage_error(f"harness fuzz needs hypothesis ({e}); pip install hypothesis", args.json)
+    if args.trials is not None and args.trials < 1:
+        return _usage_error(f"--trials must be >= 1, got {args.trials}", args.json)
+    try:
+        time_s = parse_duration(args.time) if args.time is not None else None
+    except ValueError as e:
+        return _usage_error(str(e), args.json)
+    target = args.target or "default"
+    try:
+        tgt = resolve_target(target)
+    except UsageError as e:
+        return _usage_error(str(e), args.json)
+    out = args.out or os.path.join(os.path.dirname(default_out_dir(tgt)), "fuzz-" + os.path.basename(default_out_dir(tgt)))
+    config = CampaignConfig(target=target, nproc=args.nproc, seed=args.seed, trials=args.trials, time_s=time_s,
+                            max_faults=args.max_faults, backend=args.backend, timeout_s=args.timeout,
+                            stall_s=args.stall, script_args=tuple(script_args), out_dir=out,
+                            db=None if args.db.lower() == "none" else args.db)
+    err = make_console(stderr=True)
+    say = None if args.json else (
+        lambda line: err.print(Text.assemble(("harness: ", "dim"), line), highlight=False, soft_wrap=True))
+    try:
+        if args.json:
+            result = Campaign(config).run()
+        else:
+            with ProgressBar(err) as bar:
+                result = Campaign(config, on_trial=bar, say=say).run()
+    except UsageError as e:
+        return _usage_error(str(e), args.json)
+    except KeyboardInterrupt:  # before the campaign started its trials (it handles Ctrl-C from there on)
+        print("harness: interrupted; all processes were stopped", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in the harness: never exit 1 (that means "a failing plan")
+        import traceback
+
+        traceback.print_exc()
+        return _usage_error(f"internal error: {type(e).__name__}: {e}", args.json)
+    if args.json:
+        sys.stdout.write(render_json(result) + "\n")
+    else:
+        render_text(result, make_console())
+    return result.exit_code
 
 
 if __name__ == "__main__":
