@@ -255,3 +255,24 @@ def test_two_marked_tests_under_xdist_get_their_own_run_dirs(pytester):
     runs = [json.loads(ln.split("RUN ", 1)[1]) for ln in res.stdout.lines if ln.startswith("RUN ")]
     assert len(runs) == 2 and runs[0][1] != runs[1][1]
     assert {w for w, _ in runs} <= {"gw0", "gw1"}
+
+
+def test_the_readme_documents_every_attribute_of_the_result_the_marker_and_the_options():
+    import dataclasses
+    import inspect
+
+    from harness.oracle import RunResult
+    from harness.pytest_plugin import result_class
+    from support import REPO
+
+    readme = open(os.path.join(REPO, "README.md")).read()
+    section = readme[readme.index("## In pytest\n"):readme.index("## Bug reports\n")]
+    cls = result_class()
+    names = {f.name for f in dataclasses.fields(RunResult)}
+    names |= {n for n, v in inspect.getmembers(cls) if not n.startswith("_") and n != "of"
+              and (isinstance(inspect.getattr_static(cls, n), property) or callable(v))}
+    missing = sorted(n for n in names if f"| `{n}` |" not in section and f"| `{n}(" not in section)
+    assert not missing, f"README.md, section 'In pytest', does not document: {missing}"
+    for thing in ("--harness-nproc", "--harness-backend", "--harness-seed", "--harness-trials",
+                  "@pytest.mark.resume(target", "resume_result", "resume_results", "expect="):
+        assert thing in section, thing

@@ -280,3 +280,16 @@ def test_cli_usage_errors(capsys, tmp_path):
     assert main(["run", "buggy/rng_from_rank0", "--save-repro", str(tmp_path / "x.toml"), "--inline"]) == 2
     assert "built-in scenario" in capsys.readouterr().err
     assert not (tmp_path / "x.toml").exists()
+
+
+def test_the_readme_gives_every_status_with_its_exit_code_and_the_schema():
+    from harness.repro import STATUSES
+    from support import REPO
+
+    readme = open(os.path.join(REPO, "README.md")).read()
+    section = readme[readme.index("## Bug reports\n"):]
+    for status in STATUSES:
+        assert f"| `{status}` | {EXIT_CODES[status]} |" in section, status
+    for field in ("schema = 1", "[script]", "sha256", "[run]", "[environment]", "[environment.variables]",
+                  "[expected]", "[expected.first_divergence]", "--ignore-hash", "--save-repro", "--inline"):
+        assert field in section, field
