@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("script_args", nargs="*", metavar="-- SCRIPT_ARGS", help="arguments for the script, after --")
 
     sub.add_parser("scenarios", help="list the built-in scenarios")
+    sub.add_parser("certify", add_help=False, help="certify resume determinism over a matrix of scenarios x faults x "
+                                                   "world sizes (harness certify --help)")
     _add_fuzz_parser(sub, BACKENDS)
 
     repro = sub.add_parser(
@@ -114,6 +116,10 @@ def _split_script_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["certify"]:  # its own parser: harness certify [...] and harness certify merge ...
+        from harness.certify.cli import main as certify_main
+
+        return certify_main(argv[1:])
     own_args, script_args = _split_script_args(argv)
     parser = build_parser()
     try:

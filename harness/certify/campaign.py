@@ -1,0 +1,254 @@
+"""Running a campaign: every selected cell's trials, through one warm launcher and the baseline cache.
+
+For each (scenario, world size) the baseline is computed once (or read from the cache that
+``harness run`` shares) and profiled (``harness.certify.schedule.Profile``); each cell's plans are
+drawn from that profile, and each trial is ``harness.engine.run`` with the same warm
+``ForkServerLauncher``, so its baseline comes from the cache and its ranks fork in milliseconds.
+Trial folders: ``OUT/trials/<cell>/<k>/`` (a passing trial's checkpoints are deleted, its trace and
+result.json kept). Progress goes to stderr (rich).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+
+from harness.certify import report_json
+from harness.certify.curves import baseline_curve, trial_curves
+from harness.certify.errors import CertifyError
+from harness.certify.matrix import CampaignSpec, Cell
+from harness.certify.schedule import NotApplicable, Profile, plans_for
+from harness.certify.shard import select
+
+#: Files a certificate folder holds (an older certificate is never overwritten without --force).
+REPORT_FILES = (report_json.FILE, "certificate.md", "certificate.html")
+TRIAL_TIMEOUT_S = 180.0
+
+
+def cell_slug(cell: Cell) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", cell.id.replace("|", "__"))
+
+
+def prepare_out(out_dir: str, *, force: bool) -> str:
+    """The output folder, refusing one that holds a certificate unless ``force`` (which then removes it)."""
+    out = os.path.abspath(out_dir)
+    old = [f for f in REPORT_FILES if os.path.exists(os.path.join(out, f))]
+    if old and not force:
+        raise CertifyError(f"{out_dir} already holds a certificate ({', '.join(old)}); choose another --out, "
+                           "or pass --force to replace it")
+    if old:
+        for f in REPORT_FILES:
+            if os.path.exists(os.path.join(out, f)):
+                os.remove(os.path.join(out, f))
+        shutil.rmtree(os.path.join(out, "trials"), ignore_errors=True)
+    elif os.path.isdir(os.path.join(out, "trials")) and os.listdir(os.path.join(out, "trials")):
+        if not force:
+            raise CertifyError(f"{out_dir} holds the trials of an unfinished campaign (trials/); choose another --out, "
+                               "or pass --force to replace them")
+        shutil.rmtree(os.path.join(out, "trials"), ignore_errors=True)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+@contextmanager
+def _strategy_env(strategy: str, passes_strategy: bool):
+    """Without ``run(strategy=...)``, the built-in scenarios read ``$HARNESS_STRATEGY``: set it for the campaign."""
+    if passes_strategy or strategy == "ddp":
+        yield
+        return
+    old = os.environ.get("HARNESS_STRATEGY")
+    os.environ["HARNESS_STRATEGY"] = strategy
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HARNESS_STRATEGY", None)
+        else:
+            os.environ["HARNESS_STRATEGY"] = old
+
+
+class _Progress:
+    """A rich progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.enabled, self.total, self.done = enabled, total, 0
+        self.counts = {"pass": 0, "fail": 0, "error": 0}
+        self._bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            console = Console(stderr=True)
+            self._bar = Progress(TextColumn("certify"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.description}"), console=console, transient=False)
+            self._task = self._bar.add_task("", total=total)
+            self._bar.start()
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(f"harness certify: {text}", markup=False, highlight=False)
+
+    def trial(self, cell: Cell, verdict: str) -> None:
+        self.done += 1
+        self.counts[verdict] += 1
+        if self._bar is not None:
+            c = self.counts
+            self._bar.update(self._task, advance=1,
+                             description=f"{cell.id}  pass {c['pass']} fail {c['fail']} error {c['error']}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _baseline(spec: CampaignSpec, scenario, ws: int, launcher, scratch: str):
+    from harness.engine.baseline import get_baseline
+    from harness.engine.target import resolve_target
+    from harness.oracle import load_trace
+
+    tgt = resolve_target(scenario.target)
+    # the same cache key as harness.engine.run's own lookup, so every trial finds this baseline
+    extra = {"strategy": spec.strategy} if "strategy" in inspect.signature(get_baseline).parameters else {}
+    b = get_baseline(tgt, nproc=ws, backend=spec.backend, script_args=tuple(scenario.args),
+                     runs=1 if tgt.builtin else 2, launcher=launcher, timeout_s=TRIAL_TIMEOUT_S, use_cache=True,
+                     scratch=scratch, progress=lambda line: None, **extra)
+    if b.error is not None:
+        return None, None, f"the baseline failed: {b.error}"
+    trace = load_trace(b.trace_dir)
+    return Profile.from_trace(trace, ws), trace, None
+
+
+def _trial_record(cell: Cell, k: int, result, *, wall_s: float, curves) -> dict:
+    j = result.to_json()
+    return {"cell": cell.id, "index": k, "plan": result.plan, "verdict": result.verdict, "outcome": str(result.outcome),
+            "message": result.message, "hint": result.hint, "diagnosis": j.get("diagnosis"),
+            "first_divergence": j.get("first_divergence"), "replay": result.replay, "wall_s": round(wall_s, 3),
+            "out_dir": result.out_dir, "curves": curves}
+
+
+def _error_record(cell: Cell, k: int, plan: str, message: str, outcome: str = "error") -> dict:
+    return {"cell": cell.id, "index": k, "plan": plan, "verdict": "error", "outcome": outcome, "message": message,
+            "hint": None, "diagnosis": None, "first_divergence": None, "replay": None, "wall_s": 0.0, "out_dir": None,
+            "curves": None}
+
+
+def run_campaign(spec: CampaignSpec, out_dir: str, *, shard: tuple[int, int] | None = None, force: bool = False,
+                 progress: bool = True, command: str | None = None, launcher=None) -> dict:
+    """Run the cells of ``spec`` (those of ``shard``), write the reports under ``out_dir``; return the certificate."""
+    from harness.engine import run
+    from harness.engine.target import UsageError
+    from harness.oracle import load_trace
+
+    t0 = time.monotonic()
+    out = prepare_out(out_dir, force=force)
+    cells = select(spec.cells(), shard)
+    passes_strategy = "strategy" in inspect.signature(run).parameters
+    run_kw = {"strategy": spec.strategy} if passes_strategy else {}
+    own = launcher is None
+    bar = _Progress(len(cells) * spec.trials, progress)
+    cell_recs, trials, baselines = [], [], {}
+    with _strategy_env(spec.strategy, passes_strategy):
+        if own:
+            from harness.launch.forkserver import ForkServerLauncher
+
+            launcher = ForkServerLauncher()
+        try:
+            groups: dict = {}
+            for cell in cells:
+                groups.setdefault((cell.scenario, cell.world_size), []).append(cell)
+            for (label, ws), group in groups.items():
+                scenario = spec.scenario(label)
+                bar.note(f"baseline of {label} at world size {ws}")
+                profile, base_trace, error = _baseline(spec, scenario, ws, launcher,
+                                                       os.path.join(out, "baselines", f"{label}-{ws}"))
+                if profile is not None:
+                    baselines[f"{label}|{ws}"] = {"last_step": profile.last_step, "committed": list(profile.committed),
+                                                  "curve": baseline_curve(base_trace)}
+                example_kept = False
+                for cell in group:
+                    if error is not None:
+                        cell_recs.append(report_json.cell_record(cell, status="error", reason=error))
+                        trials.append(_error_record(cell, 1, "", error, outcome="baseline_failed"))
+                        for _ in range(spec.trials):
+                            bar.trial(cell, "error")
+                        continue
+                    try:
+                        plans = plans_for(cell, profile, seed=spec.seed, trials=spec.trials)
+                    except NotApplicable as e:
+                        cell_recs.append(report_json.cell_record(cell, status="n/a", reason=str(e)))
+                        for _ in range(spec.trials):
+                            bar.done += 1
+                        continue
+                    cell_recs.append(report_json.cell_record(cell))
+                    for k, plan in enumerate(plans, 1):
+                        tdir = os.path.join(out, "trials", cell_slug(cell), str(k))
+                        t1 = time.monotonic()
+                        try:
+                            result = run(scenario.target, nproc=ws, plan=plan, seed=spec.seed, backend=spec.backend,
+                                         out_dir=tdir, script_args=scenario.args, launcher=launcher,
+                                         timeout_s=TRIAL_TIMEOUT_S, **run_kw)
+                        except UsageError as e:
+                            trials.append(_error_record(cell, k, plan.format(), f"the plan was refused: {e}"))
+                            bar.trial(cell, "error")
+                            continue
+                        curves = None
+                        if result.verdict != "pass" or not example_kept:
+                            try:
+                                d = result.first_divergence
+                                curves = trial_curves(base_trace, load_trace(os.path.join(tdir, "trace")),
+                                                      rank=d.rank if d is not None else 0,
+                                                      divergence_step=d.step if d is not None else None)
+                            except Exception:  # noqa: BLE001 - a trial without a readable trace has no plot
+                                curves = None
+                            example_kept = example_kept or (result.verdict == "pass" and curves is not None)
+                        trials.append(_trial_record(cell, k, result, wall_s=time.monotonic() - t1, curves=curves))
+                        if result.verdict == "pass":
+                            shutil.rmtree(os.path.join(tdir, "run"), ignore_errors=True)
+                        bar.trial(cell, result.verdict)
+        finally:
+            bar.close()
+            if own:
+                launcher.close()
+
+    from harness.certify.env import fingerprint
+
+    cert = {
+        "schema": report_json.SCHEMA, "version": report_json.VERSION,
+        "campaign": {"id": spec.campaign_id, "spec": spec.to_json(),
+                     "shard": {"index": shard[0], "count": shard[1]} if shard else None,
+                     "shards": [{"index": shard[0] if shard else 1, "count": shard[1] if shard else 1,
+                                 "cells": len(cells)}],
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "command": command or "harness certify",
+                     "strategy_passed_as": "run(strategy=...)" if passes_strategy else "$HARNESS_STRATEGY"},
+        "environment": fingerprint(), "summary": {"wall_s": round(time.monotonic() - t0, 3)},
+        "cells": cell_recs, "trials": trials, "baselines": baselines,
+    }
+    return report_json.finish_certificate(cert, spec.to_json())
+
+
+def write_reports(cert: dict, out_dir: str) -> dict[str, str]:
+    """certificate.json, certificate.md and certificate.html under ``out_dir``."""
+    from harness.certify import report_html, report_md
+
+    paths = {"json": report_json.write(cert, out_dir)}
+    paths["md"] = os.path.join(out_dir, "certificate.md")
+    with open(paths["md"], "w") as f:
+        f.write(report_md.render(cert))
+    paths["html"] = os.path.join(out_dir, "certificate.html")
+    with open(paths["html"], "w") as f:
+        f.write(report_html.render(cert))
+    return paths
+
+
+def command_line(argv) -> str:
+    return shlex.join(["harness", "certify", *argv]) if argv is not None else shlex.join(["harness", *sys.argv[1:]])
+
+
+__all__ = ["run_campaign", "write_reports", "prepare_out", "cell_slug", "REPORT_FILES", "TRIAL_TIMEOUT_S"]

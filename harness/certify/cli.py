@@ -1,0 +1,140 @@
+"""``harness certify`` and ``harness certify merge`` (harness/cli.py hands its arguments here).
+
+    harness certify [--sut NAME] [--strategy S] [--backend B] [--world-sizes 1,2,3] [--trials N] [--seed S]
+                    [--scenarios A,B] [--classes C,D] [--out DIR] [--force] [--shard i/N] [--junit FILE] [--no-progress]
+    harness certify merge OUT1 OUT2 ... --out DIR [--force] [--junit FILE]
+
+Exit codes: 0 every trial bit-exact; 1 a trial failed; 2 a trial errored, a cell was not run
+(merge of an incomplete set of shards), or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.certify.errors import CertifyError
+from harness.certify.matrix import (DEFAULT_SEED, DEFAULT_TRIALS, DEFAULT_WORLD_SIZES, FAULT_CLASSES, STRATEGIES,
+                                    SUTS)
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"harness certify: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="harness certify", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Certify resume determinism: run a matrix of scenarios x fault classes x world sizes "
+                            "(kill/resume trials, each compared bit for bit with the uninterrupted run) and write "
+                            "certificate.json, certificate.md and certificate.html. `harness certify merge OUT1 "
+                            "OUT2 ... --out DIR` joins the certificates of --shard slices.",
+                epilog="fault classes: " + ", ".join(FAULT_CLASSES))
+    p.add_argument("--sut", default="reference", metavar="NAME",
+                   help=f"system under test: {', '.join(SUTS)} (default reference: the reference checkpointer)")
+    p.add_argument("--strategy", default="ddp", metavar="S", help=f"{', '.join(STRATEGIES)} (default ddp)")
+    p.add_argument("--backend", default="auto", choices=("auto", "gloo", "nccl"),
+                   help="process group backend (default auto: nccl with CUDA, else gloo)")
+    p.add_argument("--world-sizes", default=",".join(map(str, DEFAULT_WORLD_SIZES)), metavar="LIST",
+                   help="comma-separated world sizes (default 1,2,3: at 2 ranks float addition is commutative and "
+                        "reduction-order bugs hide)")
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, metavar="N",
+                   help=f"trials per cell (default {DEFAULT_TRIALS})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the fault schedule (default 0)")
+    p.add_argument("--scenarios", default=None, metavar="LIST",
+                   help="built-in scenarios to certify with --sut reference (default: default)")
+    p.add_argument("--classes", default=None, metavar="LIST", help="only these fault classes (default: all)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default harness-out/certify-<sut>-<strategy>)")
+    p.add_argument("--force", action="store_true", help="replace a certificate already in --out")
+    p.add_argument("--shard", default=None, metavar="i/N", help="run only slice i of N (1-based) of the matrix")
+    p.add_argument("--junit", default=None, metavar="FILE", help="also write a JUnit XML (one testcase per cell)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return p
+
+
+def build_merge_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="harness certify merge", description="Join the certificates of the shards of one campaign.")
+    p.add_argument("folders", nargs="+", metavar="OUT", help="--out folders of harness certify --shard i/N")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of the merged certificate")
+    p.add_argument("--force", action="store_true", help="replace a certificate already in --out")
+    p.add_argument("--junit", default=None, metavar="FILE", help="also write a JUnit XML")
+    return p
+
+
+def _say(cert: dict, paths: dict, junit: str | None) -> None:
+    s = cert["summary"]
+    line = (f"{s['verdict'].upper()}: {s['passed']}/{s['trials']} trials bit-exact, {s['failed']} failed, "
+            f"{s['errors']} errors; cells {s['cells_passed']} pass, {s['cells_failed']} fail, {s['cells_error']} error, "
+            f"{s['cells_na']} n/a" + (f", {s['cells_not_run']} not run" if s["cells_not_run"] else "")
+            + f"; {s['wall_s']:.1f} s" + (f" ({s['trials_per_min']} trials/min)" if s["trials_per_min"] else ""))
+    print(line)
+    for kind in ("html", "md", "json"):
+        print(f"  {kind:5} {paths[kind]}")
+    if junit:
+        print(f"  junit {junit}")
+
+
+def main(argv: list[str]) -> int:
+    argv = list(argv)
+    try:
+        if argv and argv[0] == "merge":
+            return _merge(argv[1:])
+        return _certify(argv)
+    except CertifyError as e:
+        print(f"harness certify: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except SystemExit as e:
+        return int(e.code or 0) if isinstance(e.code, int) else EXIT_ERROR
+
+
+def _certify(argv: list[str]) -> int:
+    from harness.certify.campaign import command_line, prepare_out, run_campaign, write_reports
+    from harness.certify.matrix import CampaignSpec
+    from harness.certify.shard import parse_shard
+    from harness.engine import resolve_backend
+    from harness.engine.target import UsageError
+
+    args = build_parser().parse_args(argv)
+    try:
+        backend = resolve_backend(args.backend)
+    except UsageError as e:
+        raise CertifyError(str(e)) from None
+    spec = CampaignSpec.make(
+        sut=args.sut, strategy=args.strategy, backend=backend, world_sizes=args.world_sizes, trials=args.trials,
+        seed=args.seed, scenarios=args.scenarios.split(",") if args.scenarios else None,
+        classes=args.classes.split(",") if args.classes else None)
+    shard = parse_shard(args.shard)
+    out = args.out or f"harness-out/certify-{spec.sut}-{spec.strategy}"
+    if shard:
+        out = args.out or f"{out}-shard{shard[0]}of{shard[1]}"
+    prepare_out(out, force=args.force)  # refuse an older certificate before anything runs
+    cert = run_campaign(spec, out, shard=shard, force=args.force, progress=not args.no_progress,
+                        command=command_line(argv))
+    paths = write_reports(cert, out)
+    if args.junit:
+        from harness.certify import junit
+
+        junit.write(cert, args.junit)
+    _say(cert, paths, args.junit)
+    return cert["summary"]["exit_code"]
+
+
+def _merge(argv: list[str]) -> int:
+    from harness.certify import junit, report_json
+    from harness.certify.campaign import prepare_out, write_reports
+    from harness.certify.shard import merge
+
+    args = build_merge_parser().parse_args(argv)
+    certs = [report_json.read(f) for f in args.folders]
+    cert = merge(certs)
+    out = prepare_out(args.out, force=args.force)
+    paths = write_reports(cert, out)
+    if args.junit:
+        junit.write(cert, args.junit)
+    _say(cert, paths, args.junit)
+    return cert["summary"]["exit_code"]
+
+
+__all__ = ["main", "build_parser", "build_merge_parser"]

@@ -1,0 +1,218 @@
+"""The certification matrix: systems under test, scenarios, fault classes, world sizes, and its cells.
+
+A campaign (``CampaignSpec``, frozen) is everything that defines a certificate: SUT, strategy, backend,
+world sizes, scenarios, fault classes, trials per cell and seed. Its ``campaign_id`` is a hash of
+exactly that (and the harness version), so shards of one campaign recognise each other and shards of
+another are refused by ``merge``. A ``Cell`` is one (scenario, fault class, world size); its id is a
+stable string (``default|save:checkpoint.write|3``), and the cells are listed in one fixed order,
+which sharding slices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from harness.certify.errors import CertifyError
+
+#: Strategies of the reference checkpointer's scenarios (``$HARNESS_STRATEGY``; scenarios/_common.py).
+STRATEGIES = ("ddp", "fsdp", "deepspeed-zero0", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3")
+
+#: The checkpoint fault points where a mid-save kill lands (docs/design.md section 4), in save order.
+#: ``checkpoint.chunk`` is reached only inside files above 16 MiB: its cells are n/a for small models.
+CHECKPOINT_POINTS = ("checkpoint.begin", "checkpoint.write", "checkpoint.chunk", "checkpoint.fsync",
+                     "checkpoint.manifest", "checkpoint.commit", "checkpoint.committed", "checkpoint.rotate")
+
+#: Fault class -> what its trials do (harness.certify.schedule draws their plans).
+FAULT_CLASSES: dict[str, str] = {
+    "step_kill": "SIGKILL rank 0 at a step",
+    "one_rank": "SIGKILL one rank other than 0 at a step (n/a at world size 1)",
+    "all_ranks": "SIGKILL every rank at a step",
+    "sigterm": "SIGTERM at a step, on rank 0, another rank, or all",
+    "exception": "an injected exception at a step, or inside a save",
+    **{f"save:{p}": f"SIGKILL at the n-th {p} of a save after the first committed checkpoint"
+       for p in CHECKPOINT_POINTS},
+    "multi_fault": "2-3 faults in one trial: restarts in a row, a kill right after a checkpoint was loaded",
+}
+
+#: SUT -> its scenarios: (label, built-in scenario or adapter script under scenarios/sut/, script args).
+SUT_SCENARIOS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    "reference": (("default", "default", ()),),
+    "accelerate": (("accelerate", "_accelerate.py", ()),),
+    "deepspeed": (("deepspeed", "_deepspeed.py", ()),),
+    "torchdata": (("torchdata", "_torchdata.py", ()), ("torchdata_workers", "_torchdata.py", ("--num-workers", "2"))),
+}
+SUTS = tuple(SUT_SCENARIOS)
+#: SUT -> (import name, the pip extra that installs it)
+SUT_LIBRARIES = {"accelerate": ("accelerate", "accelerate"), "deepspeed": ("deepspeed", "deepspeed"),
+                 "torchdata": ("torchdata", "torchdata")}
+
+DEFAULT_WORLD_SIZES = (1, 2, 3)
+DEFAULT_TRIALS = 6
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """A scenario of the matrix: its label, the ``harness run`` target, the script's arguments."""
+
+    label: str
+    target: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cell:
+    scenario: str
+    fault_class: str
+    world_size: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.scenario}|{self.fault_class}|{self.world_size}"
+
+    @classmethod
+    def from_id(cls, text: str) -> "Cell":
+        scenario, fault_class, ws = text.split("|")
+        return cls(scenario, fault_class, int(ws))
+
+
+def _sut_dir() -> str:
+    spec = importlib.util.find_spec("harness.scenarios.sut")
+    if spec is None or not spec.submodule_search_locations:
+        raise CertifyError("the SUT adapters (harness.scenarios.sut) are not installed")
+    return list(spec.submodule_search_locations)[0]
+
+
+def _display_path(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def sut_scenarios(sut: str) -> tuple[ScenarioSpec, ...]:
+    check_sut(sut)
+    out = []
+    for label, target, args in SUT_SCENARIOS[sut]:
+        if target.endswith(".py"):
+            target = _display_path(os.path.join(_sut_dir(), target))
+        out.append(ScenarioSpec(label, target, tuple(args)))
+    return tuple(out)
+
+
+def check_sut(sut: str, *, installed: bool = False) -> None:
+    if sut not in SUT_SCENARIOS:
+        raise CertifyError(f"unknown SUT {sut!r}; choose one of {', '.join(SUTS)}")
+    if installed and sut in SUT_LIBRARIES:
+        module, extra = SUT_LIBRARIES[sut]
+        if importlib.util.find_spec(module) is None:
+            raise CertifyError(f"--sut {sut} needs the {module!r} library, which is not installed: "
+                               f"pip install 'resume-harness[{extra}]' (or pip install -c ci/constraints.txt {module})")
+
+
+def check_strategy(strategy: str, sut: str) -> None:
+    if strategy not in STRATEGIES:
+        raise CertifyError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if sut in ("accelerate", "torchdata") and strategy != "ddp":
+        raise CertifyError(f"--sut {sut} trains with DDP only; --strategy {strategy} applies to --sut reference "
+                           "(and deepspeed-zero0..3 to --sut deepspeed)")
+    if sut == "deepspeed" and not (strategy == "ddp" or strategy.startswith("deepspeed-")):
+        raise CertifyError(f"--sut deepspeed takes --strategy deepspeed-zero0..3, not {strategy}")
+    if strategy.startswith("deepspeed-") and importlib.util.find_spec("deepspeed") is None:
+        raise CertifyError(f"--strategy {strategy} needs the 'deepspeed' library, which is not installed: "
+                           "pip install 'resume-harness[deepspeed]' (DS_BUILD_OPS=0)")
+
+
+def parse_world_sizes(text) -> tuple[int, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        sizes = tuple(int(str(x).strip()) for x in items if str(x).strip())
+    except ValueError:
+        raise CertifyError(f"--world-sizes takes integers >= 1 separated by commas, e.g. 1,2,3; got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise CertifyError(f"--world-sizes takes integers >= 1 separated by commas, e.g. 1,2,3; got {text!r}")
+    return tuple(sorted(set(sizes)))
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """Everything that defines a certificate (and nothing about where or how fast it ran)."""
+
+    sut: str = "reference"
+    strategy: str = "ddp"
+    backend: str = "gloo"
+    world_sizes: tuple[int, ...] = DEFAULT_WORLD_SIZES
+    trials: int = DEFAULT_TRIALS
+    seed: int = DEFAULT_SEED
+    scenarios: tuple[ScenarioSpec, ...] = field(default=())
+    classes: tuple[str, ...] = tuple(FAULT_CLASSES)
+
+    @classmethod
+    def make(cls, *, sut="reference", strategy="ddp", backend="gloo", world_sizes=DEFAULT_WORLD_SIZES,
+             trials=DEFAULT_TRIALS, seed=DEFAULT_SEED, scenarios=None, classes=None,
+             check_installed: bool = True) -> "CampaignSpec":
+        """Check every argument (CertifyError names the bad one) and build the spec."""
+        check_sut(sut, installed=check_installed)
+        check_strategy(strategy, sut)
+        ws = parse_world_sizes(world_sizes)
+        if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+            raise CertifyError(f"--trials must be an integer >= 1, got {trials!r}")
+        if scenarios:
+            specs = []
+            for s in scenarios:
+                if isinstance(s, ScenarioSpec):
+                    specs.append(s)
+                    continue
+                if sut != "reference":
+                    raise CertifyError("--scenarios applies to --sut reference; a third-party SUT runs its adapter")
+                from harness.engine.target import UsageError, resolve_target
+
+                try:
+                    resolve_target(s)
+                except UsageError as e:
+                    raise CertifyError(str(e)) from None
+                specs.append(ScenarioSpec(s.replace("/", "."), s, ()))
+            scen = tuple(specs)
+        else:
+            scen = sut_scenarios(sut)
+        cls_list = tuple(classes) if classes else tuple(FAULT_CLASSES)
+        unknown = [c for c in cls_list if c not in FAULT_CLASSES]
+        if unknown:
+            raise CertifyError(f"unknown fault class(es) {', '.join(unknown)}; choose from {', '.join(FAULT_CLASSES)}")
+        return cls(sut, strategy, backend, ws, trials, seed, scen, cls_list)
+
+    def cells(self) -> list[Cell]:
+        """Every cell, in the campaign's fixed order: scenario, then world size, then fault class."""
+        return [Cell(s.label, c, ws) for s in self.scenarios for ws in self.world_sizes for c in self.classes]
+
+    def scenario(self, label: str) -> ScenarioSpec:
+        return next(s for s in self.scenarios if s.label == label)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["world_sizes"] = list(self.world_sizes)
+        d["classes"] = list(self.classes)
+        d["scenarios"] = [{"label": s.label, "target": s.target, "args": list(s.args)} for s in self.scenarios]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CampaignSpec":
+        return cls(d["sut"], d["strategy"], d["backend"], tuple(d["world_sizes"]), d["trials"], d["seed"],
+                   tuple(ScenarioSpec(s["label"], s["target"], tuple(s["args"])) for s in d["scenarios"]),
+                   tuple(d["classes"]))
+
+    @property
+    def campaign_id(self) -> str:
+        from harness import __version__
+
+        d = self.to_json()
+        d["scenarios"] = [{**s, "target": os.path.basename(s["target"])} for s in d["scenarios"]]
+        blob = json.dumps({"spec": d, "harness": __version__}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+__all__ = ["STRATEGIES", "CHECKPOINT_POINTS", "FAULT_CLASSES", "SUTS", "SUT_SCENARIOS", "SUT_LIBRARIES",
+           "DEFAULT_WORLD_SIZES", "DEFAULT_TRIALS", "DEFAULT_SEED", "Cell", "ScenarioSpec", "CampaignSpec",
+           "check_sut", "check_strategy", "parse_world_sizes", "sut_scenarios"]
