@@ -29,6 +29,15 @@ the last batch of an epoch (Accelerate's `sync_with_dataloader`). So with 10 bat
 accum 4 the windows are 4,4,2 | 2,4,4 | 4,4,2 | ... and the accumulation phase after an odd-epoch
 end is not zero: the micro-batch counter is real training state and is checkpointed.
 
+Strategy: ``$HARNESS_STRATEGY`` (``harness run --strategy S``) picks how the model is wrapped:
+``ddp`` (default: DistributedDataParallel), ``fsdp`` (FSDP2 ``fully_shard`` on a device mesh of all
+ranks: a CPU mesh under gloo, also on a GPU host, pytorch#132471), or ``deepspeed-zero0`` ..
+``deepspeed-zero3`` (``deepspeed.initialize`` with a torch AdamW and a config dict for the stage;
+the engine steps the optimizer, ``$DS_ACCELERATOR`` defaults to ``cpu`` on CPU). Gradient
+accumulation keeps Accelerate's windows under each: DDP ``no_sync``, FSDP2
+``set_requires_gradient_sync``, DeepSpeed ``set_gradient_accumulation_boundary``. The checkpointer
+detects the strategy from the prepared model (``harness.checkpoint.strategy``).
+
 Environment: run by torchrun (``torchrun --nproc-per-node 2 -m harness.scenarios.default``) or by the
 harness (runpy, same env). Backend: ``$HARNESS_BACKEND``, else nccl with CUDA, else gloo. On CUDA
 each rank uses ``cuda:$LOCAL_RANK``. All randomness is seeded; deterministic algorithms are on.
@@ -57,6 +66,67 @@ from harness.checkpoint import Checkpointer, ProjectConfiguration
 
 # CUDA determinism needs this before cuBLAS initializes; harmless on CPU.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+STRATEGIES = ("ddp", "fsdp", "deepspeed-zero0", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3")
+
+
+def strategy_name() -> str:
+    """``$HARNESS_STRATEGY``, default ddp; an unknown name is refused."""
+    name = os.environ.get("HARNESS_STRATEGY") or "ddp"
+    if name not in STRATEGIES:
+        raise SystemExit(f"HARNESS_STRATEGY={name!r} is not one of {', '.join(STRATEGIES)}")
+    return name
+
+
+def deepspeed_config(args, stage: int) -> dict:
+    """The DeepSpeed config of the built-in scenarios: fp32, one ZeRO stage, a torch optimizer passed in."""
+    return {
+        "train_micro_batch_size_per_gpu": args.batch_size,
+        "gradient_accumulation_steps": args.accum,
+        # Buckets sized for these small models: DeepSpeed allocates them with torch.empty, which
+        # deterministic mode fills (the 5e8-element default took seconds per micro-batch on CPU).
+        "zero_optimization": {"stage": stage, "reduce_bucket_size": 2**20, "allgather_bucket_size": 2**20,
+                              **({"stage3_prefetch_bucket_size": 2**20, "stage3_max_live_parameters": 2**22,
+                                  "stage3_max_reuse_distance": 2**22} if stage == 3 else {})},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+class _DeepSpeedWeights(nn.Module):
+    """What the probe hashes under DeepSpeed: the module's parameters (complete under ZeRO 0-2) and the
+    fp32 master partitions the (base) optimizer updates (ZeRO 1-3). Views, no copies."""
+
+    def __init__(self, engine, optimizer, stage: int) -> None:
+        super().__init__()
+        if stage < 3:
+            for i, (_, p) in enumerate(engine.module.named_parameters()):
+                self.register_buffer(f"param_{i}", p.detach(), persistent=True)
+        if stage == 3:  # the base optimizer's groups hold one sub-group at a time: take ZeRO-3's own list
+            for i, p in enumerate(engine.optimizer.fp32_partitioned_groups_flat):
+                self.register_buffer(f"master_{i}", p.detach(), persistent=True)
+        elif stage > 0:
+            for g, group in enumerate(optimizer.param_groups):
+                for i, p in enumerate(group["params"]):
+                    self.register_buffer(f"master_{g}_{i}", p.detach(), persistent=True)
+
+
+class _ZeRO3OptimizerView:
+    """What the probe hashes of a ZeRO-3 optimizer: the base optimizer's state of each fp32 partition and
+    its hyperparameters (ZeRO-3 swaps sub-groups in and out of the base optimizer's param groups, so the
+    base optimizer's own state_dict() cannot name its state)."""
+
+    def __init__(self, engine, optimizer) -> None:
+        self._flats = engine.optimizer.fp32_partitioned_groups_flat
+        self._base = optimizer
+        self.param_groups = [{"params": []} for _ in optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        state = {i: dict(self._base.state[f]) for i, f in enumerate(self._flats) if f in self._base.state}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(range(len(self._flats)))
+                   if j == 0 else []} for j, g in enumerate(self._base.param_groups)]
+        return {"state": state, "param_groups": groups}
 
 
 
@@ -157,6 +227,7 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     resumed_from: str | None = None
     extras: dict = field(default_factory=dict)  # scenario-specific objects (e.g. "ema")
+    strategy: str = "ddp"  # $HARNESS_STRATEGY
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,11 +332,12 @@ class Scenario:
 
     def setup(self, args) -> Run:
         backend = os.environ.get("HARNESS_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+        strategy = strategy_name()
         if not dist.is_initialized():
             dist.init_process_group(backend)
         rank, world = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not (strategy != "ddp" and backend == "gloo"):  # gloo FSDP/DeepSpeed: CPU
             torch.cuda.set_device(local_rank)
             device = torch.device("cuda", local_rank)
         else:
@@ -273,7 +345,7 @@ class Scenario:
         torch.use_deterministic_algorithms(True)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = False
-        return Run(args, rank, world, local_rank, device, rank_seed=args.seed * 1009 + 1 + rank)
+        return Run(args, rank, world, local_rank, device, rank_seed=args.seed * 1009 + 1 + rank, strategy=strategy)
 
     @staticmethod
     def seed_rank(run: Run) -> None:
@@ -308,9 +380,7 @@ class Scenario:
         dataset = self.build_dataset(args)
         model = self.build_model(args).to(run.device)
         self.seed_rank(run)
-        kw = dict(device_ids=[run.device.index]) if run.device.type == "cuda" else {}
-        run.model = DDP(model, **kw)
-        run.optimizer = self.build_optimizer(args, run.model)
+        self.wrap(run, model)
         run.scheduler = self.build_scheduler(args, run.optimizer)
         run.loader = self.build_loader(run, dataset)
         run.ckpt = Checkpointer(ProjectConfiguration(probe.run_dir(), automatic_checkpoint_naming=True,
@@ -330,21 +400,24 @@ class Scenario:
                 batch = to_device(batch, run.device)
                 run.state.micro += 1
                 sync = run.state.micro % accum == 0 or run.loader.position == len(run.loader)
-                with contextlib.nullcontext() if sync else run.model.no_sync():
+                with self._sync_context(run, sync):
                     loss = self.forward_loss(run, batch) / accum
-                    loss.backward()
+                    self._backward(run, loss)
                 window.append(batch)
                 window_loss = loss.detach() if window_loss is None else window_loss + loss.detach()
                 probe.point("microbatch")
                 if not sync:
                     continue
-                run.optimizer.step()
+                if not run.strategy.startswith("deepspeed"):  # the engine stepped at the boundary
+                    run.optimizer.step()
                 run.scheduler.step()
-                run.optimizer.zero_grad(set_to_none=True)
+                if not run.strategy.startswith("deepspeed"):
+                    run.optimizer.zero_grad(set_to_none=True)
                 step += 1
                 run.ckpt.step = step
                 self.after_step(run)  # HOOK: after_step
-                probe.step(step, loss=window_loss, batch=window, model=run.model, optimizer=run.optimizer,
+                probe.step(step, loss=window_loss, batch=window, model=self._probe_model(run),
+                           optimizer=self._probe_optimizer(run),
                            lr=run.scheduler.get_last_lr()[0], window=len(window), **self.step_extra(run))
                 window, window_loss = [], None
                 if step % args.ckpt_every == 0:
@@ -353,8 +426,68 @@ class Scenario:
                     break
             else:
                 epoch += 1
-        probe.finish(model=run.model, optimizer=run.optimizer, scheduler=run.scheduler.state_dict(),
+        probe.finish(model=self._probe_model(run), optimizer=self._probe_optimizer(run), scheduler=run.scheduler.state_dict(),
                      data=run.loader.state_dict(), counters=run.state.state_dict(), **self.final_extra(run))
+
+
+    # -- strategies ---------------------------------------------------------------------------------
+
+    def wrap(self, run: Run, model: nn.Module) -> None:
+        """Wrap `model` for ``run.strategy`` and build the optimizer: sets run.model and run.optimizer."""
+        args = run.args
+        if run.strategy == "ddp":
+            kw = dict(device_ids=[run.device.index]) if run.device.type == "cuda" else {}
+            run.model = DDP(model, **kw)
+            run.optimizer = self.build_optimizer(args, run.model)
+        elif run.strategy == "fsdp":
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(run.device.type, (run.world_size,))
+            run.model = fully_shard(model, mesh=mesh)
+            run.optimizer = self.build_optimizer(args, run.model)
+        else:
+            if run.device.type == "cpu":
+                os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            import deepspeed
+
+            stage = int(run.strategy[-1])
+            optimizer = self.build_optimizer(args, model)
+            engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, dist_init_required=False,
+                                                   config=deepspeed_config(args, stage))
+            run.model, run.optimizer = engine, optimizer  # the base optimizer: its param groups are the engine's
+            run.extras["zero_stage"] = stage
+
+    @staticmethod
+    def _sync_context(run: Run, sync: bool):
+        """Accumulate locally (no gradient reduction) unless `sync`."""
+        if run.strategy == "ddp":
+            return contextlib.nullcontext() if sync else run.model.no_sync()
+        if run.strategy == "fsdp":
+            run.model.set_requires_gradient_sync(sync)
+        else:
+            run.model.set_gradient_accumulation_boundary(sync)
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def _backward(run: Run, loss: torch.Tensor) -> None:
+        if run.strategy.startswith("deepspeed"):
+            run.model.backward(loss, scale_wrt_gas=False)  # the loop already divides by accum
+            run.model.step()  # steps the optimizer (and zeroes gradients) only at a boundary
+        else:
+            loss.backward()
+
+    @staticmethod
+    def _probe_model(run: Run):
+        if run.strategy.startswith("deepspeed"):
+            return _DeepSpeedWeights(run.model, run.optimizer, run.extras["zero_stage"])
+        return run.model
+
+    @staticmethod
+    def _probe_optimizer(run: Run):
+        if run.strategy == "deepspeed-zero3":
+            return _ZeRO3OptimizerView(run.model, run.optimizer)
+        return run.optimizer
 
 
 def epoch_table(batches_per_epoch: int, accum: int, steps: int) -> list[tuple[int, int, int]]:
