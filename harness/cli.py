@@ -1,7 +1,7 @@
 """Command line: ``harness run``, ``harness fuzz``, ``harness repro``, ``harness scenarios``, ``harness convert``, ``harness --version``.
 
     harness run [TARGET] [--nproc N] [--kill PLAN]... [--seed S] [--backend auto|gloo|nccl] [--out DIR]
-                [--json] [--no-cache] [--baseline-runs N] [--timeout S] [--stall S] [--launcher pool|subprocess|torchrun]
+                [--json] [--no-cache] [--auto] [--baseline-runs N] [--timeout S] [--stall S] [--launcher pool|subprocess|torchrun]
                 [--launch-prefix "srun ..."] [--nnodes N] [--rdzv-endpoint HOST:PORT]
                 [--save-repro FILE [--inline]] [-- SCRIPT_ARGS...]
     harness fuzz [TARGET] [--trials N | --time 5m] [--seed S] [--max-faults K] [--nproc N] [--db DIR] [--json] ...
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, metavar="DIR", help="output folder (default harness-out/<target>-<time>-<id>)")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     run.add_argument("--no-cache", action="store_true", help="run the baseline again instead of using the cache")
+    run.add_argument("--auto", action="store_true",
+                     help="record with auto mode (torch hooks, no probe calls needed); the default for a script "
+                          "that records nothing through harness.probe")
     run.add_argument("--baseline-runs", type=int, default=None, metavar="N",
                      help="uninterrupted runs compared to check reproducibility (default 2 for scripts, 1 for scenarios)")
     run.add_argument("--timeout", type=float, default=300.0, metavar="S", help="timeout of each launch in seconds (default 300)")
@@ -210,7 +213,7 @@ def _run(args, script_args: list[str]) -> int:
         result = run(target, nproc=args.nproc, plan=kill, seed=args.seed, backend=args.backend,
                      out_dir=args.out, script_args=script_args, baseline_runs=args.baseline_runs,
                      use_cache=not args.no_cache, launcher=launcher, timeout_s=args.timeout, stall_s=args.stall,
-                     progress=progress)
+                     progress=progress, auto=True if args.auto else None)
     except UsageError as e:
         return _usage_error(str(e), args.json)
     except KeyboardInterrupt:

@@ -66,7 +66,7 @@ def _harness_sources() -> list[tuple[str, str]]:
     return files
 
 
-def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: int) -> dict:
+def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: int, auto: bool = False) -> dict:
     """Everything the cache key covers, as a JSON object (stored in meta.json for inspection)."""
     import harness
 
@@ -78,6 +78,7 @@ def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: i
         "nproc": nproc,
         "backend": backend,
         "runs": runs,
+        "auto": bool(auto),
         "env": {k: env.get(k) for k in KEY_ENV}
                | {k: v for k, v in sorted(os.environ.items())
                   if k.startswith("HARNESS_") and k not in NOT_KEY_ENV and not k.endswith(("_DIR", "_PATH"))},
@@ -86,9 +87,10 @@ def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: i
     }
 
 
-def baseline_key(target: Target, *, nproc: int, backend: str, script_args, runs: int) -> str:
+def baseline_key(target: Target, *, nproc: int, backend: str, script_args, runs: int, auto: bool = False) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps(key_inputs(target, nproc=nproc, backend=backend, script_args=script_args, runs=runs),
+    h.update(json.dumps(key_inputs(target, nproc=nproc, backend=backend, script_args=script_args, runs=runs,
+                                   auto=auto),
                         sort_keys=True).encode())
     for group, files in (("target", target.source_files()), ("harness", _harness_sources())):
         for name, path in files:
@@ -109,6 +111,7 @@ class Baseline:
     error: str | None = None  # why the baseline failed
     log_tail: str | None = None
     repro: object = None  # Comparison of run 0 vs run 1, when two runs were made
+    no_probe: bool = False  # the script recorded no step and no finish through harness.probe: use auto mode
 
     @property
     def trace_dir(self) -> str:
@@ -144,7 +147,7 @@ def _load(root: str) -> Baseline | None:
 
 
 def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, script_args, runs: int,
-                   launcher: Launcher, timeout_s: float, progress) -> Baseline:
+                   launcher: Launcher, timeout_s: float, progress, auto: bool = False) -> Baseline:
     """Run the uninterrupted baseline ``runs`` times under ``root`` and check they agree."""
     from harness.oracle import compare_runs, load_trace
 
@@ -157,14 +160,24 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
         monitor = AttemptMonitor(folder.trace_dir, nproc, 0, stall_s=timeout_s,
                                  say=lambda line, i=i: progress(f"baseline run {i + 1}/{runs}: {line}"))
         spec = attempt_spec(target, folder, nproc=nproc, backend=backend, script_args=script_args,
-                            role="baseline", attempt=0, fault=None, timeout_s=timeout_s, watch=monitor.watch)
+                            role="baseline", attempt=0, fault=None, timeout_s=timeout_s, watch=monitor.watch,
+                            auto=auto)
         result = launcher.launch(spec)
         shutil.rmtree(folder.run_dir, ignore_errors=True)  # its checkpoints are not needed
         why = failure_message(result, timeout_s)
         trace = load_trace(folder.trace_dir)
+        auto_errors = [e.info.get("message") for e in trace.events("auto.error") if isinstance(e.info, dict)]
+        no_steps = not any(trace.steps(r) or trace.finished(r) for r in trace.ranks)
+        if auto_errors:
+            why = f"auto mode: {auto_errors[0]}"
+        elif why is None and auto and no_steps:
+            why = ("auto mode saw no training step: the script never called step() on a torch.optim.Optimizer "
+                   "(auto mode counts steps with torch's optimizer step hooks); call harness.probe.step yourself")
+        elif why is None and no_steps:
+            baseline.no_probe = True  # the caller may retry in auto mode
         if why is None:
             missing = [r for r in range(nproc) if not trace.finished(r)]
-            if not trace.ranks:
+            if no_steps:
                 why = ("recorded no trace: does the script call harness.probe (probe.step after each optimizer "
                        "step, probe.finish at the end)?")
             elif missing:
@@ -187,17 +200,21 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
 
 
 def get_baseline(target: Target, *, nproc: int, backend: str, script_args, runs: int, launcher: Launcher,
-                 timeout_s: float, use_cache: bool, scratch: str, progress) -> Baseline:
+                 timeout_s: float, use_cache: bool, scratch: str, progress, auto: bool = False) -> Baseline:
     """The cached baseline, or a new one (cached when it succeeded and ``use_cache``).
 
-    Without the cache the baselines are run under ``scratch``.
+    Without the cache the baselines are run under ``scratch``. auto: record in auto mode (part of the
+    key). A script that records nothing through the probe gets ``no_probe`` (remembered in the cache
+    as ``<key>.noprobe``, so the next run goes to auto mode at once).
     """
-    kwargs = dict(nproc=nproc, backend=backend, script_args=script_args, runs=runs)
+    kwargs = dict(nproc=nproc, backend=backend, script_args=script_args, runs=runs, auto=auto)
     if not use_cache:
         return _run_baselines(scratch, target, launcher=launcher, timeout_s=timeout_s, progress=progress, **kwargs)
     key = baseline_key(target, **kwargs)
     root = cache_root()
     final = os.path.join(root, key)
+    if not kwargs.get("auto") and os.path.exists(final + ".noprobe"):  # known: it calls no probe
+        return Baseline(root=final, cached=True, no_probe=True, error="recorded no trace through harness.probe")
     cached = _load(final)
     if cached is not None:
         return cached
@@ -209,8 +226,11 @@ def get_baseline(target: Target, *, nproc: int, backend: str, script_args, runs:
             _unlink(lock)
             return cached
         try:
-            return _build(final, key, target, scratch=scratch, launcher=launcher, timeout_s=timeout_s,
-                          progress=progress, kwargs=kwargs)
+            built = _build(final, key, target, scratch=scratch, launcher=launcher, timeout_s=timeout_s,
+                           progress=progress, kwargs=kwargs)
+            if built.no_probe:
+                open(final + ".noprobe", "w").close()
+            return built
         finally:
             # The entry exists (or failed and was moved to scratch): the lock has done its job. A process
             # still waiting on the unlinked file finds the entry when it gets the lock.

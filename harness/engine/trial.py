@@ -15,13 +15,14 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shlex
 import sys
 import time
 import uuid
 
 from harness.engine.baseline import Baseline, get_baseline
-from harness.engine.jobs import RunFolder, attempt_spec, exits_summary, failure_message
+from harness.engine.jobs import RunFolder, attempt_spec, auto_not_recorded, exits_summary, failure_message, write_auto_index
 from harness.engine.monitor import AttemptMonitor, stall_limit
 from harness.engine.target import Target, UsageError, resolve_target
 from harness.faults import FaultPlan
@@ -55,9 +56,11 @@ def resolve_backend(backend: str) -> str:
 
 
 def replay_command(target: Target, *, nproc: int, backend: str, seed: int, plan: FaultPlan, script_args=(),
-                   timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None) -> str:
+                   timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None, auto: bool = False) -> str:
     """The ``harness run`` command line that repeats this trial with its concrete fault plan."""
     parts = ["harness", "run", target.name, "--nproc", str(nproc), "--backend", backend, "--seed", str(seed)]
+    if auto:
+        parts.append("--auto")
     for fault in plan:
         parts += ["--kill", fault.format()]
     if timeout_s != DEFAULT_TIMEOUT_S:
@@ -67,6 +70,22 @@ def replay_command(target: Target, *, nproc: int, backend: str, seed: int, plan:
     if script_args:
         parts += ["--", *script_args]
     return shlex.join(parts)
+
+
+_PROBE_IMPORT = re.compile(r"^\s*(from\s+harness(\.\w+)*\s+import\s[^\n]*\bprobe\b|import\s+harness\.probe"
+                           r"|from\s+harness\.probe\s+import|from\s+harness\.checkpoint)", re.M)
+
+
+def imports_probe(target: Target) -> bool:
+    """Whether a target may record through harness.probe: a built-in scenario, or a script that imports the
+    probe or the reference checkpointer. Any other script goes to auto mode without a first plain run."""
+    if target.builtin:
+        return True
+    try:
+        with open(target.script, encoding="utf-8", errors="replace") as f:
+            return bool(_PROBE_IMPORT.search(f.read()))
+    except OSError:
+        return True
 
 
 def default_out_dir(target: Target) -> str:
@@ -124,7 +143,7 @@ def check_plan_against_baseline(plan: FaultPlan, last_step: int, points: dict[st
 def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backend: str = "auto",
         out_dir: str | None = None, script_args=(), baseline_runs: int | None = None, use_cache: bool = True,
         launcher: Launcher | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None,
-        progress=None):
+        progress=None, auto: bool | None = None):
     """Run one trial of ``target`` under ``plan`` and judge it against the baseline.
 
     target: a built-in scenario name or a path to a script. plan: a FaultPlan, a short string
@@ -134,7 +153,9 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
     one (e.g. a ForkServerLauncher shared by many trials); by default a ForkServerLauncher is made and
     closed. timeout_s: the limit of each launch. stall_s: stop an attempt when no rank records anything
     for this long (default: derived from the baseline's step times, see harness.engine.monitor).
-    progress: a callable taking one line of status.
+    progress: a callable taking one line of status. auto: record with auto mode (harness.probe.auto), for a
+    script that never calls the probe; None (default): auto mode when the baseline records no step and no
+    finish through the probe; False: never.
 
     Raises UsageError for bad arguments, found before anything runs where possible; everything that
     happens once processes run is reported in the returned ``harness.oracle.RunResult``.
@@ -166,7 +187,7 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
 
         launcher = ForkServerLauncher()  # the zygote imports torch while the baseline is looked up
     trial = _Trial(tgt, plan, folder, launcher=launcher, runs=runs, use_cache=use_cache, timeout_s=timeout_s,
-                   stall_s=stall_s, script_args=tuple(script_args), say=say,
+                   stall_s=stall_s, script_args=tuple(script_args), say=say, auto=auto,
                    common=dict(target=tgt.name, nproc=nproc, backend=backend, seed=seed, out_dir=out))
     try:
         verdict, context = trial.run()
@@ -195,17 +216,19 @@ class _Trial:
     """The state of one trial while it runs (the plan becomes concrete once the baseline exists)."""
 
     def __init__(self, tgt: Target, plan: FaultPlan, folder: RunFolder, *, launcher, runs, use_cache, timeout_s,
-                 stall_s, script_args, say, common):
+                 stall_s, script_args, say, common, auto=None):
         self.tgt, self.plan, self.folder = tgt, plan, folder
         self.launcher, self.runs, self.use_cache = launcher, runs, use_cache
         self.timeout_s, self.stall_s, self.script_args, self.say = timeout_s, stall_s, script_args, say
         self.common = common
+        self.auto = auto
         self.timings: dict = {}
 
     def replay(self) -> str:
         c = self.common
         return replay_command(self.tgt, nproc=c["nproc"], backend=c["backend"], seed=c["seed"], plan=self.plan,
-                              script_args=self.script_args, timeout_s=self.timeout_s, stall_s=self.stall_s)
+                              script_args=self.script_args, timeout_s=self.timeout_s, stall_s=self.stall_s,
+                              auto=bool(self.auto))
 
     def context(self, launches: dict | None = None) -> dict:
         out = {"plan": self.plan.format(), "replay": self.replay()}
@@ -219,10 +242,20 @@ class _Trial:
 
         c = self.common
         t0 = time.monotonic()
-        baseline = get_baseline(self.tgt, nproc=c["nproc"], backend=c["backend"], script_args=self.script_args,
+
+        def baseline_of(auto: bool):
+            return get_baseline(self.tgt, nproc=c["nproc"], backend=c["backend"], script_args=self.script_args,
                                 runs=self.runs, launcher=self.launcher, timeout_s=self.timeout_s,
                                 use_cache=self.use_cache, scratch=os.path.join(self.folder.root, "baseline"),
-                                progress=self.say)
+                                progress=self.say, auto=auto)
+
+        if self.auto is None and not imports_probe(self.tgt):
+            self.auto = True  # a plain script: auto mode at once (a first run in the user's folder might write there)
+        baseline = baseline_of(bool(self.auto))
+        if self.auto is None and baseline.no_probe:
+            self.say("the script records nothing through harness.probe: auto mode (harness run --auto)")
+            self.auto = True
+            baseline = baseline_of(True)
         self.timings.update(baseline_s=round(time.monotonic() - t0, 3), baseline_cached=baseline.cached)
         if baseline.error is not None or (baseline.repro is not None and baseline.repro.first is not None):
             if baseline.error is not None:
@@ -249,6 +282,7 @@ class _Trial:
         self.plan = concrete
         stall = self.stall_s if self.stall_s is not None else stall_limit(base_trace)
 
+        index = write_auto_index(base_trace, os.path.join(self.folder.root, "auto_index.json")) if self.auto else None
         t1 = time.monotonic()
         launches, trace = {}, None
         for a in range(len(concrete) + 1):
@@ -256,7 +290,7 @@ class _Trial:
             monitor = AttemptMonitor(self.folder.trace_dir, c["nproc"], a, stall_s=stall, say=self.say)
             spec = attempt_spec(self.tgt, self.folder, nproc=c["nproc"], backend=c["backend"],
                                 script_args=self.script_args, role="trial", attempt=a, fault=fault,
-                                timeout_s=self.timeout_s, watch=monitor.watch)
+                                timeout_s=self.timeout_s, watch=monitor.watch, auto=bool(self.auto), index=index)
             result = launches[a] = self.launcher.launch(spec)
             trace = load_trace(self.folder.trace_dir)
             fired = [row for row in trace.faults() if row.attempt == a]
@@ -277,6 +311,8 @@ class _Trial:
         t2 = time.monotonic()
         last = launches[max(launches)]
         comparison = compare_runs(base_trace, trace)  # the traces as loaded above: no process writes them now
+        if self.auto:
+            comparison.compared["not_recorded"] = auto_not_recorded(base_trace)
         ends = [RankEnd(e.rank, e.returncode, e.torn_down, log_tail(e.log_path)) for e in last.exits]
         verdict = assess(comparison, trace, n_faults=len(concrete), last_exits=ends)
         self.timings["compare_s"] = round(time.monotonic() - t2, 3)

@@ -22,9 +22,33 @@ def redirect_stdio(log_path: str) -> None:
     os.close(log_fd)
 
 
+#: Auto mode's in-process installer (``install()`` before the script, ``finish()`` after it returned),
+#: used when ``HARNESS_AUTO=1``. Named rather than imported: launch/ sits below probe/ in the import
+#: order (tests/harness/test_imports.py), and this code runs only inside a rank process.
+AUTO_INSTALLER = "harness.probe.auto"
+
+
+def auto_mode() -> bool:
+    return os.environ.get("HARNESS_AUTO") == "1"
+
+
+def _auto():
+    import importlib
+
+    return importlib.import_module(AUTO_INSTALLER)
+
+
 def run_target(script: str | None, module: str | None, args: list[str]) -> None:
-    """Run ``script`` (or ``module``) as ``__main__`` with sys.argv and sys.path[0] set as python does."""
+    """Run ``script`` (or ``module``) as ``__main__`` with sys.argv and sys.path[0] set as python does.
+
+    Every launcher runs ranks through here (the fork server after the fork, torchrun and the subprocess
+    launcher in auto mode through ``python -m harness.launch.rank``), so this is the one place where
+    auto mode's hooks are installed, before the script's first line.
+    """
     import runpy
+
+    if auto_mode():
+        _auto().install()
 
     if script is not None:
         script = os.path.abspath(script)
@@ -70,6 +94,8 @@ def run_and_exit(script: str | None, module: str | None, args: list[str], exit_f
     code, interrupted = 0, False
     try:
         run_target(script, module, args)
+        if auto_mode():
+            _auto().finish()  # only after a normal return: the final state of auto mode
     except SystemExit as e:
         code = exit_code_of(e)
     except KeyboardInterrupt:
@@ -106,14 +132,20 @@ def run_and_exit(script: str | None, module: str | None, args: list[str], exit_f
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m harness.launch.rank LOG_DIR (SCRIPT | -m MODULE) [ARGS...]`` (torchrun entry)."""
+    """``python -m harness.launch.rank (LOG_DIR | --inherit-stdio) (SCRIPT | -m MODULE) [ARGS...]``.
+
+    The torchrun entry (output to LOG_DIR/rank{RANK}.log, exit status to rank{RANK}.exit); with
+    ``--inherit-stdio`` the subprocess launcher's entry in auto mode (its output is already the log).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 2:
-        sys.exit("usage: python -m harness.launch.rank LOG_DIR (SCRIPT | -m MODULE) [ARGS...]")
+        sys.exit("usage: python -m harness.launch.rank (LOG_DIR | --inherit-stdio) (SCRIPT | -m MODULE) [ARGS...]")
     log_dir, argv = argv[0], argv[1:]
     rank = os.environ.get("RANK", "0")
-    redirect_stdio(os.path.join(log_dir, f"rank{rank}.log"))
-    exit_file = os.path.join(log_dir, f"rank{rank}.exit")
+    exit_file = None
+    if log_dir != "--inherit-stdio":
+        redirect_stdio(os.path.join(log_dir, f"rank{rank}.log"))
+        exit_file = os.path.join(log_dir, f"rank{rank}.exit")
     if argv[0] == "-m":
         run_and_exit(None, argv[1], argv[2:], exit_file)
     else:

@@ -40,10 +40,12 @@ class SubprocessLauncher(LauncherBase):
         pidfds: dict[int, int] = {}  # rank -> pidfd
         preexec = functools.partial(reap.tie_to_parent, os.getpid())
         try:
+            # Auto mode installs its hooks in the rank entry before the script runs (harness.launch.rank).
+            entry = ["-m", "harness.launch.rank", "--inherit-stdio"] if env.get("HARNESS_AUTO") == "1" else []
             for r in range(spec.nproc):
                 with open(spec.log_path(r), "ab") as log:
                     procs.append(subprocess.Popen(
-                        [sys.executable, *spec.command()], env=rank_env(env, r, spec.nproc, host, port),
+                        [sys.executable, *entry, *spec.command()], env=rank_env(env, r, spec.nproc, host, port),
                         cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                         start_new_session=True, preexec_fn=preexec))
             for r, p in enumerate(procs):

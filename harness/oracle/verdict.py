@@ -12,6 +12,7 @@ Outcomes and their verdicts, in the order `assess` checks them:
 | fault_survived             | error   | a fault fired but the attempt ran to the end: the process ignored SIGTERM or caught the exception |
 | fault_not_armed            | error   | the trial ended before every fault of the plan was armed |
 | divergence                 | fail    | a trace row or the final state differs, or the trial missed steps |
+| unknown_resume_state       | fail    | auto mode: a resumed attempt restored a state that no step of the baseline had |
 | not_resumed                | fail    | a checkpoint was committed before the kill, yet the next attempt restarted from step 1 |
 | not_resumed                | error   | no checkpoint existed before the kill: the trial restarted from scratch, resume untested |
 | timeout                    | fail    | a resumed attempt hung (stalled or past --timeout): the baseline finished the same steps |
@@ -41,6 +42,7 @@ class Outcome(str, enum.Enum):
     DIVERGENCE = "divergence"
     NONDETERMINISTIC_BASELINE = "nondeterministic_baseline"
     NOT_RESUMED = "not_resumed"
+    UNKNOWN_RESUME_STATE = "unknown_resume_state"
     CRASH_ON_RESUME = "crash_on_resume"
     CRASH = "crash"
     FAULT_NOT_FIRED = "fault_not_fired"
@@ -248,6 +250,9 @@ def assess(
                     diagnosis=diagnose(None, None, baseline_repro=baseline_repro))
     if comparison is None or trial is None:
         return done("error", Outcome.ERROR, "no trial trace to judge")
+    auto = _auto_verdict(trial, done, warnings)  # auto mode's own findings (harness.probe.auto)
+    if auto is not None:
+        return auto
     n_faults = n_faults or 0
     if n_faults < 1:
         return done("error", Outcome.FAULT_NOT_ARMED, "the plan has no fault, so no resume was tested",
@@ -340,9 +345,39 @@ def assess(
     c = base["compared"]
     unused = c.get("unused_rng") or []
     note = f"; {', '.join(unused)} unused, not compared" if unused else ""
+    if c.get("not_recorded"):
+        note += f"; auto mode: {len(c['not_recorded'])} kind(s) of state not recorded (compared['not_recorded'])"
     return done("pass", Outcome.BIT_EXACT,
                 f"{c.get('rows', 0)} step rows ({c.get('reexecuted_rows', 0)} re-executed) on "
                 f"{c.get('ranks', 0)} rank(s) and {c.get('final_tensors', 0)} final tensors match the baseline{note}")
+
+
+def _auto_verdict(trial: Trace, done, warnings: list) -> Verdict | None:
+    """Auto mode's events: a refused script (``auto.error``: bad input, exit 2), a resume into a state the
+    baseline never had (``auto.unknown_state``); an ambiguous resume step only warns."""
+    for e in trial.events("auto.ambiguous_resume"):
+        info = e.info if isinstance(e.info, dict) else {}
+        warnings.append(f"auto mode: attempt {e.attempt}, rank {e.rank}: the restored state matches steps "
+                        f"{info.get('candidates')} of the baseline; step {info.get('chosen')} was taken (the latest "
+                        f"not beyond step {info.get('before')}, where the earlier attempts stopped)")
+    for e in trial.events("auto.error"):
+        info = e.info if isinstance(e.info, dict) else {}
+        return done("error", Outcome.ERROR, f"auto mode, attempt {e.attempt}, rank {e.rank}: {info.get('message')}")
+    for e in trial.events("auto.unknown_state"):
+        info = e.info if isinstance(e.info, dict) else {}
+        closest = info.get("closest")
+        near = (f"closest: step {closest}, {info.get('equal')} of {info.get('total')} parameter tensors equal"
+                if closest is not None else "no step is close")
+        restored = "; ".join(info.get("restored") or []) or "nothing through load_state_dict"
+        d = Divergence(closest + 1 if isinstance(closest, int) else None, e.rank, e.attempt, ["params"],
+                       note=f"the state restored before the first step matches no step of the baseline ({near})")
+        return done("fail", Outcome.UNKNOWN_RESUME_STATE,
+                    f"attempt {e.attempt} resumed into a state the uninterrupted run never had: on rank {e.rank}, the "
+                    f"parameters before its first step match no step of the baseline ({near}; restored: {restored})",
+                    first_divergence=d,
+                    hint="the checkpoint holds other parameters than the run had at any step: saved before the "
+                         "optimizer step, a partial or foreign checkpoint, or state changed after loading")
+    return None
 
 
 def timeout_verdict(trial: Trace | None, attempt: int, reason: str, last_steps: dict[int, int | None],

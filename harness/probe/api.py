@@ -77,7 +77,7 @@ def step(step: int, loss=None, batch=None, model=None, optimizer=None, **extra) 
     step fires after the row is written.
     """
     rec = _get()
-    if rec is None:
+    if rec is None or rec.auto is not None:  # auto mode records steps itself (harness.probe.auto)
         return
     if not isinstance(step, int) or isinstance(step, bool) or step < 1:
         raise ValueError(f"probe.step: step must be the global optimizer step, an int >= 1, got {step!r}")
@@ -110,6 +110,8 @@ def point(name: str, **info) -> None:
     rec = _get()
     if rec is None:
         return
+    if rec.auto is not None:
+        rec.auto.boundary()  # a save begins: the pending training step's row first (harness.probe.auto)
     with rec.lock:
         rec.point_counts[name] = rec.point_counts.get(name, 0) + 1
         rec.write(EventRow(attempt=rec.attempt, rank=rec.rank, name=name, step=rec.last_step,
@@ -126,12 +128,8 @@ def finish(model=None, optimizer=None, **state) -> None:
     ``optimizer/...``, ``extra/<name>/...``), then a ``finish`` row.
     """
     rec = _get()
-    if rec is None:
+    if rec is None or rec.auto is not None:  # auto mode records the final state itself at exit
         return
-    from safetensors.torch import save_file
-
-    import torch
-
     tree: dict = {}
     if model is not None:
         tree["model"] = unwrap_model(model).state_dict()
@@ -139,6 +137,17 @@ def finish(model=None, optimizer=None, **state) -> None:
         tree["optimizer"] = optimizer.state_dict()
     if state:
         tree["extra"] = state
+    write_final(rec, tree)
+    _guard_gloo_teardown()
+
+
+def write_final(rec, tree: dict) -> None:
+    """Write ``tree`` (``{"model": ..., "optimizer": ..., "extra": ...}``) as this rank's final state, then a
+    ``finish`` row (the files of probe.finish; also used by auto mode)."""
+    from safetensors.torch import save_file
+
+    import torch
+
     tensors: dict = {}
     values: dict = {}
     try:
@@ -160,7 +169,6 @@ def finish(model=None, optimizer=None, **state) -> None:
         json.dump(values, f, sort_keys=True, allow_nan=False)
     os.replace(leaves_path + ".tmp", leaves_path)
     rec.write(FinishRow(attempt=rec.attempt, rank=rec.rank, file=final_tensors_file(rec.rank), time=time.time()))
-    _guard_gloo_teardown()
 
 
 _WORKS_KEPT: list = []

@@ -41,6 +41,7 @@ class Recorder:
         local_ranks = int(env.get("LOCAL_WORLD_SIZE", "1"))
         self.spare_core = hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > local_ranks
         self._hasher = None
+        self.auto = None  # the AutoRecorder of auto mode (harness.probe.auto), when installed
         os.makedirs(trace_dir, exist_ok=True)
         path = os.path.join(trace_dir, rank_trace_file(self.rank))
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
