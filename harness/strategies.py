@@ -16,13 +16,14 @@ So a failing plan shrinks to the fewest faults, then a step fault before a point
 step (the lowest occurrence of a point), rank 0 before the other ranks before ``all``, and SIGKILL
 before SIGTERM before an exception.
 
-Weights: ``boundary_steps`` (and ``boundary_occurrences`` per point) are drawn more often than the
-other values (``boundary_weight`` to 1), as ``harness fuzz`` does with the steps around each
-committed checkpoint, epoch ends and accumulation boundaries of the baseline's trace.
+Weights: ``boundary_steps`` (and ``boundary_occurrences`` per point) make about ``boundary_share``
+(default half) of the values drawn, as ``harness fuzz`` does with the steps around each committed
+checkpoint, epoch ends and accumulation boundaries of the baseline's trace.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from hypothesis import strategies as st
@@ -30,9 +31,8 @@ from hypothesis.errors import InvalidArgument
 
 from harness.faults import SIGNALS, Fault, FaultPlan
 
-#: How many times more often a boundary value is drawn than one drawn from the whole range
-#: (the boundary alternative is repeated this many times beside the whole range in ``st.one_of``).
-DEFAULT_BOUNDARY_WEIGHT = 2
+#: About this share of the steps (and occurrences) drawn are boundary values, when boundaries are given.
+DEFAULT_BOUNDARY_SHARE = 0.5
 
 #: The maximum number of faults in a plan when not given (each fault is one more restart).
 DEFAULT_MAX_FAULTS = 3
@@ -74,11 +74,27 @@ def _point_counts(points) -> dict[str, int]:
     return counts
 
 
-def _weighted(whole: st.SearchStrategy, favoured: Sequence, weight: int) -> st.SearchStrategy:
-    """``whole`` first (so values shrink within it), then the favoured values ``weight`` times over."""
-    if not favoured or weight <= 0:
-        return whole
-    return st.one_of(whole, *[st.sampled_from(list(favoured))] * weight)
+#: Above this many values, a range is drawn with ``st.integers`` and its boundaries by ``st.one_of`` beside it.
+MAX_SAMPLED_RANGE = 10_000
+
+
+def _weighted(low: int, high: int, favoured: Iterable[int], share: float) -> st.SearchStrategy[int]:
+    """An int in low..high; the favoured values are about ``share`` of the draws (at least their own share).
+
+    Drawn as an index into ``[low, ..., high] + favoured * copies``: shrinking lowers the index, so it
+    leaves the copies for the plain ascending range and goes on to the smallest value that still
+    fails, favoured or not (a failure found at a boundary step 12 shrinks to 11 if 11 fails too).
+    """
+    favoured = sorted({v for v in favoured if low <= v <= high})
+    n = high - low + 1
+    copies = 0
+    if favoured and 0 < share < 1:
+        copies = max(0, math.ceil((share * n - len(favoured)) / (len(favoured) * (1.0 - share))))
+    if copies == 0:
+        return st.integers(low, high)
+    if n + copies * len(favoured) > MAX_SAMPLED_RANGE:
+        return st.one_of(st.integers(low, high), st.sampled_from(favoured))
+    return st.sampled_from(list(range(low, high + 1)) + favoured * copies)
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -89,15 +105,15 @@ def _check_int(name: str, value, low: int) -> None:
 def faults(max_step: int | None = None, points: Mapping[str, int] | Iterable[str] | None = None,
            ranks: int | Sequence = (0, "all"), signals: Sequence[str] = SIGNALS, *, min_step: int = 1,
            boundary_steps: Iterable[int] = (), boundary_occurrences: Mapping[str, Iterable[int]] | None = None,
-           boundary_weight: int = DEFAULT_BOUNDARY_WEIGHT) -> st.SearchStrategy[Fault]:
+           boundary_share: float = DEFAULT_BOUNDARY_SHARE) -> st.SearchStrategy[Fault]:
     """One ``Fault``: at a step in ``min_step..max_step`` or at a point occurrence, on one of ``ranks``,
     with one of ``signals``.
 
     points: ``{"checkpoint.write": 9, ...}`` (a point and the most occurrences to draw, e.g. what a
     baseline reached on one rank), or names (occurrence 1). ranks: a world size n (ranks 0..n-1 and
     ``all``) or the ranks to draw from, simplest first. signals: from ``harness.faults.SIGNALS``,
-    simplest first. boundary_steps / boundary_occurrences: values drawn ``boundary_weight`` times
-    more often (those outside the range are ignored).
+    simplest first. boundary_steps / boundary_occurrences: values that make about ``boundary_share`` of
+    the draws (those outside the range are ignored).
     """
     if max_step is None and not points:
         raise InvalidArgument("give max_step, points, or both: a fault needs somewhere to fire")
@@ -106,22 +122,21 @@ def faults(max_step: int | None = None, points: Mapping[str, int] | Iterable[str
     if not signal_values or any(s not in SIGNALS for s in signal_values):
         raise InvalidArgument(f"signals must be a non-empty sequence of {SIGNALS}, got {signals!r}")
     counts = _point_counts(points)
-    _check_int("boundary_weight", boundary_weight, 0)
+    if not isinstance(boundary_share, (int, float)) or not 0 <= boundary_share < 1:
+        raise InvalidArgument(f"boundary_share must be a number in [0, 1), got {boundary_share!r}")
     where: list[st.SearchStrategy[dict]] = []
     if max_step is not None:
         _check_int("min_step", min_step, 1)
         _check_int("max_step", max_step, min_step)
-        favoured = sorted({s for s in boundary_steps if min_step <= s <= max_step})
-        where.append(_weighted(st.integers(min_step, max_step), favoured, boundary_weight)
-                     .map(lambda s: {"step": s}))
+        favoured = list(boundary_steps)
+        where.append(_weighted(min_step, max_step, favoured, boundary_share).map(lambda s: {"step": s}))
     if counts:
-        favoured_occ = {name: sorted({k for k in (boundary_occurrences or {}).get(name, ()) if 1 <= k <= n})
-                        for name, n in counts.items()}
+        favoured_occ = {name: list((boundary_occurrences or {}).get(name, ())) for name in counts}
 
         @st.composite
         def at_point(draw) -> dict:
             name = draw(st.sampled_from(list(counts)))
-            k = draw(_weighted(st.integers(1, counts[name]), favoured_occ[name], boundary_weight))
+            k = draw(_weighted(1, counts[name], favoured_occ[name], boundary_share))
             return {"point": name, "occurrence": k}
 
         where.append(at_point())
@@ -140,7 +155,7 @@ def fault_plans(max_step: int | None = None, points: Mapping[str, int] | Iterabl
                 max_faults: int = DEFAULT_MAX_FAULTS, ranks: int | Sequence = (0, "all"),
                 signals: Sequence[str] = SIGNALS, *, min_faults: int = 1, min_step: int = 1,
                 boundary_steps: Iterable[int] = (), boundary_occurrences: Mapping[str, Iterable[int]] | None = None,
-                boundary_weight: int = DEFAULT_BOUNDARY_WEIGHT) -> st.SearchStrategy[FaultPlan]:
+                boundary_share: float = DEFAULT_BOUNDARY_SHARE) -> st.SearchStrategy[FaultPlan]:
     """A ``FaultPlan`` of ``min_faults..max_faults`` faults, each drawn by ``faults(...)`` (same arguments).
 
     Attempt i of a trial arms fault i, so a plan of k faults restarts the job k times; half the plans
@@ -150,7 +165,7 @@ def fault_plans(max_step: int | None = None, points: Mapping[str, int] | Iterabl
     _check_int("min_faults", min_faults, 1)
     _check_int("max_faults", max_faults, min_faults)
     one = faults(max_step, points, ranks, signals, min_step=min_step, boundary_steps=boundary_steps,
-                 boundary_occurrences=boundary_occurrences, boundary_weight=boundary_weight)
+                 boundary_occurrences=boundary_occurrences, boundary_share=boundary_share)
     plans = st.lists(one, min_size=min_faults, max_size=max_faults)
     if min_faults < max_faults:
         # The fewest faults first, and as often as all sizes together: each fault costs one more restart.
@@ -158,4 +173,4 @@ def fault_plans(max_step: int | None = None, points: Mapping[str, int] | Iterabl
     return plans.map(lambda fs: FaultPlan(tuple(fs)))
 
 
-__all__ = ["fault_plans", "faults", "DEFAULT_BOUNDARY_WEIGHT", "DEFAULT_MAX_FAULTS"]
+__all__ = ["fault_plans", "faults", "DEFAULT_BOUNDARY_SHARE", "DEFAULT_MAX_FAULTS"]

@@ -351,7 +351,7 @@ class Campaign:
         trials = c.trials if c.trials is not None else (None if c.time_s is not None else DEFAULT_TRIALS)
         self._budget = (trials, c.time_s)
         db = DirectoryBasedExampleDatabase(c.db) if c.db else None
-        config = settings(database=db, max_examples=trials or 10**6, deadline=None, derandomize=False,
+        config = settings(database=db, max_examples=10 * trials if trials else 10**6, deadline=None, derandomize=False,
                           phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
                           verbosity=Verbosity.quiet, suppress_health_check=list(HealthCheck), print_blob=False)
         try:

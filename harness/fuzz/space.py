@@ -64,7 +64,7 @@ class FaultSpace:
     boundary_occurrences: tuple[tuple[str, tuple[int, ...]], ...] = ()
     max_faults: int = 3
     signals: tuple[str, ...] = SIGNALS
-    boundary_weight: int = 2
+    boundary_share: float = 0.5
     _boundary_steps: tuple[int, ...] = field(default=(), repr=False)
 
     def __post_init__(self):
@@ -87,7 +87,7 @@ class FaultSpace:
 
     @classmethod
     def from_trace(cls, trace, *, nproc: int, max_faults: int = 3, signals=SIGNALS,
-                   boundary_weight: int = 2) -> "FaultSpace":
+                   boundary_share: float = 0.5) -> "FaultSpace":
         """The space of a baseline ``harness.oracle.Trace`` (attempt 0 of an uninterrupted run)."""
         counts = trace.event_names()
         order: dict[str, int] = {}
@@ -121,7 +121,7 @@ class FaultSpace:
         return cls(nproc=nproc, last_step=trace.last_step(), points=tuple((n, counts[n]) for n in names),
                    committed=tuple(committed), epoch_ends=tuple(epoch_ends), accum_boundaries=tuple(accum),
                    boundary_occurrences=tuple((n, _boundary_occurrences(trace, n)) for n in names),
-                   max_faults=max_faults, signals=tuple(signals), boundary_weight=boundary_weight)
+                   max_faults=max_faults, signals=tuple(signals), boundary_share=boundary_share)
 
     def strategy(self):
         """``harness.strategies.fault_plans`` over this space, with the boundaries favoured."""
@@ -130,7 +130,7 @@ class FaultSpace:
         return fault_plans(max_step=self.last_step, points=dict(self.points), max_faults=self.max_faults,
                            ranks=self.ranks, signals=self.signals, boundary_steps=self.boundary_steps,
                            boundary_occurrences=dict(self.boundary_occurrences),
-                           boundary_weight=self.boundary_weight)
+                           boundary_share=self.boundary_share)
 
     def classes(self, fault: Fault) -> tuple[str, ...]:
         """The boundary classes a fault exercises (for coverage)."""

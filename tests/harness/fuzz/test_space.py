@@ -1,0 +1,126 @@
+"""FaultSpace and Coverage from synthetic baseline traces (no processes)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+
+from harness.faults import Fault, FaultPlan
+from harness.fuzz.coverage import CoverageCounter
+from harness.fuzz.space import FaultSpace
+from harness.oracle import load_trace
+
+from support.traces import TraceBuilder
+
+WINDOWS = [4, 4, 2, 2, 4, 4, 4, 4, 2, 2, 4, 4]  # 12 steps; short windows around the epoch ends at 3 and 9
+EPOCHS = [0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2]
+
+
+def synthetic_baseline(path, *, extras=True, micro_points=True):
+    """12 steps on 2 ranks, checkpoints committed at 4 and 8 (rank 0 writes 3 files per save, rank 1 one)."""
+    b = TraceBuilder(path, 2).start(0)
+    for s in range(1, 13):
+        if micro_points:
+            for _ in range(WINDOWS[s - 1]):
+                b.event(0, "microbatch", s - 1)
+        b.steps(0, s, s)
+        if extras:
+            for r in range(2):
+                b.row(r, s, 0)["extra"].update(window=WINDOWS[s - 1], epoch=EPOCHS[s - 1])
+        if s in (4, 8):
+            b.event(0, "checkpoint.begin", s)
+            for _ in range(3):
+                b.event(0, "checkpoint.write", s, ranks=[0])
+            b.event(0, "checkpoint.write", s, ranks=[1])
+            b.event(0, "checkpoint.commit", s, ranks=[0])
+            b.event(0, "checkpoint.committed", s, path=f"checkpoints/checkpoint_{s}")
+        if s == 6:
+            b.event(0, "my.probe", s)
+    return load_trace(b.finish(0).write())
+
+
+def test_space_from_a_baseline_trace(tmp_path):
+    space = FaultSpace.from_trace(synthetic_baseline(tmp_path / "b"), nproc=2, max_faults=2)
+    assert space.last_step == 12 and space.committed == (4, 8) and space.nproc == 2 and space.max_faults == 2
+    assert dict(space.points) == {"microbatch": 40, "checkpoint.begin": 2, "checkpoint.write": 6,
+                                  "checkpoint.commit": 2, "checkpoint.committed": 2, "my.probe": 1}
+    assert [n for n, _ in space.points][:2] == ["microbatch", "checkpoint.begin"]  # order of first use
+    assert space.epoch_ends == (3, 9)
+    assert space.accum_boundaries == (3, 4, 9, 10)
+    # first/last, around each checkpoint (3,4,5 and 7,8,9), epoch ends, accumulation boundaries
+    assert space.boundary_steps == (1, 3, 4, 5, 7, 8, 9, 10, 12)
+    occ = dict(space.boundary_occurrences)
+    assert occ["checkpoint.write"] == (1, 3, 4, 6)  # first and last file of each save on rank 0
+    assert occ["microbatch"][:6] == (1, 4, 5, 8, 9, 10)  # first and last micro-batch of each window
+    assert space.ranks == [0, 1, "all"]
+
+
+def test_accumulation_boundaries_from_micro_batch_points_without_extras(tmp_path):
+    space = FaultSpace.from_trace(synthetic_baseline(tmp_path / "b", extras=False), nproc=2)
+    assert space.epoch_ends == () and space.accum_boundaries == (3, 4, 9, 10)
+
+
+def test_a_trace_without_points_or_checkpoints(tmp_path):
+    b = TraceBuilder(tmp_path / "b", 1).start(0).steps(0, 1, 5).finish(0)
+    space = FaultSpace.from_trace(load_trace(b.write()), nproc=1)
+    assert space.points == () and space.committed == () and space.boundary_steps == (1, 5)
+
+    @settings(max_examples=50, database=None)
+    @given(plan=space.strategy())
+    def check(plan):
+        assert all(f.step is not None and 1 <= f.step <= 5 and f.rank in (0, "all") for f in plan)
+
+    check()
+
+
+def test_classes_of_faults(tmp_path):
+    space = FaultSpace.from_trace(synthetic_baseline(tmp_path / "b"), nproc=2)
+    assert space.classes(Fault(step=1)) == ("first step",)
+    assert space.classes(Fault(step=12)) == ("last step",)
+    assert space.classes(Fault(step=8)) == ("just before a checkpoint",)
+    assert space.classes(Fault(step=5)) == ("just after a checkpoint",)
+    assert space.classes(Fault(step=3)) == ("just before a checkpoint", "epoch end", "accumulation boundary")
+    assert space.classes(Fault(step=6)) == ("interior step",)
+    assert space.classes(Fault(point="checkpoint.write", occurrence=2)) == ("mid-save",)
+    assert space.classes(Fault(point="checkpoint.write", occurrence=4)) == ("mid-save", "boundary occurrence")
+    assert space.classes(Fault(point="checkpoint.committed")) == ("after commit", "boundary occurrence")
+    assert space.classes(Fault(point="microbatch", occurrence=2)) == ("mid-accumulation",)
+    assert space.classes(Fault(point="my.probe")) == ("user point", "boundary occurrence")
+    assert set(space.expected_classes()) == {
+        "first step", "last step", "interior step", "just before a checkpoint", "just after a checkpoint",
+        "epoch end", "accumulation boundary", "mid-save", "after commit", "mid-accumulation", "user point"}
+
+
+def test_the_strategy_stays_inside_the_space(tmp_path):
+    space = FaultSpace.from_trace(synthetic_baseline(tmp_path / "b"), nproc=2, max_faults=2)
+    points = dict(space.points)
+
+    @settings(max_examples=150, database=None)
+    @given(plan=space.strategy())
+    def check(plan):
+        assert 1 <= len(plan) <= 2
+        for f in plan:
+            assert f.rank in (0, 1, "all")
+            assert (1 <= f.step <= 12) if f.step is not None else (1 <= f.occurrence <= points[f.point])
+
+    check()
+
+
+def test_coverage_counts_and_names_what_was_never_tried(tmp_path):
+    space = FaultSpace.from_trace(synthetic_baseline(tmp_path / "b"), nproc=2, max_faults=3)
+    counter = CoverageCounter(space)
+    counter.add(FaultPlan.parse("5"))
+    counter.add(FaultPlan.parse("checkpoint.write:2@all:SIGTERM,9@1"))
+    cov = counter.snapshot()
+    assert dict(cov.signals) == {"SIGKILL": 2, "SIGTERM": 1}
+    assert dict(cov.ranks) == {"one rank": 2, "all ranks": 1}
+    assert dict(cov.rank_numbers) == {"0": 1, "1": 1, "all": 1}
+    assert dict(cov.plan_sizes) == {"1": 1, "2": 1}
+    assert dict(cov.where) == {"step": 2, "checkpoint.write": 1}
+    assert dict(cov.classes)["mid-save"] == 1 and dict(cov.classes)["just after a checkpoint"] == 2
+    assert "exception" in cov.never_tried and "mid-accumulation" in cov.never_tried
+    assert "multi-fault plans" not in cov.never_tried and "SIGTERM" not in cov.never_tried
+    assert "mid-save" not in cov.never_tried
+    single = CoverageCounter(space)
+    single.add(FaultPlan.parse("5"))
+    assert "multi-fault plans" in single.snapshot().never_tried
+    assert cov.to_json()["never_tried"] == list(cov.never_tried)
