@@ -109,11 +109,12 @@ def test_a_different_environment_still_reruns_and_names_each_field(buggy, pool, 
 
 def test_an_inline_script_reproduces_from_the_file_alone(pool, tmp_path):
     mlp = os.path.join(SCRIPTS, "ddp_mlp.py")
-    result = run(mlp, plan="7", launcher=pool, out_dir=str(tmp_path / "run"),
+    result = run(mlp, plan="7", launcher=pool, out_dir=str(tmp_path / "run"), baseline_runs=1,
                  script_args=["--steps", "12", "--bug", "reseed"])
-    path = Repro.from_result(result, inline=True).dump(tmp_path / "bug.toml")
+    path = Repro.from_result(result, inline=True, baseline_runs=1).dump(tmp_path / "bug.toml")
     repro = Repro.load(path)
     assert repro.script.path is None and "--bug" in repro.script.args and "def " in repro.script.text
+    assert repro.baseline_runs == 1
     outcome = rerun(repro, repro_path=path, launcher=pool, out_dir=str(tmp_path / "o"))
     assert outcome.status == REPRODUCES, outcome.message
     assert outcome.result.target == str(tmp_path / "o" / "script" / "ddp_mlp.py")
