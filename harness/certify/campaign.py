@@ -102,6 +102,12 @@ class _Progress:
             self._bar.update(self._task, advance=1,
                              description=f"{cell.id}  pass {c['pass']} fail {c['fail']} error {c['error']}")
 
+    def skip(self, n: int) -> None:
+        """Trials a cell does not run (n/a)."""
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
@@ -138,84 +144,108 @@ def _error_record(cell: Cell, k: int, plan: str, message: str, outcome: str = "e
             "curves": None}
 
 
-def run_campaign(spec: CampaignSpec, out_dir: str, *, shard: tuple[int, int] | None = None, force: bool = False,
-                 progress: bool = True, command: str | None = None, launcher=None) -> dict:
-    """Run the cells of ``spec`` (those of ``shard``), write the reports under ``out_dir``; return the certificate."""
-    from harness.engine import run
-    from harness.engine.target import UsageError
-    from harness.oracle import load_trace
+class CellRunner:
+    """Runs cells of one campaign: one warm launcher, one baseline (and profile) per (scenario, world size).
 
-    t0 = time.monotonic()
-    out = prepare_out(out_dir, force=force)
-    cells = select(spec.cells(), shard)
-    passes_strategy = "strategy" in inspect.signature(run).parameters
-    run_kw = {"strategy": spec.strategy} if passes_strategy else {}
-    own = launcher is None
-    bar = _Progress(len(cells) * spec.trials, progress)
-    cell_recs, trials, baselines = [], [], {}
-    with _strategy_env(spec.strategy, passes_strategy):
-        if own:
+    ``run_cell(cell)`` returns the cell's record and its trial records. Used by ``run_campaign`` and by
+    the pytest items of ``harness.certify.pytest_cells``. Close it (or use it as a context manager).
+    """
+
+    def __init__(self, spec: CampaignSpec, out: str, *, launcher=None, on_trial=None, on_note=None):
+        from harness.engine import run
+
+        self.spec, self.out = spec, out
+        self._run = run
+        self.passes_strategy = "strategy" in inspect.signature(run).parameters
+        self._env = _strategy_env(spec.strategy, self.passes_strategy)
+        self._env.__enter__()
+        self._own = launcher is None
+        if launcher is None:
             from harness.launch.forkserver import ForkServerLauncher
 
             launcher = ForkServerLauncher()
-        try:
-            groups: dict = {}
-            for cell in cells:
-                groups.setdefault((cell.scenario, cell.world_size), []).append(cell)
-            for (label, ws), group in groups.items():
-                scenario = spec.scenario(label)
-                bar.note(f"baseline of {label} at world size {ws}")
-                profile, base_trace, error = _baseline(spec, scenario, ws, launcher,
-                                                       os.path.join(out, "baselines", f"{label}-{ws}"))
-                if profile is not None:
-                    baselines[f"{label}|{ws}"] = {"last_step": profile.last_step, "committed": list(profile.committed),
-                                                  "curve": baseline_curve(base_trace)}
-                example_kept = False
-                for cell in group:
-                    if error is not None:
-                        cell_recs.append(report_json.cell_record(cell, status="error", reason=error))
-                        trials.append(_error_record(cell, 1, "", error, outcome="baseline_failed"))
-                        for _ in range(spec.trials):
-                            bar.trial(cell, "error")
-                        continue
-                    try:
-                        plans = plans_for(cell, profile, seed=spec.seed, trials=spec.trials)
-                    except NotApplicable as e:
-                        cell_recs.append(report_json.cell_record(cell, status="n/a", reason=str(e)))
-                        for _ in range(spec.trials):
-                            bar.done += 1
-                        continue
-                    cell_recs.append(report_json.cell_record(cell))
-                    for k, plan in enumerate(plans, 1):
-                        tdir = os.path.join(out, "trials", cell_slug(cell), str(k))
-                        t1 = time.monotonic()
-                        try:
-                            result = run(scenario.target, nproc=ws, plan=plan, seed=spec.seed, backend=spec.backend,
-                                         out_dir=tdir, script_args=scenario.args, launcher=launcher,
-                                         timeout_s=TRIAL_TIMEOUT_S, **run_kw)
-                        except UsageError as e:
-                            trials.append(_error_record(cell, k, plan.format(), f"the plan was refused: {e}"))
-                            bar.trial(cell, "error")
-                            continue
-                        curves = None
-                        if result.verdict != "pass" or not example_kept:
-                            try:
-                                d = result.first_divergence
-                                curves = trial_curves(base_trace, load_trace(os.path.join(tdir, "trace")),
-                                                      rank=d.rank if d is not None else 0,
-                                                      divergence_step=d.step if d is not None else None)
-                            except Exception:  # noqa: BLE001 - a trial without a readable trace has no plot
-                                curves = None
-                            example_kept = example_kept or (result.verdict == "pass" and curves is not None)
-                        trials.append(_trial_record(cell, k, result, wall_s=time.monotonic() - t1, curves=curves))
-                        if result.verdict == "pass":
-                            shutil.rmtree(os.path.join(tdir, "run"), ignore_errors=True)
-                        bar.trial(cell, result.verdict)
-        finally:
-            bar.close()
-            if own:
-                launcher.close()
+        self.launcher = launcher
+        self.on_trial = on_trial or (lambda cell, verdict: None)
+        self.on_note = on_note or (lambda text: None)
+        self.baselines: dict = {}  # "label|ws" -> {last_step, committed, curve}
+        self._profiles: dict = {}
+        self._examples: set = set()
 
+    def close(self) -> None:
+        try:
+            if self._own:
+                self.launcher.close()
+        finally:
+            self._env.__exit__(None, None, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def profile(self, label: str, ws: int):
+        key = (label, ws)
+        if key not in self._profiles:
+            self.on_note(f"baseline of {label} at world size {ws}")
+            profile, trace, error = _baseline(self.spec, self.spec.scenario(label), ws, self.launcher,
+                                              os.path.join(self.out, "baselines", f"{label}-{ws}"))
+            if profile is not None:
+                self.baselines[f"{label}|{ws}"] = {"last_step": profile.last_step,
+                                                   "committed": list(profile.committed),
+                                                   "curve": baseline_curve(trace)}
+            self._profiles[key] = (profile, trace, error)
+        return self._profiles[key]
+
+    def run_cell(self, cell: Cell) -> tuple[dict, list[dict]]:
+        from harness.engine.target import UsageError
+        from harness.oracle import load_trace
+
+        spec = self.spec
+        scenario = spec.scenario(cell.scenario)
+        profile, base_trace, error = self.profile(cell.scenario, cell.world_size)
+        if error is not None:
+            return (report_json.cell_record(cell, status="error", reason=error),
+                    [_error_record(cell, 1, "", error, outcome="baseline_failed")])
+        try:
+            plans = plans_for(cell, profile, seed=spec.seed, trials=spec.trials)
+        except NotApplicable as e:
+            return report_json.cell_record(cell, status="n/a", reason=str(e)), []
+        run_kw = {"strategy": spec.strategy} if self.passes_strategy else {}
+        records = []
+        group = (cell.scenario, cell.world_size)
+        for k, plan in enumerate(plans, 1):
+            tdir = os.path.join(self.out, "trials", cell_slug(cell), str(k))
+            t1 = time.monotonic()
+            try:
+                result = self._run(scenario.target, nproc=cell.world_size, plan=plan, seed=spec.seed,
+                                   backend=spec.backend, out_dir=tdir, script_args=scenario.args,
+                                   launcher=self.launcher, timeout_s=TRIAL_TIMEOUT_S, **run_kw)
+            except UsageError as e:
+                records.append(_error_record(cell, k, plan.format(), f"the plan was refused: {e}"))
+                self.on_trial(cell, "error")
+                continue
+            curves = None
+            if result.verdict != "pass" or group not in self._examples:
+                try:
+                    d = result.first_divergence
+                    curves = trial_curves(base_trace, load_trace(os.path.join(tdir, "trace")),
+                                          rank=d.rank if d is not None else 0,
+                                          divergence_step=d.step if d is not None else None)
+                except Exception:  # noqa: BLE001 - a trial without a readable trace has no plot
+                    curves = None
+                if result.verdict == "pass" and curves is not None:
+                    self._examples.add(group)
+            records.append(_trial_record(cell, k, result, wall_s=time.monotonic() - t1, curves=curves))
+            if result.verdict == "pass":
+                shutil.rmtree(os.path.join(tdir, "run"), ignore_errors=True)
+            self.on_trial(cell, result.verdict)
+        return report_json.cell_record(cell), records
+
+
+def assemble(spec: CampaignSpec, cell_recs: list[dict], trials: list[dict], baselines: dict, *, wall_s: float,
+             shard: tuple[int, int] | None, n_cells: int, command: str | None, passes_strategy: bool) -> dict:
+    """The certificate of the cells that ran (harness.certify.report_json)."""
     from harness.certify.env import fingerprint
 
     cert = {
@@ -223,14 +253,36 @@ def run_campaign(spec: CampaignSpec, out_dir: str, *, shard: tuple[int, int] | N
         "campaign": {"id": spec.campaign_id, "spec": spec.to_json(),
                      "shard": {"index": shard[0], "count": shard[1]} if shard else None,
                      "shards": [{"index": shard[0] if shard else 1, "count": shard[1] if shard else 1,
-                                 "cells": len(cells)}],
+                                 "cells": n_cells}],
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "command": command or "harness certify",
                      "strategy_passed_as": "run(strategy=...)" if passes_strategy else "$HARNESS_STRATEGY"},
-        "environment": fingerprint(), "summary": {"wall_s": round(time.monotonic() - t0, 3)},
+        "environment": fingerprint(), "summary": {"wall_s": round(wall_s, 3)},
         "cells": cell_recs, "trials": trials, "baselines": baselines,
     }
     return report_json.finish_certificate(cert, spec.to_json())
+
+
+def run_campaign(spec: CampaignSpec, out_dir: str, *, shard: tuple[int, int] | None = None, force: bool = False,
+                 progress: bool = True, command: str | None = None, launcher=None) -> dict:
+    """Run the cells of ``spec`` (those of ``shard``) under ``out_dir``; return the certificate (not yet written)."""
+    t0 = time.monotonic()
+    out = prepare_out(out_dir, force=force)
+    cells = select(spec.cells(), shard)
+    bar = _Progress(len(cells) * spec.trials, progress)
+    cell_recs, trials = [], []
+    try:
+        with CellRunner(spec, out, launcher=launcher, on_trial=bar.trial, on_note=bar.note) as runner:
+            for cell in cells:
+                rec, recs = runner.run_cell(cell)
+                cell_recs.append(rec)
+                trials += recs
+                if rec["status"] == "n/a":
+                    bar.skip(spec.trials)
+    finally:
+        bar.close()
+    return assemble(spec, cell_recs, trials, runner.baselines, wall_s=time.monotonic() - t0, shard=shard,
+                    n_cells=len(cells), command=command, passes_strategy=runner.passes_strategy)
 
 
 def write_reports(cert: dict, out_dir: str) -> dict[str, str]:
@@ -251,4 +303,4 @@ def command_line(argv) -> str:
     return shlex.join(["harness", "certify", *argv]) if argv is not None else shlex.join(["harness", *sys.argv[1:]])
 
 
-__all__ = ["run_campaign", "write_reports", "prepare_out", "cell_slug", "REPORT_FILES", "TRIAL_TIMEOUT_S"]
+__all__ = ["run_campaign", "write_reports", "CellRunner", "assemble", "prepare_out", "cell_slug", "REPORT_FILES", "TRIAL_TIMEOUT_S"]

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from harness.certify.errors import CertifyError
-from harness.certify.matrix import (DEFAULT_SEED, DEFAULT_TRIALS, DEFAULT_WORLD_SIZES, FAULT_CLASSES, STRATEGIES,
+from harness.certify.matrix import (DEFAULT_SEED, DEFAULT_TRIALS, SUT_DEFAULT_TRIALS, DEFAULT_WORLD_SIZES, FAULT_CLASSES, STRATEGIES,
                                     SUTS)
 
 EXIT_ERROR = 2
@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-sizes", default=",".join(map(str, DEFAULT_WORLD_SIZES)), metavar="LIST",
                    help="comma-separated world sizes (default 1,2,3: at 2 ranks float addition is commutative and "
                         "reduction-order bugs hide)")
-    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, metavar="N",
-                   help=f"trials per cell (default {DEFAULT_TRIALS})")
+    p.add_argument("--trials", type=int, default=None, metavar="N",
+                   help=f"trials per cell (default {DEFAULT_TRIALS} for the reference SUT; "
+                        + ", ".join(f"{k} {v}" for k, v in SUT_DEFAULT_TRIALS.items() if k != "reference") + ")")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the fault schedule (default 0)")
     p.add_argument("--scenarios", default=None, metavar="LIST",
                    help="built-in scenarios to certify with --sut reference (default: default)")
