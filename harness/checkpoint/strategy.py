@@ -340,6 +340,8 @@ class FSDPStrategy(Strategy):
             for opt, sd in zip(optimizers, optimizer_states):
                 owner = all_models[_owner(all_models, opt)]
                 set_optimizer_state_dict(owner, opt, _int_to_fqn(sd, owner, opt), options=full)
+                for live, saved_group in zip(opt.param_groups, sd["param_groups"]):  # exact hyperparameters:
+                    live.update({k: v for k, v in saved_group.items() if k != "params"})  # tuples stay tuples
             return
         import torch.distributed.checkpoint as dcp
 
