@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed for random faults (default 0)")
     run.add_argument("--backend", choices=BACKENDS, default="auto",
                      help="process group backend: auto = nccl with CUDA, else gloo")
+    from harness.engine.trial import STRATEGIES
+
+    run.add_argument("--strategy", choices=STRATEGIES, default=None,
+                     help="how the built-in scenarios wrap the model ($HARNESS_STRATEGY): ddp (default), fsdp "
+                          "(FSDP2 on a CPU mesh under gloo), deepspeed-zero0..3")
     run.add_argument("--out", default=None, metavar="DIR", help="output folder (default harness-out/<target>-<time>-<id>)")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     run.add_argument("--no-cache", action="store_true", help="run the baseline again instead of using the cache")
@@ -213,7 +218,7 @@ def _run(args, script_args: list[str]) -> int:
         result = run(target, nproc=args.nproc, plan=kill, seed=args.seed, backend=args.backend,
                      out_dir=args.out, script_args=script_args, baseline_runs=args.baseline_runs,
                      use_cache=not args.no_cache, launcher=launcher, timeout_s=args.timeout, stall_s=args.stall,
-                     progress=progress, auto=True if args.auto else None)
+                     progress=progress, auto=True if args.auto else None, strategy=args.strategy)
     except UsageError as e:
         return _usage_error(str(e), args.json)
     except KeyboardInterrupt:

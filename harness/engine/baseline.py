@@ -66,7 +66,8 @@ def _harness_sources() -> list[tuple[str, str]]:
     return files
 
 
-def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: int, auto: bool = False) -> dict:
+def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: int, auto: bool = False,
+               strategy: str | None = None) -> dict:
     """Everything the cache key covers, as a JSON object (stored in meta.json for inspection)."""
     import harness
 
@@ -79,6 +80,7 @@ def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: i
         "backend": backend,
         "runs": runs,
         "auto": bool(auto),
+        **({"strategy": strategy} if strategy is not None else {}),
         "env": {k: env.get(k) for k in KEY_ENV}
                | {k: v for k, v in sorted(os.environ.items())
                   if k.startswith("HARNESS_") and k not in NOT_KEY_ENV and not k.endswith(("_DIR", "_PATH"))},
@@ -87,10 +89,11 @@ def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: i
     }
 
 
-def baseline_key(target: Target, *, nproc: int, backend: str, script_args, runs: int, auto: bool = False) -> str:
+def baseline_key(target: Target, *, nproc: int, backend: str, script_args, runs: int, auto: bool = False,
+                 strategy: str | None = None) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(key_inputs(target, nproc=nproc, backend=backend, script_args=script_args, runs=runs,
-                                   auto=auto),
+                                   auto=auto, strategy=strategy),
                         sort_keys=True).encode())
     for group, files in (("target", target.source_files()), ("harness", _harness_sources())):
         for name, path in files:
@@ -147,7 +150,8 @@ def _load(root: str) -> Baseline | None:
 
 
 def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, script_args, runs: int,
-                   launcher: Launcher, timeout_s: float, progress, auto: bool = False) -> Baseline:
+                   launcher: Launcher, timeout_s: float, progress, auto: bool = False,
+                   strategy: str | None = None) -> Baseline:
     """Run the uninterrupted baseline ``runs`` times under ``root`` and check they agree."""
     from harness.oracle import compare_runs, load_trace
 
@@ -161,7 +165,7 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
                                  say=lambda line, i=i: progress(f"baseline run {i + 1}/{runs}: {line}"))
         spec = attempt_spec(target, folder, nproc=nproc, backend=backend, script_args=script_args,
                             role="baseline", attempt=0, fault=None, timeout_s=timeout_s, watch=monitor.watch,
-                            auto=auto)
+                            auto=auto, strategy=strategy)
         result = launcher.launch(spec)
         shutil.rmtree(folder.run_dir, ignore_errors=True)  # its checkpoints are not needed
         why = failure_message(result, timeout_s)
@@ -200,14 +204,15 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
 
 
 def get_baseline(target: Target, *, nproc: int, backend: str, script_args, runs: int, launcher: Launcher,
-                 timeout_s: float, use_cache: bool, scratch: str, progress, auto: bool = False) -> Baseline:
+                 timeout_s: float, use_cache: bool, scratch: str, progress, auto: bool = False,
+                 strategy: str | None = None) -> Baseline:
     """The cached baseline, or a new one (cached when it succeeded and ``use_cache``).
 
     Without the cache the baselines are run under ``scratch``. auto: record in auto mode (part of the
     key). A script that records nothing through the probe gets ``no_probe`` (remembered in the cache
     as ``<key>.noprobe``, so the next run goes to auto mode at once).
     """
-    kwargs = dict(nproc=nproc, backend=backend, script_args=script_args, runs=runs, auto=auto)
+    kwargs = dict(nproc=nproc, backend=backend, script_args=script_args, runs=runs, auto=auto, strategy=strategy)
     if not use_cache:
         return _run_baselines(scratch, target, launcher=launcher, timeout_s=timeout_s, progress=progress, **kwargs)
     key = baseline_key(target, **kwargs)

@@ -30,7 +30,7 @@ class RunFolder:
 
 def attempt_spec(target: Target, folder: RunFolder, *, nproc: int, backend: str, script_args, role: str,
                  attempt: int, fault: Fault | None, timeout_s: float, watch=None, auto: bool = False,
-                 index: str | None = None) -> LaunchSpec:
+                 index: str | None = None, strategy: str | None = None) -> LaunchSpec:
     """The launch of one attempt: the harness variables of docs/design.md, section 1.
 
     auto: record with auto mode (HARNESS_AUTO=1; harness.probe.auto), the ranks starting in the run's
@@ -49,6 +49,8 @@ def attempt_spec(target: Target, folder: RunFolder, *, nproc: int, backend: str,
         "HARNESS_BACKEND": backend,
         "HARNESS_ROLE": role,
     }
+    if strategy is not None:
+        env["HARNESS_STRATEGY"] = strategy  # read by the built-in scenarios (ddp, fsdp, deepspeed-zeroN)
     if auto:
         env["HARNESS_AUTO"] = "1"
         if index is not None:

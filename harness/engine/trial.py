@@ -55,10 +55,17 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+#: ``harness run --strategy``: how the built-in scenarios wrap the model (scenarios/_common.py STRATEGIES).
+STRATEGIES = ("ddp", "fsdp", "deepspeed-zero0", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3")
+
+
 def replay_command(target: Target, *, nproc: int, backend: str, seed: int, plan: FaultPlan, script_args=(),
-                   timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None, auto: bool = False) -> str:
+                   timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None, auto: bool = False,
+                   strategy: str | None = None) -> str:
     """The ``harness run`` command line that repeats this trial with its concrete fault plan."""
     parts = ["harness", "run", target.name, "--nproc", str(nproc), "--backend", backend, "--seed", str(seed)]
+    if strategy is not None:
+        parts += ["--strategy", strategy]
     if auto:
         parts.append("--auto")
     for fault in plan:
@@ -143,7 +150,7 @@ def check_plan_against_baseline(plan: FaultPlan, last_step: int, points: dict[st
 def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backend: str = "auto",
         out_dir: str | None = None, script_args=(), baseline_runs: int | None = None, use_cache: bool = True,
         launcher: Launcher | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None,
-        progress=None, auto: bool | None = None):
+        progress=None, auto: bool | None = None, strategy: str | None = None):
     """Run one trial of ``target`` under ``plan`` and judge it against the baseline.
 
     target: a built-in scenario name or a path to a script. plan: a FaultPlan, a short string
@@ -156,6 +163,9 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
     progress: a callable taking one line of status. auto: record with auto mode (harness.probe.auto), for a
     script that never calls the probe; None (default): auto mode when the baseline records no step and no
     finish through the probe; False: never.
+
+    strategy: how the built-in scenarios wrap the model (``$HARNESS_STRATEGY``, one of STRATEGIES; part
+    of the baseline's cache key); None: the scenario's default (ddp).
 
     Raises UsageError for bad arguments, found before anything runs where possible; everything that
     happens once processes run is reported in the returned ``harness.oracle.RunResult``.
@@ -175,6 +185,8 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
     if stall_s is not None and stall_s <= 0:
         raise UsageError(f"--stall must be > 0 seconds, got {stall_s}")
     backend = resolve_backend(backend)
+    if strategy is not None and strategy not in STRATEGIES:
+        raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     out = os.path.abspath(out_dir or default_out_dir(tgt))
     folder = RunFolder(out)
     if os.path.isdir(folder.trace_dir) and os.listdir(folder.trace_dir):
@@ -187,7 +199,7 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
 
         launcher = ForkServerLauncher()  # the zygote imports torch while the baseline is looked up
     trial = _Trial(tgt, plan, folder, launcher=launcher, runs=runs, use_cache=use_cache, timeout_s=timeout_s,
-                   stall_s=stall_s, script_args=tuple(script_args), say=say, auto=auto,
+                   stall_s=stall_s, script_args=tuple(script_args), say=say, auto=auto, strategy=strategy,
                    common=dict(target=tgt.name, nproc=nproc, backend=backend, seed=seed, out_dir=out))
     try:
         verdict, context = trial.run()
@@ -216,19 +228,20 @@ class _Trial:
     """The state of one trial while it runs (the plan becomes concrete once the baseline exists)."""
 
     def __init__(self, tgt: Target, plan: FaultPlan, folder: RunFolder, *, launcher, runs, use_cache, timeout_s,
-                 stall_s, script_args, say, common, auto=None):
+                 stall_s, script_args, say, common, auto=None, strategy=None):
         self.tgt, self.plan, self.folder = tgt, plan, folder
         self.launcher, self.runs, self.use_cache = launcher, runs, use_cache
         self.timeout_s, self.stall_s, self.script_args, self.say = timeout_s, stall_s, script_args, say
         self.common = common
         self.auto = auto
+        self.strategy = strategy
         self.timings: dict = {}
 
     def replay(self) -> str:
         c = self.common
         return replay_command(self.tgt, nproc=c["nproc"], backend=c["backend"], seed=c["seed"], plan=self.plan,
                               script_args=self.script_args, timeout_s=self.timeout_s, stall_s=self.stall_s,
-                              auto=bool(self.auto))
+                              auto=bool(self.auto), strategy=self.strategy)
 
     def context(self, launches: dict | None = None) -> dict:
         out = {"plan": self.plan.format(), "replay": self.replay()}
@@ -247,7 +260,7 @@ class _Trial:
             return get_baseline(self.tgt, nproc=c["nproc"], backend=c["backend"], script_args=self.script_args,
                                 runs=self.runs, launcher=self.launcher, timeout_s=self.timeout_s,
                                 use_cache=self.use_cache, scratch=os.path.join(self.folder.root, "baseline"),
-                                progress=self.say, auto=auto)
+                                progress=self.say, auto=auto, strategy=self.strategy)
 
         if self.auto is None and not imports_probe(self.tgt):
             self.auto = True  # a plain script: auto mode at once (a first run in the user's folder might write there)
@@ -290,7 +303,8 @@ class _Trial:
             monitor = AttemptMonitor(self.folder.trace_dir, c["nproc"], a, stall_s=stall, say=self.say)
             spec = attempt_spec(self.tgt, self.folder, nproc=c["nproc"], backend=c["backend"],
                                 script_args=self.script_args, role="trial", attempt=a, fault=fault,
-                                timeout_s=self.timeout_s, watch=monitor.watch, auto=bool(self.auto), index=index)
+                                timeout_s=self.timeout_s, watch=monitor.watch, auto=bool(self.auto), index=index,
+                                strategy=self.strategy)
             result = launches[a] = self.launcher.launch(spec)
             trace = load_trace(self.folder.trace_dir)
             fired = [row for row in trace.faults() if row.attempt == a]

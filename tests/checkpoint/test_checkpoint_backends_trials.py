@@ -51,3 +51,26 @@ def test_deepspeed_zero2_kill_resumes_bit_exact_at_3_ranks(pool, tmp_path):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_resumes_bit_exact(pool, tmp_path, strategy, nproc, plan):
     _trial(pool, tmp_path, strategy, nproc, PLANS[plan])
+
+
+def test_strategy_is_in_the_baseline_key_the_env_and_the_replay(tmp_path):
+    from harness.engine.baseline import baseline_key
+    from harness.engine.jobs import RunFolder, attempt_spec
+    from harness.engine.target import resolve_target
+    from harness.engine.trial import replay_command
+    from harness.faults import FaultPlan
+
+    tgt = resolve_target("default")
+    kw = dict(nproc=2, backend="gloo", script_args=(), runs=1)
+    keys = {s: baseline_key(tgt, **kw, strategy=s) for s in (None, "fsdp", "deepspeed-zero2", "deepspeed-zero3")}
+    assert len(set(keys.values())) == 4
+    spec = attempt_spec(tgt, RunFolder(str(tmp_path)), nproc=2, backend="gloo", script_args=(), role="trial",
+                        attempt=0, fault=None, timeout_s=10, strategy="fsdp")
+    assert spec.env["HARNESS_STRATEGY"] == "fsdp"
+    assert "HARNESS_STRATEGY" not in attempt_spec(tgt, RunFolder(str(tmp_path)), nproc=2, backend="gloo",
+                                                  script_args=(), role="trial", attempt=0, fault=None,
+                                                  timeout_s=10).env
+    assert "--strategy deepspeed-zero3" in replay_command(tgt, nproc=2, backend="gloo", seed=0,
+                                                          plan=FaultPlan.parse("12"), strategy="deepspeed-zero3")
+    with pytest.raises(ValueError, match="--strategy must be one of"):
+        run("default", plan="12", strategy="zero9", out_dir=str(tmp_path / "o"))
