@@ -140,6 +140,7 @@ def test_cli_report_of_a_rerun(buggy, pool, tmp_path, capsys, monkeypatch):
     assert " REPRODUCES  same outcome and first divergence: divergence at step 5, rank 0" in out
 
 
+@pytest.mark.slow  # a scenario's trial, twice; the scenario form of the file is checked in test_repro_file.py
 def test_a_scenario_report_reproduces(pool, tmp_path):
     result = run("buggy/scheduler_not_saved", plan="12", launcher=pool, out_dir=str(tmp_path / "run"))
     repro = Repro.load(Repro.from_result(result).dump(tmp_path / "bug.toml"))
