@@ -11,7 +11,7 @@ import base64
 import io
 
 #: Plots drawn per report; further failures are listed without one.
-MAX_PLOTS = 60
+MAX_PLOTS = 30
 
 
 def loss_plot_png(curves: dict, title: str = "") -> str:
