@@ -121,6 +121,13 @@ def result_class():
     return HarnessResult
 
 
+def __getattr__(name: str):
+    """``harness.pytest_plugin.HarnessResult``, made on first access."""
+    if name == "HarnessResult":
+        return result_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def render_report(result, width: int = 200) -> str:
     """The text report of a result (the one ``harness run`` prints), as a string without colours.
 

@@ -281,7 +281,10 @@ def test_the_readme_documents_every_attribute_of_the_result_the_marker_and_the_o
 
     readme = open(os.path.join(REPO, "README.md")).read()
     section = readme[readme.index("## In pytest\n"):readme.index("## Bug reports\n")]
+    from harness import pytest_plugin
+
     cls = result_class()
+    assert pytest_plugin.HarnessResult is cls and issubclass(cls, RunResult)
     names = {f.name for f in dataclasses.fields(RunResult)}
     names |= {n for n, v in inspect.getmembers(cls) if not n.startswith("_") and n != "of"
               and (isinstance(inspect.getattr_static(cls, n), property) or callable(v))}
