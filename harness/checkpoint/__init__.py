@@ -8,6 +8,7 @@ from .data import ResumableDataLoader
 from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
                      NotACheckpointError, UnsafeCheckpointError)
 from .manager import Checkpointer, CheckpointSkippedWarning
+from .reduction import CommHookConflictWarning, pin_bucket_layout, rank_ordered_allreduce_hook  # noqa: F401
 
 __all__ = [
     "Checkpointer", "ProjectConfiguration", "ResumableDataLoader", "CheckpointSkippedWarning",

@@ -34,7 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from harness import probe
 
-from . import files, from_accelerate, layout, storage, tree
+from . import files, from_accelerate, layout, reduction, storage, tree
 from . import strategy as strategies
 from .comm import Comm
 from .config import ProjectConfiguration
@@ -86,7 +86,12 @@ class Checkpointer:
     """
 
     def __init__(self, project_config: ProjectConfiguration | None = None, *, max_shard_size: int | str = "4GB",
-                 timeout_s: float = 1800.0, fsdp_state_dict: str = "sharded") -> None:
+                 timeout_s: float = 1800.0, fsdp_state_dict: str = "sharded",
+                 deterministic_reduction: bool | str = True) -> None:
+        if deterministic_reduction not in (True, False, *reduction.MODES):
+            raise ValueError(f"deterministic_reduction must be True, False or one of {reduction.MODES}, "
+                             f"got {deterministic_reduction!r}")
+        self.deterministic_reduction = deterministic_reduction  # DDP models given to prepare(): see reduction.py
         if fsdp_state_dict not in strategies.FSDP_STATE_DICTS:
             raise ValueError(f"fsdp_state_dict must be one of {strategies.FSDP_STATE_DICTS}, got {fsdp_state_dict!r}")
         self.project_configuration = project_config or ProjectConfiguration()
@@ -114,8 +119,14 @@ class Checkpointer:
 
     def prepare(self, *objs):
         """Register models, optimizers, schedulers, DataLoaders (wrapped into ResumableDataLoader) and
-        GradScalers; return them in order (a single object is returned as is)."""
+        GradScalers; return them in order (a single object is returned as is).
+
+        A DDP model also gets a gradient reduction whose summation order survives a restart (its bucket
+        layout pinned; see `reduction.py`), unless `deterministic_reduction=False`.
+        """
         out = tuple(self._registry.add(o, prepare=True) for o in objs)
+        for o in out:
+            reduction.install(o, self.deterministic_reduction)
         return out[0] if len(out) == 1 else out
 
     def register_for_checkpointing(self, *objs, per_rank: bool = False) -> None:
