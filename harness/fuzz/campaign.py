@@ -7,7 +7,8 @@ How Hypothesis is used: ``hypothesis.find(space.strategy(), is_failure, ...)``. 
 runs one trial (``harness.engine.run`` with one warm ForkServerLauncher and the cached baseline) and
 returns True on a ``fail`` verdict, False on a pass; an error of exercise (the fault never fired, the
 job survived it, there was no checkpoint to resume from, a fault was never armed) is not a bug and
-is rejected (``hypothesis.reject()``), as is an error of the job before any resume (attempt 0 hung
+is rejected (``hypothesis.reject()``; a plan whose later step fault comes before the checkpoint the
+job will resume from is rejected without a trial: ``FaultSpace.unreachable``), as is an error of the job before any resume (attempt 0 hung
 or crashed: ``BEFORE_RESUME_ERRORS``, reported apart); a harness error (baseline_failed, error)
 stops the campaign. Hypothesis's engine
 generates the plans, replays the failures stored in its example database first, and shrinks a
@@ -154,6 +155,7 @@ class CampaignResult:
     db: str | None = None
     shrink_trials: int = 0
     before_resume: tuple[tuple[str, str], ...] = ()  # (plan, outcome) of the trials in BEFORE_RESUME_ERRORS
+    unreachable: int = 0  # plans rejected without a trial: a later fault could not fire (FaultSpace.unreachable)
     trial_seconds: tuple[float, ...] = field(default=(), repr=False)
 
     @property
@@ -177,7 +179,7 @@ class CampaignResult:
             "target": self.target, "nproc": self.nproc, "backend": self.backend, "seed": self.seed,
             "stop": self.stop.value, "exit_code": self.exit_code, "message": self.message,
             "trials": self.trials, "passes": self.passes, "failed_trials": self.failed_trials,
-            "rejected": dict(self.rejected), "shrink_trials": self.shrink_trials,
+            "rejected": dict(self.rejected), "unreachable": self.unreachable, "shrink_trials": self.shrink_trials,
             "failures": [f.to_json() for f in self.failures], "coverage": self.coverage.to_json(),
             "space": self.space.to_json() if self.space else None,
             "elapsed_s": round(self.elapsed_s, 3), "fuzz_s": round(self.fuzz_s, 3),
@@ -252,6 +254,7 @@ class Campaign:
         self._found = None  # the first failing RunResult
         self._best = None  # the smallest failing RunResult so far
         self._t_first: float | None = None
+        self._unreachable = 0  # plans rejected without a trial (FaultSpace.unreachable)
 
     # -- checks before anything runs -----------------------------------------------------------
     def _check(self):
@@ -318,6 +321,7 @@ class Campaign:
             message=message, log_tail=log_tail, out_dir=os.path.abspath(c.out_dir), db=c.db,
             shrink_trials=sum(r.phase == "shrink" for r in self.records),
             before_resume=tuple((r.plan, r.outcome) for r in self.records if r.outcome in BEFORE_RESUME_ERRORS),
+            unreachable=self._unreachable,
             trial_seconds=tuple(r.seconds for r in self.records))
         with open(os.path.join(c.out_dir, "fuzz.json"), "w") as f:
             json.dump(result.to_json(), f, indent=1)
@@ -348,6 +352,7 @@ class Campaign:
         from hypothesis.errors import NoSuchExample, Unsatisfiable
 
         c = self.config
+        self._space = space
         trials = c.trials if c.trials is not None else (None if c.time_s is not None else DEFAULT_TRIALS)
         self._budget = (trials, c.time_s)
         db = DirectoryBasedExampleDatabase(c.db) if c.db else None
@@ -368,6 +373,9 @@ class Campaign:
         """The condition Hypothesis searches for: this plan's trial fails."""
         from hypothesis import reject
 
+        if self._space.unreachable(plan) is not None:  # would end as fault_not_fired: not worth a trial
+            self._unreachable += 1
+            reject()
         result = self._trial(plan)
         if result is None:  # the engine refused the plan before running it
             reject()

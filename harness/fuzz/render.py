@@ -66,7 +66,9 @@ def render_text(result: CampaignResult, console: Console) -> None:
     table.add_row("trials", f"{result.trials} in {result.fuzz_s:.1f} s ({result.trials_per_minute:.0f}/min): "
                             f"{result.passes} passed, {result.failed_trials} failed, {rejected} rejected"
                             + (f" ({_counts(result.rejected)})" if rejected else "")
-                            + (f"; {result.shrink_trials} of them shrinking" if result.shrink_trials else ""))
+                            + (f"; {result.shrink_trials} of them shrinking" if result.shrink_trials else "")
+                            + (f"; {result.unreachable} plan(s) skipped, a later fault could not fire"
+                               if result.unreachable else ""))
     cov = result.coverage
     table.add_row("signals", _counts(cov.signals))
     table.add_row("ranks", _counts(cov.ranks) + (f"  ({_counts(cov.rank_numbers)})" if cov.rank_numbers else ""))

@@ -167,6 +167,26 @@ class FaultSpace:
                 out.append(BOUNDARY_OCCURRENCE)
         return tuple(out)
 
+    def resumes_from(self, step: int) -> int:
+        """The checkpoint a job killed inside ``probe.step(step)`` resumes from: the last committed before it."""
+        return max((c for c in self.committed if c < step), default=0)
+
+    def unreachable(self, plan) -> int | None:
+        """The index of a fault of ``plan`` that cannot fire, as far as the baseline tells, else None.
+
+        Attempt i arms fault i after fault i-1 ended attempt i-1. When fault i-1 is a step fault at
+        step p, attempt i resumes from the last checkpoint committed before p and re-runs the steps
+        after it: a step fault i at a step no later than that checkpoint is never reached (the trial
+        would end as fault_not_fired). Point faults and faults after them are not predicted.
+        """
+        for i in range(1, len(plan)):
+            prev, fault = plan[i - 1], plan[i]
+            if prev.step is None:
+                return None
+            if fault.step is not None and fault.step <= self.resumes_from(prev.step):
+                return i
+        return None
+
     def expected_classes(self) -> tuple[str, ...]:
         """The classes this space can produce: a campaign that never tried one of them warns."""
         names = [n for n, _ in self.points]

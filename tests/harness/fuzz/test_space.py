@@ -124,3 +124,13 @@ def test_coverage_counts_and_names_what_was_never_tried(tmp_path):
     single.add(FaultPlan.parse("5"))
     assert "multi-fault plans" in single.snapshot().never_tried
     assert cov.to_json()["never_tried"] == list(cov.never_tried)
+
+
+def test_later_step_faults_before_the_resumed_checkpoint_cannot_fire(tmp_path):
+    space = FaultSpace.from_trace(synthetic_baseline(tmp_path / "b"), nproc=2)  # checkpoints at 4 and 8
+    assert [space.resumes_from(s) for s in (3, 4, 5, 8, 9, 12)] == [0, 0, 4, 4, 8, 8]
+    assert space.unreachable(FaultPlan.parse("10,8")) == 1  # resumes from 8: step 8 is never re-run
+    assert space.unreachable(FaultPlan.parse("10,9@all")) is None  # steps 9.. are re-run
+    assert space.unreachable(FaultPlan.parse("6,5,4")) == 2  # 6 -> from 4, 5 fires -> from 4, 4 never
+    assert space.unreachable(FaultPlan.parse("10,checkpoint.write,1")) is None  # after a point: not predicted
+    assert space.unreachable(FaultPlan.parse("3")) is None
