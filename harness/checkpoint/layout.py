@@ -1,4 +1,4 @@
-"""Which file holds what, in a checkpoint folder (format version 1; docs/design.md section 5).
+"""Which file holds what, in a checkpoint folder (format version 3; docs/design.md section 5).
 
 Plain state (JSON trees and tensor dicts) in, a list of `FileJob`s out, then written into a staging
 folder and listed in the manifest. The checkpointer and `harness convert` both lay out folders here.
