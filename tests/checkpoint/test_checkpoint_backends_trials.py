@@ -74,3 +74,10 @@ def test_strategy_is_in_the_baseline_key_the_env_and_the_replay(tmp_path):
                                                           plan=FaultPlan.parse("12"), strategy="deepspeed-zero3")
     with pytest.raises(ValueError, match="--strategy must be one of"):
         run("default", plan="12", strategy="zero9", out_dir=str(tmp_path / "o"))
+
+
+def test_cli_strategies_are_the_scenarios_strategies():
+    from harness.engine.trial import STRATEGIES as ENGINE
+    from harness.scenarios._common import STRATEGIES as SCENARIOS
+
+    assert ENGINE == SCENARIOS
