@@ -55,6 +55,8 @@ def _compared_table(result) -> Table:
         t.add_row("ranks / steps", f"{c.get('ranks', 0)} / {c.get('steps', 0)}")
         t.add_row("step rows", f"{c.get('rows', 0)} ({c.get('reexecuted_rows', 0)} re-executed after a resume)")
         t.add_row("fields", Text(", ".join(c.get("fields", [])) or "-"))
+        if c.get("not_recorded"):
+            t.add_row("not recorded", Text(", ".join(map(str, c["not_recorded"])) + " (auto mode cannot see them)"))
         if c.get("unused_rng"):
             t.add_row("not compared", Text(", ".join(c["unused_rng"]) + " (unused: never drawn from in the baseline)"))
         t.add_row("final state", f"{c.get('final_tensors', 0)} tensors ({_size(c.get('final_bytes', 0))}), "
