@@ -1,0 +1,294 @@
+"""harness.checkpoint.reduction at 3 gloo ranks: the rank-ordered hooks give the same bits whatever the
+bucket layout, the pinned layout makes a fresh process reduce like one that has run for a while, and
+the checkpointer installs them as its knob says.
+
+One job of 3 ranks (this file run as a script by the shared warm launcher, `pool`) runs every check
+once; each test asserts its own check's outcome. A check fails on a rank by raising; the error names it.
+"""
+
+import itertools
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from harness.checkpoint import Checkpointer, ProjectConfiguration
+from harness.launch import LaunchSpec
+from harness.checkpoint.reduction import (CommHookConflictWarning, install, pin_bucket_layout,
+                                          rank_ordered_allreduce_hook, rank_ordered_reduce_scatter_hook)
+
+WORLD = 3
+
+
+def raw(t: torch.Tensor) -> bytes:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+class Mixed(torch.nn.Module):
+    """Parameters of three dtypes (DDP buckets hold one dtype each), sizes not divisible by 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(10, 17)
+        self.b = torch.nn.Linear(17, 13).double()
+        self.c = torch.nn.Linear(13, 5).bfloat16()
+        self.d = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x)).double()
+        h = torch.tanh(self.b(h)).bfloat16()
+        return self.d(self.c(h).float())
+
+
+class MLP(torch.nn.Sequential):
+    def __init__(self):
+        super().__init__(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 64), torch.nn.GELU(),
+                         torch.nn.Linear(64, 4))
+
+
+def batches(rank: int, step: int, n: int = 3, dim: int = 10):
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return [torch.randn(8, dim, generator=g) for _ in range(n)]
+
+
+def local_grads(module_cls, xs) -> list[torch.Tensor]:
+    """This rank's own gradients (summed over the micro-batches), without any reduction."""
+    torch.manual_seed(0)
+    m = module_cls()
+    for x in xs:
+        m(x).float().square().mean().backward()
+    return [p.grad.clone() for p in m.parameters()]
+
+
+def rank_ordered_reference(module_cls, xs) -> list[bytes]:
+    """The documented arithmetic: ((g_0 * s + g_1 * s) + g_2 * s), s = 1 / W, in each parameter's dtype."""
+    mine = local_grads(module_cls, xs)
+    out = []
+    for g in mine:
+        wide = g.float() if g.dtype == torch.bfloat16 else g  # gathered as exact fp32
+        parts = [torch.empty_like(wide) for _ in range(WORLD)]
+        dist.all_gather(parts, wide)
+        parts = [p.to(g.dtype).mul(1.0 / WORLD) for p in parts]
+        acc = parts[0] + parts[1]
+        for p in parts[2:]:
+            acc = acc + p
+        out.append(raw(acc))
+    return out
+
+
+def ddp_grads(module_cls, hook, xs, schedule, **ddp_kw) -> list[list[bytes]]:
+    """Gradients of one DDP model after each of its iterations (the first with DDP's first-iteration
+    layout, the later ones with the rebuilt one): "acc" runs the micro-batches under no_sync but the
+    last, "one" a single backward of the first micro-batch."""
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(module_cls(), **ddp_kw)
+    if hook is not None:
+        model.register_comm_hook(None, hook)
+    out = []
+    for kind in schedule:
+        for p in model.parameters():
+            p.grad = None
+        if kind == "acc":
+            with model.no_sync():
+                for x in xs[:-1]:
+                    model(x).float().square().mean().backward()
+            model(xs[-1]).float().square().mean().backward()
+        else:
+            model(xs[0]).float().square().mean().backward()
+        out.append([raw(p.grad) for p in model.parameters()])
+    return out
+
+
+LAYOUTS = [dict(), dict(bucket_cap_mb=0.0005, gradient_as_bucket_view=True)]  # one bucket per dtype; one per parameter
+
+
+# -- the checks (run on every rank; raise on failure) ----------------------------------------------
+
+def check_hooks_layout_invariant(rank):
+    """Both hooks, two bucket layouts, first iteration and after the rebuild, with no_sync accumulation
+    and without: every result equals the rank-ordered reference, byte for byte."""
+    xs = batches(rank, 1)
+    ref_acc = rank_ordered_reference(Mixed, xs)
+    ref_one = rank_ordered_reference(Mixed, xs[:1])
+    schedule = ["acc", "one", "acc"]  # first iteration (initial layout), then rebuilt buckets
+    expected = [ref_acc if kind == "acc" else ref_one for kind in schedule]
+    for hook, layout in itertools.product((rank_ordered_allreduce_hook, rank_ordered_reduce_scatter_hook), LAYOUTS):
+        got = ddp_grads(Mixed, hook, xs, schedule, **layout)
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert g == e, (hook.__name__, layout, f"iteration {i + 1} ({schedule[i]})")
+
+
+def check_default_allreduce_premultiplies(rank):
+    """DDP's own reduction at 3 ranks: every element is some ordering of the sum of g_r * (1/W) (the
+    hook's arithmetic up to order), and not of g_r / W: the documented semantics are DDP's."""
+    xs = batches(rank, 2, n=1, dim=16)
+    got = ddp_grads(MLP, None, xs, ["one"])[0]
+    mine = local_grads(MLP, xs)
+    for g, got_raw in zip(mine, got):
+        parts = [torch.empty_like(g) for _ in range(WORLD)]
+        dist.all_gather(parts, g)
+        result = torch.frombuffer(bytearray(got_raw), dtype=torch.int32)
+        for scale, expect_all in ((lambda t: t * (1.0 / WORLD), True), (lambda t: t / WORLD, False)):
+            scaled = [scale(p) for p in parts]
+            hit = torch.zeros(g.numel(), dtype=torch.bool)
+            for order in itertools.permutations(range(WORLD)):
+                acc = scaled[order[0]] + scaled[order[1]]
+                for j in order[2:]:
+                    acc = acc + scaled[j]
+                hit |= acc.reshape(-1).view(torch.int32) == result
+            assert bool(hit.all()) == expect_all or (not expect_all and g.numel() < 64), (tuple(g.shape), expect_all)
+
+
+def resumed_vs_continued(rank, pin: bool) -> tuple[list[bytes], list[bytes]]:
+    """DDP's own all-reduce: step 2 of a process that ran step 1, and the same step 2 run as the first
+    iteration of a fresh process (a resume) from the same weights."""
+    xs1, xs2 = batches(rank, 1, n=1, dim=16), batches(rank, 2, n=1, dim=16)
+    torch.manual_seed(0)
+    a = torch.nn.parallel.DistributedDataParallel(MLP())
+    if pin:
+        assert pin_bucket_layout(a)
+    a(xs1[0]).square().mean().backward()
+    with torch.no_grad():
+        for p in a.parameters():
+            p -= 0.1 * p.grad
+            p.grad = None
+    b = torch.nn.parallel.DistributedDataParallel(MLP())
+    b.module.load_state_dict(a.module.state_dict())
+    if pin:
+        assert pin_bucket_layout(b)
+    a(xs2[0]).square().mean().backward()
+    b(xs2[0]).square().mean().backward()
+    return [raw(p.grad) for p in a.parameters()], [raw(p.grad) for p in b.parameters()]
+
+
+def check_unpinned_first_iteration_differs(rank):
+    """The finding, at unit level: without the pinned layout a fresh process's first reduction differs."""
+    continued, resumed = resumed_vs_continued(rank, pin=False)
+    assert continued != resumed
+
+
+def check_pinned_first_iteration_matches(rank):
+    continued, resumed = resumed_vs_continued(rank, pin=True)
+    assert continued == resumed
+
+
+def check_checkpointer_knob(rank, project_dir):
+    def ddp():
+        torch.manual_seed(0)
+        return torch.nn.parallel.DistributedDataParallel(MLP())
+
+    m = Checkpointer(ProjectConfiguration(project_dir)).prepare(ddp())
+    assert m._harness_bucket_layout_pinned and not m._comm_hooks
+    m = Checkpointer(ProjectConfiguration(project_dir), deterministic_reduction=False).prepare(ddp())
+    assert not getattr(m, "_harness_bucket_layout_pinned", False) and not m._comm_hooks
+    m = Checkpointer(ProjectConfiguration(project_dir), deterministic_reduction="rank_ordered").prepare(ddp())
+    assert [h for h, _ in m._comm_hooks] == [rank_ordered_allreduce_hook]
+    # a user's own hook: the pinned layout keeps it; rank_ordered warns and keeps it too
+    user = ddp()
+    user.register_comm_hook(None, rank_ordered_reduce_scatter_hook)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Checkpointer(ProjectConfiguration(project_dir)).prepare(user)
+    assert user._harness_bucket_layout_pinned
+    user = ddp()
+    user.register_comm_hook(None, rank_ordered_reduce_scatter_hook)
+    with pytest.warns(CommHookConflictWarning, match="already has a comm hook"):
+        Checkpointer(ProjectConfiguration(project_dir), deterministic_reduction="rank_ordered").prepare(user)
+    assert [h for h, _ in user._comm_hooks] == [rank_ordered_reduce_scatter_hook]
+    # too late: the model already ran (and rebuilt its buckets)
+    late = ddp()
+    late(torch.randn(2, 16)).sum().backward()
+    late(torch.randn(2, 16)).sum().backward()
+    with pytest.warns(CommHookConflictWarning, match="cannot pin"):
+        assert not pin_bucket_layout(late)
+
+
+CHECKS_ALL = {
+    "hooks_layout_invariant": check_hooks_layout_invariant,
+    "default_allreduce_premultiplies": check_default_allreduce_premultiplies,
+    "unpinned_first_iteration_differs": check_unpinned_first_iteration_differs,
+    "pinned_first_iteration_matches": check_pinned_first_iteration_matches,
+    "checkpointer_knob": check_checkpointer_knob,
+    "world_size_one": lambda rank, project_dir: check_world_size_one(rank, project_dir),
+}
+
+
+class FakeBucket:
+    def __init__(self, t):
+        self.t = t
+
+    def buffer(self):
+        return self.t
+
+
+def check_world_size_one(rank, project_dir):
+    """A group of one rank (each rank its own): the hooks return the bucket untouched; nothing is installed."""
+    alone = [dist.new_group([r]) for r in range(WORLD)][rank]  # new_group is collective: every rank makes each
+    t = torch.randn(7)
+    before = raw(t)
+    for hook in (rank_ordered_allreduce_hook, rank_ordered_reduce_scatter_hook):
+        assert raw(hook(alone, FakeBucket(t)).wait()) == before
+    torch.manual_seed(0)
+    m = torch.nn.parallel.DistributedDataParallel(MLP(), process_group=alone)
+    assert not install(m, True) and not install(m, "rank_ordered") and not m._comm_hooks
+    assert Checkpointer(ProjectConfiguration(project_dir)).prepare(m) is m
+
+
+def main(out_dir: str) -> None:
+    """One rank of the job (run as a script by the warm launcher, torchrun's environment)."""
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    results = {}
+    for name, fn in CHECKS_ALL.items():
+        t0 = time.perf_counter()
+        try:
+            if "project_dir" in fn.__code__.co_varnames[:fn.__code__.co_argcount]:
+                fn(rank, os.path.join(out_dir, f"proj-{name}"))
+            else:
+                fn(rank)
+            results[name] = None
+        except BaseException:
+            results[name] = traceback.format_exc()
+        dist.barrier()
+        print(f"rank {rank}: {name} {time.perf_counter() - t0:.2f} s", flush=True)
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def outcomes(pool, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("reduction")
+    res = pool.launch(LaunchSpec(nproc=WORLD, log_dir=str(out / "logs"), script=os.path.abspath(__file__),
+                                 args=(str(out),), timeout_s=240))
+    logs = "\n".join(f"--- rank {e.rank}: {e.describe()}\n" + open(e.log_path).read()[-3000:] for e in res.exits)
+    assert res.ok, logs
+    results: dict = {name: [] for name in CHECKS_ALL}
+    for r in range(WORLD):
+        with open(os.path.join(out, f"rank{r}.json")) as f:
+            for name, err in json.load(f).items():
+                if err:
+                    results[name].append(f"rank {r}: {err}")
+    return results
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS_ALL))
+def test_reduction(outcomes, check):
+    assert not outcomes[check], "\n".join(outcomes[check])
+
+
+def test_knob_refuses_unknown_values():
+    with pytest.raises(ValueError, match="deterministic_reduction"):
+        Checkpointer(deterministic_reduction="sorted")
+    with pytest.raises(ValueError, match="deterministic_reduction"):
+        install(torch.nn.Linear(2, 2), "sorted")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
