@@ -328,7 +328,7 @@ class _Trial:
         if self.auto:
             comparison.compared["not_recorded"] = auto_not_recorded(base_trace)
         ends = [RankEnd(e.rank, e.returncode, e.torn_down, log_tail(e.log_path)) for e in last.exits]
-        verdict = assess(comparison, trace, n_faults=len(concrete), last_exits=ends)
+        verdict = assess(comparison, trace, n_faults=len(concrete), last_exits=ends, launched=len(launches))
         self.timings["compare_s"] = round(time.monotonic() - t2, 3)
         return verdict, self.context(launches)
 

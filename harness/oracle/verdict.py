@@ -221,13 +221,15 @@ def assess(
     baseline_repro: Comparison | None = None,
     baseline_error: str | None = None,
     last_exits: list[RankEnd] | None = None,
+    launched: int | None = None,
 ) -> Verdict:
     """Judge a trial. See the module docstring for the rules, in the order they are checked.
 
     comparison: compare_runs(baseline, trial). trial: the trial's Trace. n_faults: faults in the plan
     (attempt i arms fault i). baseline_repro: compare_runs(baseline, second baseline), if one was run.
     baseline_error: why the baseline failed, if it did. last_exits: how each rank of the trial's last
-    attempt ended.
+    attempt ended. launched: how many attempts were launched (a launched attempt may record nothing:
+    a rank that crashes on resume before its first probe call).
     """
     warnings = list(comparison.warnings) if comparison else []
     base = dict(first_divergence=comparison.first if comparison else None,
@@ -262,6 +264,18 @@ def assess(
     if not summary:
         return done("error", Outcome.ERROR, "the trial recorded no trace row: did its ranks start? See attempt0/rank*.log")
     recorded = {s.attempt for s in summary}
+    silent = (launched or 0) - 1
+    if silent > max(recorded):
+        crashed = sorted((e for e in ends.values() if not e.torn_down and e.returncode not in (0, None)),
+                         key=lambda e: e.rank)
+        if crashed:
+            e = crashed[0]
+            how = f"was killed by signal {-e.returncode}" if e.returncode < 0 else f"exited with code {e.returncode}"
+            return done("fail", Outcome.CRASH_ON_RESUME,
+                        f"rank {e.rank} {how} in attempt {silent}, after the resume, before it recorded anything "
+                        f"(while loading the checkpoint?)", log_tail=e.log_tail)
+        return done("error", Outcome.ERROR, f"attempt {silent} recorded no trace row: did its ranks start? "
+                                            f"See attempt{silent}/rank*.log")
     for a in range(max(recorded) + 1):
         if a not in recorded:
             return done("error", Outcome.ERROR, f"attempt {a} recorded no trace row: did its ranks start? "

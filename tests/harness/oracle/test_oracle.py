@@ -557,3 +557,15 @@ def test_verdict_is_frozen_and_only_bit_exact_passes():
         Verdict("pass", "divergence", "x")
     with pytest.raises(ValueError):
         Verdict("pass", "no_such_outcome", "x")
+
+
+def test_a_resumed_attempt_that_crashes_before_recording_anything_fails(base, tmp_path):
+    """E.g. the restart dies loading a half-written checkpoint, before its first probe call."""
+    b = TraceBuilder(tmp_path / "t").start(0).steps(0, 1, 7).fault(0, 7)
+    trial = load_trace(b.write())
+    ends = [RankEnd(0, 1, log_tail="CorruptCheckpointError: torn"), RankEnd(1, -9, torn_down=True)]
+    r = assess(compare_runs(base, trial), trial, n_faults=1, last_exits=ends, launched=2)
+    assert (r.verdict, r.outcome) == ("fail", "crash_on_resume"), r.message
+    assert "attempt 1" in r.message and "torn" in r.log_tail
+    r = assess(compare_runs(base, trial), trial, n_faults=1, last_exits=[RankEnd(0, 0), RankEnd(1, 0)], launched=2)
+    assert (r.verdict, r.outcome) == ("error", "error") and "attempt 1 recorded no trace row" in r.message
