@@ -10,8 +10,9 @@ the variants interleaved within each rep. It prints, per world size, the median 
 each variant over --reps and its ratio to DDP's default:
 
   default         DDP's built-in all-reduce (ring order depends on the bucket layout: not resume-exact at >= 3)
-  allgather       rank_ordered_allreduce_hook: all-gather each bucket, sum the ranks in rank order
-  reduce_scatter  rank_ordered_reduce_scatter_hook: all-to-all + rank-ordered sum of one chunk + all-gather
+  allgather       rank_ordered_allgather_hook: all-gather each bucket, sum the ranks in rank order
+  reduce_scatter  rank_ordered_allreduce_hook: all-to-all + rank-ordered sum of one chunk + all-gather
+                  (what Checkpointer(deterministic_reduction="rank_ordered") installs)
   fixed_layout    DDP's all-reduce with the bucket rebuild pinned to parameter order
                   (reducer._push_all_rebuilt_params(), a private API): same layout in every iteration
 
@@ -29,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from harness.checkpoint.reduction import rank_ordered_allreduce_hook, rank_ordered_reduce_scatter_hook
+from harness.checkpoint.reduction import rank_ordered_allgather_hook, rank_ordered_allreduce_hook
 
 VARIANTS = ["default", "allgather", "reduce_scatter", "fixed_layout"]
 
@@ -41,9 +42,9 @@ def build(variant: str, args) -> torch.nn.parallel.DistributedDataParallel:
         layers += [torch.nn.Linear(args.width, args.width), torch.nn.GELU()]
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(*layers))
     if variant == "allgather":
-        model.register_comm_hook(None, rank_ordered_allreduce_hook)
+        model.register_comm_hook(None, rank_ordered_allgather_hook)
     elif variant == "reduce_scatter":
-        model.register_comm_hook(None, rank_ordered_reduce_scatter_hook)
+        model.register_comm_hook(None, rank_ordered_allreduce_hook)
     elif variant == "fixed_layout":
         model.reducer._push_all_rebuilt_params()
     return model

@@ -29,14 +29,14 @@ does; every bucket holds one dtype, so a model with mixed dtypes is reduced per 
 
 Two ways to get every rank's contributions:
 
-- `rank_ordered_allreduce_hook`: an all-gather of the whole bucket (W x its size arrives on every
-  rank), then a local sum in rank order, in the future's callback. One collective, asynchronous like
-  DDP's own.
-- `rank_ordered_reduce_scatter_hook`: an all-to-all sends chunk j of the bucket to rank j, which
-  sums its chunk in rank order; an all-gather of the summed chunks follows. It moves as many bytes
-  as a ring all-reduce (2 (W-1)/W x the bucket), but needs two collectives, the second issued from
-  the hook itself after the first completes (issuing it from a future callback could interleave
-  the collectives of two buckets differently on different ranks).
+- `rank_ordered_allreduce_hook`: an all-to-all sends chunk j of the bucket to rank j, which sums
+  its chunk in rank order; an all-gather of the summed chunks follows. It moves as many bytes as a
+  ring all-reduce (2 (W-1)/W x the bucket), but needs two collectives, the second issued from the
+  hook itself after the first completes (issuing it from a future callback could interleave the
+  collectives of two buckets differently on different ranks). The cheaper of the two on gloo.
+- `rank_ordered_allgather_hook`: an all-gather of the whole bucket (W x its size arrives on every
+  rank), then a local sum in rank order, in the future's callback. One collective, asynchronous
+  like DDP's own, but gloo's all-gather is much slower than its ring all-reduce.
 
 **What the checkpointer installs: the pinned layout.** A third fix keeps DDP's own all-reduce and
 removes the cause instead: `pin_bucket_layout` makes DDP's one bucket rebuild, at the first forward,
@@ -77,7 +77,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank_ordered_allreduce_hook", "rank_ordered_reduce_scatter_hook", "pin_bucket_layout", "install",
+__all__ = ["rank_ordered_allgather_hook", "rank_ordered_allreduce_hook", "pin_bucket_layout", "install",
            "MODES", "CommHookConflictWarning"]
 
 #: what `install` (and `Checkpointer(deterministic_reduction=...)`) accepts; True means "fixed_layout"
@@ -110,11 +110,8 @@ def _sum_in_rank_order(parts: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rank_ordered_allreduce_hook(process_group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP comm hook: the mean of the ranks' gradients, summed in rank order (see the module docstring).
-
-    `process_group`: the group DDP reduces over (the hook's state; None for the default group).
-    """
+def rank_ordered_allgather_hook(process_group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """The same result as `rank_ordered_allreduce_hook`, by one all-gather of the whole bucket."""
     group = _group(process_group)
     world = dist.get_world_size(group)
     buf = bucket.buffer()
@@ -132,8 +129,12 @@ def rank_ordered_allreduce_hook(process_group, bucket: dist.GradBucket) -> torch
     return fut.then(reduce)
 
 
-def rank_ordered_reduce_scatter_hook(process_group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """The same result as `rank_ordered_allreduce_hook`, moving ring all-reduce's bytes (two collectives)."""
+def rank_ordered_allreduce_hook(process_group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP comm hook: the mean of the ranks' gradients, summed in rank order (see the module docstring).
+
+    All-to-all, a rank-ordered sum of this rank's chunk, all-gather: ring all-reduce's bytes.
+    `process_group`: the group DDP reduces over (the hook's state; None for the default group).
+    """
     group = _group(process_group)
     world = dist.get_world_size(group)
     buf = bucket.buffer()

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from harness.checkpoint import Checkpointer, ProjectConfiguration
 from harness.launch import LaunchSpec
 from harness.checkpoint.reduction import (CommHookConflictWarning, install, pin_bucket_layout,
-                                          rank_ordered_allreduce_hook, rank_ordered_reduce_scatter_hook)
+                                          rank_ordered_allgather_hook, rank_ordered_allreduce_hook)
 
 WORLD = 3
 
@@ -118,7 +118,7 @@ def check_hooks_layout_invariant(rank):
     ref_one = rank_ordered_reference(Mixed, xs[:1])
     schedule = ["acc", "one", "acc"]  # first iteration (initial layout), then rebuilt buckets
     expected = [ref_acc if kind == "acc" else ref_one for kind in schedule]
-    for hook, layout in itertools.product((rank_ordered_allreduce_hook, rank_ordered_reduce_scatter_hook), LAYOUTS):
+    for hook, layout in itertools.product((rank_ordered_allgather_hook, rank_ordered_allreduce_hook), LAYOUTS):
         got = ddp_grads(Mixed, hook, xs, schedule, **layout)
         for i, (g, e) in enumerate(zip(got, expected)):
             assert g == e, (hook.__name__, layout, f"iteration {i + 1} ({schedule[i]})")
@@ -191,16 +191,16 @@ def check_checkpointer_knob(rank, project_dir):
     assert [h for h, _ in m._comm_hooks] == [rank_ordered_allreduce_hook]
     # a user's own hook: the pinned layout keeps it; rank_ordered warns and keeps it too
     user = ddp()
-    user.register_comm_hook(None, rank_ordered_reduce_scatter_hook)
+    user.register_comm_hook(None, rank_ordered_allgather_hook)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Checkpointer(ProjectConfiguration(project_dir)).prepare(user)
     assert user._harness_bucket_layout_pinned
     user = ddp()
-    user.register_comm_hook(None, rank_ordered_reduce_scatter_hook)
+    user.register_comm_hook(None, rank_ordered_allgather_hook)
     with pytest.warns(CommHookConflictWarning, match="already has a comm hook"):
         Checkpointer(ProjectConfiguration(project_dir), deterministic_reduction="rank_ordered").prepare(user)
-    assert [h for h, _ in user._comm_hooks] == [rank_ordered_reduce_scatter_hook]
+    assert [h for h, _ in user._comm_hooks] == [rank_ordered_allgather_hook]
     # too late: the model already ran (and rebuilt its buckets)
     late = ddp()
     late(torch.randn(2, 16)).sum().backward()
@@ -232,7 +232,7 @@ def check_world_size_one(rank, project_dir):
     alone = [dist.new_group([r]) for r in range(WORLD)][rank]  # new_group is collective: every rank makes each
     t = torch.randn(7)
     before = raw(t)
-    for hook in (rank_ordered_allreduce_hook, rank_ordered_reduce_scatter_hook):
+    for hook in (rank_ordered_allgather_hook, rank_ordered_allreduce_hook):
         assert raw(hook(alone, FakeBucket(t)).wait()) == before
     torch.manual_seed(0)
     m = torch.nn.parallel.DistributedDataParallel(MLP(), process_group=alone)
