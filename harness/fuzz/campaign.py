@@ -8,9 +8,9 @@ runs one trial (``harness.engine.run`` with one warm ForkServerLauncher and the 
 returns True on a ``fail`` verdict, False on a pass; an error of exercise (the fault never fired, the
 job survived it, there was no checkpoint to resume from, a fault was never armed) is not a bug and
 is rejected (``hypothesis.reject()``; a plan whose later step fault comes before the checkpoint the
-job will resume from is rejected without a trial: ``FaultSpace.unreachable``), as is an error of the job before any resume (attempt 0 hung
-or crashed: ``BEFORE_RESUME_ERRORS``, reported apart); a harness error (baseline_failed, error)
-stops the campaign. Hypothesis's engine
+job will resume from is rejected without a trial: ``FaultSpace.unreachable``), as is an error of
+the job before any resume (attempt 0 hung or crashed: ``BEFORE_RESUME_ERRORS``, reported apart);
+a harness error (baseline_failed, error) stops the campaign. Hypothesis's engine
 generates the plans, replays the failures stored in its example database first, and shrinks a
 failure to a minimal plan; ``--seed`` seeds it (``seeded``: the seed ``--hypothesis-seed`` sets,
 which keeps the database), so a seed and a database replay the same campaign.
@@ -294,8 +294,8 @@ class Campaign:
             try:
                 baseline, space = self._baseline(target, backend)
                 if baseline.error is not None:
-                    stop, message, log_tail = StopReason.BASELINE_FAILED, f"the baseline run failed: {baseline.error}", \
-                        baseline.log_tail
+                    stop, log_tail = StopReason.BASELINE_FAILED, baseline.log_tail
+                    message = f"the baseline run failed: {baseline.error}"
                 else:
                     self.counter = CoverageCounter(space)
                     stop, message = self._search(space, backend)
@@ -498,4 +498,5 @@ def write_repro_file(result, stem: str, *, script_args=(), timeout_s=None, stall
 
 
 __all__ = ["Campaign", "CampaignConfig", "CampaignResult", "Failure", "TrialRecord", "Progress", "StopReason",
-           "EXERCISE_ERRORS", "BEFORE_RESUME_ERRORS", "REJECTED_OUTCOMES", "DEFAULT_TRIALS", "MAX_SHRINK_TRIALS", "database_key", "write_repro_file"]
+           "EXERCISE_ERRORS", "BEFORE_RESUME_ERRORS", "REJECTED_OUTCOMES", "DEFAULT_TRIALS", "MAX_SHRINK_TRIALS",
+           "database_key", "seeded", "write_repro_file"]

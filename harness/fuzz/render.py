@@ -33,7 +33,8 @@ class ProgressBar:
         return False
 
     def __call__(self, p: TrialProgress) -> None:
-        if p.budget_s is not None and (p.budget_trials is None or p.elapsed_s / p.budget_s > p.trials / p.budget_trials):
+        time_first = p.budget_trials is None or p.elapsed_s / (p.budget_s or 1) > p.trials / p.budget_trials
+        if p.budget_s is not None and time_first:
             total, done = p.budget_s, min(p.elapsed_s, p.budget_s)  # the time budget runs out first
         else:
             total, done = p.budget_trials, min(p.trials, p.budget_trials or p.trials)
@@ -90,7 +91,8 @@ def render_text(result: CampaignResult, console: Console) -> None:
     for f in result.failures:
         line = Text()
         line.append(" FAIL ", style="red bold reverse")
-        how = f"shrunk from {f.found_plan} in {f.shrink_trials} trial(s)" if f.found_plan != f.plan else "not shrunk further"
+        how = (f"shrunk from {f.found_plan} in {f.shrink_trials} trial(s)" if f.found_plan != f.plan
+               else "not shrunk further")
         if not f.shrunk:
             how += ", shrinking cut short"
         line.append(f" minimal plan {f.plan} ({how}): {f.outcome}: {f.message}")

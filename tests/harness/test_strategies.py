@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from random import Random
+
 import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
@@ -42,11 +44,13 @@ def test_points_only_give_first_occurrences(plan):
 
 
 def test_anything_shrinks_to_one_sigkill_at_step_1_on_rank_0():
-    assert find(fault_plans(max_step=20, points=POINTS, ranks=4), lambda p: True, settings=NO_DB) == \
-        FaultPlan((Fault(step=1),))
+    anything = find(fault_plans(max_step=20, points=POINTS, ranks=4), lambda p: True, settings=NO_DB,
+                    random=Random(0))
+    assert anything == FaultPlan((Fault(step=1),))
 
 
 @pytest.mark.parametrize("predicate, minimal", [
+    # boundaries are favoured when drawing, never when shrinking: 11 is simpler than the boundary 12
     (lambda p: any(f.step is not None and f.step >= 11 for f in p), "11"),
     (lambda p: any(f.signal == "SIGTERM" and f.rank == "all" for f in p), "1@all:SIGTERM"),
     (lambda p: any(f.signal == "exception" for f in p), "1:exception"),
@@ -54,13 +58,11 @@ def test_anything_shrinks_to_one_sigkill_at_step_1_on_rank_0():
     (lambda p: len(p) >= 2, "1,1"),
     (lambda p: any(f.point == "microbatch" and f.occurrence >= 7 for f in p), "microbatch:7"),
     (lambda p: any(f.point is not None for f in p), "checkpoint.write"),
-    # boundaries are favoured when drawing, never when shrinking: 7 is simpler than the boundary 12
-    (lambda p: any(f.step in (7, 12) for f in p), "7"),
 ])
 def test_failures_shrink_to_the_simplest_plan(predicate, minimal):
     strategy = fault_plans(max_step=20, points=POINTS, ranks=2, boundary_steps=[12, 13],
                            boundary_occurrences={"microbatch": [30]})
-    assert find(strategy, predicate, settings=NO_DB).format() == minimal
+    assert find(strategy, predicate, settings=NO_DB, random=Random(0)).format() == minimal
 
 
 def test_boundary_steps_are_drawn_more_often():
@@ -118,5 +120,5 @@ def test_bad_arguments_are_refused(kwargs):
 
 def test_strategies_compose_with_other_strategies():
     both = st.tuples(fault_plans(max_step=3, max_faults=1), st.integers(0, 1))
-    plan, n = find(both, lambda x: x[1] == 1, settings=NO_DB)
+    plan, n = find(both, lambda x: x[1] == 1, settings=NO_DB, random=Random(0))
     assert plan.format() == "1" and n == 1

@@ -19,7 +19,8 @@ from harness.fuzz import Campaign, CampaignConfig, StopReason
 from support import SCRIPTS
 
 MLP = os.path.join(SCRIPTS, "ddp_mlp.py")
-needs_scenarios = pytest.mark.skipif("default" not in list_scenarios(), reason="the built-in scenarios are not installed")
+needs_scenarios = pytest.mark.skipif("default" not in list_scenarios(),
+                                     reason="the built-in scenarios are not installed")
 
 
 def fuzz_json(capsys, *args) -> tuple[int, dict]:
