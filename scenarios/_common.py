@@ -359,20 +359,19 @@ class Scenario:
     def main(self, argv=None) -> None:
         args = self.parser().parse_args(argv)
         run = self.setup(args)
-        try:
-            t0 = time.perf_counter()
-            self.train(run)
-            elapsed = time.perf_counter() - t0
-            if args.report_time:
-                times = [None] * run.world_size
-                dist.all_gather_object(times, elapsed)
-                if run.rank == 0:
-                    print(f"[harness.scenarios.{self.name}] {args.steps} steps on {run.world_size} rank(s): training "
-                          f"{max(times):.3f} s (max over ranks, excluding interpreter/torch/process-group startup)",
-                          file=sys.stderr, flush=True)
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        t0 = time.perf_counter()
+        self.train(run)
+        elapsed = time.perf_counter() - t0
+        if args.report_time:
+            times = [None] * run.world_size
+            dist.all_gather_object(times, elapsed)
+            if run.rank == 0:
+                print(f"[harness.scenarios.{self.name}] {args.steps} steps on {run.world_size} rank(s): training "
+                      f"{max(times):.3f} s (max over ranks, excluding interpreter/torch/process-group startup)",
+                      file=sys.stderr, flush=True)
+        # Only after success: after an error a peer may sit in a collective, and tearing the group down
+        # would wait for it; the process exits instead, and the launcher stops its peers.
+        dist.destroy_process_group()
 
     def train(self, run: Run) -> None:
         args = run.args

@@ -24,7 +24,10 @@ FORBIDDEN = {
     "probe": {"launch", "oracle", "engine", "report", "checkpoint", "cli", "pytest_plugin", "scenarios"},
     "oracle": {"launch", "probe", "engine", "report", "checkpoint", "cli", "pytest_plugin", "scenarios"},
     "report": {"launch", "probe", "engine", "checkpoint", "cli", "pytest_plugin", "scenarios"},
-    "engine": {"report", "cli", "pytest_plugin", "checkpoint", "probe"},
+    "engine": {"report", "cli", "pytest_plugin", "checkpoint", "probe", "fuzz", "certify", "repro"},
+    "repro": {"cli", "pytest_plugin", "fuzz", "certify", "probe", "checkpoint"},
+    "fuzz": {"cli", "pytest_plugin", "certify", "probe", "checkpoint"},
+    "strategies": {"cli", "pytest_plugin", "engine", "fuzz", "certify", "launch", "probe", "checkpoint", "oracle"},
 }
 ALLOWED_SELF = {"faults": {"faults"}, "trace_schema": set(), "tensors": set()}
 
