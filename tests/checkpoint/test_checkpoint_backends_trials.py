@@ -41,6 +41,7 @@ def test_fsdp_mid_save_kills_resume_bit_exact_at_3_ranks(pool, tmp_path):
 
 
 @NEEDS_DEEPSPEED
+@pytest.mark.slow  # DeepSpeed's first import in a process is slow; CI runs it with the slow set
 def test_deepspeed_zero2_kill_resumes_bit_exact_at_3_ranks(pool, tmp_path):
     _trial(pool, tmp_path, "deepspeed-zero2", 3, PLANS["step"])
 

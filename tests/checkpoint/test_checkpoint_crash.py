@@ -104,7 +104,8 @@ def _kill_and_check(launcher, tmp_path, point, digests, env=None) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("kill", range(N_KILLS))
+# Half of the kills run in the fast set, all of them with the slow set (CI runs both).
+@pytest.mark.parametrize("kill", [pytest.param(i, marks=pytest.mark.slow) if i % 2 else i for i in range(N_KILLS)])
 def test_kill_mid_save_leaves_old_or_new_checkpoint(reference, launcher, tmp_path, kill):
     digests, schedule = reference
     assert _kill_and_check(launcher, tmp_path, schedule[kill], digests) == []

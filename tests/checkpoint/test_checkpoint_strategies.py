@@ -49,6 +49,7 @@ def test_fsdp2_sharded_and_full_round_trips_cross_loads_and_damage(pool, tmp_pat
 
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed is not installed (DS_BUILD_OPS=0 pip install -e '.[test]')")
+@pytest.mark.slow  # on a fresh machine DeepSpeed first compiles a CPU op (tens of seconds); CI runs the slow set
 def test_deepspeed_round_trip_checksums_and_refusals(pool, tmp_path):
     """ZeRO-2 on 2 ranks: round trip, every DeepSpeed file in the manifest, `latest` inside the checkpoint, a
     flipped byte caught before DeepSpeed unpickles, ZeRO-3 and DDP refused naming both strategies."""

@@ -151,25 +151,26 @@ def test_scenario_names_resolve_to_harness_scenarios():
 
 CORRECT_PLANS = [
     ("default", "12"),                   # mid-epoch: resume from step 10 (epoch 3, batch 2 of 10)
-    ("default", "6"),                    # at an epoch end (epoch 1), before any save there: resume from 5
-    ("default", "16"),                   # first step after the epoch-boundary checkpoint 15 (accum phase 2)
+    pytest.param("default", "6", marks=pytest.mark.slow),  # at an epoch end (epoch 1): resume from 5
+    pytest.param("default", "16", marks=pytest.mark.slow),  # after the epoch-boundary checkpoint 15 (phase 2)
     ("default", "microbatch:39"),        # mid-accumulation, inside step 12's window
     ("default", "checkpoint.write:10"),  # mid-save: rank 0's 3rd file of the save at step 10
     ("default", "checkpoint.commit:3"),  # save at 15 written but not committed: resume from 10
-    ("default", "12@1"),                 # the other rank
+    pytest.param("default", "12@1", marks=pytest.mark.slow),  # the other rank
     ("default", "12@all"),               # every rank at once
     ("default", "7,17"),                 # two faults: resume twice (from 5, then from 15)
     ("transformer_lm", "10"),
-    ("transformer_lm", "microbatch:27"),
+    pytest.param("transformer_lm", "microbatch:27", marks=pytest.mark.slow),
     ("workers", "12"),
-    ("workers", "16"),
+    pytest.param("workers", "16", marks=pytest.mark.slow),
     ("bf16", "12"),
     ("ema", "12"),
-    ("ema", "16"),
+    pytest.param("ema", "16", marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("target, plan", CORRECT_PLANS, ids=[f"{t}-{p}" for t, p in CORRECT_PLANS])
+@pytest.mark.parametrize("target, plan", CORRECT_PLANS,
+                         ids=["-".join(getattr(c, "values", c)) for c in CORRECT_PLANS])
 def test_correct_scenario_is_bit_exact(launcher, tmp_path, target, plan):
     res = trial(launcher, tmp_path, target, plan)
     assert res.verdict == "pass" and res.outcome == "bit_exact", describe(res)
@@ -206,6 +207,7 @@ BUGGY_OTHER_PLANS = [
 ]  # the diagnosis is the variant's own under every kill
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target, plan, step, fields", BUGGY_OTHER_PLANS,
                          ids=[f"{t}-{p}" for t, p, _, _ in BUGGY_OTHER_PLANS])
 def test_buggy_variant_under_other_kills(launcher, tmp_path, target, plan, step, fields):
@@ -245,6 +247,7 @@ def test_grad_accum_bug_is_silent_at_aligned_checkpoints_but_caught_in_final_sta
 # -- outside the harness ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_default_runs_under_plain_torchrun(tmp_path):
     """The scenario is an ordinary torchrun script; the probe is a no-op there; a rerun resumes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_")}

@@ -195,6 +195,7 @@ def test_beside_files_are_part_of_the_key(tmp_path):
     assert baseline_key(target, nproc=2, backend="gloo", script_args=[], runs=2) != key
 
 
+@pytest.mark.slow
 def test_concurrent_trials_share_one_baseline(tmp_path, shared_cache):
     """Two harness processes ask for the same missing baseline: one computes it, both use it."""
     code = ("import sys; from harness.engine import run; "
@@ -248,6 +249,7 @@ def test_replay_command_quotes_arguments():
                    "-- --sleep '0.1 s'")
 
 
+@pytest.mark.slow
 def test_subprocess_launcher_gives_the_same_verdict(tmp_path):
     launcher = make_launcher("subprocess")
     result = run(MLP, plan="10", out_dir=str(tmp_path / "out"), launcher=launcher, timeout_s=120)
@@ -260,6 +262,7 @@ def test_pytest_fixture(resume_harness):
     assert "/trial0" in result.out_dir
 
 
+@pytest.mark.slow
 def test_engine_runs_in_a_thread_with_its_own_launcher(tmp_path):
     results = []
     t = threading.Thread(target=lambda: results.append(run(MLP, plan="7", out_dir=str(tmp_path / "o"))))

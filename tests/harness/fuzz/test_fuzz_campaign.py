@@ -53,6 +53,7 @@ def test_a_resume_bug_is_found_shrunk_to_one_fault_and_replayed_from_the_databas
 
 
 @needs_scenarios
+@pytest.mark.slow
 def test_a_correct_scenario_passes_a_short_campaign(pool, tmp_path):
     seen = []
     config = CampaignConfig("default", trials=5, seed=0, db=None, out_dir=str(tmp_path / "out"))
@@ -108,6 +109,7 @@ def _pids_with(marker: str) -> list[int]:
     return processes_with_env("FUZZ_MARKER", marker)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_first_trial_stops_cleanly_and_reports_coverage(tmp_path):
     from harness.launch.reap import alive
 

@@ -16,8 +16,10 @@ from support import REPO as ROOT  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", ["pool", "subprocess", pytest.param("torchrun", marks=pytest.mark.slow)])
-def test_harness_run_through_the_console_script(tmp_path, kind):
-    env = {**os.environ, "HARNESS_CACHE_DIR": str(tmp_path / "cache")}
+def test_harness_run_through_the_console_script(tmp_path, kind, shared_cache):
+    # The session's cache: the baseline is shared with the other tests of this script, so the trial
+    # itself (whose launches go through `kind`) is what runs here.
+    env = {**os.environ, "HARNESS_CACHE_DIR": shared_cache}
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "examples/train_ddp.py", "--kill", "7",
                            "--launcher", kind, "--out", str(tmp_path / "out"), "--json"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

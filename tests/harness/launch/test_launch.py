@@ -18,7 +18,9 @@ def script(name):
     return os.path.join(SCRIPTS, name)
 
 
-@pytest.fixture(params=["pool", "subprocess"])
+# The subprocess launcher pays a fresh interpreter and torch import per rank: its variants of these
+# tests run with the slow set (CI runs both); the console-script tests cover it in the fast set.
+@pytest.fixture(params=["pool", pytest.param("subprocess", marks=pytest.mark.slow)])
 def launcher(request, pool):
     if request.param == "pool":
         yield pool
@@ -144,6 +146,7 @@ def test_descendants_that_left_the_group_are_reaped(launcher, tmp_path):
     assert len(pids) == 2 and wait_gone(pids)
 
 
+@pytest.mark.slow
 def test_hash_seed_random_falls_back_to_fresh_processes(pool, tmp_path):
     hashes = set()
     for i in range(2):
@@ -197,7 +200,7 @@ def start_driver(tmp_path, kind):
     return proc, (int(zygote) if zygote != "None" else None)
 
 
-@pytest.mark.parametrize("kind", ["pool", "subprocess"])
+@pytest.mark.parametrize("kind", ["pool", pytest.param("subprocess", marks=pytest.mark.slow)])
 def test_ctrl_c_leaves_nothing_running(tmp_path, kind):
     proc, zygote = start_driver(tmp_path, kind)
     proc.send_signal(signal.SIGINT)
@@ -286,7 +289,7 @@ def test_watch_that_never_stops_leaves_the_launch_alone(launcher, tmp_path):
     assert 1 <= len(calls) <= 4 and calls == sorted(calls)
 
 
-@pytest.mark.parametrize("kind", ["pool", "subprocess"])
+@pytest.mark.parametrize("kind", ["pool", pytest.param("subprocess", marks=pytest.mark.slow)])
 def test_watch_that_raises_leaves_nothing_running(pool, tmp_path, kind):
     launcher = pool if kind == "pool" else make_launcher("subprocess")
 
@@ -317,6 +320,7 @@ def test_torchrun_watch_stops_a_hang(tmp_path):
     assert wait_gone(read_pids(tmp_path, "pids"), within=15)
 
 
+@pytest.mark.slow
 def test_close_from_another_thread_during_a_launch(tmp_path):
     import threading
 
