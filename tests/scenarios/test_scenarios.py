@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from support.results import describe
 from harness.engine import list_scenarios, run
 from harness.oracle import compare_step, load_trace
 from harness.scenarios import BUILTIN
@@ -35,12 +36,6 @@ def trial(launcher, tmp_path, target, plan):
               timeout_s=120)
     assert res.verdict != "error", f"{target} [{plan}]: {res.outcome}: {res.message}\n{res.log_tail or ''}"
     return res
-
-
-def describe(res) -> str:
-    d = res.first_divergence
-    where = f"step {d.step} rank {d.rank} attempt {d.attempt} fields {d.fields} ({d.note})" if d else "none"
-    return f"{res.verdict}/{res.outcome}: {res.message}; first divergence: {where}"
 
 
 # -- static checks (no processes) ----------------------------------------------------------------

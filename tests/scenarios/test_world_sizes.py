@@ -17,6 +17,7 @@ import textwrap
 
 import pytest
 
+from support.results import describe
 from harness.engine import run
 
 from support import REPO  # noqa: E402
@@ -60,12 +61,6 @@ def trial(pool, tmp_path, target, nproc, plan="12", script_args=()):
               timeout_s=120, script_args=list(script_args), baseline_runs=1)
     assert res.verdict != "error", f"{target} [{plan}] x{nproc}: {res.outcome}: {res.message}\n{res.log_tail or ''}"
     return res
-
-
-def describe(res) -> str:
-    d = res.first_divergence
-    where = f"step {d.step} rank {d.rank} attempt {d.attempt} fields {d.fields} ({d.note})" if d else "none"
-    return f"{res.verdict}/{res.outcome}: {res.message}; first divergence: {where}"
 
 
 def check_bit_exact(res, nproc):
