@@ -9,8 +9,8 @@ what the resumed attempt loaded; then it matches the classic resume mistakes, mo
 | ``baseline_nondeterminism`` | two uninterrupted runs differ (no fault needed) |
 | ``partial_checkpoint`` | the resumed attempt loaded a checkpoint that was never committed |
 | ``rng_from_other_rank`` | a rank's RNG state after the resume is another rank's state in the baseline |
-| ``accumulation_position`` | an accumulation counter differs, or the step drew a different number of micro-batches (batch and several RNG streams at once) |
-| ``rng_not_restored`` | one global RNG stream (python or numpy) differs from the first step after the resume, the others match |
+| ``accumulation_position`` | an accumulation counter (a step extra named like ``window``, ``accum``, ``micro``) differs |
+| ``rng_not_restored`` | global RNG streams (python, numpy, or several with torch) differ from the first step after the resume |
 | ``torch_rng`` | torch's global RNG differs, python and numpy match: not restored, or drawn from during the resume (a DataLoader iterator without a generator) |
 | ``data_order`` | the batch differs while every RNG stream matches: sampler epoch not set, or the position in the epoch lost (workers' RNG too, with num_workers > 0) |
 | ``lr_schedule`` | a param group's hyperparameter (lr) differs: the scheduler was not restored |
@@ -139,20 +139,18 @@ def diagnose(comparison: Comparison | None, trial: Trace | None, base: Trace | N
                              f"{', '.join(sorted(rng))} differ on rank {d.rank} {where}, and equal rank {other}'s "
                              f"state at the same step of the baseline")
     accum = sorted(f for f in fields if f.startswith("extra:") and _ACCUM.search(f))
-    if accum or ("batch" in fields and len(rng) >= 2):
-        what = f"{', '.join(accum)} differ(s)" if accum else \
-            f"the batch and {len(rng)} RNG streams differ at once (a different number of micro-batches)"
+    if accum:
         return Diagnosis("accumulation_position",
                          "the gradient-accumulation position was lost: the resumed step accumulates a "
                          "different number of micro-batches than the baseline's",
-                         f"{what} on rank {d.rank} {where}")
-    if len(rng) == 1 and rng != {"rng:torch"}:
-        (stream,) = rng
-        name = stream[4:]
-        ok = [s for s in _RNG if s != stream and s in comparison.compared.get("fields", [])]
+                         f"{', '.join(accum)} differ(s) on rank {d.rank} {where}, with "
+                         f"{', '.join(sorted(fields - set(accum)))}")
+    if rng and rng != {"rng:torch"}:
+        names = ", ".join(s[4:] for s in sorted(rng))
+        ok = [s for s in _RNG if s not in rng and s in comparison.compared.get("fields", [])]
         return Diagnosis("rng_not_restored",
-                         f"the {name} global RNG was not saved or not restored",
-                         f"{stream} differs {where} on rank {d.rank}"
+                         f"the {names} global RNG{'s were' if len(rng) > 1 else ' was'} not saved or not restored",
+                         f"{', '.join(sorted(rng))} differ{'s' if len(rng) == 1 else ''} {where} on rank {d.rank}"
                          + (f"; {', '.join(ok)} match" if ok else ""))
     if rng == {"rng:torch"}:
         return Diagnosis("torch_rng",

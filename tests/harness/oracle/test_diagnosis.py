@@ -85,3 +85,12 @@ def test_a_nondeterministic_baseline_is_named(tmp_path):
     b2.row(1, 3, 0)["rng"]["numpy"] = "unseeded"
     verdict = assess(None, None, baseline_repro=compare_runs(b1, b2.write()))
     assert verdict.diagnosis.cause == "baseline_nondeterminism" and "rng:numpy" in verdict.diagnosis.evidence
+
+
+def test_several_rng_streams_off_without_an_accumulation_counter_are_rng_not_restored(tmp_path):
+    """DeepSpeed's own checkpoint holds no RNG state: numpy and torch both differ after the resume."""
+    def mutate(t):
+        row = t.row(0, 6, 1)
+        row["rng"]["numpy"], row["rng"]["torch"], row["batch"] = "n", "t", "b"
+    d, _ = _diagnose(tmp_path, mutate)
+    assert d.cause == "rng_not_restored" and "numpy, torch" in d.summary and "rng:python match" in d.evidence
