@@ -149,7 +149,8 @@ def diagnose(comparison: Comparison | None, trial: Trace | None, base: Trace | N
         names = ", ".join(s[4:] for s in sorted(rng))
         ok = [s for s in _RNG if s not in rng and s in comparison.compared.get("fields", [])]
         return Diagnosis("rng_not_restored",
-                         f"the {names} global RNG{'s were' if len(rng) > 1 else ' was'} not saved or not restored",
+                         f"the {names} global RNG{'s were' if len(rng) > 1 else ' was'} not saved or not restored "
+                         "(or the resume drew from them before the first step)",
                          f"{', '.join(sorted(rng))} differ{'s' if len(rng) == 1 else ''} {where} on rank {d.rank}"
                          + (f"; {', '.join(ok)} match" if ok else ""))
     if rng == {"rng:torch"}:
