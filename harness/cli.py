@@ -183,7 +183,6 @@ def _convert(args) -> int:
 
 
 def _run(args, script_args: list[str]) -> int:
-    from rich.text import Text
 
     from harness.engine import UsageError, run
     from harness.report import make_console
@@ -211,9 +210,7 @@ def _run(args, script_args: list[str]) -> int:
             check_inline_target(target, args.inline)
         except ReproError as e:
             return _usage_error(str(e), args.json)
-    err = make_console(stderr=True)
-    progress = None if args.json else (
-        lambda line: err.print(Text.assemble(("harness: ", "dim"), line), highlight=False, soft_wrap=True))
+    progress = None if args.json else _progress_printer()
     try:
         result = run(target, nproc=args.nproc, plan=kill, seed=args.seed, backend=args.backend,
                      out_dir=args.out, script_args=script_args, baseline_runs=args.baseline_runs,
@@ -273,9 +270,7 @@ def _repro(args, script_args: list[str]) -> int:
         repro = Repro.load(args.file)
     except ReproError as e:
         return _repro_error(str(e), args.json)
-    err = make_console(stderr=True)
-    progress = None if args.json else (
-        lambda line: err.print(Text.assemble(("harness: ", "dim"), line), highlight=False, soft_wrap=True))
+    progress = None if args.json else _progress_printer()
     try:
         outcome = rerun(repro, repro_path=args.file, out_dir=args.out, ignore_hash=args.ignore_hash,
                         use_cache=not args.no_cache, progress=progress)
@@ -315,6 +310,17 @@ def _repro_error(message: str, as_json: bool) -> int:
     else:
         print(f"harness: error: {message}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _progress_printer(err=None):
+    """A callable printing one status line on stderr (or on the console ``err``, which a progress bar
+    shares), ``harness: <line>``, never wrapped or parsed as markup."""
+    from rich.text import Text
+
+    from harness.report import make_console
+
+    err = err or make_console(stderr=True)
+    return lambda line: err.print(Text.assemble(("harness: ", "dim"), line), highlight=False, soft_wrap=True)
 
 
 def _usage_error(message: str, as_json: bool) -> int:
@@ -381,7 +387,6 @@ def _add_fuzz_parser(sub, backends) -> None:
 def _fuzz(args, script_args: list[str]) -> int:
     import os
 
-    from rich.text import Text
 
     from harness.engine import UsageError, resolve_target
     from harness.engine.trial import default_out_dir
@@ -409,8 +414,7 @@ def _fuzz(args, script_args: list[str]) -> int:
                             stall_s=args.stall, script_args=tuple(script_args), out_dir=out,
                             db=None if args.db.lower() == "none" else args.db)
     err = make_console(stderr=True)
-    say = None if args.json else (
-        lambda line: err.print(Text.assemble(("harness: ", "dim"), line), highlight=False, soft_wrap=True))
+    say = None if args.json else _progress_printer(err)
     try:
         if args.json:
             result = Campaign(config).run()

@@ -55,10 +55,9 @@ def attempt_spec(target: Target, folder: RunFolder, *, nproc: int, backend: str,
         env["HARNESS_AUTO"] = "1"
         if index is not None:
             env["HARNESS_BASELINE_INDEX"] = index
-    extra = {"watch": watch} if watch is not None else {}
     return LaunchSpec(nproc=nproc, log_dir=folder.log_dir(attempt), script=target.script, module=target.module,
                       args=tuple(script_args), env=env, cwd=folder.run_dir if auto else os.getcwd(),
-                      timeout_s=timeout_s, attempt=attempt, **extra)
+                      timeout_s=timeout_s, attempt=attempt, watch=watch)
 
 
 def write_auto_index(base_trace, path: str) -> str:
@@ -92,7 +91,7 @@ def exits_summary(result: LaunchResult) -> list[dict]:
 
 def failure_message(result: LaunchResult, timeout_s: float) -> str | None:
     """Why a launch failed, in one line, or None if every rank exited 0."""
-    if getattr(result, "stopped", None):
+    if result.stopped:
         return f"stopped: {result.stopped}"
     if result.timed_out:
         return f"timed out after {timeout_s:g} s (--timeout) and was killed"

@@ -309,7 +309,7 @@ class _Trial:
             trace = load_trace(self.folder.trace_dir)
             fired = [row for row in trace.faults() if row.attempt == a]
             finished = all(trace.finished(r, a) for r in range(c["nproc"]))
-            stopped = getattr(result, "stopped", None)
+            stopped = result.stopped
             self.say(_attempt_line(a, fault, fired, finished, result, self.timeout_s))
             if result.timed_out or stopped:
                 self.timings["trial_s"] = round(time.monotonic() - t1, 3)
@@ -335,7 +335,7 @@ class _Trial:
 
 def _attempt_line(a, fault, fired, finished, result, timeout_s) -> str:
     armed = f"armed {fault.format()}" if fault is not None else "no fault armed"
-    stopped = getattr(result, "stopped", None)
+    stopped = result.stopped
     if result.timed_out or stopped:
         end = stopped or failure_message(result, timeout_s)
     elif fired:

@@ -28,7 +28,7 @@ attempt finished on every rank with exit code 0, and no divergence.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .compare import Comparison, Divergence, json_float
 from .diagnosis import Diagnosis, diagnose

@@ -79,7 +79,7 @@ import time
 
 from harness.probe import digest as _digest
 from harness.probe.recorder import get as _get
-from harness.tensors import is_tensor, tensor_bytes, unwrap_model
+from harness.tensors import tensor_bytes, unwrap_model
 from harness.trace_schema import EventRow, StepRow
 
 BUFFER_SUFFIX = " (buffer)"

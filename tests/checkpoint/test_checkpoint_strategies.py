@@ -13,7 +13,7 @@ import os
 import pytest
 
 from harness.checkpoint import (Checkpointer, CorruptCheckpointError, IncompatibleCheckpointError,
-                                NotACheckpointError, ProjectConfiguration)
+                                NotACheckpointError)
 from harness.checkpoint import files, strategy
 from harness.checkpoint.strategy import StrategyInfo
 from harness.launch import LaunchSpec
