@@ -165,3 +165,8 @@ class ResumableDataLoader:
         if self._user_generator is not None:
             self._epoch_start_state = state["sampler_generator"].clone()
             self._user_generator.set_state(self._epoch_start_state)
+
+
+def wrap_loader(loader: DataLoader):
+    """What `Checkpointer.prepare` registers for a DataLoader: a loader whose position it can save and restore."""
+    return ResumableDataLoader(loader)

@@ -20,7 +20,7 @@ import torch
 from harness.tensors import unwrap_model
 
 from . import rng, tree
-from .data import ResumableDataLoader
+from .data import ResumableDataLoader, wrap_loader
 from .errors import IncompatibleCheckpointError
 
 
@@ -58,7 +58,7 @@ class Registry:
         elif isinstance(obj, torch.utils.data.DataLoader):
             if not prepare:
                 raise TypeError("register a DataLoader with prepare(), which wraps it to track its position")
-            obj = ResumableDataLoader(obj)
+            obj = wrap_loader(obj)
             self.dataloaders.append(obj)
         elif isinstance(obj, rng.GENERATOR_TYPES):
             self.generators.append(obj)
