@@ -2,7 +2,7 @@
 
     harness run [TARGET] [--nproc N] [--kill PLAN]... [--seed S] [--backend auto|gloo|nccl] [--out DIR]
                 [--json] [--no-cache] [--auto] [--baseline-runs N] [--timeout S] [--stall S] [--launcher pool|subprocess|torchrun]
-                [--launch-prefix "srun ..."] [--nnodes N] [--rdzv-endpoint HOST:PORT]
+                [--launch-prefix "srun ..."] [--nnodes N] [--rdzv-endpoint HOST:PORT] [--rdzv-timeout S]
                 [--save-repro FILE [--inline]] [-- SCRIPT_ARGS...]
     harness fuzz [TARGET] [--trials N | --time 5m] [--seed S] [--max-faults K] [--nproc N] [--db DIR] [--json] ...
     harness repro FILE [--json] [--out DIR] [--ignore-hash] [--no-cache]
@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="command put before torchrun, e.g. 'srun --nodes 2 --ntasks-per-node 1' (--launcher torchrun)")
     run.add_argument("--nnodes", type=int, default=1, help="nodes for --launcher torchrun (default 1)")
     run.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
-                     help="torchrun c10d rendezvous endpoint, needed with --nnodes > 1")
+                     help="torchrun c10d rendezvous endpoint, needed with --nnodes > 1 (docs/multinode.md)")
+    run.add_argument("--rdzv-timeout", type=float, default=20.0, metavar="S",
+                     help="seconds a torchrun agent waits to reach the rendezvous endpoint and for all nodes to "
+                          "join (default 20)")
     run.add_argument("--save-repro", default=None, metavar="FILE",
                      help="write a bug report of this run (pass or fail) to FILE (TOML); rerun it with harness repro FILE")
     run.add_argument("--inline", action="store_true", help="with --save-repro: embed the script's text in the report")
@@ -190,7 +193,14 @@ def _run(args, script_args: list[str]) -> int:
 
     target = args.target or "default"
     kill = list(args.kill) or ["random"]  # a PASS needs a resume: no plan means a seeded random kill
-    options = {"nnodes": args.nnodes, "rdzv_endpoint": args.rdzv_endpoint} if args.launcher == "torchrun" else {}
+    options = ({"nnodes": args.nnodes, "rdzv_endpoint": args.rdzv_endpoint, "rdzv_timeout_s": args.rdzv_timeout}
+               if args.launcher == "torchrun" else {})
+    if args.backend == "nccl" and not args.launch_prefix:  # with a prefix the ranks run on other machines
+        from harness.engine.trial import cuda_available
+
+        if not cuda_available():
+            return _usage_error("--backend nccl needs a CUDA GPU and none is visible here; use --backend gloo "
+                                "(or auto, which picks gloo without CUDA), or run on a machine with a GPU", args.json)
     try:
         prefix = shlex.split(args.launch_prefix)
     except ValueError as e:

@@ -52,6 +52,9 @@ class StartRow:
     world_size: int
     time: float
     schema: int = 1
+    # The GPU determinism settings in force at the first probe call (harness.launch.determinism):
+    # deterministic_algorithms, cudnn_deterministic, cudnn_benchmark, cublas_workspace_config, cuda (in use).
+    determinism: dict | None = None
     kind: str = field(default="start", init=False)
 
 
@@ -125,9 +128,31 @@ class FinishRow:
     kind: str = field(default="finish", init=False)
 
 
-Row = Union[StartRow, StepRow, EventRow, FaultRow, FinishRow]
+@dataclass(frozen=True)
+class RestoredRow:
+    """The state a resumed rank restored, recorded right after its load (``probe.restored``).
+
+    ``step``: the step of the checkpoint loaded. The digest fields are those of a StepRow (the same
+    functions compute them), so the elastic oracle compares them with the baseline's row of that step.
+    """
+
+    attempt: int
+    rank: int
+    step: int
+    world_size: int | None = None
+    time: float | None = None
+    params: str | None = None
+    params_tensors: dict | None = None
+    optimizer: str | None = None
+    optimizer_groups: list | None = None
+    optimizer_state: dict | None = None
+    extra: dict = field(default_factory=dict)
+    kind: str = field(default="restored", init=False)
+
+
+Row = Union[StartRow, StepRow, EventRow, FaultRow, FinishRow, RestoredRow]
 ROW_TYPES: dict[str, type] = {"start": StartRow, "step": StepRow, "event": EventRow, "fault": FaultRow,
-                              "finish": FinishRow}
+                              "finish": FinishRow, "restored": RestoredRow}
 
 
 class RowError(ValueError):
@@ -156,6 +181,6 @@ def parse_row(obj: Any) -> Row:
         raise RowError(f"{obj.get('kind')} row: {e}") from None
     if not isinstance(row.rank, int) or not isinstance(row.attempt, int):
         raise RowError(f"{row.kind} row: rank and attempt must be integers")
-    if isinstance(row, (StepRow, EventRow, FaultRow)) and not isinstance(row.step, int):
+    if isinstance(row, (StepRow, EventRow, FaultRow, RestoredRow)) and not isinstance(row.step, int):
         raise RowError(f"{row.kind} row: step must be an integer, got {row.step!r}")
     return row

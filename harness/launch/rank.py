@@ -42,11 +42,16 @@ def run_target(script: str | None, module: str | None, args: list[str]) -> None:
     """Run ``script`` (or ``module``) as ``__main__`` with sys.argv and sys.path[0] set as python does.
 
     Every launcher runs ranks through here (the fork server after the fork, torchrun and the subprocess
-    launcher in auto mode through ``python -m harness.launch.rank``), so this is the one place where
-    auto mode's hooks are installed, before the script's first line.
+    launcher in auto mode or with a GPU through ``python -m harness.launch.rank``), so this is the one place
+    where auto mode's hooks and the GPU determinism settings (``harness.launch.determinism``) are installed,
+    before the script's first line.
     """
     import runpy
 
+    from harness.launch import determinism
+
+    if determinism.wanted():  # NCCL or a visible GPU: deterministic kernels before the script's first line
+        determinism.apply()
     if auto_mode():
         _auto().install()
 
@@ -146,6 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     if log_dir != "--inherit-stdio":
         redirect_stdio(os.path.join(log_dir, f"rank{rank}.log"))
         exit_file = os.path.join(log_dir, f"rank{rank}.exit")
+        # Which node (torchrun's group rank), host and agent ran this rank: multi-node logs are read in one folder.
+        import socket
+
+        print(f"harness: rank {rank} on node {os.environ.get('GROUP_RANK', '?')} (host {socket.gethostname()}, "
+              f"torchrun agent pid {os.getppid()})", flush=True)
     if argv[0] == "-m":
         run_and_exit(None, argv[1], argv[2:], exit_file)
     else:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from harness.launch import reap
+from harness.launch import determinism, reap
 from harness.launch.spec import LauncherBase, LaunchResult, LaunchSpec, job_env, rank_env
 from harness.launch.supervisor import RankSupervisor
 
@@ -40,8 +40,10 @@ class SubprocessLauncher(LauncherBase):
         pidfds: dict[int, int] = {}  # rank -> pidfd
         preexec = functools.partial(reap.tie_to_parent, os.getpid())
         try:
-            # Auto mode installs its hooks in the rank entry before the script runs (harness.launch.rank).
-            entry = ["-m", "harness.launch.rank", "--inherit-stdio"] if env.get("HARNESS_AUTO") == "1" else []
+            # Auto mode's hooks and the GPU determinism settings are installed in the rank entry before the
+            # script runs (harness.launch.rank).
+            via_entry = env.get("HARNESS_AUTO") == "1" or determinism.wanted(env)
+            entry = ["-m", "harness.launch.rank", "--inherit-stdio"] if via_entry else []
             for r in range(spec.nproc):
                 with open(spec.log_path(r), "ab") as log:
                     procs.append(subprocess.Popen(

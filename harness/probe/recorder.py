@@ -16,6 +16,20 @@ import time
 from harness.trace_schema import SCHEMA_VERSION, FaultRow, Row, StartRow, rank_trace_file, row_to_json
 
 
+def _determinism() -> dict | None:
+    """The GPU determinism settings in force now (set by harness.launch.determinism, or by the script)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    return {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            "cuda": torch.cuda.is_initialized()}
+
+
 class InjectedFault(RuntimeError):
     """The in-process fault delivered by a fault plan whose signal is ``exception``."""
 
@@ -46,7 +60,7 @@ class Recorder:
         path = os.path.join(trace_dir, rank_trace_file(self.rank))
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.write(StartRow(attempt=self.attempt, rank=self.rank, pid=self.pid, world_size=self.world_size,
-                            time=time.time(), schema=SCHEMA_VERSION))
+                            time=time.time(), schema=SCHEMA_VERSION, determinism=_determinism()))
 
     def hasher(self):
         if self._hasher is None:

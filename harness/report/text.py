@@ -96,10 +96,30 @@ def make_console(file=None, stderr: bool = False) -> Console:
     return Console(file=stream, stderr=stderr, width=None if isatty else NO_TTY_WIDTH)
 
 
+def _determinism_line(result) -> str | None:
+    """The GPU determinism settings of the trial's first rank (its first start row), for a GPU run only."""
+    import json
+    import os
+
+    path = os.path.join(str(result.out_dir or ""), "trace", "rank0.jsonl")
+    try:
+        with open(path) as f:
+            state = json.loads(f.readline()).get("determinism")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(state, dict) or not (state.get("cuda") or result.backend == "nccl"):
+        return None
+    return (f"torch.use_deterministic_algorithms={state.get('deterministic_algorithms')}, "
+            f"CUBLAS_WORKSPACE_CONFIG={state.get('cublas_workspace_config') or 'unset'}, "
+            f"cudnn.deterministic={state.get('cudnn_deterministic')}, cudnn.benchmark={state.get('cudnn_benchmark')}")
+
+
 def render_text(result, console: Console | None = None) -> Console:
     """Print the report of `result` on `console` (stdout by default) and return the console."""
     console = console or make_console()
     console.print(_compared_table(result))
+    if (determinism := _determinism_line(result)) is not None:
+        console.print(Text.assemble(("determinism: ", "bold"), determinism), soft_wrap=True)
     line = Text()
     line.append(f" {result.verdict.upper()} ", style=STYLES.get(result.verdict, "bold") + " reverse")
     line.append(f" {result.outcome}: ", style="bold")
