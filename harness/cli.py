@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("target", nargs="?", default=None,
                      help="built-in scenario name or path to a script (default: the 'default' scenario)")
     run.add_argument("--nproc", type=int, default=2, help="number of ranks (default 2)")
+    run.add_argument("--resume-nproc", type=int, default=None, metavar="N",
+                     help="resume on N ranks instead (an elastic resume, judged by the elastic oracle: exact state "
+                          "at the resume point and sample order, loss within --loss-rtol; never bit-exact)")
+    run.add_argument("--loss-rtol", type=float, default=None, metavar="R",
+                     help="with --resume-nproc: relative tolerance of the global loss after the resume (default 1e-3)")
     run.add_argument("--kill", action="append", default=[], metavar="PLAN",
                      help="fault(s) to inject, e.g. 12, 12@1, checkpoint.write:2@all:SIGTERM, random; repeatable "
                           "(default: random)")
@@ -225,7 +230,8 @@ def _run(args, script_args: list[str]) -> int:
         result = run(target, nproc=args.nproc, plan=kill, seed=args.seed, backend=args.backend,
                      out_dir=args.out, script_args=script_args, baseline_runs=args.baseline_runs,
                      use_cache=not args.no_cache, launcher=launcher, timeout_s=args.timeout, stall_s=args.stall,
-                     progress=progress, auto=True if args.auto else None, strategy=args.strategy)
+                     progress=progress, auto=True if args.auto else None, strategy=args.strategy,
+                     resume_nproc=args.resume_nproc, loss_rtol=args.loss_rtol)
     except UsageError as e:
         return _usage_error(str(e), args.json)
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ BUILTIN: dict[str, str] = {
     "workers": "default with a num_workers=2 DataLoader: per-worker torch+numpy random augmentation",
     "bf16": "default under bf16 autocast (CPU or CUDA)",
     "ema": "default plus an EMA of the weights registered as a custom checkpoint object",
+    "elastic": "default MLP with an elastic data order (ElasticSampler), no per-rank randomness: --resume-nproc",
     "buggy/rng_from_rank0": "BUGGY: rank 0's RNG states restored on every rank after a resume (Megatron-LM PR #6858)",
     "buggy/numpy_rng_not_saved": "BUGGY: numpy's RNG not saved: re-seeded as at startup after a resume",
     "buggy/scheduler_not_saved": "BUGGY: LR scheduler not saved, rebuilt with last_epoch=step: one step ahead "

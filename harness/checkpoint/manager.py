@@ -34,7 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from harness import probe
 
-from . import files, from_accelerate, layout, reduction, storage, tree
+from . import elastic, files, from_accelerate, layout, reduction, storage, tree
 from . import strategy as strategies
 from .comm import Comm
 from .config import ProjectConfiguration
@@ -383,7 +383,11 @@ class Checkpointer:
         saved = StrategyInfo.from_json(manifest.strategy, manifest.backend)
         strategy = self.strategy
         strategy.check_compatible(path, saved, manifest.world_size, comm.world_size)
-        records = {r.path: r for r in manifest.records_for(comm.rank)}
+        elastic.check_resume(path, self._registry.dataloaders, manifest.world_size, comm.world_size, comm.rank,
+                             f"saved by {manifest.world_size} rank(s) ({saved.describe()}), loading on "
+                             f"{comm.world_size} ({strategy.info().describe()})")
+        src = elastic.source_rank(comm.rank, manifest.world_size, comm.world_size)  # per-rank files read from
+        records = {r.path: r for r in manifest.records_for(src)}
         root = os.path.realpath(path)
 
         read_files: set[str] = set()
@@ -401,7 +405,7 @@ class Checkpointer:
             read_files.add(rel)
             return files.read_tensors(full, records[rel])[0] if as_tensors else files.read_json(full, records[rel])
 
-        own = rank_dir(comm.rank)
+        own = rank_dir(src)
         try:
             shared = read(f"{SHARED}/state.json", False)
             per_rank = read(f"{own}/state.json", False)
@@ -424,7 +428,7 @@ class Checkpointer:
             raise CorruptCheckpointError(f"{path}: state files are malformed ({type(e).__name__}: {e})") from None
         return {"shared": shared, "per_rank": per_rank, "tensors": tensors, "weights": weights,
                 "optimizers": optimizers, "rng": rng_state, "step": manifest.step, "saved": saved,
-                "strategy": strategy}
+                "strategy": strategy, "saved_world": manifest.world_size}
 
     def _apply(self, path: str, loaded: dict) -> None:
         reg = self._registry
@@ -444,6 +448,8 @@ class Checkpointer:
         self.step = loaded["shared"]["step"]
         if loaded["shared"]["iteration"] is not None:
             self.project_configuration.iteration = loaded["shared"]["iteration"] + 1
+        elastic.after_load(path, reg.generators, loaded["saved_world"], self._comm.world_size, self._comm.rank,
+                           self.step, len(loaded["per_rank"].get("custom") or {}) + len(reg.scalers))
         probe.point("checkpoint.loaded", path=path, step=self.step)
 
 

@@ -11,8 +11,10 @@ for every strategy.
     FSDPStrategy        FSDP2 (`fully_shard`, DTensor parameters). `"sharded"`: each rank writes
                         its shards with torch.distributed.checkpoint into `dcp/`; `"full"`: the state
                         is gathered on rank 0 and written in the replicated layout (DDP can load it).
+                        Both load on another world size (DCP reshards onto the new 1-D mesh).
     DeepSpeedStrategy   a DeepSpeed engine (ZeRO 0-3): the engine's own `save_checkpoint` writes
-                        model and optimizer into `deepspeed/<tag>/` (torch.save pickles).
+                        model and optimizer into `deepspeed/<tag>/` (torch.save pickles). Refused on
+                        another world size (no universal-checkpoint conversion).
 
 `detect()` picks the strategy from the prepared models. Data crosses the boundary frozen
 (`StrategyInfo`, `SaveContext`, `NativeFiles`); what a backend writes itself is hashed and listed
@@ -126,8 +128,10 @@ class Strategy(ABC):
         return NativeFiles()
 
     def check_compatible(self, path: str, saved: StrategyInfo, saved_world: int, world_size: int) -> None:
-        """Raise IncompatibleCheckpointError if this strategy cannot load what `saved` wrote."""
-        _check_world(path, saved, saved_world, self.info(), world_size)
+        """Raise IncompatibleCheckpointError if this strategy cannot load what `saved` wrote.
+
+        A replicated layout holds full state dicts: any world size loads them (`elastic.py` maps the
+        per-rank state)."""
         if saved.layout != REPLICATED:
             raise _incompatible(path, saved, self.info())
 
@@ -307,12 +311,15 @@ class FSDPStrategy(Strategy):
             ctx.rank == 0 and not name.endswith(".distcp"))))
 
     def check_compatible(self, path, saved, saved_world, world_size):
-        _check_world(path, saved, saved_world, self.info(), world_size)
         if saved.layout == DCP_DIR and saved.name == FSDP:
-            if saved.mesh is not None and self.mesh is not None and saved.mesh != self.mesh:
+            # DCP reshards a sharded state dict onto another 1-D mesh (any world size); a mesh of more
+            # dimensions (HSDP, TP) changing shape is not tested here, so it is refused.
+            one_d = saved.mesh is not None and self.mesh is not None and len(saved.mesh) == len(self.mesh) == 1
+            if saved.mesh is not None and self.mesh is not None and saved.mesh != self.mesh and not one_d:
                 raise IncompatibleCheckpointError(
-                    f"{path}: saved on an FSDP2 device mesh of shape {saved.mesh}, loading on {self.mesh}: the "
-                    "harness refuses to reshard (per-rank state would not match); resume on the same mesh")
+                    f"{path}: saved by {saved_world} rank(s) on an FSDP2 device mesh of shape {saved.mesh}, loading "
+                    f"on {self.mesh} ({world_size} rank(s)): the harness reshards only between 1-D (FSDP) meshes; "
+                    "resume on the same mesh")
             return
         if saved.layout != REPLICATED:
             raise _incompatible(path, saved, self.info())
@@ -415,7 +422,14 @@ class DeepSpeedStrategy(Strategy):
         return NativeFiles(tuple(extra) + _hash_owned(ctx.staging, DEEPSPEED_DIR, owned))
 
     def check_compatible(self, path, saved, saved_world, world_size):
-        _check_world(path, saved, saved_world, self.info(), world_size)
+        if saved_world != world_size:
+            raise IncompatibleCheckpointError(
+                f"{path}: saved by {saved_world} rank(s) ({saved.describe()}), loading on {world_size} "
+                f"({self.info().describe()}): the DeepSpeed strategy cannot reshard: its ZeRO files are partitioned "
+                "per data-parallel rank, and the harness does not convert them to DeepSpeed's universal checkpoint "
+                f"(python -m deepspeed.checkpoint.ds_to_universal --input_folder {os.path.join(path, DEEPSPEED_DIR, saved.tag or DEEPSPEED_TAG)} "
+                "--output_folder OUT, then load OUT with the engine config checkpoint.load_universal=true, outside "
+                f"the harness's checkpointer); resume with the same world size ({saved_world})")
         if saved.layout != DEEPSPEED:
             raise _incompatible(path, saved, self.info())
         if saved.zero_stage != self.stage:
@@ -476,14 +490,6 @@ def _verify_share(path: str, records: Sequence[FileRecord], rank: int, world_siz
 
                 raise UnsafeCheckpointError(f"{path}: {rec.path} resolves outside the checkpoint folder; refusing")
             files.verify(full, rec)
-
-
-def _check_world(path: str, saved: StrategyInfo, saved_world: int, now: StrategyInfo, world_size: int) -> None:
-    if saved_world != world_size:
-        raise IncompatibleCheckpointError(
-            f"{path}: saved by {saved_world} rank(s) ({saved.describe()}), loading on {world_size} "
-            f"({now.describe()}); the harness does not reshard per-rank state (RNG, data position) "
-            f"nor the model/optimizer: resume with the same world size ({saved_world})")
 
 
 def _incompatible(path: str, saved: StrategyInfo, now: StrategyInfo) -> IncompatibleCheckpointError:

@@ -61,9 +61,14 @@ STRATEGIES = ("ddp", "fsdp", "deepspeed-zero0", "deepspeed-zero1", "deepspeed-ze
 
 def replay_command(target: Target, *, nproc: int, backend: str, seed: int, plan: FaultPlan, script_args=(),
                    timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None, auto: bool = False,
-                   strategy: str | None = None) -> str:
+                   strategy: str | None = None, resume_nproc: int | None = None,
+                   loss_rtol: float | None = None) -> str:
     """The ``harness run`` command line that repeats this trial with its concrete fault plan."""
     parts = ["harness", "run", target.name, "--nproc", str(nproc), "--backend", backend, "--seed", str(seed)]
+    if resume_nproc is not None:
+        parts += ["--resume-nproc", str(resume_nproc)]
+        if loss_rtol is not None:
+            parts += ["--loss-rtol", f"{loss_rtol:g}"]
     if strategy is not None:
         parts += ["--strategy", strategy]
     if auto:
@@ -112,12 +117,14 @@ def _coerce_plan(plan) -> FaultPlan:
     return plan
 
 
-def check_plan_ranks(plan: FaultPlan, nproc: int) -> None:
-    """A fault on a rank that does not exist never fires: refuse it before anything runs."""
+def check_plan_ranks(plan: FaultPlan, nproc: int, resume_nproc: int | None = None) -> None:
+    """A fault on a rank that does not exist never fires: refuse it before anything runs. With
+    ``resume_nproc``, faults after the first are armed in attempts of that many ranks."""
     for i, fault in enumerate(plan):
-        if fault.rank != "all" and fault.rank >= nproc:
+        n, flag = (resume_nproc, "--resume-nproc") if resume_nproc is not None and i > 0 else (nproc, "--nproc")
+        if fault.rank != "all" and fault.rank >= n:
             raise UsageError(f"fault {i + 1} ({fault.format()}) is on rank {fault.rank}, but the job has "
-                             f"--nproc {nproc} (ranks 0..{nproc - 1})")
+                             f"{flag} {n} (ranks 0..{n - 1})")
 
 
 def check_plan_against_baseline(plan: FaultPlan, last_step: int, points: dict[str, int]) -> list[str]:
@@ -150,7 +157,8 @@ def check_plan_against_baseline(plan: FaultPlan, last_step: int, points: dict[st
 def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backend: str = "auto",
         out_dir: str | None = None, script_args=(), baseline_runs: int | None = None, use_cache: bool = True,
         launcher: Launcher | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None,
-        progress=None, auto: bool | None = None, strategy: str | None = None):
+        progress=None, auto: bool | None = None, strategy: str | None = None, resume_nproc: int | None = None,
+        loss_rtol: float | None = None):
     """Run one trial of ``target`` under ``plan`` and judge it against the baseline.
 
     target: a built-in scenario name or a path to a script. plan: a FaultPlan, a short string
@@ -167,6 +175,11 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
     strategy: how the built-in scenarios wrap the model (``$HARNESS_STRATEGY``, one of STRATEGIES; part
     of the baseline's cache key); None: the scenario's default (ddp).
 
+    resume_nproc: run the attempts after the first fault on this many ranks (an elastic resume): the
+    trial is judged by ``harness.oracle.elastic`` (outcome elastic_pass, never bit_exact), with the
+    global loss held to ``loss_rtol`` (default ``harness.oracle.elastic.DEFAULT_LOSS_RTOL``). Equal to
+    ``nproc``: an ordinary trial.
+
     Raises UsageError for bad arguments, found before anything runs where possible; everything that
     happens once processes run is reported in the returned ``harness.oracle.RunResult``.
     """
@@ -176,7 +189,16 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
     plan = _coerce_plan(plan)
     if not isinstance(nproc, int) or nproc < 1:
         raise UsageError(f"--nproc must be an integer >= 1, got {nproc!r}")
-    check_plan_ranks(plan, nproc)
+    if resume_nproc is not None and (not isinstance(resume_nproc, int) or resume_nproc < 1):
+        raise UsageError(f"--resume-nproc must be an integer >= 1, got {resume_nproc!r}")
+    if resume_nproc == nproc:
+        resume_nproc = None  # the same world size: an ordinary, bit-exact trial
+    if loss_rtol is not None and (resume_nproc is None or not loss_rtol >= 0):
+        raise UsageError(f"--loss-rtol {loss_rtol} needs --resume-nproc (another world size) and a value >= 0")
+    if resume_nproc is not None and auto:
+        raise UsageError("--resume-nproc cannot be combined with --auto: the elastic oracle needs the probe's "
+                         "restored-state and per-sample records")
+    check_plan_ranks(plan, nproc, resume_nproc)
     runs = baseline_runs if baseline_runs is not None else (1 if tgt.builtin else 2)
     if not isinstance(runs, int) or runs < 1:
         raise UsageError(f"--baseline-runs must be an integer >= 1, got {baseline_runs!r}")
@@ -200,7 +222,8 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
         launcher = ForkServerLauncher()  # the zygote imports torch while the baseline is looked up
     trial = _Trial(tgt, plan, folder, launcher=launcher, runs=runs, use_cache=use_cache, timeout_s=timeout_s,
                    stall_s=stall_s, script_args=tuple(script_args), say=say, auto=auto, strategy=strategy,
-                   common=dict(target=tgt.name, nproc=nproc, backend=backend, seed=seed, out_dir=out))
+                   common=dict(target=tgt.name, nproc=nproc, backend=backend, seed=seed, out_dir=out),
+                   resume_nproc=resume_nproc, loss_rtol=loss_rtol)
     try:
         verdict, context = trial.run()
     except LaunchError as e:
@@ -228,20 +251,22 @@ class _Trial:
     """The state of one trial while it runs (the plan becomes concrete once the baseline exists)."""
 
     def __init__(self, tgt: Target, plan: FaultPlan, folder: RunFolder, *, launcher, runs, use_cache, timeout_s,
-                 stall_s, script_args, say, common, auto=None, strategy=None):
+                 stall_s, script_args, say, common, auto=None, strategy=None, resume_nproc=None, loss_rtol=None):
         self.tgt, self.plan, self.folder = tgt, plan, folder
         self.launcher, self.runs, self.use_cache = launcher, runs, use_cache
         self.timeout_s, self.stall_s, self.script_args, self.say = timeout_s, stall_s, script_args, say
         self.common = common
         self.auto = auto
         self.strategy = strategy
+        self.resume_nproc, self.loss_rtol = resume_nproc, loss_rtol  # an elastic trial (harness.oracle.elastic)
         self.timings: dict = {}
 
     def replay(self) -> str:
         c = self.common
         return replay_command(self.tgt, nproc=c["nproc"], backend=c["backend"], seed=c["seed"], plan=self.plan,
                               script_args=self.script_args, timeout_s=self.timeout_s, stall_s=self.stall_s,
-                              auto=bool(self.auto), strategy=self.strategy)
+                              auto=bool(self.auto), strategy=self.strategy, resume_nproc=self.resume_nproc,
+                              loss_rtol=self.loss_rtol)
 
     def context(self, launches: dict | None = None) -> dict:
         out = {"plan": self.plan.format(), "replay": self.replay()}
@@ -300,22 +325,23 @@ class _Trial:
         launches, trace = {}, None
         for a in range(len(concrete) + 1):
             fault = concrete[a] if a < len(concrete) else None
-            monitor = AttemptMonitor(self.folder.trace_dir, c["nproc"], a, stall_s=stall, say=self.say)
-            spec = attempt_spec(self.tgt, self.folder, nproc=c["nproc"], backend=c["backend"],
+            nproc = c["nproc"] if a == 0 or self.resume_nproc is None else self.resume_nproc
+            monitor = AttemptMonitor(self.folder.trace_dir, nproc, a, stall_s=stall, say=self.say)
+            spec = attempt_spec(self.tgt, self.folder, nproc=nproc, backend=c["backend"],
                                 script_args=self.script_args, role="trial", attempt=a, fault=fault,
                                 timeout_s=self.timeout_s, watch=monitor.watch, auto=bool(self.auto), index=index,
                                 strategy=self.strategy)
             result = launches[a] = self.launcher.launch(spec)
             trace = load_trace(self.folder.trace_dir)
             fired = [row for row in trace.faults() if row.attempt == a]
-            finished = all(trace.finished(r, a) for r in range(c["nproc"]))
+            finished = all(trace.finished(r, a) for r in range(nproc))
             stopped = result.stopped
             self.say(_attempt_line(a, fault, fired, finished, result, self.timeout_s))
             if result.timed_out or stopped:
                 self.timings["trial_s"] = round(time.monotonic() - t1, 3)
                 reason = stopped or f"no end within --timeout {self.timeout_s:g} s"
                 last_steps = {r: max((row.step for row in trace.steps(r, a)), default=None)
-                              for r in range(c["nproc"])}
+                              for r in range(nproc)}
                 tails = "\n".join(f"--- rank {e.rank} ---\n{log_tail(e.log_path, 15)}" for e in result.exits)
                 return timeout_verdict(trace, a, reason, last_steps, tails), self.context(launches)
             if fault is None or not fired or finished:
@@ -324,6 +350,16 @@ class _Trial:
 
         t2 = time.monotonic()
         last = launches[max(launches)]
+        if self.resume_nproc is not None:
+            from harness.oracle import RankEnd
+            from harness.oracle.elastic import DEFAULT_LOSS_RTOL, assess_elastic
+
+            ends = [RankEnd(e.rank, e.returncode, e.torn_down, log_tail(e.log_path)) for e in last.exits]
+            verdict = assess_elastic(base_trace, trace, nproc=c["nproc"], resume_nproc=self.resume_nproc,
+                                     n_faults=len(concrete), last_exits=ends, launched=len(launches),
+                                     loss_rtol=DEFAULT_LOSS_RTOL if self.loss_rtol is None else self.loss_rtol)
+            self.timings["compare_s"] = round(time.monotonic() - t2, 3)
+            return verdict, self.context(launches)
         comparison = compare_runs(base_trace, trace)  # the traces as loaded above: no process writes them now
         if self.auto:
             comparison.compared["not_recorded"] = auto_not_recorded(base_trace)

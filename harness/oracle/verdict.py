@@ -18,6 +18,8 @@ Outcomes and their verdicts, in the order `assess` checks them:
 | timeout                    | fail    | a resumed attempt hung (stalled or past --timeout): the baseline finished the same steps |
 | timeout                    | error   | attempt 0 or the baseline hung |
 | bit_exact                  | pass    | every fault fired, ended its attempt and was followed by a resume; everything compared is equal |
+| elastic_pass               | pass    | `--resume-nproc`: the exact claims of the elastic oracle hold and the loss is within its tolerance (`elastic.py`); never called bit-exact |
+| not_elastic                | error / fail | `--resume-nproc`: the checkpointer refused the data order (error), or the global sample order changed (fail) |
 | error                      | error   | anything else that stopped the harness (the caller builds it) |
 
 A PASS therefore needs: a plan of at least one fault, every fault fired, every fired fault ended its
@@ -39,6 +41,8 @@ class Outcome(str, enum.Enum):
     """Why a trial got its verdict (compares equal to its string value)."""
 
     BIT_EXACT = "bit_exact"
+    ELASTIC_PASS = "elastic_pass"  # a resume on another world size: what can be exact is (harness.oracle.elastic)
+    NOT_ELASTIC = "not_elastic"
     DIVERGENCE = "divergence"
     NONDETERMINISTIC_BASELINE = "nondeterministic_baseline"
     NOT_RESUMED = "not_resumed"
@@ -102,8 +106,8 @@ class Verdict:
         object.__setattr__(self, "outcome", Outcome(self.outcome))
         object.__setattr__(self, "attempts", tuple(self.attempts))
         object.__setattr__(self, "warnings", tuple(self.warnings))
-        if self.verdict == "pass" and self.outcome is not Outcome.BIT_EXACT:
-            raise ValueError(f"only bit_exact passes, not {self.outcome}")
+        if self.verdict == "pass" and self.outcome not in (Outcome.BIT_EXACT, Outcome.ELASTIC_PASS):
+            raise ValueError(f"only bit_exact passes (and elastic_pass, on another world size), not {self.outcome}")
 
 
 @dataclass(frozen=True)

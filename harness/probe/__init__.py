@@ -6,6 +6,8 @@ Public API (a no-op outside the harness, so instrumented scripts still run under
     probe.step(step, loss=None, batch=None, model=None, optimizer=None, **extra)
                                              after each optimizer step (global step, 1-based)
     probe.point(name, **info)                a named fault point (the checkpointer calls these)
+    probe.restored(step, model=None, optimizer=None, **extra)
+                                             after a resume: the state restored (elastic oracle)
     probe.finish(model=None, optimizer=None, **state)
                                              at the end: the final state, every tensor, every byte
     probe.enabled() -> bool                  True inside the harness
@@ -16,7 +18,7 @@ Public API (a no-op outside the harness, so instrumented scripts still run under
     digest.py    digests and typed key paths of tensors, nested state, optimizers, RNG states
 """
 
-from harness.probe.api import enabled, finish, point, run_dir, step
+from harness.probe.api import enabled, finish, point, restored, run_dir, step
 from harness.probe.recorder import InjectedFault
 
-__all__ = ["run_dir", "step", "point", "finish", "enabled", "InjectedFault"]
+__all__ = ["run_dir", "step", "point", "restored", "finish", "enabled", "InjectedFault"]

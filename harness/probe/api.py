@@ -16,7 +16,7 @@ import time
 from harness.probe import digest as _digest
 from harness.probe.recorder import get as _get
 from harness.tensors import is_tensor, plain_tensor, tensor_bytes, unwrap_model
-from harness.trace_schema import EventRow, FinishRow, StepRow, final_leaves_file, final_tensors_file
+from harness.trace_schema import EventRow, FinishRow, RestoredRow, StepRow, final_leaves_file, final_tensors_file
 
 
 def enabled() -> bool:
@@ -103,6 +103,27 @@ def step(step: int, loss=None, batch=None, model=None, optimizer=None, **extra) 
         rec.last_step = step
         rec.write(row)
         rec.maybe_fire(step=step)
+
+
+def restored(step: int, model=None, optimizer=None, **extra) -> None:
+    """Record the state this rank restored from the checkpoint of ``step``, right after loading it.
+
+    The same digests as ``probe.step`` (no loss, batch or RNG): the elastic oracle compares them
+    exactly with the baseline's row of ``step``, also when the world size changed (pass world-size
+    independent views then: full tensors, not shards). No fault fires here.
+    """
+    rec = _get()
+    if rec is None or rec.auto is not None:
+        return
+    params, params_tensors = _digest.params_digests(model) if model is not None else (None, None)
+    opt = _digest.optimizer_record(optimizer, model) if optimizer is not None else None
+    row = RestoredRow(
+        attempt=rec.attempt, rank=rec.rank, step=int(step), world_size=rec.world_size, time=time.time(),
+        params=params, params_tensors=params_tensors, optimizer=opt["digest"] if opt else None,
+        optimizer_groups=opt["groups"] if opt else None, optimizer_state=opt["state"] if opt else None,
+        extra={key: _extra_value(key, value) for key, value in extra.items()})
+    with rec.lock:
+        rec.write(row)
 
 
 def point(name: str, **info) -> None:

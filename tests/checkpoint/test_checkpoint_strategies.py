@@ -98,9 +98,7 @@ def test_dcp_checkpoint_whose_manifest_lacks_metadata_is_refused(tmp_path):
 def test_mesh_and_world_size_mismatch_name_both_meshes(tmp_path):
     st = strategy.FSDPStrategy([], state_dict="sharded")
     object.__setattr__(st, "mesh", (3,))
-    with pytest.raises(IncompatibleCheckpointError,
-                       match=r"saved by 2 rank\(s\) \(FSDP2 .* mesh of shape \(2,\)\), loading on 3 \(FSDP2 .* \(3,\)\)"):
-        st.check_compatible("ck", StrategyInfo("fsdp", "dcp", (2,)), 2, 3)
+    st.check_compatible("ck", StrategyInfo("fsdp", "dcp", (2,)), 2, 3)  # 1-D meshes: DCP reshards (elastic.py)
     with pytest.raises(IncompatibleCheckpointError, match=r"mesh of shape \(2, 2\), loading on \(4,\)"):
         object.__setattr__(st, "mesh", (4,))
         st.check_compatible("ck", StrategyInfo("fsdp", "dcp", (2, 2)), 4, 4)
