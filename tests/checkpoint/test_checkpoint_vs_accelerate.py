@@ -1,0 +1,140 @@
+"""Differential tests: one training script (tests/support/scripts/accel_twin.py) checkpointed by HF Accelerate's
+`Accelerator(cpu=True)` or by our `Checkpointer`, the backend chosen by one line; one process and 2 gloo ranks.
+
+Each backend trains uninterrupted (saving mid-epoch 1 with `save_state()`), then a new process resumes from that
+checkpoint with `load_state()` and trains on. Every state (model, optimizer, scheduler, python/numpy/torch RNG,
+the step counter) is compared tensor by tensor, as raw bytes:
+
+- ours: restored == saved, and the resumed run ends bit-identical to the uninterrupted one;
+- Accelerate: restored == saved; resumed as is, it replays the epoch's first batches (it does not save the data
+  position) and ends elsewhere; with its `skip_first_batches` recipe it is exact when the data order is a
+  function of the epoch, and not with `DataLoader(shuffle=True)`, whose order it draws from the global RNG;
+- ours vs Accelerate, when both see the same data: the states at the save, and the states each restores, are equal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from harness.launch import LaunchSpec
+
+pytest.importorskip("accelerate")
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "scripts",
+                      "accel_twin.py")
+
+pytestmark = pytest.mark.slow  # every test launches several processes
+
+
+def _launch(pool, tmp_path, name: str, world: int, backend: str, phase: str, data: str, *extra: str):
+    """Run accel_twin.py on `world` ranks; returns the folder it wrote its dumps into."""
+    out = tmp_path / name
+    out.mkdir()
+    logs = tmp_path / "logs" / name
+    result = pool.launch(LaunchSpec(nproc=world, log_dir=str(logs), script=SCRIPT, timeout_s=240,
+                                    args=("--backend", backend, "--phase", phase, "--data", data, *extra,
+                                          str(tmp_path / f"project-{backend}"), str(out))))
+    errors = [(out / f"err{r}").read_text() for r in range(world) if (out / f"err{r}").exists()]
+    assert not errors, "\n".join(errors)
+    assert result.ok and all((out / f"ok{r}").exists() for r in range(world)), [
+        (logs / f"rank{r}.log").read_text()[-3000:] for r in range(world) if (logs / f"rank{r}.log").exists()]
+    return out
+
+
+def _state(folder, tag: str, rank: int) -> dict:
+    """A dump as {path: (dtype, shape, raw bytes)} for tensors and {path: value} for the rest (floats as hex)."""
+    state = {}
+    with safe_open(str(folder / f"{tag}-rank{rank}.safetensors"), "pt") as f:
+        for key in f.keys():
+            t = f.get_tensor(key).contiguous()
+            state[key] = (str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    with open(folder / f"{tag}-rank{rank}.json") as f:
+        state.update(json.load(f))
+    return state
+
+
+def _differing(a: dict, b: dict) -> list[str]:
+    return [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def _losses(folder, phase: str, rank: int) -> dict:
+    with open(folder / f"losses-{phase}-rank{rank}.json") as f:
+        return json.load(f)
+
+
+def _groups(keys) -> set[str]:
+    """'/model/0.weight' -> 'model', '/rng/torch' -> 'rng/torch': what kind of state differs."""
+    return {k.split("/")[1] if not k.startswith("/rng/") else "/".join(k.split("/")[1:3]) for k in keys}
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_same_data_ours_exact_accelerate_needs_skip_first_batches(pool, tmp_path, world):
+    """Both backends see the same data (a DistributedSampler, batches sharded as Accelerate shards them)."""
+    run = {name: _launch(pool, tmp_path, name, world, backend, phase, "sampler", *extra)
+           for name, backend, phase, extra in [("ours-full", "harness", "full", ()),
+                                               ("ours-resume", "harness", "resume", ()),
+                                               ("acc-full", "accelerate", "full", ()),
+                                               ("acc-resume", "accelerate", "resume", ()),
+                                               ("acc-skip", "accelerate", "resume", ("--skip-first-batches",))]}
+    for rank in range(world):
+        saved, final = {}, {}
+        for backend in ("ours", "acc"):
+            saved[backend] = _state(run[f"{backend}-full"], "saved", rank)
+            final[backend] = _state(run[f"{backend}-full"], "final-full", rank)
+            # Both restore exactly what was saved: model, optimizer, scheduler, every RNG, the step counter.
+            assert _differing(_state(run[f"{backend}-resume"], "restored", rank), saved[backend]) == [], (backend, rank)
+
+        # (c) The same training up to the save, and the same states restored from it, tensor by tensor.
+        assert _differing(saved["ours"], saved["acc"]) == [], rank
+        assert _differing(_state(run["ours-resume"], "restored", rank),
+                          _state(run["acc-resume"], "restored", rank)) == [], rank
+        full, acc_full = _losses(run["ours-full"], "full", rank), _losses(run["acc-full"], "full", rank)
+        assert full["losses"] == acc_full["losses"]
+        assert full["world_size"] == acc_full["world_size"] == world
+        assert (full["model"], acc_full["model"]) == (("DistributedDataParallel",) * 2 if world > 1 else ("Sequential",) * 2)
+        assert (full["loader"], acc_full["loader"]) == ("ResumableDataLoader", "DataLoaderShard")
+        save_at = full["save_at"]
+        assert save_at % full["batches_per_epoch"] not in (0, 1), "the save must fall mid-epoch"
+
+        # (a) Ours resumed == ours uninterrupted, every loss and every byte of the final state.
+        assert _losses(run["ours-resume"], "resume", rank)["losses"] == full["losses"][save_at:]
+        assert _differing(_state(run["ours-resume"], "final-resume", rank), final["ours"]) == [], rank
+
+        # (b) Accelerate resumed as is: the resumed epoch starts again from its first batch (the data position
+        # is not in its checkpoint), so it trains more steps on other batches and ends elsewhere.
+        naive = _losses(run["acc-resume"], "resume", rank)["losses"]
+        assert len(naive) == len(full["losses"]) - save_at + save_at % full["batches_per_epoch"]
+        assert naive[0] != full["losses"][save_at]
+        assert {"model", "optimizer", "train_state"} <= _groups(
+            _differing(_state(run["acc-resume"], "final-resume", rank), final["acc"]))
+        # With its documented recipe (set_epoch, then skip_first_batches on the resumed epoch) it is exact here.
+        assert _losses(run["acc-skip"], "resume", rank)["losses"] == full["losses"][save_at:]
+        assert _differing(_state(run["acc-skip"], "final-resume", rank), final["acc"]) == [], rank
+
+
+def test_shuffled_loader_ours_exact_accelerate_skip_first_batches_is_not(pool, tmp_path):
+    """`DataLoader(shuffle=True)`: the order of an epoch is drawn from the global torch RNG when the epoch starts.
+    Accelerate restores that RNG as it was at the save, mid-epoch, so the resumed epoch draws another order and
+    `skip_first_batches` skips the wrong batches. Ours seeds the order from (seed, epoch) and resumes exactly."""
+    run = {name: _launch(pool, tmp_path, name, 1, backend, phase, "shuffle", *extra)
+           for name, backend, phase, extra in [("ours-full", "harness", "full", ()),
+                                               ("ours-resume", "harness", "resume", ()),
+                                               ("acc-full", "accelerate", "full", ()),
+                                               ("acc-skip", "accelerate", "resume", ("--skip-first-batches",))]}
+    full = _losses(run["ours-full"], "full", 0)
+    save_at = full["save_at"]
+    assert _losses(run["ours-resume"], "resume", 0)["losses"] == full["losses"][save_at:]
+    assert _differing(_state(run["ours-resume"], "final-resume", 0), _state(run["ours-full"], "final-full", 0)) == []
+
+    acc_full = _losses(run["acc-full"], "full", 0)["losses"]
+    resumed = _losses(run["acc-skip"], "resume", 0)["losses"]
+    assert _differing(_state(run["acc-skip"], "restored", 0), _state(run["acc-full"], "saved", 0)) == []
+    assert len(resumed) == len(acc_full) - save_at  # the right number of batches skipped ...
+    assert resumed[0] != acc_full[save_at]  # ... of another order: the first resumed batch is not the next one
+    assert "model" in _groups(_differing(_state(run["acc-skip"], "final-resume", 0),
+                                         _state(run["acc-full"], "final-full", 0)))
