@@ -6,12 +6,14 @@
 from .config import ProjectConfiguration
 from .data import ResumableDataLoader
 from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
-                     NotACheckpointError, UnsafeCheckpointError)
+                     NotACheckpointError, RegistrationError, UnsafeCheckpointError)
 from .manager import Checkpointer, CheckpointSkippedWarning
+from .model_files import load_checkpoint_in_model, parse_size, save_model
 from .reduction import CommHookConflictWarning, pin_bucket_layout, rank_ordered_allreduce_hook  # noqa: F401
 
 __all__ = [
     "Checkpointer", "ProjectConfiguration", "ResumableDataLoader", "CheckpointSkippedWarning",
     "CheckpointError", "CheckpointSaveError", "CorruptCheckpointError", "IncompatibleCheckpointError",
-    "NotACheckpointError", "UnsafeCheckpointError",
+    "NotACheckpointError", "RegistrationError", "UnsafeCheckpointError",
+    "save_model", "load_checkpoint_in_model", "parse_size",
 ]

@@ -29,3 +29,8 @@ class IncompatibleCheckpointError(CheckpointError):
 
 class CheckpointSaveError(CheckpointError):
     """A save failed on at least one rank. The previous checkpoints are untouched."""
+
+
+class RegistrationError(CheckpointError, ValueError, TypeError):
+    """`prepare` or `register_for_checkpointing` got objects it cannot checkpoint; none of the call's objects were
+    registered. A ValueError, as in Accelerate; also a TypeError, which the checkpointer raised before."""

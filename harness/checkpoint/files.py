@@ -111,22 +111,28 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _open_verified(path: str, record: FileRecord) -> mmap.mmap | bytes:
-    """Map the file and check its size, magic and checksum against `record`."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise CorruptCheckpointError(f"{path}: file listed in the manifest is missing") from None
+def map_file(path: str, expected_size: int | None = None) -> mmap.mmap | bytes:
+    """Map a whole file copy-on-write (tensors may view it); check its size first when one is expected."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         size = os.fstat(fd).st_size
-        if size != record.size:
+        if expected_size is not None and size != expected_size:
             raise CorruptCheckpointError(
-                f"{path}: is {size} bytes but the manifest says {record.size} (truncated or replaced)")
+                f"{path}: is {size} bytes but the manifest says {expected_size} (truncated or replaced)")
         data = mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else b""
         if size:
             data.madvise(mmap.MADV_SEQUENTIAL)  # read-ahead from a cold cache
     finally:
         os.close(fd)
+    return data
+
+
+def _open_verified(path: str, record: FileRecord) -> mmap.mmap | bytes:
+    """Map the file and check its size, magic and checksum against `record`."""
+    try:
+        data = map_file(path, record.size)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"{path}: file listed in the manifest is missing") from None
     if xxhash.xxh3_128_hexdigest(data) != record.digest:
         raise CorruptCheckpointError(f"{path}: checksum mismatch ({HASH}); the file is corrupt (bit flip or partial write)")
     return data

@@ -42,25 +42,14 @@ from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointErro
                      NotACheckpointError, UnsafeCheckpointError)
 from .files import FileRecord
 from .layout import FileJob
-from .manifest import SHARED, rank_dir, read_manifest
+from .manifest import SHARED, Manifest, rank_dir, read_manifest
+from .model_files import parse_size, save_model as _save_model
 from .state import Registry
 from .strategy import SaveContext, StrategyInfo
 
 
 class CheckpointSkippedWarning(UserWarning):
     """`load_state()` skipped a checkpoint that is not valid on every rank and fell back to an older one."""
-
-
-def parse_size(size: int | str) -> int:
-    """`4GB`, `500MB`, `1GiB` or a number of bytes."""
-    if isinstance(size, int):
-        return size
-    text = size.strip().upper().replace(" ", "")
-    for unit, factor in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
-                         ("KB", 10**3), ("B", 1)):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
 
 
 @dataclass
@@ -74,18 +63,22 @@ class _SaveJob:
     error: str | None = None  # the snapshot failed
     strategy: StrategyInfo = field(default_factory=lambda: StrategyInfo("replicated", "replicated"))
     native: tuple[FileRecord, ...] = ()  # files the backend wrote itself (this rank's), already hashed
+    writer: int = 0  # the rank that writes the shared files and the manifest into this folder, and commits it
+    members: list[int] | None = None  # save_on_each_node: the ranks whose files go into this folder (else all)
 
 
 class Checkpointer:
     """Save and restore a training job's complete state. Names follow HF Accelerate.
 
     >>> ckpt = Checkpointer(ProjectConfiguration("run", automatic_checkpoint_naming=True, total_limit=3))
+    >>> ckpt = Checkpointer(project_dir="run", project_config=ProjectConfiguration(automatic_checkpoint_naming=True))
     >>> model, optimizer, loader, scheduler = ckpt.prepare(model, optimizer, loader, scheduler)
     >>> ckpt.load_state(missing_ok=True)   # resume if a checkpoint exists
     >>> ...; ckpt.save_state()             # every rank calls it
     """
 
-    def __init__(self, project_config: ProjectConfiguration | None = None, *, max_shard_size: int | str = "4GB",
+    def __init__(self, project_config: ProjectConfiguration | str | os.PathLike | None = None, *,
+                 project_dir: str | os.PathLike | None = None, max_shard_size: int | str = "4GB",
                  timeout_s: float = 1800.0, fsdp_state_dict: str = "sharded",
                  deterministic_reduction: bool | str = True) -> None:
         if deterministic_reduction not in (True, False, *reduction.MODES):
@@ -94,7 +87,7 @@ class Checkpointer:
         self.deterministic_reduction = deterministic_reduction  # DDP models given to prepare(): see reduction.py
         if fsdp_state_dict not in strategies.FSDP_STATE_DICTS:
             raise ValueError(f"fsdp_state_dict must be one of {strategies.FSDP_STATE_DICTS}, got {fsdp_state_dict!r}")
-        self.project_configuration = project_config or ProjectConfiguration()
+        self.project_configuration = _project_configuration(project_config, project_dir)
         self.fsdp_state_dict = fsdp_state_dict
         self.max_shard_size = parse_size(max_shard_size)
         self.step = 0
@@ -117,14 +110,23 @@ class Checkpointer:
     def project_dir(self):
         return self.project_configuration.project_dir
 
+    @property
+    def save_iteration(self) -> int:
+        """The N of the next automatic checkpoint (Accelerate's name)."""
+        return self.project_configuration.iteration
+
     def prepare(self, *objs):
         """Register models, optimizers, schedulers, DataLoaders (wrapped into ResumableDataLoader) and
-        GradScalers; return them in order (a single object is returned as is).
+        GradScalers; return all arguments in order (a single object is returned as is).
+
+        Anything else (None, numbers, objects it does not manage) is returned unchanged and not registered,
+        as Accelerate's prepare does; register custom objects with `register_for_checkpointing`. All or
+        nothing: if one argument cannot be prepared, none is registered and a ValueError names each by index.
 
         A DDP model also gets a gradient reduction whose summation order survives a restart (its bucket
         layout pinned; see `reduction.py`), unless `deterministic_reduction=False`.
         """
-        out = tuple(self._registry.add(o, prepare=True) for o in objs)
+        out = tuple(self._registry.add_all(objs, prepare=True))
         for o in out:
             reduction.install(o, self.deterministic_reduction)
         return out[0] if len(out) == 1 else out
@@ -133,10 +135,10 @@ class Checkpointer:
         """Register objects with state_dict/load_state_dict, or generators (torch, numpy, random.Random).
 
         Custom objects are replicated (rank 0 saves, every rank loads) unless `per_rank=True`.
-        Generators are always per rank.
+        Generators are always per rank. All or nothing, as in Accelerate: every object is checked first; if
+        any cannot be checkpointed, none is registered and a ValueError names each bad one by its index.
         """
-        for o in objs:
-            self._registry.add(o, prepare=False, per_rank=per_rank)
+        self._registry.add_all(objs, prepare=False, per_rank=per_rank)
 
     def register_save_state_pre_hook(self, hook) -> RemovableHandle:
         """`hook(models, weights, output_dir)` runs on every rank before weights are written.
@@ -156,31 +158,41 @@ class Checkpointer:
 
     # -- save -------------------------------------------------------------------------------------
 
-    def save_state(self, output_dir: str | os.PathLike | None = None, *, blocking: bool = True) -> str:
+    def save_model(self, model: torch.nn.Module, save_directory: str | os.PathLike, max_shard_size: int | str = "10GB",
+                   safe_serialization: bool = True) -> list[str]:
+        """Weights only, as safetensors shards + `model.safetensors.index.json` (`harness.checkpoint.model_files`)."""
+        return _save_model(model, save_directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization)
+
+    def save_state(self, output_dir: str | os.PathLike | None = None, safe_serialization: bool = True, *,
+                   blocking: bool = True, **save_model_func_kwargs) -> str:
         """Write a checkpoint; returns its folder. Collective: every rank calls it.
 
         With `blocking=False` the state is copied to host memory and written by a background thread;
         training may go on (and change the model, optimizer, RNG) meanwhile. The next `save_state`,
         `load_state` or `wait()` joins it and raises its error, if any.
+
+        Accelerate's signature: the format is always pickle-free, so `safe_serialization=False` only warns;
+        `save_model_func_kwargs` (which Accelerate forwards to DeepSpeed's `save_checkpoint`) are ignored
+        with a warning naming them.
         """
+        if not safe_serialization:
+            warnings.warn("save_state(safe_serialization=False) ignored: the checkpoint format is always pickle-free "
+                          "(safetensors and JSON)", stacklevel=2)
+        if save_model_func_kwargs:
+            warnings.warn(f"save_state: ignoring {sorted(save_model_func_kwargs)} (Accelerate passes extra arguments to "
+                          "DeepSpeed's save_checkpoint; this checkpointer decides what each backend writes itself)",
+                          stacklevel=2)
         self.wait()
         comm = self._comm
         comm.setup()
-        final, auto_index = self._target(output_dir)
+        final, auto_index, writer, members = self._target(output_dir)
         probe.point("checkpoint.begin", path=final, step=self.step)
-        error = None
-        staging = storage.staging_path(final)
-        if comm.rank == 0:
-            try:
-                staging = storage.prepare_staging(final, clean_siblings=auto_index is not None)
-                os.makedirs(os.path.join(staging, SHARED))
-            except OSError as e:
-                error = f"{type(e).__name__}: {e}"
-        _raise_failures(comm.all_gather_json(error), f"could not create the staging folder for {final}")
+        staging = self._create_staging(final, auto_index, writer)
         try:
-            job = self._snapshot(final, staging, auto_index, copy=not blocking)
+            job = self._snapshot(final, staging, auto_index, copy=not blocking, writer=writer)
         except Exception as e:  # reported through the same agreement, so no rank is left waiting
             job = _SaveJob(final, staging, self.step, auto_index, {}, error=f"{type(e).__name__}: {e}")
+        job.writer, job.members = writer, members
         if auto_index is not None:
             self.project_configuration.iteration = auto_index + 1
         if blocking:
@@ -206,22 +218,80 @@ class Checkpointer:
         except BaseException as e:  # surfaced by wait()
             self._thread_error = e
 
-    def _target(self, output_dir) -> tuple[str, int | None]:
-        """(final folder, automatic index or None), the same on every rank."""
-        cfg = self.project_configuration
+    def _target(self, output_dir) -> tuple[str, int | None, int, list[int] | None]:
+        """(final folder, automatic index or None, writer rank, ranks written into the folder or None for all).
+
+        Checked on every rank before anything is written: all ranks name one folder, or, with
+        `save_on_each_node`, the ranks of each node name one folder (their node's).
+        """
+        cfg, comm = self.project_configuration, self._comm
+        auto_index, error = None, None
         if output_dir is not None:
             final = os.path.abspath(os.fspath(output_dir))
-            error = None
             if os.path.exists(final) and (not os.path.isdir(final) or os.listdir(final)):
                 error = (f"{final} exists and is not empty; refusing to overwrite it (a failed save must never "
                          "destroy a checkpoint): save into a new folder, or use automatic naming")
-            _raise_failures(self._comm.all_gather_json(error), "cannot save")
-            return final, None
-        if not cfg.automatic_checkpoint_naming:
-            raise ValueError("save_state() needs a folder: pass output_dir, or use "
-                             "ProjectConfiguration(project_dir=..., automatic_checkpoint_naming=True)")
-        index = max(self._comm.all_gather_json(self._auto_index()))
-        return os.path.join(cfg.checkpoints_dir, f"checkpoint_{index}"), index
+        else:
+            if not cfg.automatic_checkpoint_naming:
+                raise ValueError("save_state() needs a folder: pass output_dir, or use "
+                                 "ProjectConfiguration(project_dir=..., automatic_checkpoint_naming=True)")
+            auto_index = max(comm.all_gather_json(self._auto_index()))
+            final = os.path.join(os.path.abspath(cfg.checkpoints_dir), f"checkpoint_{auto_index}")
+        if cfg.save_on_each_node and self.strategy.info().name != "replicated":
+            raise ValueError(f"save_on_each_node=True supports replicated models (DDP, a plain module), not "
+                             f"{self.strategy.info().name}: its files need one coordinator; save to a shared folder")
+        reports = comm.all_gather_json({"final": final, "error": error,
+                                        "node": _local_rank_env() if cfg.save_on_each_node else None})
+        _raise_failures([r["error"] for r in reports], "cannot save")
+        finals = [r["final"] for r in reports]
+        if not cfg.save_on_each_node:
+            if len(set(finals)) > 1:
+                raise CheckpointSaveError(
+                    f"the ranks name different folders for this checkpoint ({_by_folder(finals, range(len(finals)))}); "
+                    "nothing was written. Every rank must name the same folder on a filesystem all ranks share, or "
+                    "set ProjectConfiguration(save_on_each_node=True) for node-local disks (one copy per node)")
+            return final, auto_index, 0, None
+        members = next(g for g in _node_groups([r["node"] for r in reports]) if comm.rank in g)
+        if len({finals[r] for r in members}) > 1:
+            raise CheckpointSaveError(
+                f"save_on_each_node=True, but the ranks of one node (ranks {members}) name different folders "
+                f"({_by_folder(finals, members)}); nothing was written. The ranks of a node must name the same folder")
+        return final, auto_index, members[0], members
+
+    def _create_staging(self, final: str, auto_index: int | None, writer: int) -> str:
+        """The writer creates `.staging-<name>`; every rank checks that it sees that very folder, before writing."""
+        comm = self._comm
+        staging = storage.staging_path(final)
+        is_writer = comm.rank == writer
+        error = None
+        if is_writer:  # leftovers of killed saves first, before any writer creates a folder (nodes may share a disk)
+            try:
+                storage.clean_staging(final, clean_siblings=auto_index is not None)
+            except OSError as e:
+                error = f"{type(e).__name__}: {e}"
+        _raise_failures(comm.all_gather_json(error), f"could not create the staging folder for {final}")
+        token = None
+        if is_writer:
+            try:
+                token = storage.create_staging(final)
+                os.makedirs(os.path.join(staging, SHARED))
+            except FileExistsError:
+                error = (f"{staging} was created by another node's writer at the same time: the nodes share this "
+                         "folder, so save_on_each_node=True would write one folder twice; set save_on_each_node=False "
+                         "on a shared filesystem, or give each node its own folder")
+            except OSError as e:
+                error = f"{type(e).__name__}: {e}"
+        reports = comm.all_gather_json({"error": error, "token": token})
+        if not any(r["error"] for r in reports) and not is_writer and storage.read_token(staging) != reports[writer]["token"]:
+            error = (f"does not see the staging folder {staging} that rank {writer} created: the ranks do not share "
+                     "this folder (node-local disks?). Name a folder on a filesystem every rank sees, or set "
+                     "ProjectConfiguration(save_on_each_node=True) to write one checkpoint per node")
+        errors = comm.all_gather_json(error or reports[comm.rank]["error"])
+        if any(errors):
+            if is_writer and token is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            _raise_failures(errors, f"could not create the staging folder for {final}; nothing was written")
+        return staging
 
     def _auto_index(self) -> int:
         """`iteration`, raised above every existing checkpoint_N so that names only ever increase.
@@ -239,7 +309,7 @@ class Checkpointer:
             index = existing[0][0] + 1
         return index
 
-    def _snapshot(self, final: str, staging: str, auto_index: int | None, copy: bool) -> _SaveJob:
+    def _snapshot(self, final: str, staging: str, auto_index: int | None, copy: bool, writer: int = 0) -> _SaveJob:
         comm, reg = self._comm, self._registry
         rank = comm.rank
         strategy = self.strategy
@@ -250,7 +320,7 @@ class Checkpointer:
         tensors: dict = {}
         job.jobs += layout.rank_files(rank, reg.rank_state(self.step, tensors), tensors)
         optimizers = strategy.optimizer_states(reg.optimizers, reg.models, rank)
-        if rank == 0:
+        if rank == writer:
             shared_tensors: dict = {}
             shared = reg.shared_state(self.step, auto_index, shared_tensors)
             job.jobs += layout.shared_files(shared, shared_tensors, weights, optimizers, self.max_shard_size)
@@ -286,22 +356,23 @@ class Checkpointer:
         reports = comm.all_gather_json({"error": error, "files": [r.to_json() for r in records]})
         errors = [rep["error"] for rep in reports]
         if any(errors):
-            if rank == 0:
+            if rank == job.writer:
                 shutil.rmtree(job.staging, ignore_errors=True)
             _raise_failures(errors, f"saving {job.final} failed, previous checkpoints are untouched")
         commit_error = None
-        if rank == 0:
+        if rank == job.writer:
             try:
-                self._commit(job, reports)
+                self._commit(job, [reports[r] for r in (job.members or range(comm.world_size))])
             except Exception as e:
                 commit_error = f"{type(e).__name__}: {e}"
                 shutil.rmtree(job.staging, ignore_errors=True)
-        commit_error = comm.broadcast_json(commit_error)
-        if commit_error:
-            raise CheckpointSaveError(f"rank 0 could not commit {job.final} (previous checkpoints are untouched): {commit_error}")
+        failed = [(r, e) for r, e in enumerate(comm.all_gather_json(commit_error)) if e]
+        if failed:
+            raise CheckpointSaveError("; ".join(f"rank {r} could not commit {job.final} (previous checkpoints are "
+                                                f"untouched): {e}" for r, e in failed))
         probe.point("checkpoint.committed", path=job.final, step=job.step)
         cfg = self.project_configuration
-        if rank == 0 and job.iteration is not None and cfg.total_limit is not None:
+        if rank == job.writer and job.iteration is not None and cfg.total_limit is not None:
             probe.point("checkpoint.rotate")
             try:
                 storage.rotate(cfg.checkpoints_dir, cfg.total_limit, keep=job.final)
@@ -311,37 +382,52 @@ class Checkpointer:
     def _commit(self, job: _SaveJob, reports: list[dict]) -> None:
         probe.point("checkpoint.manifest")
         records = [FileRecord(r["path"], r["size"], r[files.HASH]) for rep in reports for r in rep["files"]]
+        storage.remove_token(job.staging)
+        _check_present(job.staging, records)
         layout.write_manifest(job.staging, records, world_size=self._comm.world_size, step=job.step,
                               iteration=job.iteration, contents=job.contents, backend=job.strategy.name,
-                              strategy=job.strategy.to_json())
+                              strategy=job.strategy.to_json(), ranks=job.members)
         probe.point("checkpoint.commit")
         storage.commit(job.staging, job.final)
 
     # -- load -------------------------------------------------------------------------------------
 
-    def load_state(self, input_dir: str | os.PathLike | None = None, *, strict_rng: bool = True,
-                   missing_ok: bool = False, allow_unsafe_pickle: bool = False) -> str | None:
+    def load_state(self, input_dir: str | os.PathLike | None = None, map_location=None, *, strict_rng: bool = True,
+                   missing_ok: bool = False, allow_unsafe_pickle: bool = False, load_kwargs: dict | None = None,
+                   **load_model_func_kwargs) -> str | None:
         """Restore everything registered from a checkpoint; returns its folder. Collective.
 
         With no folder: the newest automatic checkpoint that is valid on every rank; the ones skipped
         are reported with a CheckpointSkippedWarning naming the reason. With `missing_ok=True`, no
         checkpoint at all (e.g. a kill before the first save finished) returns None instead of raising.
 
+        `map_location` (Accelerate's): where optimizer state is loaded before `load_state_dict` places it
+        with its parameters: None or "cpu", "on_device" (the device of the first registered model), or a
+        torch device, which must exist on every rank. `load_kwargs` and other keyword arguments (Accelerate
+        passes them to torch.load and DeepSpeed) are ignored with a warning: nothing here is torch.load-ed.
+
         A folder written by HF Accelerate's save_state is read only with `allow_unsafe_pickle=True`:
         it holds pickles, which can execute code. Each rank converts it to a private native copy first.
         """
+        if load_kwargs or load_model_func_kwargs:
+            warnings.warn(f"load_state: ignoring {sorted({**(load_kwargs or {}), **load_model_func_kwargs})} (Accelerate "
+                          "passes them to torch.load or DeepSpeed; this checkpointer never unpickles)", stacklevel=2)
         self.wait()
         self._comm.setup()
+        device = self._map_location(map_location)
         if input_dir is not None and allow_unsafe_pickle and from_accelerate.is_accelerate_folder(os.fspath(input_dir)):
             with tempfile.TemporaryDirectory(prefix="harness-from-accelerate-") as tmp:
                 native = from_accelerate.convert(os.fspath(input_dir), os.path.join(tmp, "native"),
                                                  allow_unsafe_pickle=True)
-                self.load_state(native, strict_rng=strict_rng)
+                self.load_state(native, map_location, strict_rng=strict_rng)
             return os.path.abspath(os.fspath(input_dir))
         if input_dir is not None:
             candidates = [os.path.abspath(os.fspath(input_dir))]
-        else:
-            candidates = [p for _, p in storage.auto_checkpoints(self.project_configuration.checkpoints_dir)]
+        else:  # every rank's checkpoints, newest first (node-local folders may differ; a rank lacking one skips it)
+            checkpoints_dir = os.path.abspath(self.project_configuration.checkpoints_dir)
+            found = self._comm.all_gather_json([n for n, _ in storage.auto_checkpoints(checkpoints_dir)])
+            candidates = [os.path.join(checkpoints_dir, f"checkpoint_{n}")
+                          for n in sorted({n for per_rank in found for n in per_rank}, reverse=True)]
             if not candidates:
                 if missing_ok:
                     return None
@@ -350,7 +436,7 @@ class Checkpointer:
         for path in candidates:
             loaded, error, kind, unexpected = None, None, None, None
             try:
-                loaded = self._read(path, strict_rng)
+                loaded = self._read(path, strict_rng, device)
             except (CorruptCheckpointError, NotACheckpointError, IncompatibleCheckpointError) as e:
                 error, kind = str(e), type(e).__name__
             except Exception as e:  # re-raised after the agreement, so that no other rank is left waiting in it
@@ -376,10 +462,11 @@ class Checkpointer:
         raise CorruptCheckpointError("no valid checkpoint in "
                                      f"{self.project_configuration.checkpoints_dir}; skipped: " + " | ".join(skipped))
 
-    def _read(self, path: str, strict_rng: bool) -> dict:
+    def _read(self, path: str, strict_rng: bool, device: torch.device | None = None) -> dict:
         """Read and verify everything this rank needs from `path`, and validate it against the registry."""
         comm = self._comm
         manifest = read_manifest(path)
+        _check_holds_rank(path, manifest, comm.rank, comm.world_size)
         saved = StrategyInfo.from_json(manifest.strategy, manifest.backend)
         strategy = self.strategy
         strategy.check_compatible(path, saved, manifest.world_size, comm.world_size)
@@ -416,7 +503,7 @@ class Checkpointer:
                 for rel in m["files"]:
                     sd.update(read(rel, True))
                 weights.append(sd)
-            optimizers = [tree.decode(read(f"{p}.json", False), read(f"{p}.safetensors", True))
+            optimizers = [_to_device(tree.decode(read(f"{p}.json", False), read(f"{p}.safetensors", True)), device)
                           for p in shared["optimizers"]]
             rng_state = tree.decode(per_rank["rng"], tensors)
             self._registry.validate(shared, per_rank, tensors, weights, optimizers, rng_state, comm.rank, strict_rng)
@@ -453,8 +540,134 @@ class Checkpointer:
         probe.point("checkpoint.loaded", path=path, step=self.step)
 
 
+    def _map_location(self, map_location) -> torch.device | None:
+        """The device `map_location` names (None for the CPU), checked on every rank before anything is read."""
+        device, error = None, None
+        try:
+            device = _resolve_device(map_location, self._registry.models)
+        except ValueError as e:
+            error = str(e)
+        failed = [(r, e) for r, e in enumerate(self._comm.all_gather_json(error)) if e]
+        if failed:
+            raise ValueError("load_state: " + "; ".join(f"rank {r}: {e}" for r, e in failed))
+        return device
+
+
 _ERRORS = {cls.__name__: cls for cls in (CorruptCheckpointError, NotACheckpointError, IncompatibleCheckpointError,
                                          UnsafeCheckpointError)}
+
+
+def _project_configuration(config, project_dir) -> ProjectConfiguration:
+    """Accelerate's rules: `project_config` if given, with `project_dir` filling in a missing project_dir."""
+    if isinstance(config, (str, os.PathLike)):  # Checkpointer("runs/x")
+        if project_dir is not None:
+            raise ValueError("pass the project folder once: Checkpointer(project_dir=...) or Checkpointer(folder)")
+        config, project_dir = None, config
+    if config is None:
+        return ProjectConfiguration(project_dir=project_dir)
+    if not isinstance(config, ProjectConfiguration):
+        raise TypeError(f"project_config must be a ProjectConfiguration, got {type(config).__qualname__}")
+    if project_dir is not None:
+        if config.project_dir is None:
+            config.set_directories(project_dir)
+        elif os.path.abspath(os.fspath(config.project_dir)) != os.path.abspath(os.fspath(project_dir)):
+            raise ValueError(f"project_dir={os.fspath(project_dir)!r} differs from project_config.project_dir="
+                             f"{os.fspath(config.project_dir)!r}; pass the folder once")
+    return config
+
+
+def _resolve_device(map_location, models) -> torch.device | None:
+    if map_location is None or map_location == "cpu" or map_location == torch.device("cpu"):
+        return None
+    if map_location == "on_device":
+        device = next((p.device for m in models for p in m.parameters()), None)
+        return None if device is None or device.type == "cpu" else device
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"map_location={map_location!r} is not a device: use None, 'cpu', 'on_device' or a torch "
+                         "device such as 'cuda:0'") from None
+    if device.type == "cpu":
+        return None
+    if device.type == "meta":
+        raise ValueError("map_location='meta' would drop the loaded values; use 'cpu', 'on_device' or a real device")
+    backend = getattr(torch, device.type, None)
+    available = backend is not None and getattr(backend, "is_available", lambda: False)()
+    count = backend.device_count() if available and hasattr(backend, "device_count") else int(available)
+    if not available or (device.index is not None and device.index >= count):
+        raise ValueError(f"map_location={map_location!r}: no such device here ({count} {device.type} device(s) "
+                         f"available); use 'cpu', 'on_device' or an existing device")
+    return device
+
+
+def _to_device(tree_value, device: torch.device | None):
+    if device is None:
+        return tree_value
+    if isinstance(tree_value, torch.Tensor):
+        return tree_value.to(device)
+    if isinstance(tree_value, dict):
+        return {k: _to_device(v, device) for k, v in tree_value.items()}
+    if isinstance(tree_value, (list, tuple)):
+        return type(tree_value)(_to_device(v, device) for v in tree_value)
+    return tree_value
+
+
+def _local_rank_env() -> list[int] | None:
+    """[LOCAL_RANK, LOCAL_WORLD_SIZE] as torchrun sets them, or None."""
+    try:
+        return [int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])]
+    except (KeyError, ValueError):
+        return None
+
+
+def _node_groups(nodes: list) -> list[list[int]]:
+    """The ranks of each node (contiguous, as torchrun numbers them), from every rank's [LOCAL_RANK, LOCAL_WORLD_SIZE].
+
+    Without those variables on any rank, all ranks form one node.
+    """
+    world = len(nodes)
+    if all(n is None for n in nodes):
+        return [list(range(world))]
+    groups: dict[int, list[int]] = {}
+    for rank, node in enumerate(nodes):
+        if node is None or not 0 <= node[0] < node[1]:
+            raise CheckpointSaveError(f"save_on_each_node=True needs LOCAL_RANK and LOCAL_WORLD_SIZE (as torchrun sets "
+                                      f"them) on every rank; rank {rank} has {node}")
+        groups.setdefault(rank - node[0], []).append(rank)
+    for leader, ranks in groups.items():
+        if len(ranks) != nodes[leader][1] or any(nodes[r][1] != nodes[leader][1] for r in ranks):
+            raise CheckpointSaveError(f"save_on_each_node=True: ranks {ranks} (local rank 0 is rank {leader}) do not "
+                                      f"form a node of LOCAL_WORLD_SIZE={nodes[leader][1]}; LOCAL_RANK/LOCAL_WORLD_SIZE "
+                                      "are inconsistent")
+    return list(groups.values())
+
+
+def _by_folder(finals: list[str], ranks) -> str:
+    folders: dict[str, list[int]] = {}
+    for r in ranks:
+        folders.setdefault(finals[r], []).append(r)
+    return "; ".join(f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {f}" for f, rs in folders.items())
+
+
+def _check_present(staging: str, records: list[FileRecord]) -> None:
+    """Never commit a manifest that lists a file the folder lacks (a rank wrote elsewhere)."""
+    missing = []
+    for rec in records:
+        try:
+            if os.stat(os.path.join(staging, rec.path)).st_size != rec.size:
+                missing.append(f"{rec.path} (size differs)")
+        except FileNotFoundError:
+            missing.append(rec.path)
+    if missing:
+        raise CheckpointSaveError(f"{staging} lacks {len(missing)} file(s) the ranks reported writing, e.g. "
+                                  f"{missing[:4]}: they wrote into another folder; refusing to commit")
+
+
+def _check_holds_rank(path: str, manifest: Manifest, rank: int, world_size: int) -> None:
+    if manifest.ranks is not None and manifest.world_size == world_size and rank not in manifest.ranks:
+        raise IncompatibleCheckpointError(
+            f"{path}: this folder holds ranks {manifest.ranks} only (saved with save_on_each_node=True, one folder "
+            f"per node); rank {rank} must load the folder of its own node")
 
 
 def _raise_failures(errors: list, what: str) -> None:

@@ -50,6 +50,7 @@ class Manifest:
     libraries: dict = field(default_factory=dict)
     backend: str = "replicated"
     strategy: dict | None = None  # StrategyInfo.to_json() (version >= 3)
+    ranks: list[int] | None = None  # save_on_each_node: the ranks whose files this node's folder holds (else all)
     version: int = VERSION
     complete: bool = True
 
@@ -59,7 +60,7 @@ class Manifest:
 
     def to_json(self) -> dict:
         """The manifest document, sealed with its own checksum."""
-        return seal({
+        doc = {
             "format": FORMAT,
             "version": self.version,
             "world_size": self.world_size,
@@ -70,8 +71,11 @@ class Manifest:
             "contents": self.contents,
             "libraries": self.libraries,
             "files": {k: [r.to_json() for r in v] for k, v in self.files.items()},
-            "complete": self.complete,  # keep last: the completion marker
-        })
+        }
+        if self.ranks is not None:  # only then: other manifests stay as they were
+            doc["ranks"] = list(self.ranks)
+        doc["complete"] = self.complete  # keep last: the completion marker
+        return seal(doc)
 
 
 def canonical_json(doc: dict) -> bytes:
@@ -170,6 +174,7 @@ def parse_manifest(path: str, doc) -> Manifest:
             files=files, contents=dict(doc.get("contents") or {}), libraries=dict(doc.get("libraries") or {}),
             backend=str(doc.get("backend", "replicated")), version=version,
             strategy=_strategy_doc(doc.get("strategy")),
+            ranks=None if doc.get("ranks") is None else [int(r) for r in doc["ranks"]],
         )
     except UnsafeCheckpointError:
         raise

@@ -21,7 +21,7 @@ from harness.tensors import unwrap_model
 
 from . import rng, tree
 from .data import ResumableDataLoader, wrap_loader
-from .errors import IncompatibleCheckpointError
+from .errors import IncompatibleCheckpointError, RegistrationError
 
 
 def _is_scheduler(obj) -> bool:
@@ -45,32 +45,58 @@ class Registry:
 
     def add(self, obj, *, prepare: bool, per_rank: bool = False):
         """Register `obj` by kind; returns it, wrapped when it is a DataLoader being prepared."""
+        return self.add_all([obj], prepare=prepare, per_rank=per_rank)[0]
+
+    def add_all(self, objs, *, prepare: bool, per_rank: bool = False) -> list:
+        """Register every object, or none: each is checked first, and a ValueError names every bad one by index.
+
+        `prepare=True` (Checkpointer.prepare) registers what it manages and passes anything else through
+        unregistered, as Accelerate's prepare does; `prepare=False` (register_for_checkpointing) refuses it.
+        """
+        plan, bad = [], []
+        for index, obj in enumerate(objs):
+            try:
+                plan.append(self._classify(obj, prepare=prepare))
+            except (TypeError, ValueError) as e:
+                bad.append(f"\n\t- Item at index {index}, `{_pretty_name(obj)}`: {e}")
+        if bad:
+            what = "prepare" if prepare else "register_for_checkpointing"
+            raise RegistrationError(f"{what}: nothing was registered; the following inputs are invalid "
+                             "(each must be a model, optimizer, scheduler, DataLoader, GradScaler, generator, or have "
+                             "`state_dict` and `load_state_dict`):" + "".join(bad))
+        for kind, obj in plan:
+            if kind == "custom":
+                self.custom.append((obj, per_rank))
+            elif kind is not None:
+                getattr(self, kind).append(obj)
+        return [obj for _, obj in plan]
+
+    def _classify(self, obj, *, prepare: bool) -> tuple[str | None, object]:
+        """(the list `obj` goes to, or None to pass it through; the object to register). Registers nothing."""
         if isinstance(obj, torch.nn.Module):
-            self.models.append(obj)
-        elif isinstance(obj, torch.optim.Optimizer):
-            self.optimizers.append(obj)
-        elif _is_scheduler(obj):
-            self.schedulers.append(obj)
-        elif _is_scaler(obj):
-            self.scalers.append(obj)
-        elif isinstance(obj, ResumableDataLoader):
-            self.dataloaders.append(obj)
-        elif isinstance(obj, torch.utils.data.DataLoader):
-            if not prepare:
+            return "models", obj
+        if isinstance(obj, torch.optim.Optimizer):
+            return "optimizers", obj
+        if _is_scheduler(obj):
+            return "schedulers", obj
+        if _is_scaler(obj):
+            return "scalers", obj
+        if isinstance(obj, ResumableDataLoader):
+            return "dataloaders", obj
+        if isinstance(obj, torch.utils.data.DataLoader):
+            if not prepare and not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
                 raise TypeError("register a DataLoader with prepare(), which wraps it to track its position")
-            obj = wrap_loader(obj)
-            self.dataloaders.append(obj)
-        elif isinstance(obj, rng.GENERATOR_TYPES):
-            self.generators.append(obj)
-        elif hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict"):
-            self.custom.append((obj, per_rank))
-        elif isinstance(obj, torch.utils.data.Sampler):
+            return "dataloaders", wrap_loader(obj)
+        if prepare:  # Accelerate's prepare returns what it does not manage unchanged, and does not track it
+            return None, obj
+        if isinstance(obj, rng.GENERATOR_TYPES):
+            return "generators", obj
+        if hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict"):
+            return "custom", obj
+        if isinstance(obj, torch.utils.data.Sampler):
             raise TypeError(f"cannot checkpoint a bare {type(obj).__name__}: pass the DataLoader that uses it to prepare()")
-        else:
-            raise TypeError(
-                f"cannot checkpoint a {type(obj).__module__}.{type(obj).__qualname__}: register models, optimizers, "
-                "schedulers, DataLoaders, GradScalers, generators, or objects with state_dict()/load_state_dict()")
-        return obj
+        raise TypeError(
+            f"cannot checkpoint a {type(obj).__module__}.{type(obj).__qualname__}: it has no state_dict()/load_state_dict()")
 
     def counts(self) -> dict:
         return {"models": len(self.models), "optimizers": len(self.optimizers), "schedulers": len(self.schedulers),
@@ -153,6 +179,13 @@ class Registry:
         for i, (obj, pr) in enumerate(self.custom):
             obj.load_state_dict(tree.decode((per_rank if pr else shared)["custom"][str(i)], tensors))
         rng.restore(rng_state, self.generators)  # last: nothing above may draw from the restored streams
+
+
+def _pretty_name(obj) -> str:
+    """Accelerate's `get_pretty_name`: a class or function's qualified name, else the name of its type."""
+    if not hasattr(obj, "__qualname__") and not hasattr(obj, "__name__"):
+        obj = getattr(obj, "__class__", obj)
+    return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or str(obj)
 
 
 def _check_model(i: int, now: dict, saved: dict, rank: int) -> None:

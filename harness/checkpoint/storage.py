@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 
 from .files import fsync_dir
@@ -17,6 +18,7 @@ from .files import fsync_dir
 _AUTO = re.compile(r"^checkpoint_(\d+)$")
 STAGING = ".staging-"
 DELETING = ".deleting-"
+TOKEN = ".writer-token"  # in a staging folder only: who created it (see create_staging)
 
 
 def auto_checkpoints(checkpoints_dir: str) -> list[tuple[int, str]]:
@@ -35,20 +37,53 @@ def staging_path(final: str) -> str:
 
 
 def prepare_staging(final: str, clean_siblings: bool) -> str:
-    """Create a fresh, empty staging folder for `final` (rank 0 only).
+    """Create a fresh, empty staging folder for `final` (one writer, e.g. `harness convert`)."""
+    clean_staging(final, clean_siblings)
+    staging = staging_path(final)
+    os.makedirs(staging)
+    return staging
 
-    Removes what killed saves left: this folder's own staging, and with `clean_siblings` (the
+
+def clean_staging(final: str, clean_siblings: bool) -> None:
+    """Remove what killed saves left: this folder's own staging, and with `clean_siblings` (the
     automatic `checkpoints/` folder, which only this checkpointer writes) every staging and
-    half-deleted folder beside it.
-    """
+    half-deleted folder beside it."""
     parent = os.path.dirname(os.path.abspath(final))
     os.makedirs(parent, exist_ok=True)
     staging = staging_path(final)
     leftovers = [n for n in os.listdir(parent) if n.startswith((STAGING, DELETING))] if clean_siblings else []
     for path in {staging, *(os.path.join(parent, n) for n in leftovers)}:
         shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(staging)
-    return staging
+
+
+def create_staging(final: str) -> str:
+    """Create the staging folder for `final`, failing (FileExistsError) if it exists, with a fresh token in it.
+
+    The other ranks that write into this folder read the token back (`read_token`): a rank that cannot
+    read it does not see this folder (node-local disks), which is found before anything is written.
+    """
+    staging = staging_path(final)
+    os.mkdir(staging)
+    token = secrets.token_hex(16)
+    with open(os.path.join(staging, TOKEN), "w") as f:
+        f.write(token)
+    return token
+
+
+def read_token(staging: str) -> str | None:
+    try:
+        with open(os.path.join(staging, TOKEN)) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def remove_token(staging: str) -> None:
+    """Before the manifest lists the folder's files (the token is not part of the checkpoint)."""
+    try:
+        os.remove(os.path.join(staging, TOKEN))
+    except FileNotFoundError:
+        pass
 
 
 def commit(staging: str, final: str) -> None:

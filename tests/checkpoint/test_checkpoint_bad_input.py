@@ -397,11 +397,14 @@ def test_unsaveable_custom_state_fails_cleanly(saved):
     assert sorted(os.listdir(os.path.join(project, "checkpoints"))) == ["checkpoint_0", "checkpoint_1"]
 
 
-def test_prepare_refuses_unknown_objects():
-    with pytest.raises(TypeError, match="cannot checkpoint a builtins.str"):
-        Checkpointer().prepare("model.pt")
-    with pytest.raises(TypeError, match="pass the DataLoader"):
-        Checkpointer().prepare(torch.utils.data.SequentialSampler(range(3)))
+def test_register_refuses_unknown_objects_by_index():
+    ckpt = Checkpointer()
+    net = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError) as err:
+        ckpt.register_for_checkpointing(net, "model.pt", torch.utils.data.SequentialSampler(range(3)))
+    assert "Item at index 1, `str`: cannot checkpoint a builtins.str" in str(err.value)
+    assert "Item at index 2, `SequentialSampler`" in str(err.value) and "pass the DataLoader" in str(err.value)
+    assert ckpt._registry.counts()["models"] == 0  # all or nothing: net was not registered
 
 
 def test_loading_never_imports_pickle_machinery(saved):
