@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("dst", help="the new native checkpoint folder (must not exist, or be empty)")
     convert.add_argument("--allow-unsafe-pickle", action="store_true",
                          help="unpickle SRC's files (they can execute arbitrary code): only for folders you trust")
+    from harness.contents.cli import add_parsers as add_contents_parsers
+
+    add_contents_parsers(sub)  # harness inspect, harness diff
     return parser
 
 
@@ -149,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         return _scenarios()
     if args.command == "convert":
         return _convert(args)
+    if args.command in ("inspect", "diff"):
+        from harness.contents.cli import main as contents_main
+
+        return contents_main(args)
     if args.command == "repro":
         return _repro(args, script_args)
     if args.command == "fuzz":
