@@ -98,6 +98,7 @@ torch is imported lazily: importing this module costs only xxhash.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import re
 import struct
@@ -255,74 +256,168 @@ def parse_path(path: str) -> list[tuple[str, Any]]:
 
 
 # -- the walk ----------------------------------------------------------------------------------------
-def _join(prefix: str, component: str) -> str:
-    return f"{prefix}/{component}" if prefix else component
+# The walk and the records run once per leaf of every digest (hundreds per training step), so they
+# avoid per-leaf Python overhead: a container's kind is looked up by its exact class (one dict lookup
+# after the first instance), str/int key components are cached, and leaves are collected into one list
+# (no generator per nesting level).
+_LEAF, _NP_SCALAR, _MAPPING, _LIST, _TUPLE, _DATACLASS = range(6)
+_KINDS: dict = {}  # exact class -> kind: what the checks below decide depends only on the class
+_COMPONENTS: dict = {}  # exact str key -> its path component
+_CACHE_MAX = 1 << 16
 
 
-def _walk(obj: Any, path: str, hpath: str) -> Iterator[tuple[str, str, Any]]:
-    """(path, hashed path, leaf): the hashed path also names each dataclass's class."""
+def _kind(obj) -> int:
+    cls = type(obj)
+    kind = _KINDS.get(cls)
+    if kind is not None:
+        return kind
     if isinstance(obj, Empty) or is_tensor(obj) or _is_ndarray(obj) or isinstance(obj, SCALARS):
-        yield path, hpath, obj
+        kind = _LEAF
     elif _is_numpy_scalar(obj):
-        yield path, hpath, sys.modules["numpy"].asarray(obj)
+        kind = _NP_SCALAR
     elif isinstance(obj, Mapping):
-        if not obj:
-            yield path, hpath, Empty("dict")
-            return
-        items = []
-        for key in obj:
-            order, c = _key_component(key, path)
-            items.append((order, c, key))
-        items.sort(key=lambda item: item[0])
-        if len({c for _, c, _ in items}) != len(items):
-            dup = sorted(c for _, c, _ in items)
-            dup = next(a for a, b in zip(dup, dup[1:]) if a == b)
-            raise DigestError(f"cannot digest a dict with two keys written {dup!r} at {path!r}")
-        for _, c, key in items:
-            yield from _walk(obj[key], _join(path, c), _join(hpath, c))
+        kind = _MAPPING
     elif isinstance(obj, (list, tuple)):
-        kind = "tuple" if isinstance(obj, tuple) else "list"
-        if not obj:
-            yield path, hpath, Empty(kind)
-            return
-        for i, item in enumerate(obj):
-            c = f"({i})" if kind == "tuple" else f"[{i}]"
-            yield from _walk(item, _join(path, c), _join(hpath, c))
+        kind = _TUPLE if isinstance(obj, tuple) else _LIST
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        kind = _DATACLASS
+    else:
+        return -1
+    _KINDS[cls] = kind
+    return kind
+
+
+def _str_component(key: str) -> str:
+    c = _COMPONENTS.get(key)
+    if c is None:
+        if len(_COMPONENTS) >= _CACHE_MAX:
+            _COMPONENTS.clear()
+        c = _COMPONENTS[key] = _escape(key) if key else "!str:"
+    return c
+
+
+def _dict_items(obj, path: str) -> list:
+    """[(component, key)] of a non-empty mapping, in the digest's order."""
+    types = {type(key) for key in obj}
+    if types == {str}:
+        return [(_str_component(key), key) for key in sorted(obj)]
+    if types == {int}:
+        return [(f"#{key}", key) for key in sorted(obj)]
+    items = []
+    for key in obj:
+        order, c = _key_component(key, path)
+        items.append((order, c, key))
+    items.sort(key=lambda item: item[0])
+    if len({c for _, c, _ in items}) != len(items):
+        dup = sorted(c for _, c, _ in items)
+        dup = next(a for a, b in zip(dup, dup[1:]) if a == b)
+        raise DigestError(f"cannot digest a dict with two keys written {dup!r} at {path!r}")
+    return [(c, key) for _, c, key in items]
+
+
+def _collect(obj: Any, path: str, hpath: str, out: list) -> None:
+    """Append (path, hashed path, leaf) of every leaf under ``obj``: the hashed path also names each
+    dataclass's class."""
+    kind = _kind(obj)
+    if kind == _LEAF:
+        out.append((path, hpath, obj))
+        return
+    pre, hpre = (path + "/", hpath + "/") if path else ("", hpath + "/" if hpath else "")
+    if kind == _MAPPING:
+        if not obj:
+            out.append((path, hpath, Empty("dict")))
+            return
+        for c, key in _dict_items(obj, path):
+            _collect(obj[key], pre + c, hpre + c, out)
+    elif kind == _LIST or kind == _TUPLE:
+        if not obj:
+            out.append((path, hpath, Empty("tuple" if kind == _TUPLE else "list")))
+            return
+        fmt = "({})" if kind == _TUPLE else "[{}]"
+        for i, item in enumerate(obj):
+            c = fmt.format(i)
+            _collect(item, pre + c, hpre + c, out)
+    elif kind == _NP_SCALAR:
+        out.append((path, hpath, sys.modules["numpy"].asarray(obj)))
+    elif kind == _DATACLASS:
         cls = type(obj)
         name = f"{cls.__module__}.{cls.__qualname__}".replace("%", "%25").replace("/", "%2F")
         fields = dataclasses.fields(obj)
         if not fields:
-            yield path, hpath, Empty(f"dataclass:{name}")
+            out.append((path, hpath, Empty(f"dataclass:{name}")))
         for f in fields:
-            yield from _walk(getattr(obj, f.name), _join(path, f".{f.name}"), _join(hpath, f".{f.name}:{name}"))
+            _collect(getattr(obj, f.name), f"{pre}.{f.name}", f"{hpre}.{f.name}:{name}", out)
     else:
         where = f" at {path!r}" if path else ""
         raise DigestError(f"cannot digest a {type(obj).__module__}.{type(obj).__qualname__}{where}: {_LEAF_TYPES}")
 
 
+def _walk(obj: Any, path: str = "", hpath: str = "") -> list[tuple[str, str, Any]]:
+    """[(path, hashed path, leaf)] of every leaf, in the fixed order."""
+    out: list = []
+    _collect(obj, path, hpath, out)
+    return out
+
+
 def leaves(obj: Any) -> Iterator[tuple[str, Any]]:
     """Yield ``(key_path, leaf)`` in the fixed order (module docstring); empty containers are
     ``Empty`` leaves."""
-    for path, _, leaf in _walk(obj, "", ""):
+    for path, _, leaf in _walk(obj):
         yield path, leaf
 
 
 # -- digests -----------------------------------------------------------------------------------------
+_U64 = struct.Struct("<Q").pack
+_NO_BYTES = _U64(0)
+_TENSOR_HEADS: dict = {}  # (dtype, shape) -> b"T" + the length-prefixed "<dtype> <shape>"
+_PLAIN_TENSOR_TYPES: tuple = ()
+_STRIDED = None
+
+
 def _utf8(s: str) -> bytes:
     return s.encode("utf-8", "surrogatepass")
 
 
 def _lp(data: bytes) -> bytes:
-    return struct.pack("<Q", len(data)) + data
+    return _U64(len(data)) + data
 
 
 def _payload(buf) -> bytes:
     nbytes = memoryview(buf).nbytes
-    return struct.pack("<Q", nbytes) + (xxhash.xxh3_128(buf).digest() if nbytes else b"")
+    return _U64(nbytes) + (xxhash.xxh3_128(buf).digest() if nbytes else b"")
+
+
+def _tensor_head(t) -> bytes:
+    key = (t.dtype, t.shape)
+    head = _TENSOR_HEADS.get(key)
+    if head is None:
+        if len(_TENSOR_HEADS) >= _CACHE_MAX:
+            _TENSOR_HEADS.clear()
+        head = _TENSOR_HEADS[key] = b"T" + _lp(f"{str(t.dtype)[6:]} {tuple(t.shape)}".encode())
+    return head
+
+
+def _plain_cpu_record(t) -> bytes | None:
+    """The record of a plain, contiguous CPU tensor, hashed in place (None: take the general path)."""
+    global _PLAIN_TENSOR_TYPES, _STRIDED
+    if not _PLAIN_TENSOR_TYPES:
+        import torch
+
+        _PLAIN_TENSOR_TYPES, _STRIDED = (torch.Tensor, torch.nn.Parameter), torch.strided
+    if (type(t) not in _PLAIN_TENSOR_TYPES or not t.is_cpu or t.layout is not _STRIDED or t.is_quantized
+            or not t.is_contiguous() or t.is_conj() or t.is_neg()):
+        return None
+    nbytes = t.nbytes
+    if not nbytes:
+        return _tensor_head(t) + _NO_BYTES
+    return _tensor_head(t) + _U64(nbytes) + xxhash.xxh3_128((ctypes.c_char * nbytes).from_address(t.data_ptr())).digest()
 
 
 def _leaf_record(path: str, leaf) -> bytes:
+    if is_tensor(leaf):
+        record = _plain_cpu_record(leaf)
+        if record is not None:
+            return record
     if isinstance(leaf, Empty):
         return b"E" + _lp(_utf8(leaf.kind))
     if is_tensor(leaf) and leaf.device.type not in ("cpu", "meta"):
@@ -366,10 +461,8 @@ def _record(path: str, hpath: str, leaf) -> bytes:
 
 def digest(obj: Any) -> str:
     """xxh3-128 hex digest of a tensor or a nested structure of tensors and scalars (module docstring)."""
-    h = xxhash.xxh3_128()
-    for path, hpath, leaf in _walk(obj, "", ""):
-        h.update(_record(path, hpath, leaf))
-    return h.hexdigest()
+    # Hashing the records joined is hashing them one after the other (xxh3 streams), with one call.
+    return xxhash.xxh3_128(b"".join([_record(path, hpath, leaf) for path, hpath, leaf in _walk(obj)])).hexdigest()
 
 
 def tensor_digest(t) -> str:
@@ -379,10 +472,7 @@ def tensor_digest(t) -> str:
 
 def combine(digests: Mapping[str, str]) -> str:
     """One digest over named digests (in sorted name order), without rehashing the data."""
-    h = xxhash.xxh3_128()
-    for name in sorted(digests):
-        h.update(f"{name}\0{digests[name]}\0".encode())
-    return h.hexdigest()
+    return xxhash.xxh3_128("".join([f"{name}\0{digests[name]}\0" for name in sorted(digests)]).encode()).hexdigest()
 
 
 # -- exact JSON for leaves -----------------------------------------------------------------------------
@@ -494,21 +584,19 @@ def optimizer_record(optimizer, model=None) -> dict:
         p = param_of.get(key) if isinstance(key, (int, str)) else None
         label[c] = (names.get(id(p), c) if p is not None else c), isinstance(value, Mapping) and bool(value)
 
-    h = xxhash.xxh3_128()
-    entries: dict = {}
-    for path, hpath, leaf in _walk(sd, "", ""):
+    records = []
+    entries: dict = {}  # entry -> its records
+    for path, hpath, leaf in _walk(sd):
         rec = _record(path, hpath, leaf)
-        h.update(rec)
-        parts = path.split("/", 3)
-        if parts[0] == "state" and len(parts) > 1 and parts[1] in label:
-            name, per_key = label[parts[1]]
-            entry = f"{name} {parts[2]}" if per_key else name
-            eh = entries.get(entry)
-            if eh is None:
-                eh = entries[entry] = xxhash.xxh3_128()
-            eh.update(rec)
-    return {"digest": h.hexdigest(), "groups": groups,
-            "state": {entry: eh.hexdigest() for entry, eh in entries.items()}}
+        records.append(rec)
+        if path.startswith("state/"):
+            parts = path.split("/", 3)
+            name_per_key = label.get(parts[1])
+            if name_per_key is not None:
+                name, per_key = name_per_key
+                entries.setdefault(f"{name} {parts[2]}" if per_key else name, []).append(rec)
+    return {"digest": xxhash.xxh3_128(b"".join(records)).hexdigest(), "groups": groups,
+            "state": {entry: xxhash.xxh3_128(b"".join(recs)).hexdigest() for entry, recs in entries.items()}}
 
 
 def optimizer_digest(optimizer) -> str:

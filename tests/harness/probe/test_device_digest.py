@@ -72,5 +72,7 @@ def test_digest_uses_the_device_path_off_the_cpu(monkeypatch):
     t = torch.ones(3)
     original = torch.Tensor.device
     monkeypatch.setattr(torch.Tensor, "device", property(lambda self: FakeDevice() if self is t else original.__get__(self)))
+    is_cpu = torch.Tensor.is_cpu
+    monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda self: False if self is t else is_cpu.__get__(self)))
     d = digest.tensor_digest(t)
     assert calls and calls[0] is t and d != digest.tensor_digest(torch.ones(3))
