@@ -1,32 +1,56 @@
 """`ResumableDataLoader`: a DataLoader whose position can be saved and restored exactly.
 
-What it saves per rank: the epoch, the number of batches already handed out in that epoch, and
-the seed everything random in the loader derives from. On resume it skips the batches already
-consumed *at the index level* (skipped samples are never loaded), so the remaining batches are
-exactly those of the uninterrupted run. It closes the usual gaps:
+Contract: a resumed loader yields exactly the batches the uninterrupted run of the same loader
+yields from that point on, with the same bytes; what cannot be resumed that way is refused when the
+loader is wrapped (`Checkpointer.prepare`), never discovered wrong after a resume.
+
+Map-style datasets. Saved per rank: the epoch, the number of units (batches; samples with
+`batch_size=None`) handed out in it, the seed of the worker RNGs, and, mid-epoch, the RNG state the
+sampler drew the epoch's order from. On resume the consumed units are skipped at the index level
+(never loaded). What makes that exact:
 
 - `sampler.set_epoch(epoch)` is called on every `iter()`, also on the first, resumed one;
-- a `RandomSampler` without a generator gets one seeded from (seed, epoch), and the loader's own
-  generator is seeded likewise, so creating an iterator never draws from the global torch RNG;
-- with `num_workers > 0`, every batch is produced with the worker's python/numpy/torch RNGs
-  seeded from (seed, epoch, batch index). Augmentation inside workers is then a function of the
-  batch's position, not of which worker ran it or of how many batches that worker had done, so
-  it survives a resume (torchdata's StatefulDataLoader re-seeds workers from base_seed + worker_id
-  and gets this wrong). With `num_workers == 0` augmentation draws from the main process RNG,
-  which the checkpointer saves, so nothing is reseeded.
+- samplers that draw from the global RNGs (`RandomSampler` without a generator,
+  `WeightedRandomSampler`, `SubsetRandomSampler`, custom ones using torch, `random` or numpy): the
+  global torch/python/numpy states at the start of each epoch are recorded, and a mid-epoch resume
+  replays the epoch's order from them. The sampler's first index is drawn from the live global
+  streams, as torch does (an uninterrupted run yields what a plain DataLoader yields); any later
+  draws come from a private copy, so a sampler drawing lazily resumes exactly too. A generator the
+  sampler or the loader holds is recorded and replayed the same way;
+- with `num_workers > 0`, each batch is produced with the worker's python/numpy/torch RNGs seeded
+  from (seed, epoch, batch index, and what the user's `worker_init_fn` left in them), and batch b
+  always runs on worker b % num_workers: augmentation inside workers is a function of the batch's
+  position, so it survives a resume (torchdata's StatefulDataLoader re-seeds workers from
+  base_seed + worker_id and does not). `reseed_workers=False` leaves worker seeding as torch and
+  the user's `worker_init_fn` do it (exact only if workers draw nothing random);
+- with `num_workers == 0`, a dataset's `__getitem__` draws from the main process's global RNGs:
+  exact only when those are restored too, which `Checkpointer.load_state` does.
 
-Map-style datasets only: an IterableDataset has no index to skip to; register the dataset
-itself (with state_dict/load_state_dict) instead.
+Iterable datasets must have a resumable position: `state_dict()` / `load_state_dict(state)` (the
+protocol of torchdata's `Stateful`, which HF `datasets.IterableDataset` implements), where
+`load_state_dict` before the next `iter()` makes that iteration continue after the samples already
+yielded, and a plain `iter()` starts the epoch over (calling `set_epoch(epoch)` first if the
+dataset has it). With workers each worker iterates its own copy (shard it with `get_worker_info()`,
+as torch requires anyway); the state of every worker's copy after its last delivered batch is saved,
+loaded into that worker's copy on resume, and the batches continue round-robin from the worker that
+was next. Randomness inside an iterable dataset must be part of its state.
+
+Refused when wrapped: an IterableDataset without state_dict/load_state_dict, and `in_order=False`
+(batches are delivered in completion order, which no checkpoint can replay).
+A torchdata `StatefulDataLoader` is not wrapped: `wrap_loader` keeps it and the checkpointer saves it
+through its own `state_dict`/`load_state_dict`.
 """
 
 from __future__ import annotations
 
+import copy
 import random
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import xxhash
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 
 def derive_seed(*parts) -> int:
@@ -34,81 +58,291 @@ def derive_seed(*parts) -> int:
     return xxhash.xxh3_64_intdigest(repr(parts).encode()) >> 1
 
 
-class _PositionedBatches:
-    """Batch sampler yielding [(epoch, batch_index, dataset_index), ...], skipping the first `skip` batches."""
+# -- global RNG streams -----------------------------------------------------------------------
 
-    def __init__(self, batch_sampler) -> None:
-        self.batch_sampler = batch_sampler
+def _global_rng() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(legacy=True)}
+
+
+def _set_global_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"].clone())
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def _rng_fingerprint() -> int:
+    """A hash of this process's python/numpy/torch RNG states (what a worker_init_fn left in them)."""
+    h = xxhash.xxh3_64()
+    h.update(torch.get_rng_state().numpy().tobytes())
+    h.update(repr(random.getstate()).encode())
+    np_state = np.random.get_state(legacy=True)
+    h.update(np_state[1].tobytes())
+    h.update(repr(np_state[2:]).encode())
+    return h.intdigest()
+
+
+class _Skipped:
+    """A placeholder batch: it only moves the DataLoader's round-robin on to the next worker."""
+
+
+_worker_wrapper = None  # inside a worker: this worker's copy of the wrapped dataset (set by _WorkerInit)
+
+
+class _WorkerInit:
+    """worker_init_fn of the inner loader: shows the user's dataset to their worker_init_fn, runs it,
+    and records what it left in the worker's RNGs (the per-batch seeds derive from it)."""
+
+    def __init__(self, user_fn) -> None:
+        self.user_fn = user_fn
+
+    def __call__(self, worker_id: int) -> None:
+        global _worker_wrapper
+        info = get_worker_info()
+        _worker_wrapper = info.dataset
+        # The user's code (worker_init_fn, the dataset's __iter__) expects its own dataset here.
+        object.__setattr__(info, "dataset", _worker_wrapper.dataset)
+        if self.user_fn is not None:
+            self.user_fn(worker_id)
+            _worker_wrapper.worker_fingerprint = _rng_fingerprint()
+
+
+def _this_wrapper(main):
+    info = get_worker_info()
+    return _worker_wrapper if info is not None else main
+
+
+# -- map-style --------------------------------------------------------------------------------
+
+class _PositionedBatches:
+    """The inner loader's (batch) sampler: yields keys (epoch, unit index, dataset index) of the units
+    from `skip` on, after `dummies` placeholders; pulls the user's sampler with its RNG draws replayed."""
+
+    def __init__(self, units, batched: bool) -> None:
+        self.units = units  # the user's batch sampler, or the sampler when batch_size=None
+        self.batched = batched
         self.epoch = 0
         self.skip = 0
+        self.dummies = 0
+        self.replay: dict | None = None  # global RNG states to draw the epoch's order from (resume)
 
     def __iter__(self):
-        for b, indices in enumerate(self.batch_sampler):
-            if b >= self.skip:
-                yield [(self.epoch, b, i) for i in indices]
+        epoch, skip, batched = self.epoch, self.skip, self.batched
+        for _ in range(self.dummies):
+            yield [] if batched else None
+        for b, unit in enumerate(_isolated(self.units, self.replay)):
+            if b >= skip:
+                yield [(epoch, b, i) for i in unit] if batched else (epoch, b, unit)
 
     def __len__(self) -> int:
-        return len(self.batch_sampler)
+        return len(self.units)
+
+
+def _isolated(units, replay: dict | None):
+    """Iterate `units`. Its first item is drawn from the live global RNGs (or, when resuming, from
+    `replay`, restoring the live ones after); later draws from the global RNGs come from a private
+    copy, so they neither depend on nor disturb what the training loop draws in between."""
+    outer = None
+    if replay is not None:
+        outer = _global_rng()
+        _set_global_rng(replay)
+    try:
+        it = iter(units)
+        first = next(it, _END)
+    finally:
+        private = _global_rng()
+        if outer is not None:
+            _set_global_rng(outer)
+    if first is _END:
+        return
+    yield first
+    while True:
+        outer = _global_rng()
+        _set_global_rng(private)
+        try:
+            unit = next(it, _END)
+        finally:
+            private = _global_rng()
+            _set_global_rng(outer)
+        if unit is _END:
+            return
+        yield unit
+
+
+_END = object()
 
 
 class _PositionedDataset(torch.utils.data.Dataset):
-    """Fetches by (epoch, batch, index) keys; inside a worker, seeds its RNGs per batch first."""
+    """Fetches by (epoch, unit, index) keys; inside a worker, seeds its RNGs per unit first."""
 
-    def __init__(self, dataset, seed: int) -> None:
+    def __init__(self, dataset, seed: int, reseed: bool) -> None:
         self.dataset = dataset
         self.seed = seed
+        self.reseed = reseed
+        self.worker_fingerprint = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key):
-        return self.__getitems__([key])[0]
-
-    def __getitems__(self, keys):
-        if keys and torch.utils.data.get_worker_info() is not None:
-            epoch, batch, _ = keys[0]
-            seed = derive_seed(self.seed, "worker", epoch, batch)
+    def _seed_worker(self, epoch: int, unit: int) -> None:
+        if self.reseed and get_worker_info() is not None:
+            parts = (self.seed, "worker", epoch, unit)
+            seed = derive_seed(*parts) if self.worker_fingerprint is None else derive_seed(*parts, self.worker_fingerprint)
             random.seed(seed)
             np.random.seed(seed % 2**32)
             torch.manual_seed(seed)
+
+    def __getitem__(self, key):  # batch_size=None: one unit is one sample
+        if key is None:
+            return _Skipped()
+        epoch, unit, index = key
+        self._seed_worker(epoch, unit)
+        return self.dataset[index]
+
+    def __getitems__(self, keys):
+        if not keys:
+            return []
+        epoch, unit, _ = keys[0]
+        self._seed_worker(epoch, unit)
         indices = [i for _, _, i in keys]
         getitems = getattr(self.dataset, "__getitems__", None)
         return getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
 
 
-class ResumableDataLoader:
-    """Wraps a DataLoader; iterate it like one. `state_dict()` is the data position of this rank."""
+class _MapCollate:
+    def __init__(self, collate_fn, batched: bool) -> None:
+        self.collate_fn = collate_fn
+        self.batched = batched
 
-    def __init__(self, loader: DataLoader, seed: int | None = None) -> None:
-        if isinstance(loader.dataset, IterableDataset):
-            raise TypeError("ResumableDataLoader needs a map-style dataset; an IterableDataset has no index "
-                            "to resume at: give the dataset state_dict/load_state_dict and register it instead")
-        if loader.batch_sampler is None:
-            raise TypeError("ResumableDataLoader needs batching (batch_size or batch_sampler), got batch_size=None")
+    def __call__(self, data):
+        if (self.batched and isinstance(data, list) and not data) or isinstance(data, _Skipped):
+            return _Skipped()
+        return self.collate_fn(data)
+
+
+# -- iterable ---------------------------------------------------------------------------------
+
+class _Delivered(NamedTuple):
+    worker: int
+    state: Any  # the worker's dataset state after this batch
+    batch: Any
+
+
+class _ResumableIterable(IterableDataset):
+    """Each worker's copy loads that worker's saved state (first iteration only) and, when resuming,
+    yields one placeholder batch first if the round-robin must start at a later worker."""
+
+    def __init__(self, dataset, unit: int, control: torch.Tensor | None) -> None:
+        self.dataset = dataset
+        self.unit = unit  # samples per batch (1 with batch_size=None)
+        self.control = control  # shared [epoch]: persistent workers see the current epoch
+        self.epoch = 0
+        self.states: dict | None = None
+        self.first_worker = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # TypeError if the dataset has none, as with a plain DataLoader
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid = info.id if info is not None else 0
+        epoch = int(self.control[0]) if self.control is not None else self.epoch
+        states, self.states = self.states, None
+        first_worker, self.first_worker = self.first_worker, 0
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        if states is not None and wid in states:
+            self.dataset.load_state_dict(copy.deepcopy(states[wid]))
+        if wid < first_worker:
+            for _ in range(self.unit):
+                yield _Skipped()
+        yield from self.dataset
+
+
+class _IterableCollate:
+    def __init__(self, collate_fn, batched: bool, main_wrapper: _ResumableIterable) -> None:
+        self.collate_fn = collate_fn
+        self.batched = batched
+        self.main_wrapper = main_wrapper
+
+    def __call__(self, data):
+        if isinstance(data if not self.batched else data[0], _Skipped):
+            return _Skipped()
+        batch = self.collate_fn(data)
+        info = get_worker_info()
+        wrapper = _this_wrapper(self.main_wrapper)
+        state = wrapper.dataset.state_dict()
+        return _Delivered(info.id if info is not None else 0, state if info is not None else copy.deepcopy(state),
+                          batch)
+
+
+# -- the loader -------------------------------------------------------------------------------
+
+def _generators(loader: DataLoader) -> list[torch.Generator]:
+    """The torch generators the loader's order draws from (the loader's, its sampler's, its batch sampler's)."""
+    found = []
+    candidates = [loader, loader.sampler, loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None)]
+    for obj in candidates:
+        g = getattr(obj, "generator", None)
+        if isinstance(g, torch.Generator) and not any(g is f for f in found):
+            found.append(g)
+    return found
+
+
+class ResumableDataLoader:
+    """Wraps a DataLoader; iterate it like one. `state_dict()` is the data position of this rank.
+
+    `reseed_workers=False` keeps torch's and your `worker_init_fn`'s worker seeding untouched (randomness
+    drawn inside workers then does not resume exactly); by default each batch is seeded from its position
+    and from what your `worker_init_fn` set.
+    """
+
+    def __init__(self, loader: DataLoader, seed: int | None = None, *, reseed_workers: bool = True) -> None:
+        dataset = loader.dataset
+        name = f"{type(dataset).__module__}.{type(dataset).__qualname__}"
+        if not getattr(loader, "in_order", True):
+            raise ValueError("ResumableDataLoader: in_order=False hands out batches in the order the workers finish "
+                             "them, which a checkpoint cannot replay; use in_order=True (the default)")
+        self.iterable = isinstance(dataset, IterableDataset)
+        if self.iterable and not (callable(getattr(dataset, "state_dict", None))
+                                  and callable(getattr(dataset, "load_state_dict", None))):
+            raise TypeError(
+                f"cannot resume a DataLoader over the IterableDataset {name}: it has no resumable position. Give it "
+                "state_dict() returning its position and load_state_dict(state) continuing from there at the next "
+                "iter() (torchdata's Stateful protocol; HF datasets.IterableDataset has it), or use a map-style "
+                "dataset")
         self.original = loader
         self.seed = torch.initial_seed() if seed is None else int(seed)
+        self.reseed_workers = reseed_workers
         self.epoch = 0
-        self.position = 0  # batches handed out in the current epoch
+        self.position = 0  # units (batches, or samples with batch_size=None) handed out in the current epoch
+        self.num_workers = loader.num_workers
         self.sampler = loader.sampler
-        if isinstance(self.sampler, RandomSampler) and self.sampler.generator is None:
-            self.sampler.generator = torch.Generator()
-            self._seeded_sampler = True
-        else:
-            self._seeded_sampler = False
-        # A generator the user gave the sampler: its state at the start of the epoch decides the order.
-        user_gen = getattr(self.sampler, "generator", None)
-        self._user_generator = user_gen if isinstance(user_gen, torch.Generator) and not self._seeded_sampler else None
-        self._epoch_start_state = None
-        self._batches = _PositionedBatches(loader.batch_sampler)
-        self._generator = torch.Generator()
-        kwargs = dict(num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+        self._generators = [] if self.iterable else _generators(loader)
+        self._epoch_start: dict | None = None  # {"rng": ..., "generators": [...]} of the epoch in progress
+        self._worker_states: dict[int, Any] = {}  # iterable: worker -> its dataset state after its last batch
+        self._next_worker = 0  # iterable: the worker the round-robin takes the next batch from
+        self._inner_generator = torch.Generator()
+        self._control = torch.zeros(1, dtype=torch.int64).share_memory_() if loader.num_workers else None
+        batched = loader.batch_size is not None or (not self.iterable and loader.batch_sampler is not None)
+        kwargs = dict(num_workers=loader.num_workers, pin_memory=loader.pin_memory, timeout=loader.timeout,
                       multiprocessing_context=loader.multiprocessing_context,
-                      persistent_workers=loader.persistent_workers, in_order=getattr(loader, "in_order", True))
+                      persistent_workers=loader.persistent_workers, generator=self._inner_generator)
         if loader.num_workers > 0:
             kwargs["prefetch_factor"] = loader.prefetch_factor
-        self.loader = DataLoader(_PositionedDataset(loader.dataset, self.seed), batch_sampler=self._batches,
-                                 generator=self._generator, **kwargs)
+            user_init = loader.worker_init_fn
+            kwargs["worker_init_fn"] = _WorkerInit(user_init if (reseed_workers and not self.iterable) else None)
+            if user_init is not None and (self.iterable or not reseed_workers):
+                kwargs["worker_init_fn"] = _chain(kwargs["worker_init_fn"], user_init)
+        if self.iterable:
+            self._wrapped = _ResumableIterable(dataset, loader.batch_size or 1, self._control)
+            self.loader = DataLoader(self._wrapped, batch_size=loader.batch_size, drop_last=loader.drop_last,
+                                     collate_fn=_IterableCollate(loader.collate_fn, batched, self._wrapped), **kwargs)
+        else:
+            units = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+            self._batches = _PositionedBatches(units, batched)
+            self._wrapped = _PositionedDataset(dataset, self.seed, reseed_workers)
+            inner = dict(batch_sampler=self._batches) if batched else dict(sampler=self._batches, batch_size=None)
+            self.loader = DataLoader(self._wrapped, collate_fn=_MapCollate(loader.collate_fn, batched), **inner, **kwargs)
 
     @property
     def dataset(self):
@@ -121,52 +355,178 @@ class ResumableDataLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def _units_per_epoch(self) -> int | None:
+        try:
+            return len(self)
+        except TypeError:  # an IterableDataset without __len__
+            return None
+
     def set_epoch(self, epoch: int) -> None:
         """Move to `epoch` (position 0). Setting the current epoch keeps the position: resume-safe."""
         if epoch != self.epoch:
             self.epoch, self.position = int(epoch), 0
+            self._epoch_start, self._worker_states, self._next_worker = None, {}, 0
+
+    def _drop_workers(self) -> None:
+        """Shut down persistent workers: their copies of the dataset hold state that must be replaced."""
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self.loader._iterator = None
 
     def __iter__(self):
         epoch, skip = self.epoch, self.position
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-        if self._seeded_sampler:
-            self.sampler.generator.manual_seed(derive_seed(self.seed, "sampler", epoch))
-        if self._user_generator is not None:
-            if self._epoch_start_state is not None and skip:
-                self._user_generator.set_state(self._epoch_start_state)
-            self._epoch_start_state = self._user_generator.get_state()
-        self._generator.manual_seed(derive_seed(self.seed, "loader", epoch))
+        for obj in (self.sampler, self.original.batch_sampler):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+        self._inner_generator.manual_seed(derive_seed(self.seed, "loader"))  # same worker seeds in every epoch
+        if self._control is not None:
+            self._control[0] = epoch
+        if self.iterable:
+            yield from self._iter_iterable(epoch, skip)
+        else:
+            yield from self._iter_map(epoch, skip)
+
+    def _start_epoch(self) -> None:
+        """A fresh epoch: draw what a plain DataLoader's iterator draws, then record where the order starts."""
+        if not (self.original.persistent_workers and self.epoch > 0):  # torch draws its base seed once then
+            torch.empty((), dtype=torch.int64).random_(generator=self.original.generator)
+        if not self.iterable:
+            self._epoch_start = {"rng": _global_rng(), "generators": [g.get_state() for g in self._generators]}
+
+    def _iter_map(self, epoch: int, skip: int):
+        if skip == 0 or self._epoch_start is None:
+            self._start_epoch()
+            self._batches.replay = None
+        else:
+            for g, state in zip(self._generators, self._epoch_start["generators"]):
+                g.set_state(state.clone())
+            self._batches.replay = self._epoch_start["rng"]
         self._batches.epoch, self._batches.skip = epoch, skip
+        self._batches.dummies = skip % self.num_workers if self.num_workers else 0
         for batch in self.loader:
+            if isinstance(batch, _Skipped):
+                continue
             self.position += 1
             yield batch
-        self.epoch, self.position = epoch + 1, 0
+        self.epoch, self.position, self._epoch_start = epoch + 1, 0, None
+
+    def _iter_iterable(self, epoch: int, skip: int):
+        if skip and self.original.persistent_workers:
+            self._drop_workers()  # their copies may have run ahead of what was delivered
+        if not skip:
+            self._start_epoch()
+        self._wrapped.epoch = epoch
+        self._wrapped.states = dict(self._worker_states) if skip else None
+        self._wrapped.first_worker = self._next_worker if skip else 0
+        workers = max(self.num_workers, 1)
+        for item in self.loader:
+            if isinstance(item, _Skipped):
+                continue
+            self._worker_states[item.worker] = item.state
+            self._next_worker = (item.worker + 1) % workers
+            self.position += 1
+            yield item.batch
+        self.epoch, self.position, self._worker_states, self._next_worker = epoch + 1, 0, {}, 0
 
     def state_dict(self) -> dict:
-        state = {"epoch": self.epoch, "position": self.position, "seed": self.seed, "batches_per_epoch": len(self)}
-        if self._user_generator is not None:
-            mid_epoch = self.position and self._epoch_start_state is not None
-            state["sampler_generator"] = self._epoch_start_state if mid_epoch else self._user_generator.get_state()
+        """This rank's data position.
+
+        Restoring it alone resumes the order of the batches exactly. What a dataset draws from the
+        global RNGs in the main process (`num_workers == 0`: `__getitem__`, or an iterable's `__iter__`)
+        and, at an epoch boundary, what the sampler draws for the next epoch come from the global RNG
+        streams, which are exact only if those are restored too: `Checkpointer.load_state` restores them
+        (per rank) with the data position; restore them yourself if you load this state by hand.
+        """
+        state = {"kind": "iterable" if self.iterable else "map", "epoch": self.epoch, "position": self.position,
+                 "seed": self.seed, "batches_per_epoch": self._units_per_epoch(), "num_workers": self.num_workers}
+        if self.iterable:
+            state["worker_states"] = {int(w): s for w, s in self._worker_states.items()} if self.position else {}
+            state["next_worker"] = self._next_worker if self.position else 0
+        elif self.position and self._epoch_start is not None:
+            state["rng"] = self._epoch_start["rng"]
+            state["generators"] = self._epoch_start["generators"]
+        else:
+            state["generators"] = [g.get_state() for g in self._generators]
         return state
 
     def check_state_dict(self, state: dict) -> None:
         """Raise ValueError if `state` was saved by a loader that differs from this one."""
-        if state["batches_per_epoch"] != len(self):
-            raise ValueError(f"the data loader yields {len(self)} batches per epoch, the checkpoint was saved with "
-                             f"{state['batches_per_epoch']}: dataset, batch size, drop_last or world size changed")
-        if self._user_generator is not None and "sampler_generator" not in state:
-            raise ValueError("the sampler has a generator now but the checkpoint saved none for it")
+        kind = state.get("kind", "map")
+        if kind != ("iterable" if self.iterable else "map"):
+            raise ValueError(f"the checkpoint holds the position of a loader over a {kind} dataset, this loader's "
+                             f"dataset is {'iterable' if self.iterable else 'map-style'}")
+        if state["batches_per_epoch"] != self._units_per_epoch():
+            raise ValueError(f"the data loader yields {self._units_per_epoch()} batches per epoch, the checkpoint was "
+                             f"saved with {state['batches_per_epoch']}: dataset, batch size, drop_last or world size "
+                             "changed")
+        if self.iterable and state["worker_states"] and state["num_workers"] != self.num_workers:
+            raise ValueError(f"the checkpoint was saved mid-epoch with num_workers={state['num_workers']}, this loader "
+                             f"has {self.num_workers}: an iterable dataset is split across workers, so the saved "
+                             "per-worker positions only fit the same number; resume with the same num_workers")
+        if not self.iterable and len(state.get("generators", [])) != len(self._generators):
+            raise ValueError(f"the loader's order draws from {len(self._generators)} torch generator(s) (the loader's "
+                             f"or its sampler's), the checkpoint saved {len(state.get('generators', []))}")
 
     def load_state_dict(self, state: dict) -> None:
         self.check_state_dict(state)
         self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
-        self.loader.dataset.seed = self.seed
-        if self._user_generator is not None:
-            self._epoch_start_state = state["sampler_generator"].clone()
-            self._user_generator.set_state(self._epoch_start_state)
+        self._drop_workers()  # workers hold copies of the old seed / dataset state
+        if self.iterable:
+            self._worker_states = {int(w): s for w, s in state["worker_states"].items()}
+            self._next_worker = int(state["next_worker"])
+            return
+        self._wrapped.seed = self.seed
+        if "rng" in state:
+            self._epoch_start = {"rng": state["rng"], "generators": [g.clone() for g in state["generators"]]}
+        else:
+            self._epoch_start = None
+            for g, saved in zip(self._generators, state["generators"]):
+                g.set_state(saved.clone())
+
+
+def _chain(first, second):
+    return _Chained(first, second)
+
+
+class _Chained:
+    def __init__(self, first, second) -> None:
+        self.first, self.second = first, second
+
+    def __call__(self, worker_id: int) -> None:
+        self.first(worker_id)
+        self.second(worker_id)
+
+
+class StatefulLoaderEntry:
+    """How the checkpointer tracks a loader that saves its own position (torchdata's StatefulDataLoader)."""
+
+    def __init__(self, loader) -> None:
+        self.original = loader
+
+    def state_dict(self) -> dict:
+        return {"kind": "stateful", "state": self.original.state_dict()}
+
+    def check_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "stateful":
+            raise ValueError(f"the checkpoint holds the position of a ResumableDataLoader, this loader is a "
+                             f"{type(self.original).__name__} that saves its own")
+
+    def load_state_dict(self, state: dict) -> None:
+        self.original.load_state_dict(state["state"])
+
+
+def is_stateful_loader(loader) -> bool:
+    return callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))
 
 
 def wrap_loader(loader: DataLoader):
-    """What `Checkpointer.prepare` registers for a DataLoader: a loader whose position it can save and restore."""
+    """What `Checkpointer.prepare` registers for a DataLoader: a loader whose position it can save and restore.
+
+    A loader with its own `state_dict`/`load_state_dict` (torchdata's StatefulDataLoader) is kept as it is.
+    """
+    if is_stateful_loader(loader):
+        return loader
     return ResumableDataLoader(loader)
