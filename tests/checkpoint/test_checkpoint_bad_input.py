@@ -453,3 +453,52 @@ def test_data_loader_mismatch_changes_nothing(saved):
     with pytest.raises(IncompatibleCheckpointError, match="data loader 0: the data loader yields 8 batches"):
         job[0].load_state(path)
     assert all(torch.equal(a, b) for a, b in zip(before, job[1].parameters()))
+
+
+def test_map_location_that_does_not_exist(saved):
+    project, path, _ = saved
+    job = make_job(project)
+    job_state = full_state(job)
+    for where, why in [("cuda:7", "no such device here"), ("gpu0", "is not a device"),
+                       ("meta", "would drop the loaded values")]:
+        with pytest.raises(ValueError, match=f"rank 0: map_location={where!r}.*{why}"):
+            job[0].load_state(path, map_location=where)
+        assert full_state(job) == job_state  # refused before anything was read
+
+
+@pytest.mark.parametrize("size", ["ten GB", "10 gigs", "GB", "-5MB", "", 1.5, True, -1])
+def test_shard_size_that_does_not_parse(tmp_path, size):
+    from harness.checkpoint import parse_size, save_model
+
+    with pytest.raises(ValueError, match="is not a valid size|is negative"):
+        parse_size(size)
+    with pytest.raises(ValueError, match="size"):
+        Checkpointer(max_shard_size=size)
+    with pytest.raises(ValueError, match="size"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "m", max_shard_size=size)
+    assert not (tmp_path / "m").exists()
+
+
+def test_save_model_into_another_models_folder(tmp_path):
+    from harness.checkpoint import save_model
+
+    save_model(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)), tmp_path, max_shard_size="20KB")
+    before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
+    assert "model.safetensors.index.json" in before
+    with pytest.raises(FileExistsError, match=r"holds the weights of a different model .*model-00001-of-00002"):
+        save_model(torch.nn.Linear(64, 3), tmp_path)
+    assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == before  # untouched
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({}))
+    with pytest.raises(FileExistsError, match=r"pickled weights \['pytorch_model.bin'\]"):
+        save_model(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)), tmp_path)
+
+
+def test_a_manifest_never_lists_a_file_the_folder_lacks(tmp_path):
+    from harness.checkpoint.files import FileRecord
+    from harness.checkpoint.manager import _check_present
+
+    (tmp_path / "rank0").mkdir()
+    (tmp_path / "rank0" / "state.json").write_text("{}")
+    _check_present(str(tmp_path), [FileRecord("rank0/state.json", 2, "x")])
+    with pytest.raises(CheckpointSaveError, match=r"lacks 2 file\(s\).*'rank1/state.json', 'rank0/state.json \(size"):
+        _check_present(str(tmp_path), [FileRecord("rank1/state.json", 2, "x"), FileRecord("rank0/state.json", 3, "x")])
