@@ -2,7 +2,9 @@
 
 Run by tests/checkpoint/test_checkpoint_vs_accelerate.py (one process, or several ranks under gloo):
 
-    accel_twin.py --backend accelerate|harness --data sampler|shuffle --phase full|resume
+    accel_twin.py --backend accelerate|harness --pin-bucket-layout   (Accelerate only) pin the DDP model's bucket layout, as the Checkpointer's prepare does
+                  (harness.checkpoint.pin_bucket_layout), so that both reduce gradients in the same order
+--data sampler|shuffle --phase full|resume
                   [--skip-first-batches] PROJECT_DIR OUT_DIR
 
 The script is written the way Accelerate's documentation writes a resumable loop: prepare, register a
@@ -115,10 +117,10 @@ def main(args) -> None:
     if args.backend == "accelerate":
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
-        accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False, project_config=ProjectConfiguration(project_dir=args.project_dir, automatic_checkpoint_naming=True))  # noqa: E501
+        accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False, project_dir=args.project_dir, project_config=ProjectConfiguration(automatic_checkpoint_naming=True))
     else:
         from harness.checkpoint import Checkpointer, ProjectConfiguration
-        accelerator = Checkpointer(project_config=ProjectConfiguration(project_dir=args.project_dir, automatic_checkpoint_naming=True))  # noqa: E501
+        accelerator = Checkpointer(project_dir=args.project_dir, project_config=ProjectConfiguration(automatic_checkpoint_naming=True))
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
@@ -148,12 +150,15 @@ def main(args) -> None:
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.25, total_iters=10)
 
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if args.pin_bucket_layout:  # the Checkpointer's prepare does this to a DDP model; here for Accelerate's
+        from harness.checkpoint import pin_bucket_layout
+        assert pin_bucket_layout(model), "the DDP bucket layout was not pinned"
     train_state = TrainState()
     accelerator.register_for_checkpointing(train_state)
     save_at = len(loader) + len(loader) // 2 + 1  # mid-epoch 1
 
     if args.phase == "resume":
-        accelerator.load_state()
+        accelerator.load_state(map_location="cpu")
         dump(args.out_dir, "restored", rank, model, optimizer, scheduler, train_state)
 
     losses = []
@@ -174,7 +179,7 @@ def main(args) -> None:
             train_state.step += 1
             losses.append(loss.item().hex())
             if args.phase == "full" and train_state.step == save_at:
-                accelerator.save_state()
+                accelerator.save_state(safe_serialization=True)
                 dump(args.out_dir, "saved", rank, model, optimizer, scheduler, train_state)
 
     dump(args.out_dir, f"final-{args.phase}", rank, model, optimizer, scheduler, train_state)
@@ -190,11 +195,14 @@ if __name__ == "__main__":
     parser.add_argument("--data", choices=["sampler", "shuffle"], default="sampler")
     parser.add_argument("--phase", choices=["full", "resume"], required=True)
     parser.add_argument("--skip-first-batches", action="store_true")
+    parser.add_argument("--pin-bucket-layout", action="store_true")
     parser.add_argument("project_dir")
     parser.add_argument("out_dir")
     args = parser.parse_args()
     if args.skip_first_batches and args.backend != "accelerate":
         parser.error("--skip-first-batches is Accelerate's recipe; the Checkpointer's loader resumes by itself")
+    if args.pin_bucket_layout and args.backend != "accelerate":
+        parser.error("--pin-bucket-layout is for Accelerate's DDP model; the Checkpointer's prepare pins it itself")
     if os.environ.get("WORLD_SIZE") == "1":
         # One rank runs as plain `python accel_twin.py` would: a launcher sets torchrun's variables even for one
         # process, and Accelerate then starts a process group and wraps the model in DDP.
