@@ -121,7 +121,10 @@ def load_torch(path: str, data: bytes | None = None) -> Any:
         with torch.serialization.safe_globals(allowed):
             return torch.load(source(), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # torch's message opens with generic advice; the line naming the refused global says why
+        why = next((ln for ln in lines if "GLOBAL" in ln or ln.startswith("Unsupported")), lines[0] if lines else
+                   type(e).__name__)
         raise UnreadableFileError(
             f"{path}: cannot be read without executing code (torch.load with weights_only=True failed: {why}); "
             "the harness does not unpickle arbitrary objects. Load it with the library that wrote it, "
