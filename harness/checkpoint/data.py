@@ -225,6 +225,12 @@ class _Delivered(NamedTuple):
     worker: int
     state: Any  # the worker's dataset state after this batch
     batch: Any
+    ended: bool  # the worker's iterator is exhausted
+    empty: bool  # nothing to hand out (the end of the stream, or a partial batch that drop_last drops)
+
+
+class _Exhausted:
+    """Yielded after the dataset's last sample, so the worker's end reaches the main process with its batches."""
 
 
 class _ResumableIterable(IterableDataset):
@@ -237,6 +243,7 @@ class _ResumableIterable(IterableDataset):
         self.control = control  # shared [epoch]: persistent workers see the current epoch
         self.epoch = 0
         self.states: dict | None = None
+        self.ended: set = set()
         self.first_worker = 0
 
     def __len__(self) -> int:
@@ -247,32 +254,44 @@ class _ResumableIterable(IterableDataset):
         wid = info.id if info is not None else 0
         epoch = int(self.control[0]) if self.control is not None else self.epoch
         states, self.states = self.states, None
+        ended, self.ended = self.ended, set()
         first_worker, self.first_worker = self.first_worker, 0
+        if wid < first_worker:
+            for _ in range(self.unit):
+                yield _Skipped()
+        if wid in ended:
+            return
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         if states is not None and wid in states:
             self.dataset.load_state_dict(copy.deepcopy(states[wid]))
-        if wid < first_worker:
-            for _ in range(self.unit):
-                yield _Skipped()
         yield from self.dataset
+        yield _Exhausted()
 
 
 class _IterableCollate:
-    def __init__(self, collate_fn, batched: bool, main_wrapper: _ResumableIterable) -> None:
+    def __init__(self, collate_fn, batch_size: int | None, drop_last: bool, main_wrapper: _ResumableIterable) -> None:
         self.collate_fn = collate_fn
-        self.batched = batched
+        self.batch_size = batch_size
+        self.drop_last = drop_last
         self.main_wrapper = main_wrapper
 
     def __call__(self, data):
-        if isinstance(data if not self.batched else data[0], _Skipped):
+        batched = self.batch_size is not None
+        items = data if batched else [data]
+        if isinstance(items[0], _Skipped):
             return _Skipped()
-        batch = self.collate_fn(data)
+        ended = isinstance(items[-1], _Exhausted)
+        if ended:
+            items = items[:-1]
         info = get_worker_info()
-        wrapper = _this_wrapper(self.main_wrapper)
-        state = wrapper.dataset.state_dict()
-        return _Delivered(info.id if info is not None else 0, state if info is not None else copy.deepcopy(state),
-                          batch)
+        worker = info.id if info is not None else 0
+        state = _this_wrapper(self.main_wrapper).dataset.state_dict()
+        if info is None:
+            state = copy.deepcopy(state)
+        if not items or (batched and self.drop_last and len(items) < self.batch_size):
+            return _Delivered(worker, state, None, ended, True)
+        return _Delivered(worker, state, self.collate_fn(items if batched else items[0]), ended, False)
 
 
 # -- the loader -------------------------------------------------------------------------------
@@ -321,6 +340,7 @@ class ResumableDataLoader:
         self._epoch_start: dict | None = None  # {"rng": ..., "generators": [...]} of the epoch in progress
         self._worker_states: dict[int, Any] = {}  # iterable: worker -> its dataset state after its last batch
         self._next_worker = 0  # iterable: the worker the round-robin takes the next batch from
+        self._ended: set[int] = set()  # iterable: workers whose iterator is exhausted in this epoch
         self._inner_generator = torch.Generator()
         self._control = torch.zeros(1, dtype=torch.int64).share_memory_() if loader.num_workers else None
         batched = loader.batch_size is not None or (not self.iterable and loader.batch_sampler is not None)
@@ -336,7 +356,8 @@ class ResumableDataLoader:
         if self.iterable:
             self._wrapped = _ResumableIterable(dataset, loader.batch_size or 1, self._control)
             self.loader = DataLoader(self._wrapped, batch_size=loader.batch_size, drop_last=loader.drop_last,
-                                     collate_fn=_IterableCollate(loader.collate_fn, batched, self._wrapped), **kwargs)
+                                     collate_fn=_IterableCollate(loader.collate_fn, loader.batch_size, loader.drop_last,
+                                                                 self._wrapped), **kwargs)
         else:
             units = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
             self._batches = _PositionedBatches(units, batched)
@@ -365,7 +386,7 @@ class ResumableDataLoader:
         """Move to `epoch` (position 0). Setting the current epoch keeps the position: resume-safe."""
         if epoch != self.epoch:
             self.epoch, self.position = int(epoch), 0
-            self._epoch_start, self._worker_states, self._next_worker = None, {}, 0
+            self._epoch_start, self._worker_states, self._next_worker, self._ended = None, {}, 0, set()
 
     def _drop_workers(self) -> None:
         """Shut down persistent workers: their copies of the dataset hold state that must be replaced."""
@@ -421,15 +442,20 @@ class ResumableDataLoader:
         self._wrapped.epoch = epoch
         self._wrapped.states = dict(self._worker_states) if skip else None
         self._wrapped.first_worker = self._next_worker if skip else 0
+        self._wrapped.ended = set(self._ended) if skip else set()
         workers = max(self.num_workers, 1)
         for item in self.loader:
             if isinstance(item, _Skipped):
+                continue
+            if item.ended:
+                self._ended.add(item.worker)
+            if item.empty:
                 continue
             self._worker_states[item.worker] = item.state
             self._next_worker = (item.worker + 1) % workers
             self.position += 1
             yield item.batch
-        self.epoch, self.position, self._worker_states, self._next_worker = epoch + 1, 0, {}, 0
+        self.epoch, self.position, self._worker_states, self._next_worker, self._ended = epoch + 1, 0, {}, 0, set()
 
     def state_dict(self) -> dict:
         """This rank's data position.
@@ -445,6 +471,7 @@ class ResumableDataLoader:
         if self.iterable:
             state["worker_states"] = {int(w): s for w, s in self._worker_states.items()} if self.position else {}
             state["next_worker"] = self._next_worker if self.position else 0
+            state["ended_workers"] = sorted(self._ended) if self.position else []
         elif self.position and self._epoch_start is not None:
             state["rng"] = self._epoch_start["rng"]
             state["generators"] = self._epoch_start["generators"]
@@ -454,6 +481,9 @@ class ResumableDataLoader:
 
     def check_state_dict(self, state: dict) -> None:
         """Raise ValueError if `state` was saved by a loader that differs from this one."""
+        if not isinstance(state, dict) or "position" not in state or "batches_per_epoch" not in state:
+            raise ValueError("the checkpoint holds the state of another kind of data loader (one that saves its own, "
+                             "such as torchdata's StatefulDataLoader); prepare the same kind of loader as when saving")
         kind = state.get("kind", "map")
         if kind != ("iterable" if self.iterable else "map"):
             raise ValueError(f"the checkpoint holds the position of a loader over a {kind} dataset, this loader's "
@@ -477,6 +507,7 @@ class ResumableDataLoader:
         if self.iterable:
             self._worker_states = {int(w): s for w, s in state["worker_states"].items()}
             self._next_worker = int(state["next_worker"])
+            self._ended = {int(w) for w in state["ended_workers"]}
             return
         self._wrapped.seed = self.seed
         if "rng" in state:
@@ -500,22 +531,13 @@ class _Chained:
         self.second(worker_id)
 
 
-class StatefulLoaderEntry:
-    """How the checkpointer tracks a loader that saves its own position (torchdata's StatefulDataLoader)."""
-
-    def __init__(self, loader) -> None:
-        self.original = loader
-
-    def state_dict(self) -> dict:
-        return {"kind": "stateful", "state": self.original.state_dict()}
-
-    def check_state_dict(self, state: dict) -> None:
-        if state.get("kind") != "stateful":
-            raise ValueError(f"the checkpoint holds the position of a ResumableDataLoader, this loader is a "
-                             f"{type(self.original).__name__} that saves its own")
-
-    def load_state_dict(self, state: dict) -> None:
-        self.original.load_state_dict(state["state"])
+def check_loader_state(loader, state) -> None:
+    """Raise ValueError if `state` (one data loader's entry of a checkpoint) cannot be loaded into `loader`."""
+    if isinstance(loader, ResumableDataLoader):
+        loader.check_state_dict(state)
+    elif isinstance(state, dict) and state.get("kind") in ("map", "iterable") and "position" in state:
+        raise ValueError(f"the checkpoint holds the position of a ResumableDataLoader, this loader is a "
+                         f"{type(loader).__name__} that saves its own; prepare the same kind of loader as when saving")
 
 
 def is_stateful_loader(loader) -> bool:

@@ -20,7 +20,7 @@ import torch
 from harness.tensors import unwrap_model
 
 from . import rng, tree
-from .data import ResumableDataLoader, wrap_loader
+from .data import ResumableDataLoader, check_loader_state, wrap_loader
 from .errors import IncompatibleCheckpointError, RegistrationError
 
 
@@ -155,7 +155,7 @@ class Registry:
                     f"rank {rank}: optimizer {i} has param groups of sizes {now_sizes}, the checkpoint {saved_sizes}")
         for i, (d, doc) in enumerate(zip(self.dataloaders, per_rank["dataloaders"] or [])):
             try:
-                d.check_state_dict(tree.decode(doc, tensors))
+                check_loader_state(d, tree.decode(doc, tensors))
             except ValueError as e:
                 raise IncompatibleCheckpointError(f"rank {rank}: data loader {i}: {e}") from None
         rng.check(rng_state, self.generators, rank, strict=strict_rng)
