@@ -78,6 +78,9 @@ def test_same_data_ours_exact_accelerate_needs_skip_first_batches(pool, tmp_path
                                                ("acc-full", "accelerate", "full", ()),
                                                ("acc-resume", "accelerate", "resume", ()),
                                                ("acc-skip", "accelerate", "resume", ("--skip-first-batches",))]}
+    accelerate_checkpoint = tmp_path / "project-acc" / "checkpoints" / "checkpoint_0"
+    run["ours-from-acc"] = _launch(pool, tmp_path, "ours-from-acc", world, "harness", "resume", "sampler",
+                                   "--load-accelerate", str(accelerate_checkpoint))
     for rank in range(world):
         saved, final = {}, {}
         for backend in ("ours", "acc"):
@@ -90,6 +93,9 @@ def test_same_data_ours_exact_accelerate_needs_skip_first_batches(pool, tmp_path
         assert _differing(saved["ours"], saved["acc"]) == [], rank
         assert _differing(_state(run["ours-resume"], "restored", rank),
                           _state(run["acc-resume"], "restored", rank)) == [], rank
+        # Accelerate's checkpoint loaded by ours (converted, pickle opt-in) restores the same states.
+        assert _differing(_state(run["ours-from-acc"], "restored", rank),
+                          _state(run["acc-resume"], "restored", rank)) == [], rank
         full, acc_full = _losses(run["ours-full"], "full", rank), _losses(run["acc-full"], "full", rank)
         assert full["losses"] == acc_full["losses"]
         assert full["world_size"] == acc_full["world_size"] == world
@@ -101,6 +107,14 @@ def test_same_data_ours_exact_accelerate_needs_skip_first_batches(pool, tmp_path
         # (a) Ours resumed == ours uninterrupted, every loss and every byte of the final state.
         assert _losses(run["ours-resume"], "resume", rank)["losses"] == full["losses"][save_at:]
         assert _differing(_state(run["ours-resume"], "final-resume", rank), final["ours"]) == [], rank
+
+        # The same folder names; after a resume, ours names the next save checkpoint_1 (it restores `iteration`),
+        # Accelerate does not restore it and refuses to overwrite checkpoint_0.
+        assert sorted(os.listdir(tmp_path / "project-ours" / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]
+        assert sorted(os.listdir(tmp_path / "project-acc" / "checkpoints")) == ["checkpoint_0"]
+        assert _losses(run["ours-resume"], "resume", rank)["next_save"] == os.path.join("checkpoints", "checkpoint_1")
+        for name in ("acc-resume", "acc-skip"):
+            assert "checkpoint_0 (0) already exists" in _losses(run[name], "resume", rank)["next_save"]
 
         # (b) Accelerate resumed as is: the resumed epoch starts again from its first batch (the data position
         # is not in its checkpoint), so it trains more steps on other batches and ends elsewhere.

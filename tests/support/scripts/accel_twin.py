@@ -2,7 +2,9 @@
 
 Run by tests/checkpoint/test_checkpoint_vs_accelerate.py (one process, or several ranks under gloo):
 
-    accel_twin.py --backend accelerate|harness --pin-bucket-layout   (Accelerate only) pin the DDP model's bucket layout, as the Checkpointer's prepare does
+    accel_twin.py --backend accelerate|harness --load-accelerate FOLDER   (ours, resume) load Accelerate's checkpoint FOLDER (`allow_unsafe_pickle=True`),
+                  dump what it restored, and stop
+--pin-bucket-layout   (Accelerate only) pin the DDP model's bucket layout, as the Checkpointer's prepare does
                   (harness.checkpoint.pin_bucket_layout), so that both reduce gradients in the same order
 --data sampler|shuffle --phase full|resume
                   [--skip-first-batches] PROJECT_DIR OUT_DIR
@@ -13,7 +15,8 @@ The backends differ in the line that builds `accelerator` and, with several proc
 that does what Accelerate's prepare does and the Checkpointer does not (process group, DDP, data sharding).
 
 --phase full      train 3 epochs uninterrupted; save mid-epoch 1 (step SAVE_AT) and dump the state there
---phase resume    a new process: load_state() the newest checkpoint, dump what it restored, train to the end
+--phase resume    a new process: load_state() the newest checkpoint, dump what it restored, train to the end,
+                  then save_state() again (does the next automatic name follow the loaded one?)
 --skip-first-batches   (Accelerate only) the documented mid-epoch recipe: `accelerator.skip_first_batches`
                   on the resumed epoch. The Checkpointer's loader resumes mid-epoch by itself and has none.
 --data sampler    the data order is a function of (seed, epoch) under both backends: a DistributedSampler,
@@ -158,6 +161,10 @@ def main(args) -> None:
     save_at = len(loader) + len(loader) // 2 + 1  # mid-epoch 1
 
     if args.phase == "resume":
+        if args.load_accelerate:  # an Accelerate checkpoint, converted on the fly (it holds pickles: opt-in)
+            accelerator.load_state(args.load_accelerate, allow_unsafe_pickle=True)
+            dump(args.out_dir, "restored", rank, model, optimizer, scheduler, train_state)
+            return  # Accelerate saves no data position: what follows would not be the same training
         accelerator.load_state(map_location="cpu")
         dump(args.out_dir, "restored", rank, model, optimizer, scheduler, train_state)
 
@@ -183,8 +190,14 @@ def main(args) -> None:
                 dump(args.out_dir, "saved", rank, model, optimizer, scheduler, train_state)
 
     dump(args.out_dir, f"final-{args.phase}", rank, model, optimizer, scheduler, train_state)
+    next_save = None
+    if args.phase == "resume":  # where the resumed run's next automatic save goes
+        try:
+            next_save = os.path.relpath(accelerator.save_state(safe_serialization=True), args.project_dir)
+        except ValueError as e:
+            next_save = f"ValueError: {e}"
     with open(os.path.join(args.out_dir, f"losses-{args.phase}-rank{rank}.json"), "w") as f:
-        json.dump({"losses": losses, "batches_per_epoch": len(loader), "save_at": save_at,
+        json.dump({"losses": losses, "batches_per_epoch": len(loader), "save_at": save_at, "next_save": next_save,
                    "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                    "model": type(model).__name__, "loader": type(loader).__name__}, f)
 
@@ -196,11 +209,14 @@ if __name__ == "__main__":
     parser.add_argument("--phase", choices=["full", "resume"], required=True)
     parser.add_argument("--skip-first-batches", action="store_true")
     parser.add_argument("--pin-bucket-layout", action="store_true")
+    parser.add_argument("--load-accelerate", metavar="FOLDER", help="(ours) resume from this Accelerate checkpoint")
     parser.add_argument("project_dir")
     parser.add_argument("out_dir")
     args = parser.parse_args()
     if args.skip_first_batches and args.backend != "accelerate":
         parser.error("--skip-first-batches is Accelerate's recipe; the Checkpointer's loader resumes by itself")
+    if args.load_accelerate and (args.backend != "harness" or args.phase != "resume"):
+        parser.error("--load-accelerate is for --backend harness --phase resume")
     if args.pin_bucket_layout and args.backend != "accelerate":
         parser.error("--pin-bucket-layout is for Accelerate's DDP model; the Checkpointer's prepare pins it itself")
     if os.environ.get("WORLD_SIZE") == "1":
