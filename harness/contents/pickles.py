@@ -117,14 +117,19 @@ def load_torch(path: str, data: bytes | None = None) -> Any:
     for name in names:
         real = _numpy_global(name)
         allowed.append((real, name) if real is not None else (opaque_class(name), name))
+    if any(name.startswith("numpy") for name in names):  # an array's dtype is built from its dtype class
+        import numpy as np
+
+        allowed += [c for c in (getattr(np.dtypes, n) for n in dir(np.dtypes)) if isinstance(c, type)
+                    and issubclass(c, np.dtype)]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(source(), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         # torch's message opens with generic advice; the line naming the refused global says why
-        why = next((ln for ln in lines if "GLOBAL" in ln or ln.startswith("Unsupported")), lines[0] if lines else
-                   type(e).__name__)
+        why = next((ln for ln in lines if "GLOBAL" in ln or ln.startswith(("Unsupported", "Can only build"))),
+                   lines[0] if lines else type(e).__name__)
         raise UnreadableFileError(
             f"{path}: cannot be read without executing code (torch.load with weights_only=True failed: {why}); "
             "the harness does not unpickle arbitrary objects. Load it with the library that wrote it, "
