@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, WeightedRandomSampler
 
 from harness.checkpoint import Checkpointer, ProjectConfiguration, ResumableDataLoader
 
@@ -38,7 +38,7 @@ def _take(loader, epochs_batches):
     return out
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # the matrix has more
 @pytest.mark.parametrize("stop", [2, 6, 9])  # mid-epoch, epoch boundary (6 batches/epoch), next epoch
 def test_mid_epoch_resume_is_exact(tmp_path, workers, stop):
     torch.manual_seed(0), np.random.seed(0), random.seed(0)
@@ -102,10 +102,61 @@ def test_changed_loader_is_refused(tmp_path):
         ckpt2.load_state(tmp_path / "c")
 
 
-def test_iterable_dataset_is_refused():
+def test_iterable_dataset_without_a_position_is_refused_at_prepare():
     class Stream(IterableDataset):
         def __iter__(self):
             return iter(range(3))
 
-    with pytest.raises(TypeError, match="map-style dataset"):
+    with pytest.raises(ValueError, match=r"Item at index 0.*IterableDataset .*Stream: it has no resumable position. "
+                                         r"Give it state_dict\(\)"):
         Checkpointer().prepare(DataLoader(Stream(), batch_size=1))
+
+
+def test_in_order_false_is_refused_at_prepare():
+    with pytest.raises(ValueError, match="in_order=False .* cannot replay; use in_order=True"):
+        Checkpointer().prepare(DataLoader(Augmented(), batch_size=4, num_workers=2, in_order=False))
+
+
+@pytest.mark.parametrize("kind", ["random", "weighted", "random_generator"])
+def test_uninterrupted_run_is_a_plain_dataloaders_run(kind):
+    """With num_workers=0, wrapping changes nothing: same batches, same global RNG draws (for the script's
+    other draws), the same state of a generator the user gave."""
+    def make():
+        if kind == "weighted":
+            return DataLoader(Augmented(), batch_size=4, sampler=WeightedRandomSampler(torch.ones(24), 24))
+        gen = torch.Generator().manual_seed(3) if kind == "random_generator" else None
+        return DataLoader(Augmented(), batch_size=4, shuffle=True, generator=gen)
+
+    def run(loader):
+        torch.manual_seed(0), np.random.seed(0), random.seed(0)
+        out = [b.numpy().tobytes() for _ in range(2) for b in loader]
+        return out, torch.get_rng_state(), random.random(), np.random.rand()
+
+    plain, wrapped = run(make()), run(ResumableDataLoader(make()))
+    assert plain[0] == wrapped[0]
+    assert torch.equal(plain[1], wrapped[1]) and plain[2:] == wrapped[2:]
+
+
+class _FakeStatefulLoader(DataLoader):
+    """A loader that saves its own position (the shape of torchdata's StatefulDataLoader)."""
+
+    def state_dict(self):
+        return {"seen": 3}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+def test_a_loader_with_its_own_state_is_kept_and_saved_through_it(tmp_path):
+    ckpt = Checkpointer()
+    loader = _FakeStatefulLoader(Augmented(), batch_size=4)
+    assert ckpt.prepare(loader) is loader
+    ckpt.save_state(tmp_path / "c")
+    ckpt2 = Checkpointer()
+    loader2 = ckpt2.prepare(_FakeStatefulLoader(Augmented(), batch_size=4))
+    ckpt2.load_state(tmp_path / "c")
+    assert loader2.loaded == {"seen": 3}
+    ckpt3 = Checkpointer()
+    ckpt3.prepare(DataLoader(Augmented(), batch_size=4))
+    with pytest.raises(Exception, match="another kind of data loader"):
+        ckpt3.load_state(tmp_path / "c")
