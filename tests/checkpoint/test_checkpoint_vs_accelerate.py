@@ -106,6 +106,7 @@ def test_same_data_ours_exact_accelerate_needs_skip_first_batches(pool, tmp_path
 
         # (a) Ours resumed == ours uninterrupted, every loss and every byte of the final state.
         assert _losses(run["ours-resume"], "resume", rank)["losses"] == full["losses"][save_at:]
+        assert _losses(run["ours-resume"], "resume", rank)["batches"] == full["batches"][save_at:]
         assert _differing(_state(run["ours-resume"], "final-resume", rank), final["ours"]) == [], rank
 
         # The same folder names; after a resume, ours names the next save checkpoint_1 (it restores `iteration`),
@@ -118,9 +119,10 @@ def test_same_data_ours_exact_accelerate_needs_skip_first_batches(pool, tmp_path
 
         # (b) Accelerate resumed as is: the resumed epoch starts again from its first batch (the data position
         # is not in its checkpoint), so it trains more steps on other batches and ends elsewhere.
-        naive = _losses(run["acc-resume"], "resume", rank)["losses"]
-        assert len(naive) == len(full["losses"]) - save_at + save_at % full["batches_per_epoch"]
-        assert naive[0] != full["losses"][save_at]
+        naive = _losses(run["acc-resume"], "resume", rank)
+        epoch_start = save_at - save_at % full["batches_per_epoch"]
+        assert naive["batches"] == full["batches"][epoch_start:]
+        assert naive["losses"][0] != full["losses"][save_at]
         assert {"model", "optimizer", "train_state"} <= _groups(
             _differing(_state(run["acc-resume"], "final-resume", rank), final["acc"]))
         # With its documented recipe (set_epoch, then skip_first_batches on the resumed epoch) it is exact here.
@@ -128,27 +130,39 @@ def test_same_data_ours_exact_accelerate_needs_skip_first_batches(pool, tmp_path
         assert _differing(_state(run["acc-skip"], "final-resume", rank), final["acc"]) == [], rank
 
 
-def test_shuffled_loader_ours_exact_accelerate_skip_first_batches_is_not(pool, tmp_path):
-    """`DataLoader(shuffle=True)`: the order of an epoch is drawn from the global torch RNG when the epoch starts.
-    Accelerate restores that RNG as it was at the save, mid-epoch, so the resumed epoch draws another order and
-    `skip_first_batches` skips the wrong batches. Ours seeds the order from (seed, epoch) and resumes exactly."""
-    run = {name: _launch(pool, tmp_path, name, 1, backend, phase, "shuffle", *extra)
+@pytest.mark.parametrize("world", [1, 2])
+def test_shuffled_loader_ours_exact_accelerate_skip_first_batches_is_not(pool, tmp_path, world):
+    """`DataLoader(shuffle=True)` (ours: a DistributedSampler under 2 ranks, as ours does not shard). One process:
+    the order of an epoch is drawn from the global torch RNG when the epoch starts; Accelerate restores that RNG
+    as it was at the save, mid-epoch, so the resumed epoch draws another order. Two processes: Accelerate draws
+    the sampler a generator at prepare and does not save it, so the resumed epoch 1 repeats epoch 0's order.
+    Either way `skip_first_batches` skips the wrong batches. Ours resumes exactly."""
+    run = {name: _launch(pool, tmp_path, name, world, backend, phase, "shuffle", *extra)
            for name, backend, phase, extra in [("ours-full", "harness", "full", ()),
                                                ("ours-resume", "harness", "resume", ()),
                                                ("acc-full", "accelerate", "full", ()),
                                                ("acc-skip", "accelerate", "resume", ("--skip-first-batches",))]}
-    full = _losses(run["ours-full"], "full", 0)
-    save_at = full["save_at"]
-    assert _losses(run["ours-resume"], "resume", 0)["losses"] == full["losses"][save_at:]
-    assert _differing(_state(run["ours-resume"], "final-resume", 0), _state(run["ours-full"], "final-full", 0)) == []
+    for rank in range(world):
+        full = _losses(run["ours-full"], "full", rank)
+        save_at = full["save_at"]
+        assert _losses(run["ours-resume"], "resume", rank)["losses"] == full["losses"][save_at:]
+        assert _differing(_state(run["ours-resume"], "final-resume", rank),
+                          _state(run["ours-full"], "final-full", rank)) == []
 
-    acc_full = _losses(run["acc-full"], "full", 0)["losses"]
-    resumed = _losses(run["acc-skip"], "resume", 0)["losses"]
-    assert _differing(_state(run["acc-skip"], "restored", 0), _state(run["acc-full"], "saved", 0)) == []
-    assert len(resumed) == len(acc_full) - save_at  # the right number of batches skipped ...
-    assert resumed[0] != acc_full[save_at]  # ... of another order: the first resumed batch is not the next one
-    assert "model" in _groups(_differing(_state(run["acc-skip"], "final-resume", 0),
-                                         _state(run["acc-full"], "final-full", 0)))
+        assert _losses(run["ours-resume"], "resume", rank)["batches"] == full["batches"][save_at:]
+
+        acc_full = _losses(run["acc-full"], "full", rank)
+        resumed = _losses(run["acc-skip"], "resume", rank)
+        assert _differing(_state(run["acc-skip"], "restored", rank), _state(run["acc-full"], "saved", rank)) == []
+        per_epoch = acc_full["batches_per_epoch"]
+        epoch_end = (save_at // per_epoch + 1) * per_epoch
+        # The right number of batches skipped, of another order: the rest of the epoch is other batches.
+        assert len(resumed["batches"]) == len(acc_full["batches"]) - save_at
+        assert resumed["batches"][:epoch_end - save_at] != acc_full["batches"][save_at:epoch_end]
+        if world > 1:  # the generator starts again as at prepare: the resumed epoch 1 is epoch 0 again
+            assert resumed["batches"][:epoch_end - save_at] == acc_full["batches"][save_at - per_epoch:per_epoch]
+        assert "model" in _groups(_differing(_state(run["acc-skip"], "final-resume", rank),
+                                             _state(run["acc-full"], "final-full", rank)))
 
 
 def test_three_ranks_ddp_reduction_order(pool, tmp_path):

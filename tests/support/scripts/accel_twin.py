@@ -27,13 +27,14 @@ that does what Accelerate's prepare does and the Checkpointer does not (process 
 
 Each rank writes OUT_DIR/{saved,restored,final}-rank{r}.{safetensors,json} (the model, optimizer, scheduler,
 python/numpy/torch RNG states and the step counter, flattened: tensors to safetensors, the rest to JSON
-with floats as exact hex), OUT_DIR/losses-{phase}-rank{r}.json, and OUT_DIR/ok{r}, or OUT_DIR/err{r}
+with floats as exact hex), OUT_DIR/losses-{phase}-rank{r}.json (every loss, a fingerprint of every batch), and OUT_DIR/ok{r}, or OUT_DIR/err{r}
 with the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -168,7 +169,7 @@ def main(args) -> None:
         accelerator.load_state(map_location="cpu")
         dump(args.out_dir, "restored", rank, model, optimizer, scheduler, train_state)
 
-    losses = []
+    losses, seen = [], []  # seen: a fingerprint of each batch's inputs
     start_epoch, resume_batch = divmod(train_state.step, len(loader))
     for epoch in range(start_epoch, EPOCHS):
         loader.set_epoch(epoch)
@@ -185,6 +186,7 @@ def main(args) -> None:
             optimizer.zero_grad()
             train_state.step += 1
             losses.append(loss.item().hex())
+            seen.append(hashlib.sha1(xb.numpy().tobytes()).hexdigest()[:12])
             if args.phase == "full" and train_state.step == save_at:
                 accelerator.save_state(safe_serialization=True)
                 dump(args.out_dir, "saved", rank, model, optimizer, scheduler, train_state)
@@ -197,7 +199,7 @@ def main(args) -> None:
         except ValueError as e:
             next_save = f"ValueError: {e}"
     with open(os.path.join(args.out_dir, f"losses-{args.phase}-rank{rank}.json"), "w") as f:
-        json.dump({"losses": losses, "batches_per_epoch": len(loader), "save_at": save_at, "next_save": next_save,
+        json.dump({"losses": losses, "batches": seen, "batches_per_epoch": len(loader), "save_at": save_at, "next_save": next_save,
                    "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                    "model": type(model).__name__, "loader": type(loader).__name__}, f)
 
