@@ -44,10 +44,15 @@ def inspect_text(c: CheckpointContents) -> str:
                             c.tensors[k].digest()[:16]] for k in keys])
         for key in sorted((k for k in c.trees if k[0] == group), key=entry_order):
             tree = c.trees[key]
+            items = summarize(tree)
             if isinstance(tree, dict):
-                items = ", ".join(f"{k}={summarize(v, 40)}" for k, v in tree.items())
-            else:
-                items = summarize(tree)
+                parts = []
+                for k, v in tree.items():
+                    if sum(len(p) + 2 for p in parts) > 100:  # one line; --json has the whole tree
+                        parts.append("...")
+                        break
+                    parts.append(f"{k}={summarize(v, 40)}")
+                items = ", ".join(parts)
             lines.append(f"  tree {key[1]}: {items}")
     for note in c.notes:
         lines.append(f"note: {note}")
