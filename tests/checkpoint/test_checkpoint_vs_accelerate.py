@@ -204,3 +204,18 @@ def test_three_ranks_ddp_reduction_order(pool, tmp_path):
                           _state(run["ours-resume"], "restored", rank)) == []
         assert _differing(_state(run["pinned-skip"], "final-resume", rank),
                           _state(run["pinned-full"], "final-full", rank)) == []
+
+
+@pytest.mark.xfail(strict=True, reason="Checkpointer refuses Accelerate's own ProjectConfiguration with 'project_config "
+                   "must be a ProjectConfiguration, got ProjectConfiguration': a script that keeps "
+                   "`from accelerate.utils import ProjectConfiguration` needs a second line changed")
+def test_accelerate_project_configuration_is_accepted(tmp_path):
+    from accelerate.utils import ProjectConfiguration as AccelerateProjectConfiguration
+
+    from harness.checkpoint import Checkpointer
+
+    config = AccelerateProjectConfiguration(automatic_checkpoint_naming=True, total_limit=2, iteration=3)
+    ckpt = Checkpointer(project_dir=tmp_path, project_config=config)
+    cfg = ckpt.project_configuration
+    assert (os.fspath(cfg.project_dir), cfg.automatic_checkpoint_naming, cfg.total_limit, cfg.iteration) == (
+        str(tmp_path), True, 2, 3)
