@@ -423,6 +423,9 @@ class DeepSpeedStrategy(Strategy):
 
     def check_compatible(self, path, saved, saved_world, world_size):
         if saved_world != world_size:
+            probe.point("checkpoint.cannot_reshard", strategy=DEEPSPEED, saved_world=saved_world, world_size=world_size,
+                        reason="DeepSpeed ZeRO files are partitioned per data-parallel rank; no universal-checkpoint "
+                               "conversion")
             raise IncompatibleCheckpointError(
                 f"{path}: saved by {saved_world} rank(s) ({saved.describe()}), loading on {world_size} "
                 f"({self.info().describe()}): the DeepSpeed strategy cannot reshard: its ZeRO files are partitioned "

@@ -145,11 +145,19 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
         info = e.info if isinstance(e.info, dict) else {}
         return done("error", Outcome.NOT_ELASTIC,
                     f"not elastic: the resume on {resume_nproc} rank(s) (attempt {e.attempt}) was refused by the "
-                    f"checkpointer: data loader {info.get('loader')} {info.get('reason')}; nothing of the elastic "
+                    f"checkpointer: data loader {info.get('loader')}: {info.get('reason')}; nothing of the elastic "
                     "resume could be checked, and nothing is claimed exact",
                     hint="build the loader with harness.checkpoint.elastic.elastic_loader(dataset, global_batch_size, "
                          "seed=...) (one global order cut into fixed global batches), or resume with --resume-nproc "
                          f"{nproc}")
+    for e in trial.events("checkpoint.cannot_reshard")[:1]:
+        info = e.info if isinstance(e.info, dict) else {}
+        return done("error", Outcome.ERROR,
+                    f"the checkpointer refused the resume on {resume_nproc} rank(s) (attempt {e.attempt}): strategy "
+                    f"{info.get('strategy')!r} cannot reshard a checkpoint saved by {info.get('saved_world')} rank(s) "
+                    f"({info.get('reason')}); nothing of the elastic resume could be checked",
+                    hint=f"resume with --resume-nproc {nproc} (the same world size), or use a strategy that reshards "
+                         "(ddp, fsdp)")
     attempts = trial.attempts()
     if not attempts:
         return done("error", Outcome.ERROR, "the trial recorded no trace row: did its ranks start? See attempt0/rank*.log")
@@ -231,7 +239,7 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
                 return done("fail", Outcome.DIVERGENCE, f"attempt {a}, rank {r} restored step {row.step}, which the "
                                                         "baseline never had", first_divergence=Divergence(row.step, r, a, ["step"]))
             fields, tensors, note, n = compare_restored(b, row)
-            restored_checks += n
+            restored_checks = max(restored_checks, n)
             if fields:
                 d = Divergence(row.step, r, a, fields, tensors, note=f"restored state vs the baseline's at step "
                                                                     f"{row.step}: {note}".rstrip(": "))
@@ -321,7 +329,8 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
                    f"ELASTIC PASS ({nproc} -> {resume_nproc} ranks, resumed at step(s) {resume_steps}): "
                    f"{rows0} step rows before the resume exact; state at resume exact ({restored_checks} values per "
                    f"rank); sample order exact ({steps_n} steps, {samples_n} samples); {loss_text}{final}"
-                   + (f"; RNG: {'; '.join(rng)}" if rng else "") + ". Not bit-exact: the reduction order differs")
+                   + (f"; RNG: {'; '.join(rng)}" if rng else "")
+                + ". Weights and loss after the resume are not claimed exact (the reduction order differs)")
 
 
 __all__ = ["assess_elastic", "compare_restored", "DEFAULT_LOSS_RTOL", "SAMPLES_KEY"]

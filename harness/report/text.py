@@ -51,7 +51,17 @@ def _compared_table(result) -> Table:
     t.add_row("run", Text(f"{result.target}  nproc={result.nproc} backend={result.backend} seed={result.seed}"))
     if result.plan:
         t.add_row("plan", Text(str(result.plan)))
-    if c:
+    elastic = c.get("elastic") if isinstance(c.get("elastic"), dict) else None
+    if elastic and "exact" in elastic:  # harness.oracle.elastic: what is exact, what is measured
+        sizes = elastic.get("world_sizes") or []
+        t.add_row("world sizes", Text(" -> ".join(map(str, sizes)) + f" (resumed at step(s) {elastic.get('resumed_at')})"))
+        t.add_row("exact", Text(", ".join(elastic["exact"])))
+        t.add_row("not exact", Text(", ".join(elastic.get("not_exact", []))))
+        t.add_row("loss deviation", Text(f"max rel {_num(elastic.get('loss_max_rel'))}, max abs "
+                                         f"{_num(elastic.get('loss_max_abs'))} (rtol {_num(elastic.get('loss_rtol'))})"))
+        if elastic.get("rng"):
+            t.add_row("RNG", Text(str(elastic["rng"])))
+    elif c:
         t.add_row("ranks / steps", f"{c.get('ranks', 0)} / {c.get('steps', 0)}")
         t.add_row("step rows", f"{c.get('rows', 0)} ({c.get('reexecuted_rows', 0)} re-executed after a resume)")
         t.add_row("fields", Text(", ".join(c.get("fields", [])) or "-"))
