@@ -17,7 +17,10 @@ import pytest
 
 from harness.cli import main
 from harness.launch import LaunchError, LaunchSpec, make_launcher
+from harness.launch.reap import alive
 from harness.launch.torchrun import parse_endpoint
+
+from support import SCRIPTS  # noqa: E402
 
 
 def free_port() -> int:
@@ -94,8 +97,8 @@ def test_unreachable_endpoint_times_out_within_seconds_naming_it(tmp_path):
 def test_two_and_three_node_rehearsal_resumes_bit_exact(tmp_path, nnodes, nproc, kill):
     out = tmp_path / "out"
     proc = harness("run", "default", "--nproc", str(nproc), "--kill", kill, "--launcher", "torchrun",
-                   "--nnodes", str(nnodes), "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--no-cache",
-                   "--out", str(out), "--json")
+                   "--nnodes", str(nnodes), "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-timeout", "60",
+                   "--no-cache", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["verdict"] == "pass" and result["outcome"] == "bit_exact"
@@ -116,7 +119,22 @@ def test_two_and_three_node_rehearsal_resumes_bit_exact(tmp_path, nnodes, nproc,
 @pytest.mark.slow
 def test_two_node_rehearsal_catches_a_buggy_resume(tmp_path):
     proc = harness("run", "buggy/optimizer_not_saved", "--nproc", "2", "--kill", "7@1", "--launcher", "torchrun",
-                   "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "out"),
-                   "--json")
+                   "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-timeout", "60",
+                   "--out", str(tmp_path / "out"), "--json")
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     assert json.loads(proc.stdout)["verdict"] == "fail"
+
+
+@pytest.mark.slow
+def test_a_failed_node_gets_the_other_nodes_stopped_at_once(tmp_path):
+    """Rank 1 (node 1) exits with code 4; rank 0 (node 0) would sleep for 10 minutes: its agent is stopped."""
+    launcher = make_launcher("torchrun", nnodes=2, rdzv_endpoint=f"127.0.0.1:{free_port()}", rdzv_timeout_s=60)
+    t0 = time.monotonic()
+    result = launcher.launch(LaunchSpec(nproc=2, log_dir=str(tmp_path), script=os.path.join(SCRIPTS, "exit_code.py"),
+                                        args=("1", "4", "0.5", str(tmp_path)), timeout_s=300))
+    assert time.monotonic() - t0 < 90
+    assert result.exits[1].returncode == 4 and not result.ok and not result.timed_out
+    assert result.first_failure.rank == 1
+    pids = [int((tmp_path / f"pid{r}").read_text()) for r in range(2)]
+    assert not any(alive(p) for p in pids)
+    assert agent_of(str(tmp_path / "rank0.log"))[1] != agent_of(str(tmp_path / "rank1.log"))[1]
