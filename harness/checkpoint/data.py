@@ -133,6 +133,11 @@ class _PositionedBatches:
             if b >= skip:
                 yield [(epoch, b, i) for i in unit] if batched else (epoch, b, unit)
 
+    @property
+    def batch_sampler(self):
+        """The user's batch sampler (the sampler itself with batch_size=None)."""
+        return self.units
+
     def __len__(self) -> int:
         return len(self.units)
 
