@@ -22,6 +22,7 @@ from a checkpoint. Bad input (no such folder, not a checkpoint of any of these f
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 
@@ -82,9 +83,11 @@ def _hash(path: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _read(path: str) -> bytearray:
+def _read(path: str):
+    """The file's bytes, memory-mapped copy-on-write (writable, so torch.frombuffer views it without a copy)."""
     with open(path, "rb") as f:
-        return bytearray(f.read())  # writable: torch.frombuffer views it without a warning
+        size = os.fstat(f.fileno()).st_size
+        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else bytearray()
 
 
 def _all_files(root: str) -> list[str]:
@@ -112,7 +115,9 @@ def read_native(path: str) -> CheckpointContents:
                    "iteration": manifest.iteration, "backend": manifest.backend, "strategy": info.describe(),
                    "libraries": manifest.libraries}
     records = {r.path: r for group in manifest.files.values() for r in group}
-    out.files.append(FileCheck(MANIFEST, os.path.getsize(os.path.join(path, MANIFEST)), OK, "manifest checksum verified"))
+    out.files.append(FileCheck(MANIFEST, os.path.getsize(os.path.join(path, MANIFEST)), OK,
+                               "its own checksum verified" if manifest.version >= 2 else
+                               "format version 1: the manifest has no checksum of its own"))
     intact = set()
     for rel in sorted(records):
         rec = records[rel]
@@ -219,12 +224,18 @@ def _dcp_into(out: CheckpointContents, folder: str, rel_prefix: str, name_prefix
     import torch
 
     meta_rel = rel_prefix + ".metadata"
+    if checked is not None and meta_rel not in checked:
+        listed = [f for f in out.files if f.path == meta_rel and f.status != UNLISTED]
+        if listed:
+            return {}  # failed its checksum or missing: already reported, never parsed
+        if os.path.isfile(os.path.join(folder, ".metadata")):
+            _unreadable(out, meta_rel, "not in the manifest: DCP writes .metadata last, so the save that wrote "
+                                       "this checkpoint did not finish; its DCP state cannot be trusted")
+            return {}
     if not os.path.isfile(os.path.join(folder, ".metadata")):
         _unreadable(out, meta_rel, "no .metadata: DCP writes it last, so the save that wrote this folder did not "
                                    "finish; nothing in it can be located")
         return {}
-    if checked is not None and meta_rel not in checked:
-        return {}  # failed its checksum: already reported, never parsed
     try:
         meta = load_data_pickle(os.path.join(folder, ".metadata"))
         entries = _field(meta, "state_dict_metadata")
@@ -294,8 +305,9 @@ def _dcp_into(out: CheckpointContents, folder: str, rel_prefix: str, name_prefix
             rel = str(e).split(": ", 1)[0]
             rel = os.path.relpath(rel, out.path).replace(os.sep, "/") if os.path.isabs(rel) else rel
             _unreadable(out, rel, str(e))
-        except (KeyError, TypeError, AttributeError, IndexError) as e:
-            _unreadable(out, meta_rel, f"entry {fqn!r} is not DCP metadata this harness understands ({e})")
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as e:
+            _unreadable(out, meta_rel, f"entry {fqn!r} is not DCP metadata this harness understands "
+                                       f"({type(e).__name__}: {e})")
     if values:
         tree = {fqn: v for fqn, (v, _) in values.items()}
         out.add_tree(SHARED, name_prefix + "items" if name_prefix else "items", tree,
@@ -344,6 +356,8 @@ def read_deepspeed(path: str) -> CheckpointContents:
 def _deepspeed_into(out: CheckpointContents, tag_dir: str, rel_prefix: str, name_prefix: str, checked: set | None) -> None:
     """Every *.pt of the tag folder: zero_pp_rank_{r}_* into group rank{r}, the others into shared."""
     opaque: set[str] = set()
+    if not os.path.isdir(tag_dir):  # native: its files are reported missing by the manifest check
+        return
     for name in sorted(os.listdir(tag_dir)):
         rel = rel_prefix + name
         if not name.endswith(".pt") or (checked is not None and rel not in checked):
