@@ -14,6 +14,7 @@ the step counter) is compared tensor by tensor, as raw bytes:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -23,12 +24,11 @@ from safetensors.torch import load_file
 
 from harness.launch import LaunchSpec
 
-pytest.importorskip("accelerate")
-
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "scripts",
                       "accel_twin.py")
 
-pytestmark = pytest.mark.slow  # every test launches several processes
+pytestmark = [pytest.mark.slow,  # every test launches several processes
+              pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="accelerate is not installed")]
 
 
 def _launch(pool, tmp_path, name: str, world: int, backend: str, phase: str, data: str, *extra: str):
