@@ -1,15 +1,18 @@
 """Differential tests: one training script (tests/support/scripts/accel_twin.py) checkpointed by HF Accelerate's
-`Accelerator(cpu=True)` or by our `Checkpointer`, the backend chosen by one line; one process and 2 gloo ranks.
+`Accelerator(cpu=True)` or by our `Checkpointer`, the backend chosen by one line; 1, 2 and 3 gloo ranks.
 
 Each backend trains uninterrupted (saving mid-epoch 1 with `save_state()`), then a new process resumes from that
 checkpoint with `load_state()` and trains on. Every state (model, optimizer, scheduler, python/numpy/torch RNG,
-the step counter) is compared tensor by tensor, as raw bytes:
+the step counter) is compared tensor by tensor, as raw bytes, and every loss and batch:
 
-- ours: restored == saved, and the resumed run ends bit-identical to the uninterrupted one;
-- Accelerate: restored == saved; resumed as is, it replays the epoch's first batches (it does not save the data
-  position) and ends elsewhere; with its `skip_first_batches` recipe it is exact when the data order is a
-  function of the epoch, and not with `DataLoader(shuffle=True)`, whose order it draws from the global RNG;
-- ours vs Accelerate, when both see the same data: the states at the save, and the states each restores, are equal.
+- ours: restored == saved, and the resumed run is bit-identical to the uninterrupted one;
+- Accelerate: restored == saved; resumed as is, it replays the epoch from its first batch (it does not save the
+  data position); with its `skip_first_batches` recipe it is exact when the data order is a function of the
+  epoch, and not with `DataLoader(shuffle=True)`; at 3 ranks its DDP sums the first resumed step in another order;
+- ours vs Accelerate, when both see the same data: the states at the save, and the states each restores (also
+  ours from Accelerate's checkpoint, converted), are equal; the folder names are the same.
+
+The differences from Accelerate are asserted, so that a test fails when a documented claim stops being true.
 """
 
 from __future__ import annotations
