@@ -29,12 +29,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def harness(*args, timeout=600):
-    """The installed ``harness`` console script, as users run it."""
+def harness(*args, timeout=600, path=None):
+    """The installed ``harness`` console script, as users run it (``path``: a folder put first on PATH)."""
     exe = os.path.join(os.path.dirname(sys.executable), "harness")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "harness.cli"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200"})
+    env = {**os.environ, "COLUMNS": "200"}
+    if path is not None:
+        env["PATH"] = f"{path}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def agent_of(log_path: str) -> tuple[int, int]:
@@ -138,3 +140,48 @@ def test_a_failed_node_gets_the_other_nodes_stopped_at_once(tmp_path):
     pids = [int((tmp_path / f"pid{r}").read_text()) for r in range(2)]
     assert not any(alive(p) for p in pids)
     assert agent_of(str(tmp_path / "rank0.log"))[1] != agent_of(str(tmp_path / "rank1.log"))[1]
+
+
+# What srun does for the recipe of docs/multinode.md, on one machine: run the command once per node (all on
+# this machine here), pass SIGTERM on, stop the others when one fails (--kill-on-bad-exit), exit non-zero if any did.
+FAKE_SRUN = """#!PYTHON
+import os, signal, subprocess, sys, time
+args, nodes, kill_on_bad_exit = sys.argv[1:], 1, False
+while args and args[0].startswith("-"):
+    opt = args.pop(0)
+    if opt in ("--nodes", "-N", "--ntasks-per-node", "--cpus-per-task"):
+        value = args.pop(0)
+        nodes = int(value) if opt in ("--nodes", "-N") else nodes
+    elif opt.startswith("--kill-on-bad-exit"):
+        kill_on_bad_exit = opt != "--kill-on-bad-exit=0"
+procs = [subprocess.Popen(args, env={**os.environ, "SLURM_NODEID": str(i), "SLURM_PROCID": str(i)})
+         for i in range(nodes)]
+stop = lambda *_: [p.send_signal(signal.SIGTERM) for p in procs if p.poll() is None]
+signal.signal(signal.SIGTERM, stop)
+while any(p.poll() is None for p in procs):
+    if kill_on_bad_exit and any(p.poll() not in (None, 0) for p in procs):
+        stop()
+    time.sleep(0.1)
+sys.exit(max(abs(p.returncode) for p in procs))
+"""
+
+
+@pytest.mark.slow
+def test_the_slurm_recipe_with_an_srun_that_runs_every_node_here(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text(FAKE_SRUN.replace("PYTHON", sys.executable))
+    srun.chmod(0o755)
+    out = tmp_path / "out"
+    proc = harness("run", "default", "--nproc", "2", "--kill", "7@1", "--launcher", "torchrun", "--nnodes", "2",
+                   "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-timeout", "60",
+                   "--launch-prefix", "srun --nodes 2 --ntasks-per-node 1 --cpus-per-task 1 --kill-on-bad-exit=1",
+                   "--out", str(out), "--json", path=str(bin_dir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["outcome"] == "bit_exact"
+    for attempt in (0, 1):  # one torchrun.log (srun's output), two agents: one per node
+        folder = out / f"attempt{attempt}"
+        assert (folder / "torchrun.log").exists() and not list(folder.glob("torchrun-node*.log"))
+        nodes = [agent_of(str(folder / f"rank{r}.log")) for r in range(2)]
+        assert [n for n, _ in nodes] == [0, 1] and nodes[0][1] != nodes[1][1]
