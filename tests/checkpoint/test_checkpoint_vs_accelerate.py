@@ -102,7 +102,8 @@ def test_same_data_ours_exact_accelerate_needs_skip_first_batches(pool, tmp_path
         full, acc_full = _losses(run["ours-full"], "full", rank), _losses(run["acc-full"], "full", rank)
         assert full["losses"] == acc_full["losses"]
         assert full["world_size"] == acc_full["world_size"] == world
-        assert (full["model"], acc_full["model"]) == (("DistributedDataParallel",) * 2 if world > 1 else ("Sequential",) * 2)
+        model = "DistributedDataParallel" if world > 1 else "Sequential"
+        assert (full["model"], acc_full["model"]) == (model, model)
         assert (full["loader"], acc_full["loader"]) == ("ResumableDataLoader", "DataLoaderShard")
         save_at = full["save_at"]
         assert save_at % full["batches_per_epoch"] not in (0, 1), "the save must fall mid-epoch"
@@ -195,7 +196,8 @@ def test_three_ranks_ddp_reduction_order(pool, tmp_path):
                           _state(run["ours-full"], "final-full", rank)) == [], rank
 
         # Accelerate's DDP: the same data and RNG as ours, other gradient sums.
-        acc_differs = _groups(_differing(_state(run["acc-full"], "saved", rank), _state(run["ours-full"], "saved", rank)))
+        acc_differs = _groups(_differing(_state(run["acc-full"], "saved", rank),
+                                         _state(run["ours-full"], "saved", rank)))
         assert acc_differs and acc_differs <= {"model", "optimizer"}, acc_differs
         resumed = _differing(_state(run["acc-skip"], "final-resume", rank), _state(run["acc-full"], "final-full", rank))
         assert "optimizer" in _groups(resumed) and _groups(resumed) <= {"model", "optimizer"}, resumed
@@ -209,9 +211,9 @@ def test_three_ranks_ddp_reduction_order(pool, tmp_path):
                           _state(run["pinned-full"], "final-full", rank)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="Checkpointer refuses Accelerate's own ProjectConfiguration with 'project_config "
-                   "must be a ProjectConfiguration, got ProjectConfiguration': a script that keeps "
-                   "`from accelerate.utils import ProjectConfiguration` needs a second line changed")
+@pytest.mark.xfail(strict=True, reason="Checkpointer refuses Accelerate's own ProjectConfiguration with "
+                   "'project_config must be a ProjectConfiguration, got ProjectConfiguration': a script that "
+                   "keeps `from accelerate.utils import ProjectConfiguration` needs a second line changed")
 def test_accelerate_project_configuration_is_accepted(tmp_path):
     from accelerate.utils import ProjectConfiguration as AccelerateProjectConfiguration
 

@@ -2,21 +2,22 @@
 
 Run by tests/checkpoint/test_checkpoint_vs_accelerate.py (one process, or several ranks under gloo):
 
-    accel_twin.py --backend accelerate|harness --load-accelerate FOLDER   (ours, resume) load Accelerate's checkpoint FOLDER (`allow_unsafe_pickle=True`),
-                  dump what it restored, and stop
---pin-bucket-layout   (Accelerate only) pin the DDP model's bucket layout, as the Checkpointer's prepare does
-                  (harness.checkpoint.pin_bucket_layout), so that both reduce gradients in the same order
---data sampler|shuffle --phase full|resume
-                  [--skip-first-batches] PROJECT_DIR OUT_DIR
+    accel_twin.py --backend accelerate|harness --data sampler|shuffle --phase full|resume
+                  [--skip-first-batches] [--pin-bucket-layout] [--load-accelerate FOLDER] PROJECT_DIR OUT_DIR
 
 The script is written the way Accelerate's documentation writes a resumable loop: prepare, register a
-step counter, `save_state()` with automatic naming, `load_state()` on resume, then `set_epoch` per epoch.
+step counter, `save_state()` with automatic naming, `load_state()` on resume, then `set_epoch` per epoch
+(and, for Accelerate, `skip_first_batches` on the resumed epoch with --skip-first-batches).
 The backends differ in the line that builds `accelerator` and, with several processes only, in the block
 that does what Accelerate's prepare does and the Checkpointer does not (process group, DDP, data sharding).
 
 --phase full      train 3 epochs uninterrupted; save mid-epoch 1 (step SAVE_AT) and dump the state there
 --phase resume    a new process: load_state() the newest checkpoint, dump what it restored, train to the end,
                   then save_state() again (does the next automatic name follow the loaded one?)
+--load-accelerate FOLDER   (ours, resume) load Accelerate's checkpoint FOLDER (`allow_unsafe_pickle=True`),
+                  dump what it restored, and stop
+--pin-bucket-layout   (Accelerate only) pin the DDP model's bucket layout, as the Checkpointer's prepare does
+                  (harness.checkpoint.pin_bucket_layout), so that both reduce gradients in the same order
 --skip-first-batches   (Accelerate only) the documented mid-epoch recipe: `accelerator.skip_first_batches`
                   on the resumed epoch. The Checkpointer's loader resumes mid-epoch by itself and has none.
 --data sampler    the data order is a function of (seed, epoch) under both backends: a DistributedSampler,
@@ -25,10 +26,10 @@ that does what Accelerate's prepare does and the Checkpointer does not (process 
 --data shuffle    `DataLoader(shuffle=True)`, as most scripts have it (a DistributedSampler for the
                   Checkpointer under several ranks): the order depends on how each backend seeds it
 
-Each rank writes OUT_DIR/{saved,restored,final}-rank{r}.{safetensors,json} (the model, optimizer, scheduler,
+Each rank writes OUT_DIR/{saved,restored,final-PHASE}-rank{r}.{safetensors,json} (the model, optimizer, scheduler,
 python/numpy/torch RNG states and the step counter, flattened: tensors to safetensors, the rest to JSON
-with floats as exact hex), OUT_DIR/losses-{phase}-rank{r}.json (every loss, a fingerprint of every batch), and OUT_DIR/ok{r}, or OUT_DIR/err{r}
-with the traceback.
+with floats as exact hex), OUT_DIR/losses-PHASE-rank{r}.json (every loss, a fingerprint of every batch,
+where the resumed run's next automatic save went), and OUT_DIR/ok{r}, or OUT_DIR/err{r} with the traceback.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ def main(args) -> None:
             batches = accelerator.skip_first_batches(loader, resume_batch)
         model.train()
         for xb, yb in batches:
-            noise = torch.from_numpy(np.random.standard_normal(yb.shape).astype("float32")) * 0.01 + random.random() * 1e-3
+            noise = torch.from_numpy(np.random.standard_normal(yb.shape).astype("float32")) * 0.01
+            noise = noise + random.random() * 1e-3
             loss = torch.nn.functional.mse_loss(model(xb) + noise, yb)
             loss.backward()
             optimizer.step()
@@ -199,8 +201,8 @@ def main(args) -> None:
         except ValueError as e:
             next_save = f"ValueError: {e}"
     with open(os.path.join(args.out_dir, f"losses-{args.phase}-rank{rank}.json"), "w") as f:
-        json.dump({"losses": losses, "batches": seen, "batches_per_epoch": len(loader), "save_at": save_at, "next_save": next_save,
-                   "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        json.dump({"losses": losses, "batches": seen, "batches_per_epoch": len(loader), "save_at": save_at,
+                   "next_save": next_save, "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                    "model": type(model).__name__, "loader": type(loader).__name__}, f)
 
 
