@@ -191,13 +191,13 @@ class TorchrunLauncher(LauncherBase):
         if self.rdzv_endpoint is None or any(os.path.exists(e.log_path) for e in result.exits):
             return
         for path in self.agent_logs(spec):
-            tail = log_tail(path, 200)
-            if _RDZV_FAILURE.search(tail):
+            lines = [ln.strip() for ln in log_tail(path, 200).splitlines() if _RDZV_FAILURE.search(ln)]
+            if lines:
                 raise LaunchError(
                     f"the torchrun agents could not rendezvous at {self.rdzv_endpoint} within "
                     f"{self.rdzv_timeout_s:g} s: nothing listens there, or not all {self.nnodes} nodes joined "
                     f"(the endpoint must be a node of the job, reachable from every node; more time: "
-                    f"--rdzv-timeout); agent log {path}")
+                    f"--rdzv-timeout); the agent said: {lines[-1][:300]} (log {path})")
 
     @staticmethod
     def _rank_exit(spec: LaunchSpec, rank: int, started: float, torn_down: bool = False) -> RankExit:
