@@ -79,6 +79,12 @@ if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
     say "no CUDA device visible: run this on a GPU machine (or with --dry-run)"
     exit 2
 fi
+export PYTHONUNBUFFERED=1
+# A bare GPU machine has torch but not this package: install it from the checkout (offline, editable, so
+# that the built-in scenarios resolve as harness.scenarios and the pytest plugin is registered).
+if ! "$PY" -c 'import harness.scenarios, harness.cli' 2>/dev/null; then
+    step setup_install 300 "$PY" -m pip install --no-deps --no-build-isolation --no-index -e . || { say "cannot install the harness"; exit 2; }
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/nvidia-smi.csv" 2>&1
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "nccl", torch.cuda.nccl.version(), torch.cuda.get_device_name(0))' | tee -a "$SUMMARY"
 export HARNESS_CACHE_DIR="$OUT/cache"
