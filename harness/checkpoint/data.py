@@ -50,7 +50,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import xxhash
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
+                              SequentialSampler, SubsetRandomSampler, WeightedRandomSampler, get_worker_info)
 
 
 def derive_seed(*parts) -> int:
@@ -129,7 +130,7 @@ class _PositionedBatches:
         epoch, skip, batched = self.epoch, self.skip, self.batched
         for _ in range(self.dummies):
             yield [] if batched else None
-        for b, unit in enumerate(_isolated(self.units, self.replay)):
+        for b, unit in enumerate(_isolated(self.units, self.replay, not _draws_only_first(self.units))):
             if b >= skip:
                 yield [(epoch, b, i) for i in unit] if batched else (epoch, b, unit)
 
@@ -142,10 +143,22 @@ class _PositionedBatches:
         return len(self.units)
 
 
-def _isolated(units, replay: dict | None):
+# torch's samplers draw from the global RNGs, if at all, only when their iteration starts.
+_DRAW_ONLY_FIRST = (SequentialSampler, RandomSampler, WeightedRandomSampler, SubsetRandomSampler, DistributedSampler)
+
+
+def _draws_only_first(units) -> bool:
+    if type(units) is BatchSampler:
+        units = units.sampler
+    return type(units) in _DRAW_ONLY_FIRST
+
+
+def _isolated(units, replay: dict | None, isolate: bool):
     """Iterate `units`. Its first item is drawn from the live global RNGs (or, when resuming, from
-    `replay`, restoring the live ones after); later draws from the global RNGs come from a private
-    copy, so they neither depend on nor disturb what the training loop draws in between."""
+    `replay`, restoring the live ones after). With `isolate`, later draws from the global RNGs come
+    from a private copy, so they neither depend on nor disturb what the training loop draws in between
+    (swapping the states costs more than a batch of a small dataset: only for samplers not known to
+    draw at the start alone)."""
     outer = None
     if replay is not None:
         outer = _global_rng()
@@ -160,6 +173,9 @@ def _isolated(units, replay: dict | None):
     if first is _END:
         return
     yield first
+    if not isolate:
+        yield from it
+        return
     while True:
         outer = _global_rng()
         _set_global_rng(private)

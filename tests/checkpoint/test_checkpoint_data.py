@@ -57,7 +57,8 @@ def test_mid_epoch_resume_is_exact(tmp_path, workers, stop):
     assert _take(loader2, 15 - stop) == full[stop:]
 
 
-def test_iterating_does_not_draw_from_the_global_torch_rng():
+def test_creating_an_iterator_draws_nothing():
+    """Draws happen when the first batch is taken, where a plain DataLoader's for loop makes them."""
     loader = ResumableDataLoader(_loader(0, shuffle=True))
     torch.manual_seed(3)
     expected = torch.get_rng_state()
