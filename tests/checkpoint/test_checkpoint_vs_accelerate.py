@@ -137,6 +137,7 @@ def test_same_data_ours_exact_accelerate_needs_skip_first_batches(pool, tmp_path
 @pytest.mark.parametrize("world", [1, 2])
 def test_shuffled_loader_ours_exact_accelerate_skip_first_batches_is_not(pool, tmp_path, world):
     """`DataLoader(shuffle=True)` (ours: a DistributedSampler under 2 ranks, as ours does not shard). One process:
+    ours trains exactly as Accelerate does up to the save (both draw what a plain DataLoader draws). One process:
     the order of an epoch is drawn from the global torch RNG when the epoch starts; Accelerate restores that RNG
     as it was at the save, mid-epoch, so the resumed epoch draws another order. Two processes: Accelerate draws
     the sampler a generator at prepare and does not save it, so the resumed epoch 1 repeats epoch 0's order.
@@ -146,6 +147,12 @@ def test_shuffled_loader_ours_exact_accelerate_skip_first_batches_is_not(pool, t
                                                ("ours-resume", "harness", "resume", ()),
                                                ("acc-full", "accelerate", "full", ()),
                                                ("acc-skip", "accelerate", "resume", ("--skip-first-batches",))]}
+    if world == 1:  # ours draws what a plain DataLoader draws: one process trains as Accelerate does, up to the save
+        full, acc_full = _losses(run["ours-full"], "full", 0), _losses(run["acc-full"], "full", 0)
+        assert full["batches"][:full["save_at"]] == acc_full["batches"][:full["save_at"]]
+        assert full["losses"][:full["save_at"]] == acc_full["losses"][:full["save_at"]]
+        assert _differing(_state(run["ours-full"], "saved", 0), _state(run["acc-full"], "saved", 0)) == []
+        assert _differing(_state(run["ours-resume"], "restored", 0), _state(run["acc-skip"], "restored", 0)) == []
     for rank in range(world):
         full = _losses(run["ours-full"], "full", rank)
         save_at = full["save_at"]
