@@ -231,3 +231,22 @@ def test_accelerate_project_configuration_is_accepted(tmp_path):
     cfg = ckpt.project_configuration
     assert (os.fspath(cfg.project_dir), cfg.automatic_checkpoint_naming, cfg.total_limit, cfg.iteration) == (
         str(tmp_path), True, 2, 3)
+
+
+@pytest.mark.xfail(strict=True, reason="the prepared loader calls set_epoch on loader.sampler and loader.batch_sampler "
+                   "only; Accelerate's DataLoaderShard.set_epoch also reaches batch_sampler.sampler, so after the swap a "
+                   "BatchSampler over a DistributedSampler repeats epoch 0's order in every epoch")
+def test_set_epoch_reaches_the_sampler_inside_a_batch_sampler():
+    from harness.checkpoint import Checkpointer
+
+    def batch_sampler():
+        sampler = torch.utils.data.DistributedSampler(range(8), num_replicas=1, rank=0, shuffle=True, seed=1)
+        return torch.utils.data.BatchSampler(sampler, 4, drop_last=False)
+
+    dataset = torch.utils.data.TensorDataset(torch.arange(8))
+    loader = Checkpointer().prepare(torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler()))
+    expected = batch_sampler()
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        expected.sampler.set_epoch(epoch)
+        assert [b[0].tolist() for b in loader] == list(expected), epoch
