@@ -10,7 +10,9 @@ Exact (raw bits / digests, as in the bit-exact oracle):
   baseline's, field by field (``compare_step``);
 - at the resume point: the state each rank of a resumed attempt restored (``probe.restored``: weights,
   optimizer state and hyperparameters, and the values it records, e.g. scheduler, step, data position,
-  accumulation counter) equals the baseline's row of the checkpoint's step (baseline rank 0);
+  accumulation counter) equals the state the run had when it saved: the baseline's row of the
+  checkpoint's step (rank 0) for a checkpoint of attempt 0; for a checkpoint saved after an elastic
+  resume, the run's own row of that step (rank 0, the attempt that saved it);
 - after the resume: the global sample sequence. Per step, the ``samples`` value each rank records (its
   sample ids, space-separated, micro-batches separated by ``;``), micro-batch by micro-batch, the ranks'
   slices concatenated in rank order, equals the baseline's for that step.
@@ -234,18 +236,24 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
                         "state at the resume point, which the script records with probe.restored(step, model=..., "
                         "optimizer=..., **values) right after loading (see the elastic scenario)")
         for r, row in sorted(restored.items()):
-            b = index.get((0, row.step))
+            # The reference: the state the run had when it saved, i.e. rank 0's row of that step in the latest
+            # earlier attempt (attempt 0's equal the baseline's, checked above; a checkpoint saved after an
+            # elastic resume holds the resumed run's own, inexact, weights).
+            earlier = [x for x in trial.steps(0) if x.attempt < a and x.step == row.step]
+            b = earlier[-1] if earlier else None
+            whose = f"the run's own at step {row.step} (attempt {b.attempt})" if b is not None else ""
+            if b is None or b.attempt == 0:
+                b, whose = index.get((0, row.step)), f"the baseline's at step {row.step}"
             if b is None:
                 return done("fail", Outcome.DIVERGENCE, f"attempt {a}, rank {r} restored step {row.step}, which the "
                                                         "baseline never had", first_divergence=Divergence(row.step, r, a, ["step"]))
             fields, tensors, note, n = compare_restored(b, row)
             restored_checks = max(restored_checks, n)
             if fields:
-                d = Divergence(row.step, r, a, fields, tensors, note=f"restored state vs the baseline's at step "
-                                                                    f"{row.step}: {note}".rstrip(": "))
+                d = Divergence(row.step, r, a, fields, tensors, note=f"restored state vs {whose}: {note}".rstrip(": "))
                 return done("fail", Outcome.DIVERGENCE,
                             f"the state restored at the resume point differs: attempt {a} on {size(a)} rank(s), rank "
-                            f"{r}, checkpoint of step {row.step}: {', '.join(fields)} differ from the baseline's",
+                            f"{r}, checkpoint of step {row.step}: {', '.join(fields)} differ from {whose}",
                             first_divergence=d)
         resume_steps.append(restored[0].step)
         for e in trial.events("checkpoint.elastic"):

@@ -37,6 +37,13 @@ def test_elastic_resume_passes_with_the_elastic_wording(trial, nproc, resume, st
 
 
 @pytest.mark.slow
+def test_two_faults_the_second_resume_from_a_checkpoint_the_resumed_run_saved(trial):
+    result = trial(nproc=2, resume_nproc=3, plan=["12", "18@2"])
+    assert (result.verdict, result.outcome) == ("pass", "elastic_pass"), result.message
+    assert "resumed at step(s) [10, 15]" in result.message and [a.attempt for a in result.attempts] == [0, 1, 2]
+
+
+@pytest.mark.slow
 def test_a_scenario_whose_data_order_is_not_elastic_is_reported_so_never_exact(trial):
     result = trial("default", nproc=2, resume_nproc=1)
     assert (result.verdict, result.outcome) == ("error", "not_elastic"), result.message

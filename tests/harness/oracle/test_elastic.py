@@ -20,24 +20,27 @@ def _samples(step: int, rank: int, world: int) -> str:
                     for m in range(MICRO))
 
 
-def _state(step: int) -> dict:
-    """What does not depend on the world size: weights, optimizer, the recorded values."""
-    return {"params": digest("params", step), "params_tensors": {n: digest(n, step) for n in ("fc.weight", "fc.bias")},
-            "optimizer": digest("opt", step), "optimizer_groups": [{"lr": 0.01 / step}],
-            "optimizer_state": {"fc.weight exp_avg": digest("m", step), "fc.bias exp_avg": digest("mb", step)}}
+def _state(step: int, inexact: str = "") -> dict:
+    """Weights, optimizer, the recorded values; `inexact`: after an elastic resume, weights and moments differ
+    in their last bits (their digests differ from the baseline's)."""
+    return {"params": digest("params", step, inexact),
+            "params_tensors": {n: digest(n, step, inexact) for n in ("fc.weight", "fc.bias")},
+            "optimizer": digest("opt", step, inexact), "optimizer_groups": [{"lr": 0.01 / step}],
+            "optimizer_state": {"fc.weight exp_avg": digest("m", step, inexact), "fc.bias exp_avg": digest("mb", step,
+                                                                                                             inexact)}}
 
 
-def _step(rank: int, step: int, attempt: int, world: int, loss_scale: float = 1.0) -> dict:
+def _step(rank: int, step: int, attempt: int, world: int, loss_scale: float = 1.0, inexact: str = "") -> dict:
     loss = (2.0 / step + 0.1 * rank) * loss_scale  # the ranks' mean is 2/step + 0.05 (world - 1)
     loss -= 0.05 * (world - 1) * loss_scale  # so that the global loss is 2/step on every world size
     return {"kind": "step", "attempt": attempt, "rank": rank, "step": step, "loss": None, "loss_value": loss,
             "batch": digest("batch", world, rank, step), "rng": {"torch": digest("rng", world, rank, step)},
-            **_state(step), "extra": {"samples": _samples(step, rank, world), "data_position": step}}
+            **_state(step, inexact), "extra": {"samples": _samples(step, rank, world), "data_position": step}}
 
 
-def _restored(rank: int, step: int, attempt: int, world: int) -> dict:
-    return {"kind": "restored", "attempt": attempt, "rank": rank, "step": step, "world_size": world, **_state(step),
-            "extra": {"data_position": step}}
+def _restored(rank: int, step: int, attempt: int, world: int, inexact: str = "") -> dict:
+    return {"kind": "restored", "attempt": attempt, "rank": rank, "step": step, "world_size": world,
+            **_state(step, inexact), "extra": {"data_position": step}}
 
 
 def _run(path, nproc: int, resume: int | None, loss_scale: float = 1.0) -> TraceBuilder:
@@ -181,3 +184,33 @@ def test_refusals_by_the_checkpointer_are_named(tmp_path):
     v = _judge(tmp_path / "b", 2, 1, cannot_reshard)
     assert (v.verdict, v.outcome) == ("error", Outcome.ERROR)
     assert "strategy 'deepspeed' cannot reshard a checkpoint saved by 2 rank(s)" in v.message
+
+
+@pytest.mark.parametrize("restored_as", ["own", "baseline"])
+def test_a_second_resume_restores_the_runs_own_state_not_the_baseline(tmp_path, restored_as):
+    """2 -> 1, killed again at step 9 on 1 rank, resumed from the checkpoint of step 8 that the 1-rank run saved:
+    its weights are the resumed run's own (not the baseline's), and that is what must be restored."""
+    base = _run(tmp_path / "base", 2, None).write()
+    b = TraceBuilder(tmp_path / "trial", 2).start(0)
+    for s in range(1, KILL + 1):
+        for r in range(2):
+            b.rows[r].append(_step(r, s, 0, 2))
+        if s == CKPT:
+            b.event(0, "checkpoint.committed", s)
+    b.fault(0, KILL).start(1, [0])
+    b.rows[0].append(_restored(0, CKPT, 1, 1))
+    b.event(1, "checkpoint.loaded", CKPT, [0])
+    for s in (6, 7, 8, 9):
+        b.rows[0].append(_step(0, s, 1, 1, inexact="1 rank"))
+    b.event(1, "checkpoint.committed", 8, [0]).fault(1, 9).start(2, [0])
+    b.rows[0].append(_restored(0, 8, 2, 1, inexact="1 rank" if restored_as == "own" else ""))
+    b.event(2, "checkpoint.loaded", 8, [0])
+    for s in (9, 10):
+        b.rows[0].append(_step(0, s, 2, 1, inexact="1 rank"))
+    b.finish(2, [0])
+    v = assess_elastic(base, b.write(), nproc=2, resume_nproc=1, n_faults=2, launched=3)
+    if restored_as == "own":
+        assert v.outcome is Outcome.ELASTIC_PASS and "resumed at step(s) [5, 8]" in v.message, v.message
+    else:
+        assert (v.verdict, v.outcome) == ("fail", Outcome.DIVERGENCE)
+        assert "differ from the run's own at step 8 (attempt 1)" in v.message
