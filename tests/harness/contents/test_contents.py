@@ -121,6 +121,16 @@ def test_dcp_folder_is_assembled_and_diffed(tmp_path):
     assert [(t.name, t.max_ulp, t.n_diff) for t in d.tensors] == [("model.bias", 1, 1)] and not d.trees
     assert diff_contents(ca, read_checkpoint(str(tmp_path / "a"))).identical
 
+    # different tensor sets, each side listed; a dtype mismatch; a missing state leaf
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save({"model": {"weight": model.weight.double(), "bias": model.bias}, "extra": {"step": 7}, "new": torch.ones(2)},
+                 checkpoint_id=str(tmp_path / "c"), no_dist=True)
+    d = diff_contents(cb, read_checkpoint(str(tmp_path / "c")))
+    assert d.only_b == [("shared", "new")]
+    assert d.only_a == sorted(((g, n) for g, n in cb.tensors if n.startswith("optim.")), key=lambda k: k[1])
+    assert [(t.name, t.kind, t.dtype_a, t.dtype_b) for t in d.tensors] == [("model.weight", "dtype", "float32", "float64")]
+    assert ("extra.lr", True, False) in [(t.path, t.present_a, t.present_b) for t in d.trees]
+
 
 class _RunsCode:
     def __reduce__(self):

@@ -21,7 +21,7 @@ from harness.contents import diff_contents, read_checkpoint
 from harness.contents.readers import ContentsError
 from harness.launch import LaunchSpec
 from support import REPO, SCRIPTS
-from support.checkpoint_jobs import make_job, train
+from support.checkpoint_jobs import Counter, make_job, train
 
 pytestmark = pytest.mark.slow
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
@@ -184,6 +184,11 @@ def test_cli_inspect_and_diff_native_as_users_run_them(tmp_path):
     first = json.loads(_cli("diff", a, b, "--json").stdout)["first"]
     assert (first["name"], first["max_ulp"], first["n_diff"]) == ("models/0/2.bias", 8, 1)
     assert _cli("diff", a, a).returncode == 0
+    other = make_job(tmp_path / "q", automatic_checkpoint_naming=False)  # one more custom object: a tensor more
+    train(other, 2)
+    other[0].register_for_checkpointing(Counter())
+    sets = _cli("diff", a, other[0].save_state(str(tmp_path / "c")))
+    assert sets.returncode == 1 and "tensors only in B (missing in A): 1\n  shared: custom/1/buffer" in sets.stdout
 
     _flip_byte(os.path.join(b, "shared", "model_0.safetensors"), -1)
     bad = _cli("inspect", b)
