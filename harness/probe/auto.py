@@ -62,7 +62,9 @@ the first step of the process is ``s + 1``; ``s >= 1`` records a ``checkpoint.lo
   the newest checkpoint) and records ``auto.ambiguous_resume`` (a warning in the report).
 - A resume step beyond the last step this trial has reached (attempt 0 restoring anything but the
   initial state), or a baseline run that restores optimizer state: the script loaded a checkpoint
-  written by another run. Refused (``auto.error``).
+  written by another run. Refused (``auto.error``). Optimizer state means per-parameter state (Adam's
+  moments, SGD's momentum): loading a state dict without any (Accelerate's ``prepare`` reloads a fresh
+  optimizer's own state; plain SGD has none) is not taken as a restore by this check.
 
 Bad input is reported with an ``auto.error`` event (its message becomes the verdict's) and an
 ``AutoModeError`` raised into the script.
@@ -512,8 +514,12 @@ def install() -> AutoRecorder | None:
 
     @functools.wraps(orig_opt_load)
     def optimizer_load_state_dict(self, *args, **kwargs):
+        sd = args[0] if args else kwargs.get("state_dict")
+        # Only state that a step creates says "restored from a checkpoint": Accelerate's prepare() reloads
+        # a fresh optimizer's own (empty) state to move it to the device (AcceleratedOptimizer.__init__).
+        carries_state = not isinstance(sd, dict) or bool(sd.get("state"))
         out = orig_opt_load(self, *args, **kwargs)
-        auto.loaded(self, optimizer=True)
+        auto.loaded(self, optimizer=carries_state)
         return out
 
     torch.optim.Optimizer.load_state_dict = optimizer_load_state_dict

@@ -1,0 +1,53 @@
+"""Auto mode through DeepSpeed's engine and Accelerate's AcceleratedOptimizer: an unmodified script gets
+the verdict of its instrumented twin (the same file run with --probe, auto=False), with the same kill.
+
+The jobs are tests/support/scripts/plain_deepspeed.py (ZeRO-2, torch AdamW, gradient accumulation: the
+optimizer steps inside ``engine.step()``, over flat fp32 partitions) and plain_accelerate.py
+(``Accelerator(cpu=True)``, gradient accumulation: ``AcceleratedOptimizer.step`` skips while
+accumulating). Both save every 3 steps; a kill at step 7 resumes from step 6, mid-epoch.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+from harness.engine import run
+
+from support import SCRIPTS  # noqa: E402
+
+# find_spec, not importorskip: importing deepspeed at collection would slow every fast run down
+pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("deepspeed", "accelerate")),
+                                reason="needs deepspeed and accelerate (the [deepspeed] and [accelerate] extras)")
+
+
+def _trial(pool, tmp_path, script, args, **kwargs):
+    return run(os.path.join(SCRIPTS, script), script_args=list(args), plan="7", launcher=pool, baseline_runs=1,
+               timeout_s=300, out_dir=str(tmp_path / f"out{len(os.listdir(tmp_path))}"), **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, args, outcome", [
+    ("plain_deepspeed.py", [], "divergence"),  # DeepSpeed's checkpoint holds no RNG state
+    ("plain_deepspeed.py", ["--save-rng"], "bit_exact"),
+    ("plain_accelerate.py", [], "bit_exact"),
+    ("plain_accelerate.py", ["--bug", "skip"], "divergence"),  # the resumed epoch starts over
+])
+def test_unmodified_script_gets_the_verdict_of_its_instrumented_twin(pool, tmp_path, script, args, outcome):
+    auto = _trial(pool, tmp_path, script, args)
+    twin = _trial(pool, tmp_path, script, [*args, "--probe"], auto=False)
+    assert "--auto" in auto.replay and "--auto" not in twin.replay  # auto mode, and the twin through the probe
+    assert (auto.verdict, auto.outcome) == (twin.verdict, twin.outcome) == \
+        ("pass" if outcome == "bit_exact" else "fail", outcome), (auto.message, twin.message)
+    for result in (auto, twin):
+        a0, a1 = result.attempts
+        assert a0.fault is not None and a0.last_step == 7
+        assert (a1.first_step, a1.last_step) == (7, 16)  # resumed from the checkpoint of step 6
+    assert auto.attempts[1].resumed_from == 6  # inferred from the restored state
+    if outcome == "divergence":
+        da, dt = auto.first_divergence, twin.first_divergence
+        assert (da.step, da.rank, da.attempt) == (dt.step, dt.rank, dt.attempt) == (7, 0, 1)
+        want = {"batch", "loss"} if args == ["--bug", "skip"] else {"rng:torch", "rng:numpy", "loss"}
+        assert want <= set(da.fields) & set(dt.fields), (da.fields, dt.fields)
+    else:
+        assert auto.compared["final_tensors"] > 0 and twin.compared["final_tensors"] > 0
