@@ -319,7 +319,8 @@ class Checkpointer:
             hook(reg.models, weights, staging)
         tensors: dict = {}
         job.jobs += layout.rank_files(rank, reg.rank_state(self.step, tensors), tensors)
-        optimizers = strategy.optimizer_states(reg.optimizers, reg.models, rank)
+        # rank - writer: the writer is "rank 0" of its folder (save_on_each_node: replicated only; else writer == 0)
+        optimizers = strategy.optimizer_states(reg.optimizers, reg.models, rank - writer)
         if rank == writer:
             shared_tensors: dict = {}
             shared = reg.shared_state(self.step, auto_index, shared_tensors)
