@@ -258,11 +258,10 @@ class _ResumableIterable(IterableDataset):
     """Each worker's copy loads that worker's saved state (first iteration only) and, when resuming,
     yields one placeholder batch first if the round-robin must start at a later worker."""
 
-    def __init__(self, dataset, unit: int, control: torch.Tensor | None) -> None:
+    def __init__(self, dataset, unit: int) -> None:
         self.dataset = dataset
         self.unit = unit  # samples per batch (1 with batch_size=None)
-        self.control = control  # shared [epoch]: persistent workers see the current epoch
-        self.epoch = 0
+        self.epoch = 0  # of the next iteration: a persistent worker's copy counts on by itself
         self.states: dict | None = None
         self.ended: set = set()
         self.first_worker = 0
@@ -273,7 +272,7 @@ class _ResumableIterable(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         wid = info.id if info is not None else 0
-        epoch = int(self.control[0]) if self.control is not None else self.epoch
+        epoch, self.epoch = self.epoch, self.epoch + 1
         states, self.states = self.states, None
         ended, self.ended = self.ended, set()
         first_worker, self.first_worker = self.first_worker, 0
@@ -363,19 +362,21 @@ class ResumableDataLoader:
         self._next_worker = 0  # iterable: the worker the round-robin takes the next batch from
         self._ended: set[int] = set()  # iterable: workers whose iterator is exhausted in this epoch
         self._inner_generator = torch.Generator()
-        self._control = torch.zeros(1, dtype=torch.int64).share_memory_() if loader.num_workers else None
+        self._workers_epoch: int | None = None  # iterable, persistent workers: the epoch they iterated last
         batched = loader.batch_size is not None or (not self.iterable and loader.batch_sampler is not None)
         kwargs = dict(num_workers=loader.num_workers, pin_memory=loader.pin_memory, timeout=loader.timeout,
                       multiprocessing_context=loader.multiprocessing_context,
                       persistent_workers=loader.persistent_workers, generator=self._inner_generator)
+        if getattr(loader, "pin_memory_device", ""):
+            kwargs["pin_memory_device"] = loader.pin_memory_device
         if loader.num_workers > 0:
             kwargs["prefetch_factor"] = loader.prefetch_factor
             user_init = loader.worker_init_fn
             kwargs["worker_init_fn"] = _WorkerInit(user_init if (reseed_workers and not self.iterable) else None)
             if user_init is not None and (self.iterable or not reseed_workers):
-                kwargs["worker_init_fn"] = _chain(kwargs["worker_init_fn"], user_init)
+                kwargs["worker_init_fn"] = _Chained(kwargs["worker_init_fn"], user_init)
         if self.iterable:
-            self._wrapped = _ResumableIterable(dataset, loader.batch_size or 1, self._control)
+            self._wrapped = _ResumableIterable(dataset, loader.batch_size or 1)
             self.loader = DataLoader(self._wrapped, batch_size=loader.batch_size, drop_last=loader.drop_last,
                                      collate_fn=_IterableCollate(loader.collate_fn, loader.batch_size, loader.drop_last,
                                                                  self._wrapped), **kwargs)
@@ -424,8 +425,6 @@ class ResumableDataLoader:
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
         self._inner_generator.manual_seed(derive_seed(self.seed, "loader"))  # same worker seeds in every epoch
-        if self._control is not None:
-            self._control[0] = epoch
         if self.iterable:
             yield from self._iter_iterable(epoch, skip)
         else:
@@ -456,8 +455,10 @@ class ResumableDataLoader:
         self.epoch, self.position, self._epoch_start = epoch + 1, 0, None
 
     def _iter_iterable(self, epoch: int, skip: int):
-        if skip and self.original.persistent_workers:
-            self._drop_workers()  # their copies may have run ahead of what was delivered
+        if self.original.persistent_workers:
+            if skip or self._workers_epoch is None or epoch != self._workers_epoch + 1:
+                self._drop_workers()  # their copies ran ahead of what was delivered, or count another epoch
+            self._workers_epoch = epoch
         if not skip:
             self._start_epoch()
         self._wrapped.epoch = epoch
@@ -526,7 +527,9 @@ class ResumableDataLoader:
         self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
         self._drop_workers()  # workers hold copies of the old seed / dataset state
         if self.iterable:
-            self._worker_states = {int(w): s for w, s in state["worker_states"].items()}
+            # Copies: tensors read from a checkpoint may live in a mapped file, which workers started with
+            # spawn cannot receive (torch moves a tensor sent to a worker into shared memory).
+            self._worker_states = {int(w): copy.deepcopy(s) for w, s in state["worker_states"].items()}
             self._next_worker = int(state["next_worker"])
             self._ended = {int(w) for w in state["ended_workers"]}
             return
@@ -537,10 +540,6 @@ class ResumableDataLoader:
             self._epoch_start = None
             for g, saved in zip(self._generators, state["generators"]):
                 g.set_state(saved.clone())
-
-
-def _chain(first, second):
-    return _Chained(first, second)
 
 
 class _Chained:

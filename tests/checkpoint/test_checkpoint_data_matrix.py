@@ -84,6 +84,16 @@ def test_iterable_cell_resumes_exactly(tmp_path, batch_size, workers, persistent
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["map", "iterable"])
+def test_spawned_workers_resume_exactly(tmp_path, kind):
+    """Workers started with spawn get pickled copies of the wrappers (not forked ones)."""
+    if kind == "map":
+        _check(lambda: map_loader("random", 4, 2, True, multiprocessing_context="spawn"), tmp_path, "mid")
+    else:
+        _check(lambda: stream_loader(3, 2, False, multiprocessing_context="spawn"), tmp_path, "next")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,args", [
     ("map", ["random", "4", "2", "0"]),
     ("map", ["weighted", "None", "0", "0"]),

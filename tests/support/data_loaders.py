@@ -76,7 +76,7 @@ class Stream(IterableDataset):
         self.n = n
         self.epoch = 0
         self.pos = 0
-        self.gen = torch.Generator()
+        self.gen = None  # made in __iter__: a torch.Generator does not reach a spawned worker intact
         self._resume = None
 
     def set_epoch(self, epoch):
@@ -86,6 +86,8 @@ class Stream(IterableDataset):
         info = get_worker_info()
         wid, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         items = list(range(wid, self.n, workers))
+        if self.gen is None:
+            self.gen = torch.Generator()
         if self._resume is not None:
             self.pos, state = self._resume["pos"], self._resume["gen"]
             self.gen.set_state(state)
@@ -105,8 +107,8 @@ class Stream(IterableDataset):
         self._resume = state
 
 
-def stream_loader(batch_size: int | None, workers: int, persistent: bool) -> DataLoader:
-    return DataLoader(Stream(), batch_size=batch_size, num_workers=workers, persistent_workers=persistent)
+def stream_loader(batch_size: int | None, workers: int, persistent: bool, **extra) -> DataLoader:
+    return DataLoader(Stream(), batch_size=batch_size, num_workers=workers, persistent_workers=persistent, **extra)
 
 
 def seed_all(seed: int) -> None:
