@@ -567,7 +567,13 @@ def _project_configuration(config, project_dir) -> ProjectConfiguration:
     if config is None:
         return ProjectConfiguration(project_dir=project_dir)
     if not isinstance(config, ProjectConfiguration):
-        raise TypeError(f"project_config must be a ProjectConfiguration, got {type(config).__qualname__}")
+        fields = ("project_dir", "automatic_checkpoint_naming", "total_limit", "iteration")
+        if not all(hasattr(config, f) for f in fields):
+            raise TypeError(f"project_config must be a ProjectConfiguration, got {type(config).__qualname__}")
+        # Accelerate's own (a script that kept `from accelerate.utils import ProjectConfiguration`): copied
+        config = ProjectConfiguration(**{f: getattr(config, f) for f in fields},
+                                      logging_dir=getattr(config, "logging_dir", None),
+                                      save_on_each_node=bool(getattr(config, "save_on_each_node", False)))
     if project_dir is not None:
         if config.project_dir is None:
             config.set_directories(project_dir)

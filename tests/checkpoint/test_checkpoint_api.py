@@ -31,6 +31,10 @@ def test_project_dir_given_to_the_checkpointer_like_the_accelerator(tmp_path):
         Checkpointer(project_dir=tmp_path / "a", project_config=ProjectConfiguration(tmp_path / "b"))
     with pytest.raises(ValueError, match="needs a project_dir"):
         Checkpointer(ProjectConfiguration(automatic_checkpoint_naming=True)).save_state()
+    from accelerate.utils import ProjectConfiguration as AcceleratesOwn  # a script that kept its import: copied
+
+    theirs = Checkpointer(project_dir=tmp_path, project_config=AcceleratesOwn(total_limit=2, iteration=4))
+    assert (theirs.project_dir, theirs.project_configuration.total_limit, theirs.save_iteration) == (tmp_path, 2, 4)
 
 
 def test_accelerate_keywords_are_accepted(tmp_path):
