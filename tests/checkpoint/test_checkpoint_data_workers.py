@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, get_worker_info
 
 from harness.checkpoint import Checkpointer, ResumableDataLoader
-from tests.support.data_loaders import Augmented, seed_all, stream_loader
+from tests.support.data_loaders import Augmented, map_loader, seed_all, stream_loader
 
 pytestmark = pytest.mark.slow
 
@@ -206,3 +206,35 @@ def test_torchdata_custom_sampler(tmp_path, workers, batch_size, interrupt):
     expected, got = _interrupted(lambda: DataLoader(RandomPick(), batch_size=batch_size, sampler=CountingSampler(100),
                                                     num_workers=workers, collate_fn=identity), interrupt, tmp_path)
     assert got == expected
+
+
+@pytest.mark.parametrize("kind", ["map", "iterable"])
+def test_persistent_workers_continue_a_broken_off_epoch_and_follow_set_epoch(kind):
+    """In one process: break out mid-epoch and iterate again (the workers prefetched beyond the break), then
+    jump with set_epoch: the same batches as a loader that never broke off, and as a fresh one at that epoch."""
+    def make():
+        return map_loader("sequential", 4, 2, True) if kind == "map" else stream_loader(3, 2, True)
+
+    def epochs(loader, which):
+        out = []
+        for e in which:
+            loader.set_epoch(e)
+            out += [b.numpy().tobytes() for b in loader]
+        return out
+
+    seed_all(0)
+    want = epochs(ResumableDataLoader(make()), [0, 1])
+    seed_all(0)
+    loader = ResumableDataLoader(make())
+    got = []
+    for b in loader:
+        got.append(b.numpy().tobytes())
+        if len(got) == 2:
+            break
+    got += [b.numpy().tobytes() for b in loader]  # the rest of epoch 0
+    got += epochs(loader, [1])
+    assert got == want
+    seed_all(0)
+    fresh = ResumableDataLoader(make())
+    fresh.set_epoch(4)
+    assert epochs(loader, [4]) == [b.numpy().tobytes() for b in fresh]
