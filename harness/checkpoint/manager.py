@@ -156,6 +156,29 @@ class Checkpointer:
         self._load_hooks[handle.id] = hook
         return handle
 
+    def skip_first_batches(self, dataloader, num_batches: int = 0):
+        """Accelerate's resume recipe, kept so the swap is one line: a prepared loader is already positioned.
+
+        After `load_state` the loader resumes where the checkpoint left it, so `num_batches` equal to its
+        restored position (or 0) returns it unchanged. A loader still at the start of its epoch (nothing
+        restored, e.g. a converted Accelerate checkpoint) is moved to `num_batches`, skipping at the index
+        level. Any other number would skip twice or not at all: it raises.
+        """
+        if not isinstance(num_batches, int) or num_batches < 0:
+            raise ValueError(f"num_batches must be an integer >= 0, got {num_batches!r}")
+        position = getattr(dataloader, "position", None)
+        if num_batches == 0 or position == num_batches:
+            return dataloader
+        if position is None or not hasattr(dataloader, "load_state_dict"):
+            raise TypeError(f"skip_first_batches: a {type(dataloader).__name__} is not a loader returned by "
+                            "prepare(); prepare it, and its position is restored by load_state")
+        if position != 0:
+            raise ValueError(f"skip_first_batches({num_batches}): the loader was restored at batch {position} of its "
+                             "epoch by load_state; skipping again would lose data. Drop the call (the prepared "
+                             "loader resumes by itself) or pass its position")
+        dataloader.load_state_dict({**dataloader.state_dict(), "position": num_batches})
+        return dataloader
+
     # -- save -------------------------------------------------------------------------------------
 
     def save_model(self, model: torch.nn.Module, save_directory: str | os.PathLike, max_shard_size: int | str = "10GB",

@@ -85,3 +85,33 @@ def test_registration_is_all_or_nothing(monkeypatch):
     with pytest.raises(RegistrationError, match=r"Item at index 2, `DataLoader`: cannot resume this loader"):
         ckpt.prepare(net, None, loader)
     assert ckpt._registry.counts()["models"] == 0  # net was not registered either
+
+
+def test_skip_first_batches_follows_accelerates_recipe(tmp_path):
+    """Accelerate's resume recipe after the swap: no double skip, a fresh loader is moved, a mismatch raises."""
+    from harness.checkpoint import Checkpointer
+
+    def loader():
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(12)), batch_size=2)
+
+    ckpt = Checkpointer()
+    dl = ckpt.prepare(loader())
+    it = iter(dl)
+    first = [next(it)[0].tolist() for _ in range(3)]
+    ckpt.save_state(tmp_path / "c")
+    rest = [b[0].tolist() for b in it]
+
+    resumed = Checkpointer()
+    dl2 = resumed.prepare(loader())
+    resumed.load_state(tmp_path / "c")
+    assert resumed.skip_first_batches(dl2, 3) is dl2
+    assert [b[0].tolist() for b in dl2] == rest
+    with pytest.raises(ValueError, match="restored at batch 3"):
+        other = Checkpointer()
+        dl3 = other.prepare(loader())
+        other.load_state(tmp_path / "c")
+        other.skip_first_batches(dl3, 2)
+
+    fresh = Checkpointer().skip_first_batches(Checkpointer().prepare(loader()), 3)
+    assert [b[0].tolist() for b in fresh] == rest
+    assert first == [[0, 1], [2, 3], [4, 5]]

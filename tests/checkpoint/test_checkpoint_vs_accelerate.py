@@ -218,9 +218,6 @@ def test_three_ranks_ddp_reduction_order(pool, tmp_path):
                           _state(run["pinned-full"], "final-full", rank)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="Checkpointer refuses Accelerate's own ProjectConfiguration with "
-                   "'project_config must be a ProjectConfiguration, got ProjectConfiguration': a script that "
-                   "keeps `from accelerate.utils import ProjectConfiguration` needs a second line changed")
 def test_accelerate_project_configuration_is_accepted(tmp_path):
     from accelerate.utils import ProjectConfiguration as AccelerateProjectConfiguration
 
