@@ -14,8 +14,8 @@ README, "Resuming on a different world size"). What makes the training world-siz
 
 What it records for the elastic oracle: per step, the sample indices of its slices (``samples``: per
 micro-batch, space-separated, micro-batches separated by ``;``), the data position, the accumulation counter, the scheduler state; after a resume, the state
-it restored (``probe.restored``). Under FSDP it records full (gathered) tensors, not its shards, so
-that the digests do not depend on the world size.
+it restored (``probe.restored``). Under FSDP2 and DeepSpeed ZeRO 1-2 it records full (gathered)
+tensors, not its shards or partitions, so that the digests do not depend on the world size.
 
 Default sizes: 192 samples, global batch 24, so 8 global batches per epoch; accum 2: 4 optimizer
 steps per epoch, 24 steps = 6 epochs; a checkpoint every 5 steps.
@@ -74,6 +74,44 @@ class _FullOptimizer:
         return self._sd
 
 
+def _gathered(part: torch.Tensor, numel: int) -> torch.Tensor:
+    """The full flat tensor of a ZeRO group from every rank's equal-size partition (padding dropped). Collective."""
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(part) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, part.detach().contiguous())
+    return torch.cat(parts)[:numel]
+
+
+class _ZeROFull:
+    """What the probe hashes under DeepSpeed ZeRO 1-2: the module's (full) parameters, each fp32 master group
+    gathered from its partitions, and the base optimizer's state of each group gathered likewise, so that the
+    digests do not depend on the data-parallel size. Collective."""
+
+    def __init__(self, engine, optimizer) -> None:
+        zero = engine.optimizer
+        numels = [sum(p.numel() for p in group) for group in zero.bit16_groups]
+        self._sd = {n: p.detach() for n, p in engine.module.named_parameters()}
+        state = {}
+        for g, (part, n) in enumerate(zip(zero.single_partition_of_fp32_groups, numels)):
+            self._sd[f"master_{g}"] = _gathered(part, n)
+            st = optimizer.state.get(part, {})
+            state[g] = {k: _gathered(v, n) if isinstance(v, torch.Tensor) and v.dim() else v for k, v in sorted(st.items())}
+        groups = [{**{k: v for k, v in grp.items() if k != "params"}, "params": [g]}
+                  for g, grp in enumerate(optimizer.param_groups)]
+        self._opt = {"state": state, "param_groups": groups}
+        self.param_groups = [{"params": []} for _ in groups]
+
+    def named_parameters(self):
+        return iter(self._sd.items())
+
+    def named_buffers(self):
+        return iter(())
+
+    def state_dict(self):
+        return self._opt
+
+
 class Elastic(Scenario):
     """The default MLP with an elastic data order (ElasticSampler) and no per-rank randomness: resumes on any world size."""
 
@@ -110,15 +148,25 @@ class Elastic(Scenario):
                            **self._position(run))
 
     @staticmethod
+    def _zero_full(run: Run):
+        if run.strategy in ("deepspeed-zero1", "deepspeed-zero2"):
+            view = _ZeROFull(run.model, run.optimizer)  # one gather serves the model and the optimizer
+            run.extras["zero_full"] = view
+            return view
+        return None
+
+    @staticmethod
     def _probe_model(run: Run):
         if run.strategy == "fsdp":
             return _FullModel(run.model)
-        return Scenario._probe_model(run)
+        return Elastic._zero_full(run) or Scenario._probe_model(run)
 
     @staticmethod
     def _probe_optimizer(run: Run):
         if run.strategy == "fsdp":
             return _FullOptimizer(run.model, run.optimizer)
+        if run.strategy in ("deepspeed-zero1", "deepspeed-zero2"):
+            return run.extras.pop("zero_full")  # built by _probe_model, called just before
         return Scenario._probe_optimizer(run)
 
 

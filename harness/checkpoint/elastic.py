@@ -15,7 +15,8 @@ What a rank restores when the world size changed (saved by S ranks, loaded on W)
 
     model, optimizer     the strategy reshards: replicated (DDP / one process) files are full state dicts,
                          every rank loads them; FSDP2 sharded state dicts load onto the new mesh through
-                         DCP; DeepSpeed ZeRO is refused (`strategy.py`).
+                         DCP; DeepSpeed ZeRO 1-2 goes through DeepSpeed's universal checkpoint (converted on
+                         load); ZeRO 0 and 3 are refused (`strategy.py`).
     schedulers, step,    replicated (shared/): the same on every world size.
     replicated custom
     data position        per rank; an elastic loader's is global. Rank r reads saved rank `source_rank(r)`

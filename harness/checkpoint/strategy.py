@@ -13,8 +13,8 @@ for every strategy.
                         is gathered on rank 0 and written in the replicated layout (DDP can load it).
                         Both load on another world size (DCP reshards onto the new 1-D mesh).
     DeepSpeedStrategy   a DeepSpeed engine (ZeRO 0-3): the engine's own `save_checkpoint` writes
-                        model and optimizer into `deepspeed/<tag>/` (torch.save pickles). Refused on
-                        another world size (no universal-checkpoint conversion).
+                        model and optimizer into `deepspeed/<tag>/` (torch.save pickles). On another
+                        world size (ZeRO 1-2): converted to DeepSpeed's universal checkpoint, loaded.
 
 `detect()` picks the strategy from the prepared models. Data crosses the boundary frozen
 (`StrategyInfo`, `SaveContext`, `NativeFiles`); what a backend writes itself is hashed and listed
@@ -409,7 +409,12 @@ class DeepSpeedStrategy(Strategy):
         probe.point("checkpoint.write", file=f"{DEEPSPEED_DIR}/")
         # save_latest=False: DeepSpeed's own `latest` is written without a barrier and could name a
         # half-written tag; ours is written below, inside the staging folder, committed with the rest.
-        self.engine.save_checkpoint(folder, tag=DEEPSPEED_TAG, client_state={}, save_latest=False)
+        # universal_checkpoint_info: what ds_to_universal needs to convert it on another world size.
+        from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                    UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
+        self.engine.save_checkpoint(folder, tag=DEEPSPEED_TAG, save_latest=False, client_state={
+            UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}})
         extra = []
         if ctx.rank == 0:
             size, digest = files.write_bytes(os.path.join(folder, "latest"), DEEPSPEED_TAG.encode())
@@ -422,17 +427,18 @@ class DeepSpeedStrategy(Strategy):
         return NativeFiles(tuple(extra) + _hash_owned(ctx.staging, DEEPSPEED_DIR, owned))
 
     def check_compatible(self, path, saved, saved_world, world_size):
-        if saved_world != world_size:
+        if saved_world != world_size and (saved.zero_stage not in UNIVERSAL_STAGES or self.stage != saved.zero_stage):
             probe.point("checkpoint.cannot_reshard", strategy=DEEPSPEED, saved_world=saved_world, world_size=world_size,
-                        reason="DeepSpeed ZeRO files are partitioned per data-parallel rank; no universal-checkpoint "
-                               "conversion")
+                        reason=f"ZeRO stage {saved.zero_stage} loaded with stage {self.stage}; the harness converts to "
+                               f"DeepSpeed's universal checkpoint only for stages {UNIVERSAL_STAGES}, unchanged")
             raise IncompatibleCheckpointError(
                 f"{path}: saved by {saved_world} rank(s) ({saved.describe()}), loading on {world_size} "
-                f"({self.info().describe()}): the DeepSpeed strategy cannot reshard: its ZeRO files are partitioned "
-                "per data-parallel rank, and the harness does not convert them to DeepSpeed's universal checkpoint "
-                f"(python -m deepspeed.checkpoint.ds_to_universal --input_folder {os.path.join(path, DEEPSPEED_DIR, saved.tag or DEEPSPEED_TAG)} "
-                "--output_folder OUT, then load OUT with the engine config checkpoint.load_universal=true, outside "
-                f"the harness's checkpointer); resume with the same world size ({saved_world})")
+                f"({self.info().describe()}): the DeepSpeed strategy cannot reshard this: the harness converts a ZeRO "
+                f"checkpoint to DeepSpeed's universal checkpoint only for ZeRO stages {UNIVERSAL_STAGES} (the same "
+                f"stage on both sides); resume with the same world size ({saved_world}), or convert it yourself "
+                f"(python -m deepspeed.checkpoint.ds_to_universal --input_folder "
+                f"{os.path.join(path, DEEPSPEED_DIR, saved.tag or DEEPSPEED_TAG)} --output_folder OUT) and load OUT with "
+                "the engine config checkpoint.load_universal=true, outside the harness's checkpointer")
         if saved.layout != DEEPSPEED:
             raise _incompatible(path, saved, self.info())
         if saved.zero_stage != self.stage:
@@ -449,7 +455,8 @@ class DeepSpeedStrategy(Strategy):
                                          f"{DEEPSPEED_DIR}/{tag}/; this checkpoint cannot be loaded")
         own = [r for r in in_tag if (m := _DS_RANK.search(os.path.basename(r.path))) and int(m.group(1)) == rank
                and "optim_states" in r.path]
-        if self.stage > 0 and not own:
+        resharded = saved.mesh is not None and saved.mesh[0] != world_size  # converted: every file is read on rank 0
+        if self.stage > 0 and not own and not resharded:
             raise CorruptCheckpointError(f"{path}: the manifest lists no optimizer file of rank {rank} "
                                          f"(zero_pp_rank_{rank}_*optim_states.pt) in {DEEPSPEED_DIR}/{tag}/")
         _verify_share(path, records, rank, world_size)
@@ -458,11 +465,83 @@ class DeepSpeedStrategy(Strategy):
         if not models:  # a load pre-hook took the engine
             return
         tag = saved.tag or DEEPSPEED_TAG
+        import torch.distributed as dist
+
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if saved.mesh is not None and saved.mesh[0] != world:
+            self._load_universal(path, tag, group)
+            return
         loaded, _ = self.engine.load_checkpoint(os.path.join(path, DEEPSPEED_DIR), tag=tag,
                                                 load_optimizer_states=True, load_lr_scheduler_states=False)
         if loaded is None:
             raise CorruptCheckpointError(f"{path}: DeepSpeed's load_checkpoint could not load tag {tag!r} from "
                                          f"{DEEPSPEED_DIR}/ (see its log above)")
+
+
+    def _load_universal(self, path: str, tag: str, group) -> None:
+        """Another data-parallel size: rank 0 converts the (verified) tag folder into DeepSpeed's universal
+        checkpoint in a temporary sibling folder of the checkpoint; every rank loads it, then it is removed."""
+        import shutil
+        import tempfile
+
+        import torch.distributed as dist
+
+        multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        rank = dist.get_rank() if multi else 0
+        msg: list = [None, None]  # [universal folder, error]
+        if rank == 0:
+            try:
+                tmp = tempfile.mkdtemp(prefix=".harness-universal-", dir=os.path.dirname(os.path.abspath(path)))
+                msg[0] = os.path.join(tmp, tag)
+                _ds_to_universal(os.path.join(path, DEEPSPEED_DIR, tag), msg[0])
+            except Exception as e:  # noqa: BLE001 - reported on every rank below
+                msg[1] = f"{type(e).__name__}: {e}"
+        if multi:
+            dist.broadcast_object_list(msg, src=0, group=group)
+        out, error = msg
+        try:
+            if error is not None:
+                raise IncompatibleCheckpointError(
+                    f"{path}: converting {DEEPSPEED_DIR}/{tag} to DeepSpeed's universal checkpoint (to load it on "
+                    f"another world size) failed on rank 0: {error}; a checkpoint saved before the harness recorded "
+                    "universal_checkpoint_info cannot be converted: resume with the world size that saved it")
+            config = self.engine._config
+            config.load_universal_checkpoint = True
+            try:
+                loaded, _ = self.engine.load_checkpoint(os.path.dirname(out), tag=tag, load_optimizer_states=True,
+                                                        load_lr_scheduler_states=False)
+            finally:
+                config.load_universal_checkpoint = False
+            if loaded is None:
+                raise CorruptCheckpointError(f"{path}: DeepSpeed could not load the universal checkpoint converted "
+                                             f"from {DEEPSPEED_DIR}/{tag} (see its log above)")
+        finally:
+            if multi:
+                dist.barrier(group=group)
+            if rank == 0 and out is not None:
+                shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+
+
+UNIVERSAL_STAGES = (1, 2)  # ZeRO stages whose checkpoints the harness converts to DeepSpeed's universal checkpoint
+
+
+def _ds_to_universal(src: str, out: str) -> None:
+    """DeepSpeed's ds_to_universal, in this process, without worker processes."""
+    import contextlib
+    import io
+    import sys
+
+    from deepspeed.checkpoint import ds_to_universal as conv
+
+    argv = sys.argv
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress report
+        try:
+            sys.argv = ["ds_to_universal", "--input_folder", src, "--output_folder", out, "--num_extract_workers", "1",
+                        "--num_merge_workers", "1"]
+            args = conv.parse_arguments()
+        finally:
+            sys.argv = argv
+        conv.main(args)
 
 
 # -- shared helpers -------------------------------------------------------------------------------

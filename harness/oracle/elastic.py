@@ -159,7 +159,7 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
                     f"{info.get('strategy')!r} cannot reshard a checkpoint saved by {info.get('saved_world')} rank(s) "
                     f"({info.get('reason')}); nothing of the elastic resume could be checked",
                     hint=f"resume with --resume-nproc {nproc} (the same world size), or use a strategy that reshards "
-                         "(ddp, fsdp)")
+                         "(ddp, fsdp, deepspeed-zero1/2)")
     attempts = trial.attempts()
     if not attempts:
         return done("error", Outcome.ERROR, "the trial recorded no trace row: did its ranks start? See attempt0/rank*.log")

@@ -125,20 +125,25 @@ def test_an_elastic_checkpoint_loads_on_another_world_size_and_says_what_it_rest
     assert ckpt._registry.dataloaders[0].position == 1
 
 
-def test_deepspeed_cannot_reshard_and_says_so_by_name():
+@pytest.mark.parametrize("stage", [0, 3])
+def test_deepspeed_reshards_zero_1_and_2_only_and_says_so_by_name(stage):
     class Engine:  # what DeepSpeedStrategy reads of an engine
         dp_world_size = 1
 
         def zero_optimization_stage(self):
-            return 1
+            return stage
 
         save_checkpoint = load_checkpoint = None
 
     st = strategy.DeepSpeedStrategy(Engine())
-    saved = StrategyInfo("deepspeed", "deepspeed", (2,), 1, "state")
+    saved = StrategyInfo("deepspeed", "deepspeed", (2,), stage, "state")
     with pytest.raises(IncompatibleCheckpointError,
-                       match=r"ck: saved by 2 rank\(s\) \(DeepSpeed ZeRO stage 1 \(data-parallel size 2\)\), loading on 1 "
-                             r".*the DeepSpeed strategy cannot reshard.*ds_to_universal --input_folder ck/deepspeed/state"
-                             r".*resume with the same world size \(2\)"):
+                       match=rf"ck: saved by 2 rank\(s\) \(DeepSpeed ZeRO stage {stage} \(data-parallel size 2\)\), loading "
+                             r"on 1 .*the DeepSpeed strategy cannot reshard this.*only for ZeRO stages \(1, 2\).*resume "
+                             r"with the same world size \(2\).*ds_to_universal --input_folder ck/deepspeed/state"):
         st.check_compatible("ck", saved, 2, 1)
-    st.check_compatible("ck", StrategyInfo("deepspeed", "deepspeed", (1,), 1, "state"), 1, 1)  # same size: fine
+    st.check_compatible("ck", StrategyInfo("deepspeed", "deepspeed", (1,), stage, "state"), 1, 1)  # same size: fine
+    for ok in (1, 2):  # converted to DeepSpeed's universal checkpoint on load (tests/harness/engine/test_elastic_trials.py)
+        Engine.zero_optimization_stage = lambda self, s=ok: s
+        strategy.DeepSpeedStrategy(Engine()).check_compatible("ck", StrategyInfo("deepspeed", "deepspeed", (2,), ok,
+                                                                                 "state"), 2, 1)

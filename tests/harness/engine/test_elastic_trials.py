@@ -22,7 +22,8 @@ def trial(pool, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc,resume,strategy", [(2, 1, None), (1, 2, None), (4, 2, None), (3, 2, None),
-                                                   (2, 1, "fsdp"), (2, 3, "fsdp")])
+                                                   (2, 1, "fsdp"), (2, 3, "fsdp"), (2, 1, "deepspeed-zero1"),
+                                                   (1, 2, "deepspeed-zero2")])
 def test_elastic_resume_passes_with_the_elastic_wording(trial, nproc, resume, strategy):
     result = trial(nproc=nproc, resume_nproc=resume, strategy=strategy)
     assert (result.verdict, result.outcome) == ("pass", "elastic_pass"), result.message
@@ -52,10 +53,10 @@ def test_a_scenario_whose_data_order_is_not_elastic_is_reported_so_never_exact(t
 
 
 @pytest.mark.slow
-def test_deepspeed_cannot_reshard_and_the_trial_says_so(trial):
-    result = trial(nproc=2, resume_nproc=1, strategy="deepspeed-zero1")
+def test_deepspeed_zero0_cannot_reshard_and_the_trial_says_so(trial):
+    result = trial(nproc=2, resume_nproc=1, strategy="deepspeed-zero0")
     assert (result.verdict, result.outcome) == ("error", "error"), result.message
-    assert "strategy 'deepspeed' cannot reshard a checkpoint saved by 2 rank(s)" in result.message
+    assert "strategy 'deepspeed' cannot reshard a checkpoint saved by 2 rank(s) (ZeRO stage 0" in result.message
 
 
 def test_bad_elastic_arguments_are_usage_errors(tmp_path):
