@@ -147,3 +147,39 @@ def test_deepspeed_reshards_zero_1_and_2_only_and_says_so_by_name(stage):
         Engine.zero_optimization_stage = lambda self, s=ok: s
         strategy.DeepSpeedStrategy(Engine()).check_compatible("ck", StrategyInfo("deepspeed", "deepspeed", (2,), ok,
                                                                                  "state"), 2, 1)
+
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "scripts",
+                      "elastic_job.py")
+
+
+def _launch(pool, tmp_path, mode: str, world: int, tag: str) -> list[dict]:
+    from harness.launch import LaunchSpec
+
+    out = tmp_path / f"{tag}-"
+    result = pool.launch(LaunchSpec(nproc=world, log_dir=str(tmp_path / f"logs-{tag}"), script=SCRIPT,
+                                    args=(mode, str(tmp_path / "ck"), str(out)), timeout_s=120))
+    assert result.ok, [(tmp_path / f"logs-{tag}" / f"rank{r}.log").read_text()[-2000:] for r in range(world)]
+    return [json.loads((tmp_path / f"{tag}-{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("saved,loaded", [(2, 3), (3, 2)])
+def test_per_rank_state_on_another_world_size(pool, tmp_path, saved, loaded):
+    """Ranks that existed restore their own RNG streams and per-rank objects exactly; a new rank takes rank 0's
+    per-rank objects and data position, and re-derives its RNG streams (reproducibly, unlike any saved rank's)."""
+    before = _launch(pool, tmp_path, "save", saved, "save")
+    saved_draws = {r["rank"]: r["draws"] for r in before}  # drawn right after the save: what a restore continues
+    after = _launch(pool, tmp_path, "load", loaded, "load")
+    again = _launch(pool, tmp_path, "load", loaded, "again")
+    assert {r["position"] for r in after} == {2} and {r["weight"] for r in after} == {before[0]["weight"]}
+    for r in after:
+        if r["rank"] < saved:
+            assert r["draws"] == saved_draws[r["rank"]] and r["per_rank"] == 100 + r["rank"]
+            assert "RNG streams restored from its own saved streams" in r["warning"][0]
+        else:
+            assert r["per_rank"] == 100 and r["draws"] == again[r["rank"]]["draws"]
+            assert all(x != y for s in saved_draws.values() for x, y in zip(r["draws"], s))
+            assert "re-derived from (step, rank)" in r["warning"][0] and "from saved rank 0" in r["warning"][0]
+    if loaded < saved:
+        assert f"the streams of saved rank(s) {list(range(loaded, saved))} are dropped" in after[0]["warning"][0]
