@@ -14,9 +14,10 @@ sampler drew the epoch's order from. On resume the consumed units are skipped at
   `WeightedRandomSampler`, `SubsetRandomSampler`, custom ones using torch, `random` or numpy): the
   global torch/python/numpy states at the start of each epoch are recorded, and a mid-epoch resume
   replays the epoch's order from them. The sampler's first index is drawn from the live global
-  streams, as torch does (an uninterrupted run yields what a plain DataLoader yields); any later
-  draws come from a private copy, so a sampler drawing lazily resumes exactly too. A generator the
-  sampler or the loader holds is recorded and replayed the same way;
+  streams, as torch does (an uninterrupted run yields what a plain DataLoader yields); a sampler
+  that is not one of torch's (which draw only there) has its later pulls run on a private copy of
+  the streams, so one drawing lazily resumes exactly too. A generator the sampler or the loader
+  holds is recorded and replayed the same way;
 - with `num_workers > 0`, each batch is produced with the worker's python/numpy/torch RNGs seeded
   from (seed, epoch, batch index, and what the user's `worker_init_fn` left in them), and batch b
   always runs on worker b % num_workers: augmentation inside workers is a function of the batch's
