@@ -151,7 +151,8 @@ _DRAW_ONLY_FIRST = (SequentialSampler, RandomSampler, WeightedRandomSampler, Sub
 def _draws_only_first(units) -> bool:
     if type(units) is BatchSampler:
         units = units.sampler
-    return type(units) in _DRAW_ONLY_FIRST
+    # The harness's own samplers (elastic.py) draw from generators seeded per epoch, never the global RNGs.
+    return type(units) in _DRAW_ONLY_FIRST or type(units).__module__.startswith("harness.checkpoint.")
 
 
 def _isolated(units, replay: dict | None, isolate: bool):
