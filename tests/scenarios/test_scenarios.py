@@ -22,7 +22,7 @@ from harness.scenarios import BUILTIN
 from harness.scenarios._common import epoch_table
 from harness.scenarios.buggy import EXPECTED
 
-CORRECT = ["default", "transformer_lm", "workers", "bf16", "ema"]
+CORRECT = ["default", "transformer_lm", "workers", "bf16", "ema", "elastic"]
 BUGGY = sorted(EXPECTED)
 
 
@@ -161,6 +161,7 @@ CORRECT_PLANS = [
     ("bf16", "12"),
     ("ema", "12"),
     pytest.param("ema", "16", marks=pytest.mark.slow),
+    pytest.param("elastic", "12", marks=pytest.mark.slow),  # same world size: bit-exact (--resume-nproc: elsewhere)
 ]
 
 
