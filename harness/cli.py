@@ -225,6 +225,9 @@ def _run(args, script_args: list[str]) -> int:
         return _usage_error(f"--nproc {args.nproc} is not a multiple of --nnodes {args.nnodes}", args.json)
     if args.inline and not args.save_repro:
         return _usage_error("--inline needs --save-repro FILE", args.json)
+    if args.save_repro and args.resume_nproc is not None and args.resume_nproc != args.nproc:
+        return _usage_error("--save-repro does not record --resume-nproc (an elastic trial) yet: its report would "
+                            "replay on one world size; rerun it with the replay command instead", args.json)
     if args.save_repro:
         from harness.repro import ReproError, check_inline_target
 
