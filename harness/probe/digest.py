@@ -370,7 +370,7 @@ def leaves(obj: Any) -> Iterator[tuple[str, Any]]:
 _U64 = struct.Struct("<Q").pack
 _NO_BYTES = _U64(0)
 _TENSOR_HEADS: dict = {}  # (dtype, shape) -> b"T" + the length-prefixed "<dtype> <shape>"
-_PLAIN_TENSOR_TYPES: tuple = ()
+_PLAIN_TENSOR_TYPES: frozenset = frozenset()  # torch.Tensor and Parameter, once a tensor was seen
 _STRIDED = None
 
 
@@ -397,15 +397,20 @@ def _tensor_head(t) -> bytes:
     return head
 
 
-def _plain_cpu_record(t) -> bytes | None:
-    """The record of a plain, contiguous CPU tensor, hashed in place (None: take the general path)."""
+def _plain_types() -> frozenset:
     global _PLAIN_TENSOR_TYPES, _STRIDED
     if not _PLAIN_TENSOR_TYPES:
         import torch
 
-        _PLAIN_TENSOR_TYPES, _STRIDED = (torch.Tensor, torch.nn.Parameter), torch.strided
-    if (type(t) not in _PLAIN_TENSOR_TYPES or not t.is_cpu or t.layout is not _STRIDED or t.is_quantized
-            or not t.is_contiguous() or t.is_conj() or t.is_neg()):
+        _PLAIN_TENSOR_TYPES, _STRIDED = frozenset((torch.Tensor, torch.nn.Parameter)), torch.strided
+    return _PLAIN_TENSOR_TYPES
+
+
+def _plain_cpu_record(t) -> bytes | None:
+    """The record of a contiguous CPU tensor of a plain tensor type, hashed in place (None: take the
+    general path)."""
+    if (not t.is_cpu or t.layout is not _STRIDED or t.is_quantized or not t.is_contiguous() or t.is_conj()
+            or t.is_neg()):
         return None
     nbytes = t.nbytes
     if not nbytes:
@@ -414,7 +419,8 @@ def _plain_cpu_record(t) -> bytes | None:
 
 
 def _leaf_record(path: str, leaf) -> bytes:
-    if is_tensor(leaf):
+    cls = type(leaf)
+    if cls in _PLAIN_TENSOR_TYPES or (is_tensor(leaf) and cls in _plain_types()):
         record = _plain_cpu_record(leaf)
         if record is not None:
             return record
@@ -465,9 +471,12 @@ def digest(obj: Any) -> str:
     return xxhash.xxh3_128(b"".join([_record(path, hpath, leaf) for path, hpath, leaf in _walk(obj)])).hexdigest()
 
 
+_ROOT_PATH = _lp(b"")
+
+
 def tensor_digest(t) -> str:
     """``digest(t)`` of a tensor."""
-    return xxhash.xxh3_128(_record("", "", t)).hexdigest()
+    return xxhash.xxh3_128(_ROOT_PATH + _leaf_record("", t)).hexdigest()
 
 
 def combine(digests: Mapping[str, str]) -> str:
@@ -584,17 +593,36 @@ def optimizer_record(optimizer, model=None) -> dict:
         p = param_of.get(key) if isinstance(key, (int, str)) else None
         label[c] = (names.get(id(p), c) if p is not None else c), isinstance(value, Mapping) and bool(value)
 
-    records = []
+    records: list = []
     entries: dict = {}  # entry -> its records
-    for path, hpath, leaf in _walk(sd):
-        rec = _record(path, hpath, leaf)
-        records.append(rec)
-        if path.startswith("state/"):
-            parts = path.split("/", 3)
-            name_per_key = label.get(parts[1])
-            if name_per_key is not None:
-                name, per_key = name_per_key
-                entries.setdefault(f"{name} {parts[2]}" if per_key else name, []).append(rec)
+    if _kind(sd) == _MAPPING and sd:
+        # The walk of digest(sd), one level at a time, so that each entry's records come without
+        # parsing their paths (no dataclass above these levels: the hashed paths are the paths).
+        for c, key in _dict_items(sd, ""):
+            value = sd[key]
+            if c != "state" or _kind(value) != _MAPPING or not value:
+                records += [_record(p, h, leaf) for p, h, leaf in _walk(value, c, c)]
+                continue
+            for sc, skey in _dict_items(value, "state"):
+                name, per_key = label[sc]
+                sub, spath = value[skey], "state/" + sc
+                if per_key and _kind(sub) == _MAPPING:
+                    for kc, kkey in _dict_items(sub, spath):
+                        kpath, leaf = f"{spath}/{kc}", sub[kkey]
+                        if _KINDS.get(type(leaf)) == _LEAF:  # a tensor or a number: Adam's moments, its step
+                            rec = _record(kpath, kpath, leaf)
+                            records.append(rec)
+                            entries.setdefault(f"{name} {kc}", []).append(rec)
+                            continue
+                        recs = [_record(p, h, leaf) for p, h, leaf in _walk(leaf, kpath, kpath)]
+                        records += recs
+                        entries.setdefault(f"{name} {kc}", []).extend(recs)
+                else:
+                    recs = [_record(p, h, leaf) for p, h, leaf in _walk(sub, spath, spath)]
+                    records += recs
+                    entries.setdefault(name, []).extend(recs)
+    else:
+        records = [_record(p, h, leaf) for p, h, leaf in _walk(sd)]
     return {"digest": xxhash.xxh3_128(b"".join(records)).hexdigest(), "groups": groups,
             "state": {entry: xxhash.xxh3_128(b"".join(recs)).hexdigest() for entry, recs in entries.items()}}
 

@@ -12,8 +12,9 @@ import os
 import signal as _signal
 import threading
 import time
+from dataclasses import fields
 
-from harness.trace_schema import SCHEMA_VERSION, FaultRow, Row, StartRow, rank_trace_file, row_to_json
+from harness.trace_schema import SCHEMA_VERSION, FaultRow, Row, StartRow, rank_trace_file
 
 
 def _determinism() -> dict | None:
@@ -70,7 +71,7 @@ class Recorder:
         return self._hasher
 
     def write(self, row: Row) -> None:
-        data = (json.dumps(row_to_json(row), separators=(",", ":"), allow_nan=False) + "\n").encode()
+        data = (json.dumps(_row_json(row), separators=(",", ":"), allow_nan=False) + "\n").encode()
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view):]
@@ -97,6 +98,21 @@ class Recorder:
             _signal.pthread_kill(threading.main_thread().ident, _signal.SIGTERM)
         else:
             raise InjectedFault(f"resume-harness: injected fault {fault.format()} on rank {self.rank} at {where}")
+
+
+_FIELD_NAMES: dict = {}  # row class -> its field names but ``kind``
+
+
+def _row_json(row: Row) -> dict:
+    """``row_to_json(row)`` without its deep copy (``dataclasses.asdict``), which costs more than the
+    JSON encoding of a step row: rows hold plain JSON values, and the object is encoded at once."""
+    names = _FIELD_NAMES.get(type(row))
+    if names is None:
+        names = _FIELD_NAMES[type(row)] = tuple(f.name for f in fields(row) if f.name != "kind")
+    out = {"kind": row.kind}
+    for name in names:
+        out[name] = getattr(row, name)
+    return out
 
 
 _recorder: Recorder | None | bool = None  # None: env not read yet; False: disabled

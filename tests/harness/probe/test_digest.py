@@ -306,6 +306,39 @@ def test_optimizer_record_without_a_model_uses_the_state_keys():
     assert D.optimizer_record(opt, other)["state"] == rec["state"]
 
 
+def test_optimizer_record_state_entries_are_the_records_of_their_leaves():
+    """Each entry digest hashes the records that digest(state_dict) hashes under that entry's path, for
+    any state layout: str keys (FQNs), nested or non-dict values, numpy scalars, empty containers."""
+    import xxhash
+
+    p = torch.nn.Parameter(torch.ones(2))
+
+    class Opt:
+        param_groups = [{"params": [p]}]
+
+        def state_dict(self):
+            return {"state": {"w": {"exp_avg": torch.arange(3.0), "step": 3, "nested": {"x": [1, (2.5,)]},
+                                    "np": np.float32(2), "t": torch.ones(2, 3).t(), "e": []},
+                              "#b": [torch.ones(1)], "": {}, "d": torch.zeros(1)},
+                    "param_groups": [{"lr": 0.1, "params": ["w", "#b", "", "d"]}], "extra": (1, None)}
+
+    model = torch.nn.Module()
+    model.layer = torch.nn.Module()
+    model.layer.weight = p
+    rec = D.optimizer_record(Opt(), model)
+    assert rec["digest"] == digest(Opt().state_dict())
+    by_entry: dict = {}
+    for path, hpath, leaf in D._walk(Opt().state_dict()):
+        parts = path.split("/")
+        if parts[0] == "state":
+            name = "layer.weight" if parts[1] == "w" else parts[1]
+            entry = f"{name} {parts[2]}" if parts[1] == "w" else name
+            by_entry.setdefault(entry, []).append(D._record(path, hpath, leaf))
+    assert rec["state"] == {e: xxhash.xxh3_128(b"".join(r)).hexdigest() for e, r in by_entry.items()}
+    assert set(rec["state"]) == {"layer.weight exp_avg", "layer.weight step", "layer.weight nested",
+                                 "layer.weight np", "layer.weight t", "layer.weight e", "%23b", "!str:", "d"}
+
+
 def test_optimizer_record_before_any_step_and_with_a_tensor_lr():
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.25))

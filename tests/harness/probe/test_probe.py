@@ -296,3 +296,20 @@ def test_non_finite_floats_are_recorded_by_their_bits(trace_dir):
     probe.finish(z=quiet)
     leaves = json.loads((trace_dir / "final" / "rank1.json").read_text())
     assert leaves["extra/z"] == {"float64": "7ff8000000000001"}
+
+
+def test_rows_are_written_as_row_to_json_writes_them():
+    """The recorder encodes rows without row_to_json's deep copy: same JSON for every row kind."""
+    from dataclasses import fields as dc_fields
+
+    from harness.trace_schema import ROW_TYPES, row_to_json
+
+    sample = {int: 3, float: 1.5, str: "x", dict: {"a": [1, {"b": None}]}, list: [{"lr": 0.1}]}
+    for cls in ROW_TYPES.values():
+        kwargs = {}
+        for f in dc_fields(cls):
+            if f.init:
+                kind = next((t for t in sample if t.__name__ in str(f.type)), str)
+                kwargs[f.name] = sample[kind]
+        row = cls(**kwargs)
+        assert json.dumps(recorder._row_json(row)) == json.dumps(row_to_json(row)), cls.__name__
