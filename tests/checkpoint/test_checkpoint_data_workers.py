@@ -19,6 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def seed_worker(base, worker_id):
+    # The user's code in a worker sees the user's dataset, as with a plain DataLoader.
+    assert isinstance(get_worker_info().dataset, Augmented), type(get_worker_info().dataset)
     torch.manual_seed(base + worker_id)
     random.seed(base + worker_id)
     np.random.seed(base + worker_id)
