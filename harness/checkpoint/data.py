@@ -363,6 +363,7 @@ class ResumableDataLoader:
         self._worker_states: dict[int, Any] = {}  # iterable: worker -> its dataset state after its last batch
         self._next_worker = 0  # iterable: the worker the round-robin takes the next batch from
         self._ended: set[int] = set()  # iterable: workers whose iterator is exhausted in this epoch
+        self._discard = 0  # iterable: batches to consume unseen at the start of the next iteration
         self._inner_generator = torch.Generator()
         self._workers_epoch: int | None = None  # iterable, persistent workers: the epoch they iterated last
         batched = loader.batch_size is not None or (not self.iterable and loader.batch_sampler is not None)
@@ -411,6 +412,7 @@ class ResumableDataLoader:
         if epoch != self.epoch:
             self.epoch, self.position = int(epoch), 0
             self._epoch_start, self._worker_states, self._next_worker, self._ended = None, {}, 0, set()
+            self._discard = 0
 
     def _drop_workers(self) -> None:
         """Shut down persistent workers: their copies of the dataset hold state that must be replaced."""
@@ -478,6 +480,9 @@ class ResumableDataLoader:
             self._worker_states[item.worker] = item.state
             self._next_worker = (item.worker + 1) % workers
             self.position += 1
+            if self._discard:
+                self._discard -= 1
+                continue
             yield item.batch
         self.epoch, self.position, self._worker_states, self._next_worker, self._ended = epoch + 1, 0, {}, 0, set()
 
@@ -534,6 +539,9 @@ class ResumableDataLoader:
             self._worker_states = {int(w): copy.deepcopy(s) for w, s in state["worker_states"].items()}
             self._next_worker = int(state["next_worker"])
             self._ended = {int(w) for w in state["ended_workers"]}
+            if self.position and not self._worker_states:  # a position without the workers' states
+                # (`skip_first_batches(loader, n)` at the start of an epoch): consume the n batches instead.
+                self._discard, self.position = self.position, 0
             return
         self._wrapped.seed = self.seed
         if "rng" in state:

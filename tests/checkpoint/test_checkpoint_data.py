@@ -161,3 +161,13 @@ def test_a_loader_with_its_own_state_is_kept_and_saved_through_it(tmp_path):
     ckpt3.prepare(DataLoader(Augmented(), batch_size=4))
     with pytest.raises(Exception, match="another kind of data loader"):
         ckpt3.load_state(tmp_path / "c")
+
+
+def test_skip_first_batches_moves_an_iterable_loader_at_the_start_of_its_epoch():
+    from tests.support.data_loaders import stream_loader
+
+    full = [b.numpy().tobytes() for b in ResumableDataLoader(stream_loader(3, 0, False))]
+    ckpt = Checkpointer()
+    loader = ckpt.prepare(stream_loader(3, 0, False))
+    assert ckpt.skip_first_batches(loader, 3) is loader
+    assert [b.numpy().tobytes() for b in loader] == full[3:]
