@@ -425,8 +425,13 @@ class ResumableDataLoader:
 
     def __iter__(self):
         epoch, skip = self.epoch, self.position
-        for obj in (self.sampler, self.original.batch_sampler):
-            if hasattr(obj, "set_epoch"):
+        # Also the sampler inside a user's batch sampler (BatchSampler(DistributedSampler(...))), as Accelerate does.
+        batch_sampler = self.original.batch_sampler
+        inner = getattr(batch_sampler, "sampler", None)
+        seen = []
+        for obj in (self.sampler, batch_sampler, inner):
+            if obj is not None and hasattr(obj, "set_epoch") and not any(obj is o for o in seen):
+                seen.append(obj)
                 obj.set_epoch(epoch)
         self._inner_generator.manual_seed(derive_seed(self.seed, "loader"))  # same worker seeds in every epoch
         if self.iterable:

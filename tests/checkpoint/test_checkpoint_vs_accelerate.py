@@ -230,9 +230,6 @@ def test_accelerate_project_configuration_is_accepted(tmp_path):
         str(tmp_path), True, 2, 3)
 
 
-@pytest.mark.xfail(strict=True, reason="the prepared loader calls set_epoch on loader.sampler and loader.batch_sampler "
-                   "only; Accelerate's DataLoaderShard.set_epoch also reaches batch_sampler.sampler, so after the swap a "
-                   "BatchSampler over a DistributedSampler repeats epoch 0's order in every epoch")
 def test_set_epoch_reaches_the_sampler_inside_a_batch_sampler():
     from harness.checkpoint import Checkpointer
 
