@@ -88,11 +88,13 @@ def step(step: int, loss=None, batch=None, model=None, optimizer=None, **extra) 
         raise TypeError(f"probe.step(batch=...): {e}") from None
     # The optimizer state (2x the parameters for Adam) is hashed on a second thread when this process
     # has a core to spare: the hash releases the GIL, and it is memory-bound.
-    pending = rec.hasher().submit(_digest.optimizer_record, optimizer, model) if optimizer is not None and \
+    named = _digest.NamedParams(list(unwrap_model(model).named_parameters())) if model is not None else None
+    pending = rec.hasher().submit(_digest.optimizer_record, optimizer, named) if optimizer is not None and \
         model is not None and rec.spare_core else None
-    params, params_tensors = _digest.params_digests(model) if model is not None else (None, None)
+    params, params_tensors = _digest.params_digests(model, named.named_parameters()) if model is not None else \
+        (None, None)
     opt = pending.result() if pending is not None else (
-        _digest.optimizer_record(optimizer, model) if optimizer is not None else None)
+        _digest.optimizer_record(optimizer, named) if optimizer is not None else None)
     row = StepRow(
         attempt=rec.attempt, rank=rec.rank, step=step, time=time.time(), loss=loss_bits, loss_value=loss_value,
         batch=batch_digest, rng=_digest.rng_digests(), params=params, params_tensors=params_tensors,

@@ -100,16 +100,6 @@ class AutoModeError(RuntimeError):
     """Auto mode cannot record this script (see the message); also recorded as an ``auto.error`` event."""
 
 
-class _Names:
-    """``named_parameters()`` over a name map, for ``digest.optimizer_record``."""
-
-    def __init__(self, named: list):
-        self._named = named
-
-    def named_parameters(self):
-        return iter(self._named)
-
-
 class AutoRecorder:
     def __init__(self, rec):
         import torch
@@ -157,7 +147,7 @@ class AutoRecorder:
             self._busy = True
             try:
                 params = self._params_digests(k)
-                state = _digest.optimizer_record(opt, _Names(self._names[k]))["state"]
+                state = _digest.optimizer_record(opt, _digest.NamedParams(self._names[k]))["state"]
             finally:
                 self._busy = False
             self.first_pre[k] = {"params": params, "state": state}
@@ -281,7 +271,7 @@ class AutoRecorder:
         records = [None] * len(ks)
         pending = None
         if rec.spare_core:
-            pending = rec.hasher().submit(lambda: [_digest.optimizer_record(self.opts[k], _Names(self._names[k]))
+            pending = rec.hasher().submit(lambda: [_digest.optimizer_record(self.opts[k], _digest.NamedParams(self._names[k]))
                                                    for k in ks])
         tensors: dict = {}
         for k in ks:
@@ -289,7 +279,7 @@ class AutoRecorder:
         for k in ks:
             tensors.update((n, _digest.tensor_digest(b)) for n, b in self._buffers[k])
         records = pending.result() if pending is not None else [
-            _digest.optimizer_record(self.opts[k], _Names(self._names[k])) for k in ks]
+            _digest.optimizer_record(self.opts[k], _digest.NamedParams(self._names[k])) for k in ks]
         opt = _merge_records(records)
         loss, loss_value = self._loss()
         batch = None if not self.batches else (self.batches[0] if len(self.batches) == 1 else
@@ -424,7 +414,7 @@ class AutoRecorder:
             ks = [self._index(o) for o in restored]
             for k in ks:
                 self.first_pre[k] = {"params": self._params_digests(k),
-                                     "state": _digest.optimizer_record(self.opts[k], _Names(self._names[k]))["state"]}
+                                     "state": _digest.optimizer_record(self.opts[k], _digest.NamedParams(self._names[k]))["state"]}
             self.step = self._resume_step(ks)
         stepped = {id(p) for k in range(len(self.opts)) for _, p in self._names[k]}
         owners = []

@@ -114,7 +114,7 @@ from harness.tensors import (  # noqa: F401  (re-exported: probe and checkpoint 
 __all__ = [
     "DigestError", "Empty", "leaves", "format_path", "parse_path", "format_component", "digest",
     "tensor_digest", "combine", "json_leaf", "from_json_leaf", "model_tensors", "params_digests",
-    "optimizer_record", "optimizer_digest", "rng_digests", "tensor_bytes", "plain_tensor", "unwrap_model",
+    "optimizer_record", "optimizer_digest", "rng_digests", "NamedParams", "tensor_bytes", "plain_tensor", "unwrap_model",
 ]
 
 SCALARS = (type(None), bool, int, float, str, bytes)
@@ -263,6 +263,7 @@ def parse_path(path: str) -> list[tuple[str, Any]]:
 _LEAF, _NP_SCALAR, _MAPPING, _LIST, _TUPLE, _DATACLASS = range(6)
 _KINDS: dict = {}  # exact class -> kind: what the checks below decide depends only on the class
 _COMPONENTS: dict = {}  # exact str key -> its path component
+_STR_KEY_ORDERS: dict = {}  # a dict's str keys, in its order -> [(component, key)] in the digest's order
 _CACHE_MAX = 1 << 16
 
 
@@ -298,9 +299,16 @@ def _str_component(key: str) -> str:
 
 def _dict_items(obj, path: str) -> list:
     """[(component, key)] of a non-empty mapping, in the digest's order."""
-    types = {type(key) for key in obj}
+    keys = tuple(obj)
+    known = _STR_KEY_ORDERS.get(keys)  # a hit means str keys (no other key type equals a str)
+    if known is not None:
+        return known
+    types = {type(key) for key in keys}
     if types == {str}:
-        return [(_str_component(key), key) for key in sorted(obj)]
+        if len(_STR_KEY_ORDERS) >= _CACHE_MAX:
+            _STR_KEY_ORDERS.clear()
+        known = _STR_KEY_ORDERS[keys] = [(_str_component(key), key) for key in sorted(keys)]
+        return known
     if types == {int}:
         return [(f"#{key}", key) for key in sorted(obj)]
     items = []
@@ -369,7 +377,7 @@ def leaves(obj: Any) -> Iterator[tuple[str, Any]]:
 # -- digests -----------------------------------------------------------------------------------------
 _U64 = struct.Struct("<Q").pack
 _NO_BYTES = _U64(0)
-_TENSOR_HEADS: dict = {}  # (dtype, shape) -> b"T" + the length-prefixed "<dtype> <shape>"
+_TENSOR_HEADS: dict = {}  # (dtype, shape) -> (b"T" + the length-prefixed "<dtype> <shape>", dtype is complex)
 _PLAIN_TENSOR_TYPES: frozenset = frozenset()  # torch.Tensor and Parameter, once a tensor was seen
 _STRIDED = None
 
@@ -387,16 +395,6 @@ def _payload(buf) -> bytes:
     return _U64(nbytes) + (xxhash.xxh3_128(buf).digest() if nbytes else b"")
 
 
-def _tensor_head(t) -> bytes:
-    key = (t.dtype, t.shape)
-    head = _TENSOR_HEADS.get(key)
-    if head is None:
-        if len(_TENSOR_HEADS) >= _CACHE_MAX:
-            _TENSOR_HEADS.clear()
-        head = _TENSOR_HEADS[key] = b"T" + _lp(f"{str(t.dtype)[6:]} {tuple(t.shape)}".encode())
-    return head
-
-
 def _plain_types() -> frozenset:
     global _PLAIN_TENSOR_TYPES, _STRIDED
     if not _PLAIN_TENSOR_TYPES:
@@ -408,25 +406,46 @@ def _plain_types() -> frozenset:
 
 def _plain_cpu_record(t) -> bytes | None:
     """The record of a contiguous CPU tensor of a plain tensor type, hashed in place (None: take the
-    general path)."""
-    if (not t.is_cpu or t.layout is not _STRIDED or t.is_quantized or not t.is_contiguous() or t.is_conj()
-            or t.is_neg()):
+    general path). What depends only on the dtype and shape is looked up once per step, not checked."""
+    if not t.is_cpu or t.layout is not _STRIDED or not t.is_contiguous() or t.is_neg():
+        return None
+    key = (t.dtype, t.shape)
+    cached = _TENSOR_HEADS.get(key)
+    if cached is None:
+        if t.is_quantized:  # a quantized dtype: its bytes are read the general way
+            return None
+        if len(_TENSOR_HEADS) >= _CACHE_MAX:
+            _TENSOR_HEADS.clear()
+        cached = _TENSOR_HEADS[key] = (b"T" + _lp(f"{str(t.dtype)[6:]} {tuple(t.shape)}".encode()),
+                                       t.dtype.is_complex)
+    head, is_complex = cached
+    if is_complex and t.is_conj():  # only a complex tensor has a conjugate bit
         return None
     nbytes = t.nbytes
     if not nbytes:
-        return _tensor_head(t) + _NO_BYTES
-    return _tensor_head(t) + _U64(nbytes) + xxhash.xxh3_128((ctypes.c_char * nbytes).from_address(t.data_ptr())).digest()
+        return head + _NO_BYTES
+    return head + _U64(nbytes) + xxhash.xxh3_128((ctypes.c_char * nbytes).from_address(t.data_ptr())).digest()
+
+
+_F64 = struct.Struct("<d").pack
 
 
 def _leaf_record(path: str, leaf) -> bytes:
     cls = type(leaf)
-    if cls in _PLAIN_TENSOR_TYPES or (is_tensor(leaf) and cls in _plain_types()):
+    # The exact types first (the common leaves: a parameter index, a step count, a hyperparameter); each
+    # record is the one the isinstance chain below gives.
+    if cls is int:
+        return b"I" + _lp(int.__repr__(leaf).encode())
+    if cls is float:
+        return b"F" + _F64(leaf)
+    tensor = cls in _PLAIN_TENSOR_TYPES or is_tensor(leaf)
+    if tensor and cls in _plain_types():
         record = _plain_cpu_record(leaf)
         if record is not None:
             return record
     if isinstance(leaf, Empty):
         return b"E" + _lp(_utf8(leaf.kind))
-    if is_tensor(leaf) and leaf.device.type not in ("cpu", "meta"):
+    if tensor and leaf.device.type not in ("cpu", "meta"):
         # On an accelerator: reduce on the device and copy 16 bytes, never the tensor (device_digest.py).
         from harness.probe.device_digest import word_sums
 
@@ -434,7 +453,7 @@ def _leaf_record(path: str, leaf) -> bytes:
         nbytes = leaf.numel() * leaf.element_size()
         return b"T" + _lp(f"{str(leaf.dtype)[6:]} {tuple(leaf.shape)}".encode()) + b"D" + \
             struct.pack("<QQQ", nbytes, s_a, s_b)
-    if is_tensor(leaf):
+    if tensor:
         try:
             data = tensor_bytes(leaf)
         except TensorError as e:
@@ -520,17 +539,28 @@ def from_json_leaf(j):
 
 
 # -- model and optimizer -----------------------------------------------------------------------------
-def model_tensors(model) -> dict:
-    """Parameters and buffers of the unwrapped model, by name (tied tensors appear once)."""
+def model_tensors(model, named_params=None) -> dict:
+    """Parameters and buffers of the unwrapped model, by name (tied tensors appear once).
+    ``named_params``: the model's ``named_parameters()``, when the caller has them already."""
     model = unwrap_model(model)
-    tensors = dict(model.named_parameters())
+    tensors = dict(model.named_parameters() if named_params is None else named_params)
     tensors.update(model.named_buffers())
     return tensors
 
 
-def params_digests(model) -> tuple[str, dict]:
-    per_tensor = {name: tensor_digest(t) for name, t in model_tensors(model).items()}
+def params_digests(model, named_params=None) -> tuple[str, dict]:
+    per_tensor = {name: tensor_digest(t) for name, t in model_tensors(model, named_params).items()}
     return combine(per_tensor), per_tensor
+
+
+class NamedParams:
+    """A model's ``named_parameters()``, listed once and handed to several digests of one step."""
+
+    def __init__(self, named: list):
+        self._named = named
+
+    def named_parameters(self):
+        return iter(self._named)
 
 
 def _json_hyper(leaf):
