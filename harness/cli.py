@@ -207,12 +207,6 @@ def _run(args, script_args: list[str]) -> int:
     kill = list(args.kill) or ["random"]  # a PASS needs a resume: no plan means a seeded random kill
     options = ({"nnodes": args.nnodes, "rdzv_endpoint": args.rdzv_endpoint, "rdzv_timeout_s": args.rdzv_timeout}
                if args.launcher == "torchrun" else {})
-    if args.backend == "nccl" and not args.launch_prefix:  # with a prefix the ranks run on other machines
-        from harness.engine.trial import cuda_available
-
-        if not cuda_available():
-            return _usage_error("--backend nccl needs a CUDA GPU and none is visible here; use --backend gloo "
-                                "(or auto, which picks gloo without CUDA), or run on a machine with a GPU", args.json)
     try:
         prefix = shlex.split(args.launch_prefix)
     except ValueError as e:

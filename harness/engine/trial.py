@@ -46,12 +46,16 @@ def cuda_available() -> bool:
         return False
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto``: nccl when a CUDA device is visible, else gloo."""
+def resolve_backend(backend: str, *, ranks_here: bool = True) -> str:
+    """``auto``: nccl when a CUDA device is visible, else gloo. ``nccl`` for ranks on this machine needs CUDA here
+    (``ranks_here=False``: a launch prefix runs them elsewhere, so nothing can be checked)."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         return "nccl" if cuda_available() else "gloo"
+    if backend == "nccl" and ranks_here and not cuda_available():
+        raise UsageError("--backend nccl needs a CUDA GPU and none is visible here; use --backend gloo "
+                         "(or auto, which picks gloo without CUDA), or run on a machine with a GPU")
     return backend
 
 
@@ -62,9 +66,10 @@ STRATEGIES = ("ddp", "fsdp", "deepspeed-zero0", "deepspeed-zero1", "deepspeed-ze
 def replay_command(target: Target, *, nproc: int, backend: str, seed: int, plan: FaultPlan, script_args=(),
                    timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None, auto: bool = False,
                    strategy: str | None = None, resume_nproc: int | None = None,
-                   loss_rtol: float | None = None) -> str:
+                   loss_rtol: float | None = None, launcher_args: tuple[str, ...] = ()) -> str:
     """The ``harness run`` command line that repeats this trial with its concrete fault plan."""
-    parts = ["harness", "run", target.name, "--nproc", str(nproc), "--backend", backend, "--seed", str(seed)]
+    parts = ["harness", "run", target.name, "--nproc", str(nproc), "--backend", backend, "--seed", str(seed),
+             *launcher_args]
     if resume_nproc is not None:
         parts += ["--resume-nproc", str(resume_nproc)]
         if loss_rtol is not None:
@@ -206,7 +211,7 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
         raise UsageError(f"--timeout must be > 0 seconds, got {timeout_s}")
     if stall_s is not None and stall_s <= 0:
         raise UsageError(f"--stall must be > 0 seconds, got {stall_s}")
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, ranks_here=launcher is None or not launcher.remote)
     if strategy is not None and strategy not in STRATEGIES:
         raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     out = os.path.abspath(out_dir or default_out_dir(tgt))
@@ -266,7 +271,7 @@ class _Trial:
         return replay_command(self.tgt, nproc=c["nproc"], backend=c["backend"], seed=c["seed"], plan=self.plan,
                               script_args=self.script_args, timeout_s=self.timeout_s, stall_s=self.stall_s,
                               auto=bool(self.auto), strategy=self.strategy, resume_nproc=self.resume_nproc,
-                              loss_rtol=self.loss_rtol)
+                              loss_rtol=self.loss_rtol, launcher_args=tuple(self.launcher.replay_args()))
 
     def context(self, launches: dict | None = None) -> dict:
         out = {"plan": self.plan.format(), "replay": self.replay()}

@@ -111,12 +111,27 @@ class Launcher(Protocol):
 
     def close(self) -> None: ...
 
+    def replay_args(self) -> tuple[str, ...]: ...
+
+    @property
+    def remote(self) -> bool: ...
+
 
 class LauncherBase:
     """What every launcher shares: a no-op `close()` and use as a context manager."""
 
     def close(self) -> None:
         pass
+
+    def replay_args(self) -> tuple[str, ...]:
+        """The ``harness run`` options that choose this launcher again (none for the default pool)."""
+        return ()
+
+    @property
+    def remote(self) -> bool:
+        """Whether ranks may run on other machines (a launch prefix such as srun): then nothing about their
+        hardware can be checked here."""
+        return False
 
     def __enter__(self):
         return self

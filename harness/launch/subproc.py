@@ -31,6 +31,9 @@ def host_store(addr: str):
 
 
 class SubprocessLauncher(LauncherBase):
+    def replay_args(self) -> tuple[str, ...]:
+        return ("--launcher", "subprocess")
+
     def launch(self, spec: LaunchSpec) -> LaunchResult:
         env = job_env(spec)
         os.makedirs(spec.log_dir, exist_ok=True)

@@ -41,6 +41,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -83,6 +84,22 @@ class TorchrunLauncher(LauncherBase):
         self.rdzv_endpoint = rdzv_endpoint
         self.rdzv_timeout_s = rdzv_timeout_s
         self._resolved = False
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.prefix)
+
+    def replay_args(self) -> tuple[str, ...]:
+        args = ["--launcher", "torchrun"]
+        if self.prefix:
+            args += ["--launch-prefix", shlex.join(self.prefix)]
+        if self.nnodes != 1:
+            args += ["--nnodes", str(self.nnodes)]
+        if self.rdzv_endpoint is not None:
+            args += ["--rdzv-endpoint", self.rdzv_endpoint]
+        if self.rdzv_timeout_s != DEFAULT_RDZV_TIMEOUT_S:
+            args += ["--rdzv-timeout", f"{self.rdzv_timeout_s:g}"]
+        return tuple(args)
 
     @property
     def local_agents(self) -> int:

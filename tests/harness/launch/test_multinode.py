@@ -78,6 +78,32 @@ def test_nccl_without_cuda_is_a_usage_error(capsys, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything ran
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_nccl_without_cuda_is_refused_by_every_command_that_launches_ranks():
+    from harness.engine import UsageError, resolve_backend
+
+    with pytest.raises(UsageError, match="--backend nccl needs a CUDA GPU"):
+        resolve_backend("nccl")  # what run, fuzz and certify call
+    assert resolve_backend("nccl", ranks_here=False) == "nccl"  # srun prefix: the ranks' machines decide
+
+
+def test_replay_names_the_launcher_that_ran_the_trial():
+    """A multi-node failure replays on the same launcher, nodes and endpoint (not on the default pool)."""
+    from harness.engine import replay_command, resolve_target
+    from harness.faults import FaultPlan
+
+    launcher = make_launcher("torchrun", prefix=["srun", "-N", "2"], nnodes=2, rdzv_endpoint="node0:29400",
+                             rdzv_timeout_s=45)
+    assert launcher.remote and not make_launcher("subprocess").remote
+    line = replay_command(resolve_target("default"), nproc=2, backend="gloo", seed=0, plan=FaultPlan.parse(["3"]),
+                          launcher_args=launcher.replay_args())
+    assert ("--launcher torchrun --launch-prefix 'srun -N 2' --nnodes 2 --rdzv-endpoint node0:29400 "
+            "--rdzv-timeout 45") in line
+    assert "--launcher subprocess" in replay_command(resolve_target("default"), nproc=2, backend="gloo", seed=0,
+                                                     plan=FaultPlan.parse(["3"]),
+                                                     launcher_args=make_launcher("subprocess").replay_args())
+
+
 # -- slow: real launches --------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_unreachable_endpoint_times_out_within_seconds_naming_it(tmp_path):
