@@ -1,11 +1,13 @@
-"""Command line: ``harness run``, ``harness fuzz``, ``harness repro``, ``harness scenarios``, ``harness convert``, ``harness --version``.
+"""Command line: ``harness run``, ``harness fuzz``, ``harness repro``, ``harness certify``, ``harness inspect``,
+``harness diff``, ``harness scenarios``, ``harness convert``, ``harness --version``.
 
     harness run [TARGET] [--nproc N] [--kill PLAN]... [--seed S] [--backend auto|gloo|nccl] [--out DIR]
                 [--json] [--no-cache] [--auto] [--baseline-runs N] [--timeout S] [--stall S] [--launcher pool|subprocess|torchrun]
                 [--launch-prefix "srun ..."] [--nnodes N] [--rdzv-endpoint HOST:PORT] [--rdzv-timeout S]
-                [--save-repro FILE [--inline]] [-- SCRIPT_ARGS...]
+                [--resume-nproc M [--loss-rtol R]] [--save-repro FILE [--inline]] [-- SCRIPT_ARGS...]
     harness fuzz [TARGET] [--trials N | --time 5m] [--seed S] [--max-faults K] [--nproc N] [--db DIR] [--json] ...
     harness repro FILE [--json] [--out DIR] [--ignore-hash] [--no-cache]
+    harness inspect CKPT [--json]            harness diff CKPT_A CKPT_B [--json]
 
 TARGET is a built-in scenario name or a path to a script (default: the ``default`` scenario); without
 ``--kill``, a step is drawn from ``--seed`` (``--kill random``) and the plan drawn is printed. Exit codes: 0 bit-exact, 1 divergence or nondeterministic
