@@ -480,8 +480,16 @@ def _leaf_record(path: str, leaf) -> bytes:
     raise DigestError(f"cannot digest a {type(leaf).__qualname__} at {path!r}: {_LEAF_TYPES}")
 
 
+_PATH_PREFIXES: dict = {}  # hashed path -> its length-prefixed UTF-8 (the same paths recur every step)
+
+
 def _record(path: str, hpath: str, leaf) -> bytes:
-    return _lp(_utf8(hpath)) + _leaf_record(path, leaf)
+    prefix = _PATH_PREFIXES.get(hpath)
+    if prefix is None:
+        if len(_PATH_PREFIXES) >= _CACHE_MAX:
+            _PATH_PREFIXES.clear()
+        prefix = _PATH_PREFIXES[hpath] = _lp(_utf8(hpath))
+    return prefix + _leaf_record(path, leaf)
 
 
 def digest(obj: Any) -> str:
@@ -619,7 +627,7 @@ def optimizer_record(optimizer, model=None) -> dict:
                     pass
     label = {}  # path component of a state key -> "<param>", and whether its state is per state key
     for key, value in sd_state.items():
-        c = _key_component(key, "state")[1]
+        c = f"#{key}" if type(key) is int else _key_component(key, "state")[1]
         p = param_of.get(key) if isinstance(key, (int, str)) else None
         label[c] = (names.get(id(p), c) if p is not None else c), isinstance(value, Mapping) and bool(value)
 
@@ -654,7 +662,8 @@ def optimizer_record(optimizer, model=None) -> dict:
     else:
         records = [_record(p, h, leaf) for p, h, leaf in _walk(sd)]
     return {"digest": xxhash.xxh3_128(b"".join(records)).hexdigest(), "groups": groups,
-            "state": {entry: xxhash.xxh3_128(b"".join(recs)).hexdigest() for entry, recs in entries.items()}}
+            "state": {entry: xxhash.xxh3_128(recs[0] if len(recs) == 1 else b"".join(recs)).hexdigest()
+                      for entry, recs in entries.items()}}
 
 
 def optimizer_digest(optimizer) -> str:
