@@ -417,7 +417,8 @@ class Scenario:
                 self.after_step(run)  # HOOK: after_step
                 probe.step(step, loss=window_loss, batch=window, model=self._probe_model(run),
                            optimizer=self._probe_optimizer(run),
-                           lr=run.scheduler.get_last_lr()[0], window=len(window), **self.step_extra(run))
+                           lr=run.scheduler.get_last_lr()[0], window=len(window), epoch=epoch,
+                           **self.step_extra(run))
                 window, window_loss = [], None
                 if step % args.ckpt_every == 0:
                     run.ckpt.save_state()

@@ -12,7 +12,7 @@ what the resumed attempt loaded; then it matches the classic resume mistakes, mo
 | ``accumulation_position`` | an accumulation counter (a step extra named like ``window``, ``accum``, ``micro``) differs |
 | ``rng_not_restored`` | global RNG streams (python, numpy, or several with torch) differ from the first step after the resume |
 | ``torch_rng`` | torch's global RNG differs, python and numpy match: not restored, or drawn from during the resume (a DataLoader iterator without a generator) |
-| ``data_order`` | the batch differs while every RNG stream matches: sampler epoch not set, or the position in the epoch lost (workers' RNG too, with num_workers > 0) |
+| ``data_order`` | a recorded epoch / data position differs, or the batch is another step's batch of the baseline (a replayed order; both checked first), or the batch differs while every RNG stream matches: sampler epoch not set, or the position in the epoch lost (workers' RNG too, with num_workers > 0) |
 | ``lr_schedule`` | a param group's hyperparameter (lr) differs: the scheduler was not restored |
 | ``optimizer_state`` | optimizer state differs (its step counts): not saved or not restored |
 | ``reduction_order`` | only the update differs (batch, loss, RNG match; optimizer step counts match), at world size >= 3: the all-reduce summation order changed after the restart (DDP's bucket rebuild) |
@@ -31,6 +31,8 @@ from .trace import Trace
 
 _RNG = ("rng:python", "rng:numpy", "rng:torch")
 _ACCUM = re.compile(r"accum|window|micro", re.I)
+#: Extras that name the data position: when one differs, the data order was not restored (whatever else follows).
+_DATA_POSITION = re.compile(r"epoch|data_position|sample", re.I)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,17 @@ def _other_rank_rng(base: Trace, trial: Trace, d: Divergence) -> int | None:
     return None
 
 
+def _replayed_batch(base: Trace, trial: Trace, d: Divergence) -> int | None:
+    """The baseline step whose batch the diverging row holds, when it is another step's (a replayed order)."""
+    mine = _row(trial, d.rank, d.step, d.attempt)
+    if mine is None or mine.batch is None:
+        return None
+    for row in base.steps(d.rank):
+        if row.step != d.step and row.batch == mine.batch:
+            return row.step
+    return None
+
+
 def _optimizer_step_counts_differ(d: Divergence) -> bool:
     return any(t.name.startswith("optimizer state step of") for t in d.tensors)
 
@@ -138,6 +151,15 @@ def diagnose(comparison: Comparison | None, trial: Trace | None, base: Trace | N
                              "states must be saved and restored per rank",
                              f"{', '.join(sorted(rng))} differ on rank {d.rank} {where}, and equal rank {other}'s "
                              f"state at the same step of the baseline")
+    # Evidence of a lost data position beats the RNG rules: a fresh epoch also draws a loader's base seed.
+    position = sorted(f for f in fields if f.startswith("extra:") and _DATA_POSITION.search(f))
+    replayed = _replayed_batch(base, trial, d) if "batch" in fields and base is not None else None
+    if position or replayed is not None:
+        evidence = (f"{', '.join(position)} differ(s) {where} on rank {d.rank}" if position else
+                    f"the batch {where} on rank {d.rank} is the baseline's batch of step {replayed}")
+        return Diagnosis("data_order",
+                         "the data order or position was not restored: the resumed loop went back to another part "
+                         "of the order (the sampler's epoch or the position in the epoch not restored)", evidence)
     accum = sorted(f for f in fields if f.startswith("extra:") and _ACCUM.search(f))
     if accum:
         return Diagnosis("accumulation_position",

@@ -47,8 +47,9 @@ EXPECTED: dict[str, Expected] = {
         f"{_AFTER_10}; AdamW restarts with empty moments: the same loss and data, a different update",
         cause="optimizer_state"),
     "buggy/sampler_epoch_not_set": Expected(
-        "12", 11, 0, ("batch", "loss", "params", "optimizer"),
-        f"{_AFTER_10}; the loop restarts at epoch 0, so epoch 0's permutation is replayed (same number of draws)",
+        "12", 11, 0, ("batch", "rng:torch", "loss", "params", "optimizer", "extra:epoch"),
+        f"{_AFTER_10}; the loop restarts at epoch 0, so epoch 0's permutation is replayed, and the fresh epoch's "
+        "iterator draws its base seed from the global torch RNG as a plain DataLoader's does",
         cause="data_order"),
     "buggy/loader_global_rng": Expected(
         "12", 11, 0, ("batch", "rng:torch", "loss", "params", "optimizer"),

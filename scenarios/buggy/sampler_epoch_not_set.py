@@ -7,8 +7,9 @@ the resumed loader starts that epoch over). A resume inside epoch 0 is unaffecte
 resume in epoch >= 1, where it silently looks like normal progress.
 
 Expected first divergence (default sizes, kill ``12``: resume from step 10, in epoch 3 after 2 of
-its 10 batches): step 11, rank 0, fields batch, loss, params, optimizer. No RNG field: the window
-at step 11 has 4 micro-batches in both runs, so the same number of random draws are made.
+its 10 batches): step 11, rank 0, fields batch, rng:torch, loss, params, optimizer, extra:epoch. The torch RNG
+differs because set_epoch(0) starts a fresh epoch, whose iterator draws its base seed from the global
+torch RNG (as a plain DataLoader's does), where the uninterrupted run is mid-epoch and draws nothing.
 """
 
 from harness.scenarios._common import Scenario
