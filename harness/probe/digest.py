@@ -438,8 +438,9 @@ def _leaf_record(path: str, leaf) -> bytes:
         return b"I" + _lp(int.__repr__(leaf).encode())
     if cls is float:
         return b"F" + _F64(leaf)
-    tensor = cls in _PLAIN_TENSOR_TYPES or is_tensor(leaf)
-    if tensor and cls in _plain_types():
+    plain = cls in _PLAIN_TENSOR_TYPES
+    tensor = plain or is_tensor(leaf)
+    if plain or (tensor and cls in _plain_types()):
         record = _plain_cpu_record(leaf)
         if record is not None:
             return record
