@@ -43,7 +43,7 @@ def _loss_record(loss):
         return {"dtype": "float64", "hex": struct.pack("<d", value).hex()}, _finite(value)
     if is_tensor(loss):
         raw = bytes(tensor_bytes(loss))
-        value = float(loss.detach().reshape(-1)[0]) if loss.numel() == 1 else None
+        value = float(loss.detach()) if loss.numel() == 1 else None  # a one-element tensor of any shape
         return {"dtype": str(loss.dtype).replace("torch.", ""), "hex": raw.hex()}, _finite(value)
     np = sys.modules.get("numpy")
     if np is not None and isinstance(loss, (np.ndarray, np.generic)):

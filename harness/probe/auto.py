@@ -303,7 +303,7 @@ class AutoRecorder:
             raw += bytes(tensor_bytes(t))
             dtypes.append(str(t.dtype).replace("torch.", ""))
         first = self.losses[0]
-        value = float(first.detach().reshape(-1)[0]) if first.numel() == 1 else None
+        value = float(first.detach()) if first.numel() == 1 else None
         if value is not None and (value != value or value in (float("inf"), float("-inf"))):
             value = None
         dtype = dtypes[0] if len(set(dtypes)) == 1 else "+".join(dtypes)

@@ -672,6 +672,9 @@ def optimizer_digest(optimizer) -> str:
     return digest(optimizer.state_dict())
 
 
+_MT_WORDS: dict = {}  # number of words of python's Mersenne Twister state -> its packer
+
+
 def rng_digests() -> dict:
     """Digests of the python, numpy (legacy global), torch CPU and CUDA RNG states."""
     import random
@@ -679,7 +682,10 @@ def rng_digests() -> dict:
     out: dict = {"python": None, "numpy": None, "torch": None, "cuda": None}
     version, words, gauss = random.getstate()
     h = xxhash.xxh3_128(f"{version}\0{gauss!r}\0".encode())
-    h.update(struct.pack(f"<{len(words)}I", *words))
+    packer = _MT_WORDS.get(len(words))
+    if packer is None:
+        packer = _MT_WORDS[len(words)] = struct.Struct(f"<{len(words)}I")
+    h.update(packer.pack(*words))
     out["python"] = h.hexdigest()
     np = sys.modules.get("numpy")
     if np is not None:
