@@ -406,7 +406,8 @@ def _plain_types() -> frozenset:
 
 def _plain_cpu_record(t) -> bytes | None:
     """The record of a contiguous CPU tensor of a plain tensor type, hashed in place (None: take the
-    general path). What depends only on the dtype and shape is looked up once per step, not checked."""
+    general path). What depends only on the dtype and shape (the header; whether the dtype is quantized
+    or complex) is cached, not recomputed for every tensor."""
     if not t.is_cpu or t.layout is not _STRIDED or not t.is_contiguous() or t.is_neg():
         return None
     key = (t.dtype, t.shape)
