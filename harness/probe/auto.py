@@ -25,7 +25,10 @@ What is recorded, and from where
 - **Parameters**: the parameters of the optimizers stepped in the step, named through the modules
   that own them (root modules found by a global forward pre-hook, unwrapped from DDP /
   ``torch.compile``; ``root{k}/`` prefixes when several roots own parameters), else
-  ``opt{k}.param{i}``; plus those roots' buffers, named ``"<name> (buffer)"``.
+  ``opt{k}.param{i}``; plus those roots' buffers, named ``"<name> (buffer)"``. Under DeepSpeed ZeRO
+  1/2 the torch optimizer steps the rank's flat fp32 partitions, which no module owns: they are
+  ``opt0.param{i}`` (per step, in the resume inference and in the final state), the state that
+  ``engine.load_checkpoint`` restores.
 - **Optimizer state**: ``optimizer_record`` of each stepped optimizer (merged when several).
 - **Loss**: the tensor(s) given to ``torch.autograd.backward`` (``loss.backward()`` calls it), in
   call order: with several backward calls per step (gradient accumulation) their raw bytes are
