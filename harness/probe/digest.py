@@ -597,6 +597,22 @@ def _json_hyper(leaf):
     return json_leaf(leaf)
 
 
+_INT_LISTS: dict = {}  # (path, the ints) -> their records: a param group's "params", the same every step
+
+
+def _records_under(value, path: str) -> list:
+    """The records of the leaves under ``value`` at ``path`` (no dataclass above it)."""
+    if type(value) is list and value and all(type(v) is int for v in value):
+        key = (path, tuple(value))
+        recs = _INT_LISTS.get(key)
+        if recs is None:
+            if len(_INT_LISTS) >= 1024:
+                _INT_LISTS.clear()
+            recs = _INT_LISTS[key] = [_record(p, h, leaf) for p, h, leaf in _walk(value, path, path)]
+        return recs
+    return [_record(p, h, leaf) for p, h, leaf in _walk(value, path, path)]
+
+
 def optimizer_record(optimizer, model=None) -> dict:
     """``{"digest", "groups", "state"}`` of an optimizer (module docstring), from one walk of its
     state_dict: each tensor's bytes are read once."""
@@ -640,6 +656,15 @@ def optimizer_record(optimizer, model=None) -> dict:
         # parsing their paths (no dataclass above these levels: the hashed paths are the paths).
         for c, key in _dict_items(sd, ""):
             value = sd[key]
+            if c == "param_groups" and type(value) is list and value:
+                for i, group in enumerate(value):
+                    gpath = f"param_groups/[{i}]"
+                    if type(group) is not dict or not group:
+                        records += [_record(p, h, leaf) for p, h, leaf in _walk(group, gpath, gpath)]
+                        continue
+                    for gc, gkey in _dict_items(group, gpath):
+                        records += _records_under(group[gkey], f"{gpath}/{gc}")
+                continue
             if c != "state" or _kind(value) != _MAPPING or not value:
                 records += [_record(p, h, leaf) for p, h, leaf in _walk(value, c, c)]
                 continue

@@ -320,13 +320,15 @@ def test_optimizer_record_state_entries_are_the_records_of_their_leaves():
             return {"state": {"w": {"exp_avg": torch.arange(3.0), "step": 3, "nested": {"x": [1, (2.5,)]},
                                     "np": np.float32(2), "t": torch.ones(2, 3).t(), "e": []},
                               "#b": [torch.ones(1)], "": {}, "d": torch.zeros(1)},
-                    "param_groups": [{"lr": 0.1, "params": ["w", "#b", "", "d"]}], "extra": (1, None)}
+                    "param_groups": [{"lr": 0.1, "params": ["w", "#b", "", "d"]}, {"params": [0, 1]},
+                                     {"params": [0, True]}, {}], "extra": (1, None)}
 
     model = torch.nn.Module()
     model.layer = torch.nn.Module()
     model.layer.weight = p
     rec = D.optimizer_record(Opt(), model)
     assert rec["digest"] == digest(Opt().state_dict())
+    assert D.optimizer_record(Opt(), model) == rec  # again, with the cached key orders and int lists
     by_entry: dict = {}
     for path, hpath, leaf in D._walk(Opt().state_dict()):
         parts = path.split("/")
