@@ -3,6 +3,7 @@ DistributedSampler and workers, and with a sampler drawing from that rank's own 
 
 from __future__ import annotations
 
+import gc
 import os
 import traceback
 
@@ -65,6 +66,10 @@ def _worker(rank, world, store, project, results):
         assert first + rest == full, f"rank {rank}: resumed batches differ"
         with open(os.path.join(results, f"ok{rank}"), "wb") as f:
             f.write(full[0])
+        # Loader iterators caught in reference cycles still own worker processes; collect them now, or
+        # multiprocessing's exit handler SIGTERMs those workers and torch's SIGCHLD handler fails the exit.
+        del loaders
+        gc.collect()
     except BaseException:
         with open(os.path.join(results, f"err{rank}"), "w") as f:
             f.write(traceback.format_exc())

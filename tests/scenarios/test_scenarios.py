@@ -197,7 +197,8 @@ def test_each_buggy_variant_has_its_own_diagnosis():
 # The same mistakes under other kinds of kills.
 BUGGY_OTHER_PLANS = [
     ("buggy/numpy_rng_not_saved", "microbatch:42", 11, ("batch", "rng:numpy", "loss", "params", "optimizer")),
-    ("buggy/sampler_epoch_not_set", "12@all", 11, ("batch", "loss", "params", "optimizer")),
+    ("buggy/sampler_epoch_not_set", "12@all", 11, ("batch", "rng:torch", "loss", "params", "optimizer",
+                                                    "extra:epoch")),
     ("buggy/optimizer_not_saved", "checkpoint.write:10", 6, ("params", "optimizer")),
     ("buggy/scheduler_not_saved", "12@1", 11, ("params", "optimizer", "extra:lr")),
 ]  # the diagnosis is the variant's own under every kill
