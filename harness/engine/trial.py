@@ -28,6 +28,7 @@ from harness.engine.target import Target, UsageError, resolve_target
 from harness.faults import FaultPlan
 from harness.launch import LaunchError, Launcher
 from harness.launch.spec import log_tail
+from harness.launch.determinism import cuda_visible
 
 BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_TIMEOUT_S = 300.0
@@ -38,12 +39,7 @@ def cuda_available() -> bool:
     torch = sys.modules.get("torch")
     if torch is not None:
         return torch.cuda.is_available()
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    try:
-        return bool(os.listdir("/proc/driver/nvidia/gpus"))
-    except OSError:
-        return False
+    return cuda_visible()
 
 
 def resolve_backend(backend: str, *, ranks_here: bool = True) -> str:

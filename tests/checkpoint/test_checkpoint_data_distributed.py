@@ -10,8 +10,8 @@ import traceback
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from support.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -81,19 +81,7 @@ def _worker(rank, world, store, project, results):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_every_rank_resumes_its_data_position(tmp_path, world):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, world, str(tmp_path / "store"), str(tmp_path), str(tmp_path)))
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    errors = [(tmp_path / f"err{r}").read_text() for r in range(world) if (tmp_path / f"err{r}").exists()]
-    assert not errors, "\n".join(errors)
-    assert all(p.exitcode == 0 for p in procs)
+    run_ranks(_worker, world, lambda r: (r, world, str(tmp_path / "store"), str(tmp_path), str(tmp_path)), tmp_path,
+              timeout_s=300)
     firsts = {(tmp_path / f"ok{r}").read_bytes() for r in range(world)}
     assert len(firsts) == world  # the ranks really read different data

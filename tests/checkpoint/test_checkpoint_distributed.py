@@ -9,9 +9,9 @@ import traceback
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from support.checkpoint_jobs import next_draws, state_bytes
+from support.spawn import run_ranks
 
 WORLD = 2
 
@@ -82,20 +82,8 @@ def _worker(rank, store_path, project_dir, result_dir):
 
 
 def test_two_ranks_save_and_resume_bit_exact(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "store"), str(tmp_path / "proj"), str(tmp_path)))
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=180)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    errors = [open(tmp_path / f"err{r}").read() for r in range(WORLD) if (tmp_path / f"err{r}").exists()]
-    assert not errors, "\n".join(errors)
-    assert all(p.exitcode == 0 for p in procs)
+    run_ranks(_worker, WORLD, lambda r: (r, str(tmp_path / "store"), str(tmp_path / "proj"), str(tmp_path)),
+              tmp_path, timeout_s=180)
     # per-rank RNG really is per rank: the two ranks' next draws differ
     assert (tmp_path / "ok0").read_text() != (tmp_path / "ok1").read_text()
     ckpts = sorted(os.listdir(tmp_path / "proj" / "resumed" / "checkpoints"))

@@ -9,7 +9,7 @@ import traceback
 
 import pytest
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from support.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +33,7 @@ def _worker(rank, world, local_sizes, scenario, tmp):
 
 def _run(tmp_path, local_sizes, scenario):
     world = sum(local_sizes)
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, world, local_sizes, scenario, str(tmp_path))) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    errors = [(tmp_path / f"err{r}").read_text() for r in range(world) if (tmp_path / f"err{r}").exists()]
-    assert not errors, "\n".join(errors)
-    assert all(p.exitcode == 0 for p in procs)
+    run_ranks(_worker, world, lambda r: (r, world, local_sizes, scenario, str(tmp_path)), tmp_path)
 
 
 def _job(project_dir, **config):
