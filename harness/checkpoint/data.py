@@ -251,6 +251,11 @@ class _Delivered(NamedTuple):
     ended: bool  # the worker's iterator is exhausted
     empty: bool  # nothing to hand out (the end of the stream, or a partial batch that drop_last drops)
 
+    @property
+    def __harness_batch__(self):
+        """What the training loop gets: auto mode (harness.probe.auto) records this, not the envelope."""
+        return self.batch
+
 
 class _Exhausted:
     """Yielded after the dataset's last sample, so the worker's end reaches the main process with its batches."""

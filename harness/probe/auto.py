@@ -176,7 +176,10 @@ class AutoRecorder:
             self.boundary()
         data = orig(it)
         if self._main():
-            self.last_batch, self.batch_fresh = data, True
+            # A loader inside a wrapper (the checkpointer's resumable iterable loader) may yield an envelope
+            # around the user's batch; its class names the batch with a __harness_batch__ property.
+            inner = isinstance(getattr(type(data), "__harness_batch__", None), property)
+            self.last_batch, self.batch_fresh = (data.__harness_batch__ if inner else data), True
         return data
 
     def fwd_pre(self, module, args):

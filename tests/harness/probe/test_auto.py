@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from harness.engine.jobs import AUTO_NOT_RECORDED
 from harness.launch.rank import AUTO_INSTALLER
 from harness.probe import auto
@@ -55,3 +57,50 @@ def test_steps_names_loss_and_final_state(tmp_path):
 def test_one_installer_and_one_list():
     assert AUTO_INSTALLER == auto.__name__
     assert tuple(AUTO_NOT_RECORDED) == auto.NOT_RECORDED
+
+
+ITERABLE_CHILD = textwrap.dedent("""
+    import sys, torch
+    from harness.probe import auto as am
+    auto = am.install()
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __init__(self):
+            self.i = 0
+        def __iter__(self):
+            while self.i < 16:
+                self.i += 1
+                yield torch.full((4,), float(self.i)), torch.tensor([float(self.i)])
+        def state_dict(self):
+            return {"i": self.i}
+        def load_state_dict(self, sd):
+            self.i = sd["i"]
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(Stream(), batch_size=4)
+    if sys.argv[1] == "prepared":
+        from harness.checkpoint import Checkpointer
+        loader = Checkpointer().prepare(loader)
+    for x, y in loader:
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step(); opt.zero_grad()
+    am.finish()
+""")
+
+
+@pytest.mark.slow
+def test_auto_mode_records_the_users_batch_through_a_prepared_iterable_loader(tmp_path):
+    """The checkpointer's iterable loader moves an envelope (worker, dataset state, batch) through torch's
+    DataLoader; auto mode must record the batch the training loop gets, as with a plain DataLoader."""
+    batches = {}
+    for kind in ("plain", "prepared"):
+        out = tmp_path / kind
+        env = {**os.environ, "HARNESS_TRACE_DIR": str(out), "RANK": "0", "WORLD_SIZE": "1",
+               "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        subprocess.run([sys.executable, "-c", ITERABLE_CHILD, kind], env=env, check=True, timeout=120)
+        rows = [json.loads(line) for line in open(out / "rank0.jsonl")]
+        batches[kind] = [r["batch"] for r in rows if r["kind"] == "step"]
+    assert len(batches["plain"]) == 4 and None not in batches["plain"]
+    assert batches["prepared"] == batches["plain"]
