@@ -66,3 +66,24 @@ def test_bad_elastic_arguments_are_usage_errors(tmp_path):
         run("elastic", nproc=2, loss_rtol=0.01, plan="12", out_dir=str(tmp_path / "b"))
     with pytest.raises(UsageError, match=r"fault 2 \(15@1\) is on rank 1, but the job has --resume-nproc 1"):
         run("elastic", nproc=2, resume_nproc=1, plan=["12", "15@1"], out_dir=str(tmp_path / "c"))
+
+
+@pytest.mark.slow
+def test_harness_command_reports_elastic_runs_without_claiming_bit_exact(tmp_path):
+    """As users run it: the real command in a fresh interpreter, human and JSON output, and exit codes."""
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "harness.cli", "run", *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+
+    human = cli("elastic", "--nproc", "2", "--resume-nproc", "1", "--kill", "12", "--out", str(tmp_path / "a"))
+    assert human.returncode == 0, human.stdout + human.stderr
+    assert "ELASTIC PASS" in human.stdout and "bit-exact" not in human.stdout.lower()
+    assert "loss deviation" in human.stdout and "rtol 0.001" in human.stdout
+    not_elastic = cli("default", "--nproc", "2", "--resume-nproc", "1", "--kill", "12", "--json",
+                      "--out", str(tmp_path / "b"))
+    doc = json.loads(not_elastic.stdout)
+    assert not_elastic.returncode != 0 and doc["outcome"] == "not_elastic" and doc["verdict"] != "pass", doc
