@@ -6,7 +6,7 @@ split greedily in state-dict order as `huggingface_hub.split_torch_state_dict_in
 `transformers`, `accelerate.load_checkpoint_in_model` and `safetensors.safe_open` read them as they are.
 Unlike `save_state`, this is not a resumable checkpoint (no optimizer, RNG, data position, manifest).
 
-A folder that already holds weights is checked first: the same model's (the same keys) is replaced and
+A folder that already holds weights is checked first: the same model's (the same keys and shapes) is replaced and
 its stale shards removed afterwards, as transformers and Accelerate do; another model's, or pickled
 `pytorch_model*.bin` weights, are refused, so a folder never mixes two models' shards.
 """
@@ -105,7 +105,7 @@ def save_model(model: torch.nn.Module, save_directory: str | os.PathLike, max_sh
     os.makedirs(folder, exist_ok=True)
     shards = split_into_shards(state_dict, limit)
     names = shard_names(len(shards))
-    stale = _check_existing(folder, set(state_dict))
+    stale = _check_existing(folder, {k: tuple(v.shape) for k, v in state_dict.items()})
     written = []
     for name, shard in zip(names, shards):
         written.append(_replace(folder, name, lambda p, s=shard: files.write_tensors(p, s, {"format": "pt"})))
@@ -199,7 +199,7 @@ def _read_file(path: str) -> dict[str, torch.Tensor]:
     return files.parse_safetensors(path, data)[0]
 
 
-def _safetensors_keys(path: str) -> set[str]:
+def _safetensors_shapes(path: str) -> dict[str, tuple]:
     with open(path, "rb") as f:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
@@ -207,13 +207,15 @@ def _safetensors_keys(path: str) -> set[str]:
             if not 0 < n <= files.MAX_HEADER:
                 raise ValueError("bad header length")
             header = json.loads(f.read(n))
-            return {k for k in header if k != "__metadata__"}
+            return {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__"}
         except (ValueError, UnicodeDecodeError) as e:
             raise CorruptCheckpointError(f"{path}: not a valid safetensors file ({e}); remove it") from None
 
 
-def _check_existing(folder: str, keys: set[str]) -> set[str]:
-    """The weight files already in `folder` (to remove after the save); raise if they are another model's."""
+def _check_existing(folder: str, shapes: dict[str, tuple]) -> set[str]:
+    """The weight files already in `folder` (to remove after the save); raise if they are another model's
+    (other tensor names, or the same names with other shapes: another size of the same architecture)."""
+    keys = set(shapes)
     names = set(os.listdir(folder))
     pickled = sorted(n for n in names if _PICKLED.match(n))
     if pickled:
@@ -223,6 +225,7 @@ def _check_existing(folder: str, keys: set[str]) -> set[str]:
     if not existing:
         return existing
     old: set[str] = set()
+    old_shapes: dict[str, tuple] = {}
     for name in sorted(existing):
         full = os.path.join(folder, name)
         if name == WEIGHTS_INDEX_NAME:
@@ -233,13 +236,22 @@ def _check_existing(folder: str, keys: set[str]) -> set[str]:
                 raise FileExistsError(f"save_model: {full} is not a valid index; delete it, or save into another "
                                       "folder") from None
         else:
-            old |= _safetensors_keys(full)
+            found = _safetensors_shapes(full)
+            old |= set(found)
+            old_shapes.update(found)
     if old != keys:
         extra, missing = sorted(old - keys), sorted(keys - old)
         raise FileExistsError(
             f"save_model: {folder} already holds the weights of a different model ({sorted(existing)}: "
             f"{len(extra)} keys this model lacks, e.g. {extra[:3]}; {len(missing)} keys they lack, e.g. {missing[:3]}). "
             "Saving would mix two models' shards: save into another folder, or delete those files first")
+    resized = sorted(k for k in keys if k in old_shapes and old_shapes[k] != tuple(shapes[k]))
+    if resized:
+        k = resized[0]
+        raise FileExistsError(
+            f"save_model: {folder} already holds the weights of a different model ({sorted(existing)}): "
+            f"{len(resized)} tensors have other shapes, e.g. {k} {list(old_shapes[k])} there vs {list(shapes[k])} "
+            "here. Save into another folder, or delete those files first")
     return existing
 
 

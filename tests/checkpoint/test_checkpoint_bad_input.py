@@ -488,6 +488,10 @@ def test_save_model_into_another_models_folder(tmp_path):
     with pytest.raises(FileExistsError, match=r"holds the weights of a different model .*model-00001-of-00002"):
         save_model(torch.nn.Linear(64, 3), tmp_path)
     assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == before  # untouched
+    # The same tensor names with other shapes: another size of the same architecture, not a re-save.
+    with pytest.raises(FileExistsError, match=r"other shapes, e\.g\. 0\.bias \[64\] there vs \[32\] here"):
+        save_model(torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 64)), tmp_path)
+    assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == before
     (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({}))
     with pytest.raises(FileExistsError, match=r"pickled weights \['pytorch_model.bin'\]"):
         save_model(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)), tmp_path)
