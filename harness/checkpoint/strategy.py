@@ -24,6 +24,7 @@ in the manifest like any other file, and verified before the backend reads it.
 from __future__ import annotations
 
 import os
+import shutil
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -491,7 +492,9 @@ class DeepSpeedStrategy(Strategy):
         msg: list = [None, None]  # [universal folder, error]
         if rank == 0:
             try:
-                tmp = tempfile.mkdtemp(prefix=".harness-universal-", dir=os.path.dirname(os.path.abspath(path)))
+                parent = os.path.dirname(os.path.abspath(path))
+                clear_stale_universal(parent)
+                tmp = tempfile.mkdtemp(prefix=UNIVERSAL_PREFIX, dir=parent)
                 msg[0] = os.path.join(tmp, tag)
                 _ds_to_universal(os.path.join(path, DEEPSPEED_DIR, tag), msg[0])
             except Exception as e:  # noqa: BLE001 - reported on every rank below
@@ -523,6 +526,21 @@ class DeepSpeedStrategy(Strategy):
 
 
 UNIVERSAL_STAGES = (1, 2)  # ZeRO stages whose checkpoints the harness converts to DeepSpeed's universal checkpoint
+
+
+UNIVERSAL_PREFIX = ".harness-universal-"
+
+
+def clear_stale_universal(parent: str) -> list[str]:
+    """Remove conversions left behind in `parent` by a load that was killed mid-conversion (rank 0, before
+    converting again). A finished load deletes its own; one job loads from a checkpoint folder at a time."""
+    removed = []
+    for name in sorted(os.listdir(parent)):
+        full = os.path.join(parent, name)
+        if name.startswith(UNIVERSAL_PREFIX) and os.path.isdir(full):
+            shutil.rmtree(full, ignore_errors=True)
+            removed.append(full)
+    return removed
 
 
 def _ds_to_universal(src: str, out: str) -> None:

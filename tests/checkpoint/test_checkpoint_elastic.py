@@ -183,3 +183,13 @@ def test_per_rank_state_on_another_world_size(pool, tmp_path, saved, loaded):
             assert "re-derived from (step, rank)" in r["warning"][0] and "from saved rank 0" in r["warning"][0]
     if loaded < saved:
         assert f"the streams of saved rank(s) {list(range(loaded, saved))} are dropped" in after[0]["warning"][0]
+
+
+def test_a_conversion_left_by_a_killed_load_is_removed_before_the_next(tmp_path):
+    from harness.checkpoint.strategy import UNIVERSAL_PREFIX, clear_stale_universal
+
+    (tmp_path / f"{UNIVERSAL_PREFIX}abc" / "global_step10").mkdir(parents=True)
+    (tmp_path / "checkpoint_0").mkdir()
+    (tmp_path / "notes.harness-universal-x").write_text("a file, not ours")
+    assert clear_stale_universal(str(tmp_path)) == [str(tmp_path / f"{UNIVERSAL_PREFIX}abc")]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_0", "notes.harness-universal-x"]
