@@ -76,6 +76,7 @@ Bad input is reported with an ``auto.error`` event (its message becomes the verd
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -131,6 +132,7 @@ class AutoRecorder:
         self.restored_objects: list = []  # modules and optimizers restored before the first step
         self.last_load: str | None = None
         self._busy = False
+        self._state_dict_api = 0  # depth inside torch.distributed.checkpoint.state_dict's functions
 
     # -- hooks -------------------------------------------------------------------------------------
     def _main(self) -> bool:
@@ -141,7 +143,7 @@ class AutoRecorder:
         return isinstance(getattr(opt, "optimizer", None), self.torch.optim.Optimizer)
 
     def opt_pre(self, opt, args, kwargs):
-        if not self._main() or self._is_wrapper(opt):
+        if not self._main() or self._is_wrapper(opt) or self._state_dict_api:
             return
         if any(o is opt for o in self.pending):
             self.boundary()
@@ -156,7 +158,8 @@ class AutoRecorder:
             self.first_pre[k] = {"params": params, "state": state}
 
     def opt_post(self, opt, args, kwargs):
-        if self._main() and not self._is_wrapper(opt) and not any(o is opt for o in self.pending):
+        if (self._main() and not self._is_wrapper(opt) and not self._state_dict_api
+                and not any(o is opt for o in self.pending)):
             self.pending.append(opt)
 
     def backward(self, orig, tensors, *args, **kwargs):
@@ -545,6 +548,7 @@ def install() -> AutoRecorder | None:
         dist.destroy_process_group = destroy_process_group
     _when_imported("safetensors.torch", lambda m: _wrap_save(auto, m, "save_file", "safetensors.save_file"))
     _when_imported("torch.distributed.checkpoint", lambda m: _wrap_save(auto, m, "save", "dcp.save"))
+    _when_imported("torch.distributed.checkpoint.state_dict", lambda m: _quiet_state_dict_api(auto, m))
     _when_imported("deepspeed.runtime.engine", lambda m: _wrap_save(auto, m.DeepSpeedEngine, "save_checkpoint",
                                                                     "deepspeed.save_checkpoint"))
     return auto
@@ -561,6 +565,26 @@ def _wrap_save(auto: AutoRecorder, owner, attr: str, name: str) -> None:
 
     save._harness_auto = True
     setattr(owner, attr, save)
+
+
+def _quiet_state_dict_api(auto: AutoRecorder, module) -> None:
+    """Steps inside ``get_state_dict`` & co. are not training steps: on an optimizer without state they step
+    it once with lr 0 to create it (``_init_optim_state``), which a resume does before ``dcp.load``."""
+    for attr in getattr(module, "__all__", ()):
+        orig = getattr(module, attr, None)
+        if not inspect.isfunction(orig) or getattr(orig, "_harness_auto", False):  # not the type aliases
+            continue
+
+        def quiet(*args, _orig=orig, **kwargs):
+            auto._state_dict_api += 1
+            try:
+                return _orig(*args, **kwargs)
+            finally:
+                auto._state_dict_api -= 1
+
+        quiet = functools.wraps(orig)(quiet)
+        quiet._harness_auto = True
+        setattr(module, attr, quiet)
 
 
 def _when_imported(module: str, patch) -> None:

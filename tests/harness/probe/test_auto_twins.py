@@ -1,10 +1,12 @@
-"""Auto mode through DeepSpeed's engine and Accelerate's AcceleratedOptimizer: an unmodified script gets
-the verdict of its instrumented twin (the same file run with --probe, auto=False), with the same kill.
+"""Auto mode through DeepSpeed's engine, Accelerate's AcceleratedOptimizer and FSDP2: an unmodified script
+gets the verdict of its instrumented twin (the same file run with --probe, auto=False), with the same kill.
 
 The jobs are tests/support/scripts/plain_deepspeed.py (ZeRO-2, torch AdamW, gradient accumulation: the
-optimizer steps inside ``engine.step()``, over flat fp32 partitions) and plain_accelerate.py
+optimizer steps inside ``engine.step()``, over flat fp32 partitions), plain_accelerate.py
 (``Accelerator(cpu=True)``, gradient accumulation: ``AcceleratedOptimizer.step`` skips while
-accumulating). Both save every 3 steps; a kill at step 7 resumes from step 6 (mid-epoch at 2 ranks).
+accumulating) and plain_fsdp.py (``fully_shard`` on a CPU mesh, DTensor parameters digested as each
+rank's shards; DCP checkpoints through ``get_state_dict``, whose lr-0 step on a fresh optimizer is not a
+training step). All save every 3 steps; a kill at step 7 resumes from step 6 (mid-epoch at 2 ranks).
 """
 
 import importlib.util
@@ -16,9 +18,13 @@ from harness.engine import run
 
 from support import SCRIPTS  # noqa: E402
 
-# find_spec, not importorskip: importing deepspeed at collection would slow every fast run down
-pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("deepspeed", "accelerate")),
-                                reason="needs deepspeed and accelerate (the [deepspeed] and [accelerate] extras)")
+
+def _needs(module):
+    # find_spec, not importorskip: importing deepspeed at collection would slow every fast run down
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"needs {module} (the [{module}] extra)")
+
+
+DS, ACC = _needs("deepspeed"), _needs("accelerate")
 
 
 def _trial(pool, tmp_path, script, args, nproc, **kwargs):
@@ -31,14 +37,18 @@ RNG = {"rng:torch", "rng:numpy", "loss"}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, args, nproc, differ", [
-    ("plain_deepspeed.py", [], 2, RNG),  # DeepSpeed's checkpoint holds no RNG state
-    ("plain_deepspeed.py", ["--save-rng"], 2, None),
-    ("plain_accelerate.py", [], 2, None),
-    ("plain_accelerate.py", ["--bug", "skip"], 2, {"batch", "loss"}),  # the resumed epoch starts over
-    ("plain_deepspeed.py", [], 3, RNG),
+    pytest.param("plain_deepspeed.py", [], 2, RNG, marks=DS),  # DeepSpeed's checkpoint holds no RNG state
+    pytest.param("plain_deepspeed.py", ["--save-rng"], 2, None, marks=DS),
+    pytest.param("plain_accelerate.py", [], 2, None, marks=ACC),
+    pytest.param("plain_accelerate.py", ["--bug", "skip"], 2, {"batch", "loss"}, marks=ACC),  # the epoch starts over
+    pytest.param("plain_deepspeed.py", [], 3, RNG, marks=DS),
     # DDP at 3 ranks: the restarted job's gradient buckets sum in another order (README, "What the SUTs
     # showed"): the same weights and data, other bits after the first step.
-    ("plain_accelerate.py", [], 3, {"params", "optimizer"}),
+    pytest.param("plain_accelerate.py", [], 3, {"params", "optimizer"}, marks=ACC),
+    ("plain_fsdp.py", [], 2, None),
+    ("plain_fsdp.py", [], 3, None),
+    ("plain_fsdp.py", ["--bug", "rng"], 2, RNG),
+    ("plain_fsdp.py", ["--bug", "optim"], 3, {"params", "optimizer"}),  # the optimizer starts over
 ])
 def test_unmodified_script_gets_the_verdict_of_its_instrumented_twin(pool, tmp_path, script, args, nproc, differ):
     outcome = "bit_exact" if differ is None else "divergence"
