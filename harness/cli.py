@@ -221,9 +221,6 @@ def _run(args, script_args: list[str]) -> int:
         return _usage_error(f"--nproc {args.nproc} is not a multiple of --nnodes {args.nnodes}", args.json)
     if args.inline and not args.save_repro:
         return _usage_error("--inline needs --save-repro FILE", args.json)
-    if args.save_repro and args.resume_nproc is not None and args.resume_nproc != args.nproc:
-        return _usage_error("--save-repro does not record --resume-nproc (an elastic trial) yet: its report would "
-                            "replay on one world size; rerun it with the replay command instead", args.json)
     if args.save_repro:
         from harness.repro import ReproError, check_inline_target
 
@@ -269,8 +266,8 @@ def _save_repro(args, result, script_args: list[str]) -> int:
 
     try:
         path = Repro.from_result(result, inline=args.inline, script_args=script_args, launcher=args.launcher,
-                                 timeout_s=args.timeout, stall_s=args.stall,
-                                 baseline_runs=args.baseline_runs).dump(args.save_repro)
+                                 timeout_s=args.timeout, stall_s=args.stall, baseline_runs=args.baseline_runs,
+                                 resume_nproc=args.resume_nproc, loss_rtol=args.loss_rtol).dump(args.save_repro)
     except ReproError as e:
         print(f"harness: error: --save-repro: {e}", file=sys.stderr)
         return EXIT_ERROR

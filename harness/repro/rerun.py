@@ -11,6 +11,8 @@ Statuses (exactly one), with ``harness repro``'s exit codes:
                                    status is reported as ``rerun_status``, but the comparison may not hold |
 
 A report of a passing run that passes again reproduces; one that now fails reproduces differently.
+An elastic report (``run.resume_nproc``) reruns as an elastic trial and is compared on the elastic
+oracle's outcome (``elastic_pass``, ``not_elastic``, ...) the same way.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def compare(expected: Expected, result) -> tuple[str, str]:
     if outcome == expected.outcome and same_div:
         return REPRODUCES, f"same outcome and first divergence: {now}"
     if result.verdict == "pass":
-        return DOES_NOT_REPRODUCE, f"the run now passes (bit_exact); the report had {was}"
+        return DOES_NOT_REPRODUCE, f"the run now passes ({outcome}); the report had {was}"
     return REPRODUCES_DIFFERENTLY, f"now {now}; the report had {was}"
 
 
@@ -133,7 +135,7 @@ def rerun(repro: Repro, *, repro_path: str | None = None, out_dir: str | None = 
     from harness.engine import run
 
     kwargs = repro.run_kwargs()
-    for name in ("strategy", "auto"):
+    for name in ("strategy", "auto", "resume_nproc", "loss_rtol"):
         if name in kwargs and not run_supports(name):
             raise ReproError(f"{repro_path or 'the repro file'}: field run.{name}: the report ran with {name} = "
                              f"{kwargs[name]!r}, which this harness does not know; use the resume-harness version "

@@ -5,7 +5,8 @@ backend, strategy, launcher, the concrete fault plan and seed), in which environ
 numpy and harness versions; the determinism-relevant variables of the baseline cache key), and what
 happened (verdict, outcome, first divergence). ``harness repro FILE`` reruns it and compares.
 
-Schema 1 (every field is checked on load; an unknown field is refused, so a typo never passes silently)::
+Schema 1 (every field is checked on load; an unknown field is refused, so a typo never passes silently;
+``resume_nproc`` and ``loss_rtol`` were added later, as optional fields, so older files still read)::
 
     schema = 1                                  # required: the format version
     created = "2025-01-31T12:00:00Z"            # informational
@@ -31,6 +32,8 @@ Schema 1 (every field is checked on load; an unknown field is refused, so a typo
     timeout_s = 300.0                           # default 300
     stall_s = 20.0                              # optional
     baseline_runs = 2                           # optional
+    resume_nproc = 1                            # optional: an elastic trial, resumed on this many ranks
+    loss_rtol = 0.001                           # optional, with resume_nproc: the elastic loss tolerance
 
     [environment]                               # required, compared on rerun
     python = "3.11.9"
@@ -239,6 +242,8 @@ class Repro:
     stall_s: float | None = None
     baseline_runs: int | None = None
     auto: bool = False
+    resume_nproc: int | None = None  # an elastic trial: the attempts after the first fault on this many ranks
+    loss_rtol: float | None = None  # the elastic oracle's loss tolerance (with resume_nproc)
     created: str = ""
     replay: str = ""
     schema: int = SCHEMA_VERSION
@@ -248,7 +253,8 @@ class Repro:
     @classmethod
     def from_result(cls, result, *, inline: bool = False, script_args=None, launcher: str = "pool",
                     strategy: str | None = None, timeout_s: float | None = None, stall_s: float | None = None,
-                    baseline_runs: int | None = None) -> Repro:
+                    baseline_runs: int | None = None, resume_nproc: int | None = None,
+                    loss_rtol: float | None = None) -> Repro:
         """The report of ``result`` (a ``harness.oracle.RunResult``), pass or fail.
 
         The target (``result.target``) must still exist: a script path is read (relative to the
@@ -256,6 +262,10 @@ class Repro:
         arguments, ``--timeout``, ``--stall`` and ``--strategy`` are taken from the arguments when
         given, else from ``result.replay``; the strategy also from ``result.strategy`` where the result
         has one. The environment is this process's (the one the run used).
+
+        An elastic trial (``resume_nproc``, ``loss_rtol``): from the arguments when given, else from the
+        elastic oracle's ``result.compared["elastic"]`` (the exact tolerance it applied), else from the
+        replay command.
         """
         from harness.engine.target import UsageError, resolve_target
 
@@ -272,6 +282,16 @@ class Repro:
         if stall_s is None:
             stall_s = replay.get("stall_s")
         auto = bool(getattr(result, "auto", False) or replay.get("auto"))
+        elastic = (getattr(result, "compared", None) or {}).get("elastic") or {}
+        sizes = elastic.get("world_sizes") or []
+        if resume_nproc is None:
+            resume_nproc = sizes[1] if len(sizes) == 2 else replay.get("resume_nproc")
+        if resume_nproc == result.nproc:
+            resume_nproc = None  # the same world size: an ordinary trial
+        if resume_nproc is None:
+            loss_rtol = None
+        elif loss_rtol is None:
+            loss_rtol = elastic.get("loss_rtol", replay.get("loss_rtol"))
         if launcher not in LAUNCHERS:
             raise ReproError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
         created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -279,7 +299,9 @@ class Repro:
                    seed=result.seed if result.seed is not None else 0, plan=result.plan or "random",
                    environment=Environment.current(), expected=Expected.from_result(result), launcher=launcher,
                    strategy=strategy or None, timeout_s=float(timeout_s), stall_s=stall_s,
-                   baseline_runs=baseline_runs, auto=auto, created=created, replay=result.replay or "")
+                   baseline_runs=baseline_runs, auto=auto, resume_nproc=resume_nproc,
+                   loss_rtol=None if loss_rtol is None else float(loss_rtol), created=created,
+                   replay=result.replay or "")
 
     # ------------------------------------------------------------------ TOML
 
@@ -291,7 +313,8 @@ class Repro:
         run = {"nproc": self.nproc, "backend": self.backend, "seed": self.seed, "plan": self.plan,
                "launcher": self.launcher, "strategy": self.strategy, "timeout_s": float(self.timeout_s),
                "stall_s": None if self.stall_s is None else float(self.stall_s), "baseline_runs": self.baseline_runs,
-               "auto": True if self.auto else None}
+               "auto": True if self.auto else None, "resume_nproc": self.resume_nproc,
+               "loss_rtol": None if self.loss_rtol is None else float(self.loss_rtol)}
         env = self.environment
         environment = {"python": env.python, "torch": env.torch, "numpy": env.numpy, "harness": env.harness,
                        "variables": dict(env.variables)}
@@ -370,6 +393,10 @@ class Repro:
             kw["strategy"] = self.strategy
         if self.auto:
             kw["auto"] = True
+        if self.resume_nproc is not None:
+            kw["resume_nproc"] = self.resume_nproc
+            if self.loss_rtol is not None:
+                kw["loss_rtol"] = self.loss_rtol
         return kw
 
 
@@ -383,7 +410,8 @@ def _drop_none(x):
 
 
 def _parse_replay(replay: str) -> dict:
-    """Script args, --timeout, --stall and --strategy from a ``harness run`` replay command."""
+    """Script args, --timeout, --stall, --strategy, --resume-nproc and --loss-rtol from a ``harness run`` replay
+    command."""
     try:
         parts = shlex.split(replay)
     except ValueError:
@@ -395,7 +423,8 @@ def _parse_replay(replay: str) -> dict:
     if "--auto" in parts:
         out["auto"] = True
     for flag, key, conv in (("--timeout", "timeout_s", float), ("--stall", "stall_s", float),
-                            ("--strategy", "strategy", str)):
+                            ("--strategy", "strategy", str), ("--resume-nproc", "resume_nproc", int),
+                            ("--loss-rtol", "loss_rtol", float)):
         for i, p in enumerate(parts[:-1]):
             if p == flag:
                 try:
@@ -404,7 +433,10 @@ def _parse_replay(replay: str) -> dict:
                     pass
         for p in parts:
             if p.startswith(flag + "="):
-                out[key] = conv(p.split("=", 1)[1])
+                try:
+                    out[key] = conv(p.split("=", 1)[1])
+                except ValueError:
+                    pass
     return out
 
 
@@ -568,7 +600,7 @@ def _from_doc(doc: dict, source: str) -> Repro:
 
     r = top.table("run")
     r.only("nproc", "backend", "seed", "plan", "launcher", "strategy", "timeout_s", "stall_s", "baseline_runs",
-           "auto")
+           "auto", "resume_nproc", "loss_rtol")
     positive = lambda v: None if v > 0 else f"must be > 0, got {v}"  # noqa: E731
     run = dict(
         nproc=r.get("nproc", int, check=lambda v: None if v >= 1 else f"must be >= 1, got {v}"),
@@ -584,7 +616,18 @@ def _from_doc(doc: dict, source: str) -> Repro:
         baseline_runs=r.get("baseline_runs", int, required=False,
                             check=lambda v: None if v >= 1 else f"must be >= 1, got {v}"),
         auto=r.get("auto", bool, required=False, default=False),
+        resume_nproc=r.get("resume_nproc", int, required=False,
+                           check=lambda v: None if v >= 1 else f"must be >= 1, got {v}"),
+        loss_rtol=r.get("loss_rtol", (int, float), required=False,
+                        check=lambda v: None if v >= 0 else f"must be >= 0, got {v}"),
     )
+    if run["loss_rtol"] is not None:
+        if run["resume_nproc"] is None:
+            raise r.error("loss_rtol", "is only for an elastic trial (with run.resume_nproc)")
+        run["loss_rtol"] = float(run["loss_rtol"])
+    if run["resume_nproc"] is not None and run["auto"]:
+        raise r.error("resume_nproc", "cannot be combined with run.auto (the elastic oracle needs the probe's "
+                      "restored rows)")
 
     e = top.table("environment")
     e.only("python", "torch", "numpy", "harness", "variables")

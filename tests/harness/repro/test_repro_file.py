@@ -92,6 +92,45 @@ def test_auto_mode_is_kept_from_the_replay(script, tmp_path):
     assert "auto" not in Repro.from_result(fake_result(target=script)).run_kwargs()
 
 
+def test_an_elastic_trial_keeps_resume_nproc_and_the_exact_loss_rtol(script, tmp_path):
+    replay = f"harness run {script} --nproc 2 --backend gloo --seed 3 --resume-nproc 3 --loss-rtol 0.000123457 --kill 7"
+    r = fake_result(target=script, replay=replay)
+    # the oracle's own tolerance is exact; the replay's is printed with 6 digits
+    r = dataclasses.replace(r, verdict_=dataclasses.replace(
+        r.verdict_, compared={"elastic": {"world_sizes": [2, 3], "loss_rtol": 1.23456789e-4}}))
+    path = Repro.from_result(r).dump(tmp_path / "e.toml")
+    back = Repro.load(path)
+    assert (back.resume_nproc, back.loss_rtol) == (3, 1.23456789e-4)
+    assert back.run_kwargs()["resume_nproc"] == 3 and back.run_kwargs()["loss_rtol"] == 1.23456789e-4
+    # from the replay alone (a result without the oracle's record), and the explicit arguments win
+    assert Repro.from_result(fake_result(target=script, replay=replay)).resume_nproc == 3
+    assert Repro.from_result(r, resume_nproc=3, loss_rtol=0.5).loss_rtol == 0.5
+    # the same world size is an ordinary trial, and an ordinary report has neither field
+    assert Repro.from_result(r, resume_nproc=2).resume_nproc is None
+    plain = Repro.from_result(fake_result(target=script))
+    assert "resume_nproc" not in plain.run_kwargs() and "resume_nproc" not in plain.dumps()
+
+
+def test_an_older_file_without_the_elastic_fields_still_reads(saved):
+    text = open(saved).read()
+    assert "resume_nproc" not in text and "loss_rtol" not in text
+    back = Repro.load(saved)
+    assert (back.resume_nproc, back.loss_rtol) == (None, None)
+
+
+@pytest.mark.parametrize("add, message", [
+    ("loss_rtol = 0.01\n", "field run.loss_rtol is only for an elastic trial (with run.resume_nproc)"),
+    ("resume_nproc = 0\n", "field run.resume_nproc must be >= 1, got 0"),
+    ("resume_nproc = 1\nloss_rtol = -1\n", "field run.loss_rtol must be >= 0, got -1"),
+    ("resume_nproc = 1\nauto = true\n", "field run.resume_nproc cannot be combined with run.auto"),
+])
+def test_bad_elastic_fields_name_the_field(saved, add, message):
+    _edit(saved, "nproc = 2\n", "nproc = 2\n" + add)
+    with pytest.raises(ReproError) as e:
+        Repro.load(saved)
+    assert message in str(e.value) and str(e.value).startswith(saved + ": ")
+
+
 def test_inline_keeps_the_exact_bytes_and_runs_from_the_output_folder(tmp_path):
     src = tmp_path / "odd.py"
     src.write_bytes("# é \\ \"\"\" '''\r\nprint('x')\t\n".encode())

@@ -147,3 +147,29 @@ def test_a_scenario_report_reproduces(pool, tmp_path):
     assert repro.script.scenario == "buggy/scheduler_not_saved" and repro.expected.first_divergence.step == 11
     outcome = rerun(repro, launcher=pool, out_dir=str(tmp_path / "o"))
     assert outcome.status == REPRODUCES, outcome.message
+
+
+@pytest.mark.slow  # two trials per case, in fresh interpreters
+@pytest.mark.parametrize("target, nproc, resume_nproc, extra, outcome, code", [
+    ("elastic", 2, 1, [], "elastic_pass", 0),
+    ("elastic", 3, 2, ["--loss-rtol", "0.002"], "elastic_pass", 0),
+    # a DistributedSampler job on another world size: the checkpointer refuses the resume (error, exit 2)
+    ("default", 2, 1, [], "not_elastic", 2),
+])
+def test_an_elastic_report_reruns_as_an_elastic_trial(tmp_path, shared_cache, target, nproc, resume_nproc, extra,
+                                                      outcome, code):
+    r = harness("run", target, "--nproc", str(nproc), "--resume-nproc", str(resume_nproc), "--kill", "12", *extra,
+                "--save-repro", "bug.toml", "--out", "run", cwd=tmp_path, cache=shared_cache)
+    assert r.returncode == code, r.stdout + r.stderr
+    saved = Repro.load(tmp_path / "bug.toml")
+    rtol = float(extra[1]) if extra else 1e-3  # the oracle's default, recorded as it was applied
+    assert (saved.nproc, saved.resume_nproc, saved.loss_rtol, saved.expected.outcome) == (nproc, resume_nproc, rtol,
+                                                                                          outcome)
+
+    r = harness("repro", "bug.toml", "--json", "--out", "rerun", cwd=tmp_path, cache=shared_cache)
+    assert r.returncode == 0, r.stdout + r.stderr  # reproduces, whether the report was a pass or a failure
+    out = json.loads(r.stdout)
+    assert (out["status"], out["result"]["outcome"]) == ("reproduces", outcome), out["message"]
+    assert f"--resume-nproc {resume_nproc}" in out["result"]["replay"]
+    if outcome == "elastic_pass":
+        assert out["result"]["compared"]["elastic"]["loss_rtol"] == rtol
