@@ -6,6 +6,11 @@ split greedily in state-dict order as `huggingface_hub.split_torch_state_dict_in
 `transformers`, `accelerate.load_checkpoint_in_model` and `safetensors.safe_open` read them as they are.
 Unlike `save_state`, this is not a resumable checkpoint (no optimizer, RNG, data position, manifest).
 
+Weights sharded across ranks are gathered first (a collective: every rank calls `save_model`): FSDP2 and
+FSDP1 through torch's `get_model_state_dict(full_state_dict=True, cpu_offload=True)`, DeepSpeed ZeRO-3 one
+parameter at a time through `deepspeed.zero.GatheredParameters`, so no rank holds more than one full
+parameter beyond rank 0's copy. A DeepSpeed engine is saved under its module's keys (no `module.` prefix).
+
 A folder that already holds weights is checked first: the same model's (the same keys and shapes) is replaced and
 its stale shards removed afterwards, as transformers and Accelerate do; another model's, or pickled
 `pytorch_model*.bin` weights, are refused, so a folder never mixes two models' shards.
@@ -23,6 +28,7 @@ import torch
 from harness.tensors import unwrap_model
 
 from . import files
+from .strategy import is_deepspeed_engine, is_fsdp2
 from .errors import CorruptCheckpointError, UnsafeCheckpointError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -91,11 +97,7 @@ def save_model(model: torch.nn.Module, save_directory: str | os.PathLike, max_sh
     folder = os.path.abspath(os.fspath(save_directory))
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise NotADirectoryError(f"save_model: {folder} is a file; pass a folder (it is created if missing)")
-    state_dict = unwrap_model(model).state_dict()
-    sharded = [k for k, v in state_dict.items() if hasattr(v, "to_local") or hasattr(v, "ds_id")]
-    if sharded:
-        raise ValueError(f"save_model: {len(sharded)} tensors are sharded across ranks (FSDP2 DTensor or DeepSpeed "
-                         f"ZeRO-3), e.g. {sharded[0]!r}; gather a full state dict first, or use save_state")
+    state_dict = _full_state_dict(model)
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise TypeError(f"save_model writes tensors only, but the state dict holds non-tensor entries {not_tensors[:8]} "
@@ -120,6 +122,36 @@ def save_model(model: torch.nn.Module, save_directory: str | os.PathLike, max_sh
     return written
 
 
+def _is_fsdp1(module) -> bool:
+    return type(module).__name__ == "FullyShardedDataParallel"
+
+
+def _full_state_dict(model: torch.nn.Module) -> dict:
+    """The model's full (unsharded) state dict on rank 0, under the user's keys. Collective for sharded models;
+    on other ranks it may be empty (FSDP's cpu_offload keeps the gathered copy on rank 0 only)."""
+    engine = model if is_deepspeed_engine(model) else None
+    target = unwrap_model(engine.module if engine is not None else model)
+    if is_fsdp2(target) or _is_fsdp1(target):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(target, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    with_vars = target.state_dict(keep_vars=True)
+    if not any(hasattr(v, "ds_id") for v in with_vars.values()):
+        return target.state_dict()
+    # ZeRO-3: a partitioned parameter's local tensor is empty; gather each one in turn, keep it on rank 0
+    import deepspeed
+
+    rank, out = _rank(), {}
+    for key, value in with_vars.items():
+        if hasattr(value, "ds_id"):
+            with deepspeed.zero.GatheredParameters([value], modifier_rank=None):
+                if rank == 0:
+                    out[key] = value.detach().clone().cpu()
+        elif rank == 0:
+            out[key] = value.detach().cpu() if isinstance(value, torch.Tensor) else value
+    return out
+
+
 def load_checkpoint_in_model(model: torch.nn.Module, checkpoint: str | os.PathLike, strict: bool = False) -> None:
     """Load weights written by `save_model` (or by transformers / Accelerate as safetensors) into `model`.
 
@@ -129,6 +161,11 @@ def load_checkpoint_in_model(model: torch.nn.Module, checkpoint: str | os.PathLi
     mismatch is always an error. Pickled weights are refused.
     """
     path = os.path.abspath(os.fspath(checkpoint))
+    partitioned = any(hasattr(p, "ds_id") for p in unwrap_model(model.module if is_deepspeed_engine(model) else model).parameters())
+    if is_deepspeed_engine(model) or partitioned:
+        raise TypeError(f"load_checkpoint_in_model({path}): the model is a DeepSpeed engine, whose optimizer keeps "
+                        "its own fp32 copy of the weights that loading into the module would not change; load the "
+                        "weights into the model before deepspeed.initialize, or resume with load_state")
     state_dict = _read_weights(path)
     target = unwrap_model(model)
     own = target.state_dict()
@@ -143,6 +180,12 @@ def load_checkpoint_in_model(model: torch.nn.Module, checkpoint: str | os.PathLi
         if strict:
             raise ValueError(what + "; pass strict=False to load the keys that match")
         warnings.warn(what, stacklevel=2)
+    if is_fsdp2(target) or _is_fsdp1(target):
+        # every rank read the full file; torch shards it onto this rank's parameters in place
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(target, state_dict, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
     target.load_state_dict(state_dict, strict=False)
 
 
