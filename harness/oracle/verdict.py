@@ -426,5 +426,7 @@ def _nondeterminism_hint(fields: list[str]) -> str:
     unseeded = [_UNSEEDED[f] for f in fields if f in _UNSEEDED]
     if unseeded:
         return "; ".join(unseeded) + " (seed every RNG that the training draws from at startup, the same way on every run)"
-    return ("an unseeded RNG is the common cause (numpy's above all); else nondeterministic kernels "
-            "(torch.use_deterministic_algorithms(True)) or data order (a sampler without a seed)")
+    return ("an unseeded RNG is the common cause (numpy's above all); else nondeterministic kernels or "
+            "uninitialized memory in the state (torch.empty; DeepSpeed ZeRO-3 pads its partitions so): "
+            "torch.use_deterministic_algorithms(True) makes kernels deterministic and fills torch.empty; "
+            "or data order (a sampler without a seed)")

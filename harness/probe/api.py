@@ -155,9 +155,9 @@ def finish(model=None, optimizer=None, **state) -> None:
         return
     tree: dict = {}
     if model is not None:
-        tree["model"] = unwrap_model(model).state_dict()
+        tree["model"] = _digest.model_state_dict(model)
     if optimizer is not None:
-        tree["optimizer"] = optimizer.state_dict()
+        tree["optimizer"] = _digest.optimizer_state_dict(optimizer)
     if state:
         tree["extra"] = state
     write_final(rec, tree)

@@ -225,7 +225,8 @@ class AutoRecorder:
 
     def _resolve_names(self, k: int) -> None:
         opt = self.opts[k]
-        params = [p for g in opt.param_groups for p in g["params"]]
+        # + the weights DeepSpeed ZeRO-3 swaps into the param_groups for its step only (its fp32 partitions)
+        params = [p for g in opt.param_groups for p in g["params"]] + _digest.loose_state_tensors(opt)
         owners = []
         restored = [m for m in self.restored_objects if isinstance(m, self.torch.nn.Module)]
         for root in [*self.roots, *restored]:  # restored modules name the parameters of a process with no forward
@@ -434,14 +435,14 @@ class AutoRecorder:
                 owners.append(inner)
         tree: dict = {}
         if len(owners) == 1:
-            tree["model"] = owners[0].state_dict()
+            tree["model"] = _digest.model_state_dict(owners[0])
         elif owners:
-            tree["model"] = {f"root{i}": m.state_dict() for i, m in enumerate(owners)}
+            tree["model"] = {f"root{i}": _digest.model_state_dict(m) for i, m in enumerate(owners)}
         owned = {id(p) for m in owners for p in m.parameters()}
         loose = {n: p for k in range(len(self.opts)) for n, p in self._names[k] if id(p) not in owned}
         if loose:
             tree["params" if owners else "model"] = loose
-        sds = [o.state_dict() for o in self.opts]
+        sds = [_digest.optimizer_state_dict(o) for o in self.opts]
         tree["optimizer"] = sds[0] if len(sds) == 1 else sds
         api.write_final(self.rec, tree)
 

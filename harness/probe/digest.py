@@ -114,7 +114,7 @@ from harness.tensors import (  # noqa: F401  (re-exported: probe and checkpoint 
 __all__ = [
     "DigestError", "Empty", "leaves", "format_path", "parse_path", "format_component", "digest",
     "tensor_digest", "combine", "json_leaf", "from_json_leaf", "model_tensors", "params_digests",
-    "optimizer_record", "optimizer_digest", "rng_digests", "NamedParams", "tensor_bytes", "plain_tensor", "unwrap_model",
+    "optimizer_record", "optimizer_digest", "optimizer_state_dict", "model_state_dict", "loose_state_tensors", "rng_digests", "NamedParams", "tensor_bytes", "plain_tensor", "unwrap_model",
 ]
 
 SCALARS = (type(None), bool, int, float, str, bytes)
@@ -442,6 +442,9 @@ def _leaf_record(path: str, leaf) -> bytes:
     plain = cls in _PLAIN_TENSOR_TYPES
     tensor = plain or is_tensor(leaf)
     if plain or (tensor and cls in _plain_types()):
+        part = getattr(leaf, "ds_tensor", None)
+        if part is not None:  # DeepSpeed ZeRO-3: outside forward the parameter is empty; its data is this partition
+            leaf = part
         record = _plain_cpu_record(leaf)
         if record is not None:
             return record
@@ -616,7 +619,7 @@ def _records_under(value, path: str) -> list:
 def optimizer_record(optimizer, model=None) -> dict:
     """``{"digest", "groups", "state"}`` of an optimizer (module docstring), from one walk of its
     state_dict: each tensor's bytes are read once."""
-    sd = optimizer.state_dict()
+    sd = optimizer_state_dict(optimizer)
     if not isinstance(sd, Mapping):
         return {"digest": digest(sd), "groups": [], "state": {}}
     sd_groups = sd.get("param_groups")
@@ -693,9 +696,49 @@ def optimizer_record(optimizer, model=None) -> dict:
                       for entry, recs in entries.items()}}
 
 
+def optimizer_state_dict(optimizer):
+    """``optimizer.state_dict()``, or torch's packing of it when the optimizer's state holds tensors that its
+    param_groups no longer list, on which ``state_dict()`` raises KeyError: DeepSpeed ZeRO-3 puts each
+    sub-group's flat fp32 partition into the torch optimizer's param_groups for its step only. Such a
+    tensor is numbered after the listed ones, in the state's (insertion) order."""
+    try:
+        return optimizer.state_dict()
+    except KeyError:
+        groups, state = getattr(optimizer, "param_groups", None), getattr(optimizer, "state", None)
+        if not isinstance(groups, list) or not isinstance(state, Mapping):
+            raise
+    index: dict = {}
+    packed = []
+    for group in groups:
+        g = {k: v for k, v in group.items() if k != "params"}
+        g["params"] = [index.setdefault(id(p), len(index)) for p in group["params"]]
+        packed.append(g)
+    return {"state": {index.setdefault(id(p), len(index)) if is_tensor(p) else p: v for p, v in state.items()},
+            "param_groups": packed}
+
+
+def model_state_dict(model) -> dict:
+    """``unwrap_model(model).state_dict()``, with a DeepSpeed ZeRO-3 parameter (empty outside forward) given as
+    this rank's partition of it."""
+    sd = unwrap_model(model).state_dict(keep_vars=True)
+    out = {}
+    for key, value in sd.items():
+        part = getattr(value, "ds_tensor", None) if is_tensor(value) else None
+        out[key] = (part if part is not None else value).detach() if is_tensor(value) else value
+    return out
+
+
+def loose_state_tensors(optimizer) -> list:
+    """Tensors that key the optimizer's state but are in none of its param_groups (DeepSpeed ZeRO-3's flat
+    fp32 partitions, between steps): the weights the optimizer steps, in the state's order."""
+    listed = {id(p) for g in getattr(optimizer, "param_groups", None) or () for p in g.get("params", ())}
+    state = getattr(optimizer, "state", None)
+    return [p for p in (state if isinstance(state, Mapping) else ()) if is_tensor(p) and id(p) not in listed]
+
+
 def optimizer_digest(optimizer) -> str:
     """``digest(optimizer.state_dict())``, the same as ``optimizer_record(optimizer)["digest"]``."""
-    return digest(optimizer.state_dict())
+    return digest(optimizer_state_dict(optimizer))
 
 
 _MT_WORDS: dict = {}  # number of words of python's Mersenne Twister state -> its packer

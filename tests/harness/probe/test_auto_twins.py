@@ -1,7 +1,7 @@
 """Auto mode through DeepSpeed's engine, Accelerate's AcceleratedOptimizer and FSDP2: an unmodified script
 gets the verdict of its instrumented twin (the same file run with --probe, auto=False), with the same kill.
 
-The jobs are tests/support/scripts/plain_deepspeed.py (ZeRO-2, torch AdamW, gradient accumulation: the
+The jobs are tests/support/scripts/plain_deepspeed.py (ZeRO-2 or 3, torch AdamW, gradient accumulation: the
 optimizer steps inside ``engine.step()``, over flat fp32 partitions), plain_accelerate.py
 (``Accelerator(cpu=True)``, gradient accumulation: ``AcceleratedOptimizer.step`` skips while
 accumulating) and plain_fsdp.py (``fully_shard`` on a CPU mesh, DTensor parameters digested as each
@@ -42,6 +42,10 @@ RNG = {"rng:torch", "rng:numpy", "loss"}
     pytest.param("plain_accelerate.py", [], 2, None, marks=ACC),
     pytest.param("plain_accelerate.py", ["--bug", "skip"], 2, {"batch", "loss"}, marks=ACC),  # the epoch starts over
     pytest.param("plain_deepspeed.py", [], 3, RNG, marks=DS),
+    # ZeRO-3: parameters digested as their partitions, the optimizer's state keyed by flat fp32 partitions
+    # that its param_groups list only during a step; deterministic mode fills the partitions' padding
+    pytest.param("plain_deepspeed.py", ["--stage", "3", "--save-rng", "--deterministic"], 3, None, marks=DS),
+    pytest.param("plain_deepspeed.py", ["--stage", "3", "--deterministic"], 2, RNG, marks=DS),
     # DDP at 3 ranks: the restarted job's gradient buckets sum in another order (README, "What the SUTs
     # showed"): the same weights and data, other bits after the first step.
     pytest.param("plain_accelerate.py", [], 3, {"params", "optimizer"}, marks=ACC),

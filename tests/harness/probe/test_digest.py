@@ -374,6 +374,40 @@ def test_optimizer_record_with_name_keyed_state():
     assert "state/0.weight/exp_avg" in dict(leaves(named.state_dict()))
 
 
+def test_optimizer_state_held_for_tensors_outside_its_param_groups_is_recorded():
+    """DeepSpeed ZeRO-3 lists its flat fp32 partitions in the torch optimizer's param_groups during a step
+    only: between steps the state is keyed by tensors that state_dict() cannot number (KeyError)."""
+    flat = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.Adam([flat], lr=0.1)
+    flat.grad = torch.full((4,), 0.5)
+    opt.step()
+    listed = torch.nn.Parameter(torch.zeros(2))
+    opt.param_groups[0]["params"] = [listed]  # what ZeRO-3 leaves between steps (it leaves [])
+    with pytest.raises(KeyError):
+        opt.state_dict()
+    assert D.loose_state_tensors(opt) == [flat]
+    sd = D.optimizer_state_dict(opt)
+    assert sd["param_groups"][0]["params"] == [0] and list(sd["state"]) == [1]  # numbered after the listed
+    assert torch.equal(sd["state"][1]["exp_avg"], opt.state[flat]["exp_avg"])
+    rec = D.optimizer_record(opt)
+    assert rec["digest"] == D.optimizer_digest(opt) == digest(sd) and "#1 exp_avg" in rec["state"]
+    before = rec["state"]["#1 exp_avg"]
+    opt.state[flat]["exp_avg"].add_(1)
+    assert D.optimizer_record(opt)["state"]["#1 exp_avg"] != before  # the loose state is compared
+
+
+def test_a_zero3_parameter_is_digested_as_its_partition():
+    full, part = torch.nn.Parameter(torch.empty(0)), torch.arange(3.0)
+    full.ds_tensor = part  # DeepSpeed ZeRO-3: empty outside forward, this rank's slice in ds_tensor
+    model = torch.nn.Module()
+    model.w = full
+    sd = D.model_state_dict(model)
+    assert torch.equal(sd["w"], part)
+    assert digest({"w": full}) == digest({"w": part}) != digest({"w": torch.empty(0)})
+    part[0] = 7.0
+    assert digest(D.model_state_dict(model)) != digest(sd | {"w": torch.arange(3.0)})
+
+
 def test_old_names_are_still_importable():
     from harness import tensors
 

@@ -1,4 +1,4 @@
-"""A plain DeepSpeed ZeRO-2 training script that never calls the probe (unless --probe): an auto-mode twin.
+"""A plain DeepSpeed ZeRO-2 (or --stage 3) training script that never calls the probe (unless --probe): an auto-mode twin.
 
 Each rank trains an MLP with dropout through ``deepspeed.initialize`` (ZeRO stage 2, a torch AdamW,
 gradient accumulation over 2 micro-batches, gloo on CPU with ``DS_ACCELERATOR=cpu``), on its
@@ -15,6 +15,8 @@ skips the batches of the epoch already consumed.
              CKPT_DIR/step{N}/rng_rank{r}.pt) and restore them: DeepSpeed's checkpoint holds none (and its
              client_state is rank 0's only), so without this flag the resumed run draws other dropout masks
              and noise
+--deterministic  torch.use_deterministic_algorithms(True), which also fills torch.empty: ZeRO-3 pads its
+             partitions with such memory, which is otherwise other bytes on every run
 """
 
 import argparse
@@ -36,10 +38,13 @@ parser.add_argument("--save-every", type=int, default=3)
 parser.add_argument("--stage", type=int, default=2)
 parser.add_argument("--save-rng", action="store_true")
 parser.add_argument("--probe", action="store_true")
+parser.add_argument("--deterministic", action="store_true")
 args = parser.parse_args()
 probe = importlib.import_module("harness.probe") if args.probe else None
 ckpt_dir = os.path.join(probe.run_dir(), "ckpt") if probe else "ckpt"
 ACCUM = 2
+if args.deterministic:  # also fills torch.empty: ZeRO-3 pads its partitions with uninitialized memory
+    torch.use_deterministic_algorithms(True)
 
 dist.init_process_group(os.environ.get("HARNESS_BACKEND", "gloo"))
 rank, world = dist.get_rank(), dist.get_world_size()
