@@ -720,7 +720,14 @@ def optimizer_state_dict(optimizer):
 def model_state_dict(model) -> dict:
     """``unwrap_model(model).state_dict()``, with a DeepSpeed ZeRO-3 parameter (empty outside forward) given as
     this rank's partition of it."""
-    sd = unwrap_model(model).state_dict(keep_vars=True)
+    model = unwrap_model(model)
+    try:
+        zero3 = any(getattr(p, "ds_tensor", None) is not None for p in model.parameters())
+    except (AttributeError, TypeError):  # a duck-typed model: its state_dict() is all there is
+        zero3 = False
+    if not zero3:  # state_dict(keep_vars=...) is not every model's signature (a wrapper's own state_dict)
+        return model.state_dict()
+    sd = model.state_dict(keep_vars=True)
     out = {}
     for key, value in sd.items():
         part = getattr(value, "ds_tensor", None) if is_tensor(value) else None

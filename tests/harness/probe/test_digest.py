@@ -408,6 +408,18 @@ def test_a_zero3_parameter_is_digested_as_its_partition():
     assert digest(D.model_state_dict(model)) != digest(sd | {"w": torch.arange(3.0)})
 
 
+def test_a_model_whose_state_dict_takes_no_arguments_is_digested_through_it():
+    class Gathered(torch.nn.Module):  # a wrapper presenting other tensors than its parameters
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+        def state_dict(self):
+            return {"full": torch.arange(4.0)}
+
+    assert list(D.model_state_dict(Gathered())) == ["full"]
+
+
 def test_old_names_are_still_importable():
     from harness import tensors
 
