@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
+import traceback
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from harness.checkpoint import Checkpointer, ProjectConfiguration
 
@@ -99,3 +102,20 @@ def full_state(job) -> list:
     ckpt, model, opt, loader, sched, counter = job
     return state_bytes({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "loader": loader.state_dict(), "counter": counter.state_dict(), "step": ckpt.step})
+
+
+def run_rank_job(work, out: str) -> None:
+    """A rank job script's body: ``work(rank, world)`` in a gloo process group, then ``out/ok{rank}``, or
+    ``out/err{rank}`` with the traceback (what the tests read to name the failing rank)."""
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        work(rank, world)
+        with open(os.path.join(out, f"ok{rank}"), "w") as f:
+            f.write("ok")
+    except BaseException:
+        with open(os.path.join(out, f"err{rank}"), "w") as f:
+            f.write(f"rank {rank}:\n{traceback.format_exc()}")
+        raise
+    finally:
+        dist.destroy_process_group()

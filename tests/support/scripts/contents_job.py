@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
 import torch
 import torch.distributed as dist
 
-from harness.checkpoint import Checkpointer, ProjectConfiguration
+sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # tests/, last
+
+from harness.checkpoint import Checkpointer, ProjectConfiguration  # noqa: E402
+from support.checkpoint_jobs import run_rank_job  # noqa: E402
 
 
 def _model():
@@ -81,20 +83,13 @@ def _deepspeed(rank, world, out):
 
 def main() -> None:
     out = sys.argv[1]
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    try:
+
+    def work(rank, world):
         _fsdp(rank, world, out)
         _deepspeed(rank, world, out)
         dist.barrier()
-        with open(os.path.join(out, f"ok{rank}"), "w") as f:
-            f.write("ok")
-    except BaseException:
-        with open(os.path.join(out, f"err{rank}"), "w") as f:
-            f.write(f"rank {rank}:\n{traceback.format_exc()}")
-        raise
-    finally:
-        dist.destroy_process_group()
+
+    run_rank_job(work, out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
 import torch
 import torch.distributed as dist
@@ -22,7 +21,7 @@ from safetensors.torch import load_file
 sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # tests/, last
 
 from harness.checkpoint import load_checkpoint_in_model, save_model  # noqa: E402
-from support.checkpoint_jobs import state_bytes  # noqa: E402
+from support.checkpoint_jobs import run_rank_job, state_bytes  # noqa: E402
 
 
 def _plain(seed: int = 0) -> torch.nn.Module:
@@ -116,21 +115,14 @@ def _deepspeed(rank, world, tmp, stage):
 
 def main() -> None:
     kind, out = sys.argv[1], sys.argv[2]
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    try:
+
+    def work(rank, world):
         if kind == "fsdp":
             _fsdp(rank, world, out)
         else:
             _deepspeed(rank, world, out, int(kind.removeprefix("deepspeed")))
-        with open(os.path.join(out, f"ok{rank}"), "w") as f:
-            f.write("ok")
-    except BaseException:
-        with open(os.path.join(out, f"err{rank}"), "w") as f:
-            f.write(f"rank {rank}:\n{traceback.format_exc()}")
-        raise
-    finally:
-        dist.destroy_process_group()
+
+    run_rank_job(work, out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import sys
-import traceback
 
 import torch
 import torch.distributed as dist
@@ -23,7 +22,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 from harness.checkpoint import (Checkpointer, CorruptCheckpointError, IncompatibleCheckpointError,  # noqa: E402
                                 ProjectConfiguration, files)
 from harness.checkpoint.strategy import StrategyInfo  # noqa: E402
-from support.checkpoint_jobs import state_bytes  # noqa: E402
+from support.checkpoint_jobs import run_rank_job, state_bytes  # noqa: E402
 
 
 class _Raised:
@@ -244,18 +243,7 @@ def _ds_worker(rank, world, tmp):
 
 def main() -> None:
     kind, out = sys.argv[1], sys.argv[2]
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    try:
-        {"fsdp": _fsdp_worker, "deepspeed": _ds_worker}[kind](rank, world, out)
-        with open(os.path.join(out, f"ok{rank}"), "w") as f:
-            f.write("ok")
-    except BaseException:
-        with open(os.path.join(out, f"err{rank}"), "w") as f:
-            f.write(f"rank {rank}:\n{traceback.format_exc()}")
-        raise
-    finally:
-        dist.destroy_process_group()
+    run_rank_job(lambda rank, world: {"fsdp": _fsdp_worker, "deepspeed": _ds_worker}[kind](rank, world, out), out)
 
 
 if __name__ == "__main__":
