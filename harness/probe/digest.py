@@ -727,11 +727,10 @@ def model_state_dict(model) -> dict:
         zero3 = False
     if not zero3:  # state_dict(keep_vars=...) is not every model's signature (a wrapper's own state_dict)
         return model.state_dict()
-    sd = model.state_dict(keep_vars=True)
     out = {}
-    for key, value in sd.items():
-        part = getattr(value, "ds_tensor", None) if is_tensor(value) else None
-        out[key] = (part if part is not None else value).detach() if is_tensor(value) else value
+    for key, value in model.state_dict(keep_vars=True).items():
+        part = getattr(value, "ds_tensor", None)
+        out[key] = (value if part is None else part).detach() if is_tensor(value) else value
     return out
 
 
