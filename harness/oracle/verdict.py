@@ -42,8 +42,15 @@ class Outcome(str, enum.Enum):
 
     BIT_EXACT = "bit_exact"
     ELASTIC_PASS = "elastic_pass"  # a resume on another world size: what can be exact is (harness.oracle.elastic)
+    RNG_ACCEPTED = "rng_accepted"  # training bit-exact; only RNG streams the user accepted (--accept-rng) differ
     NOT_ELASTIC = "not_elastic"
     DIVERGENCE = "divergence"
+    RNG_ONLY = "rng_only"  # training bit-exact through the end, but an RNG stream differs (exit 3)
+    LOST_PROGRESS = "lost_progress"  # resumed from an older checkpoint than the newest committed before the kill
+    RANKS_RESUMED_APART = "ranks_resumed_apart"  # the ranks of one attempt restored different steps
+    NO_EVIDENCE = "no_evidence"  # nothing was compared that a PASS could rest on
+    EXIT_UNKNOWN = "exit_unknown"  # a rank's exit status of the last attempt is unknown
+    STALL = "stall"  # no rank recorded anything for the stall limit (exit 4): not a resume bug
     NONDETERMINISTIC_BASELINE = "nondeterministic_baseline"
     NOT_RESUMED = "not_resumed"
     UNKNOWN_RESUME_STATE = "unknown_resume_state"
@@ -63,6 +70,19 @@ class Outcome(str, enum.Enum):
 OUTCOMES = tuple(o.value for o in Outcome)
 VERDICTS = ("pass", "fail", "error")
 EXIT_CODES = {"pass": 0, "fail": 1, "error": 2}
+#: Outcomes with an exit code of their own (else the verdict's): an RNG-only difference and a stall are
+#: told apart from a training divergence (1) and from a harness error (2) by scripts and CI.
+OUTCOME_EXIT_CODES = {Outcome.RNG_ONLY: 3, Outcome.STALL: 4}
+PASSING = (Outcome.BIT_EXACT, Outcome.ELASTIC_PASS, Outcome.RNG_ACCEPTED)
+
+
+def exit_code_of(verdict: str, outcome) -> int:
+    """The process exit code of a trial: its outcome's own (OUTCOME_EXIT_CODES), else its verdict's."""
+    try:
+        outcome = Outcome(outcome)
+    except ValueError:
+        return EXIT_CODES.get(verdict, 2)
+    return OUTCOME_EXIT_CODES.get(outcome, EXIT_CODES.get(verdict, 2))
 
 
 def jsonable(x):
@@ -106,8 +126,8 @@ class Verdict:
         object.__setattr__(self, "outcome", Outcome(self.outcome))
         object.__setattr__(self, "attempts", tuple(self.attempts))
         object.__setattr__(self, "warnings", tuple(self.warnings))
-        if self.verdict == "pass" and self.outcome not in (Outcome.BIT_EXACT, Outcome.ELASTIC_PASS):
-            raise ValueError(f"only bit_exact passes (and elastic_pass, on another world size), not {self.outcome}")
+        if self.verdict == "pass" and self.outcome not in PASSING:
+            raise ValueError(f"only {', '.join(o.value for o in PASSING)} pass, not {self.outcome}")
 
 
 @dataclass(frozen=True)
@@ -138,7 +158,7 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.verdict, 2)
+        return exit_code_of(self.verdict, self.outcome)
 
     def to_json(self) -> dict:
         v = self.verdict_
