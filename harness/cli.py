@@ -42,10 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resume-harness {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
+    from harness.report.outcomes import outcome_table
+
     run = sub.add_parser("run", help="run a trial: baseline, kill(s) and resume, bit-exact comparison",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          epilog="fault plans (--kill):\n" + textwrap.indent(KILL_GRAMMAR, "    ")
-                         + "\n  examples:\n" + textwrap.indent(KILL_EXAMPLES, "    "))
+                         + "\n  examples:\n" + textwrap.indent(KILL_EXAMPLES, "    ")
+                         + "\n\noutcomes and exit codes:\n" + textwrap.indent(outcome_table(), "    "))
     run.add_argument("target", nargs="?", default=None,
                      help="built-in scenario name or path to a script (default: the 'default' scenario)")
     run.add_argument("--nproc", type=int, default=2, help="number of ranks (default 2)")
@@ -65,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", choices=STRATEGIES, default=None,
                      help="how the built-in scenarios wrap the model ($HARNESS_STRATEGY): ddp (default), fsdp "
                           "(FSDP2 on a CPU mesh under gloo), deepspeed-zero0..3")
+    run.add_argument("--accept-rng", action="append", default=[], metavar="STREAM",
+                     choices=("python", "numpy", "torch", "cuda", "all"),
+                     help="accept knowingly that this RNG stream (python, numpy, torch, cuda, all) differs after the "
+                          "resume while training stays bit-exact: outcome rng_accepted (exit 0) instead of rng_only "
+                          "(exit 3); repeatable")
+    run.add_argument("--accept-lost-progress", action="store_true",
+                     help="accept a resume from an older checkpoint than the newest committed before the kill "
+                          "(a script that keeps one older checkpoint on purpose) instead of lost_progress")
     run.add_argument("--out", default=None, metavar="DIR", help="output folder (default harness-out/<target>-<time>-<id>)")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     run.add_argument("--no-cache", action="store_true", help="run the baseline again instead of using the cache")
@@ -234,7 +245,8 @@ def _run(args, script_args: list[str]) -> int:
                      out_dir=args.out, script_args=script_args, baseline_runs=args.baseline_runs,
                      use_cache=not args.no_cache, launcher=launcher, timeout_s=args.timeout, stall_s=args.stall,
                      progress=progress, auto=True if args.auto else None, strategy=args.strategy,
-                     resume_nproc=args.resume_nproc, loss_rtol=args.loss_rtol)
+                     resume_nproc=args.resume_nproc, loss_rtol=args.loss_rtol, accept_rng=tuple(args.accept_rng),
+                     accept_lost_progress=args.accept_lost_progress)
     except UsageError as e:
         return _usage_error(str(e), args.json)
     except KeyboardInterrupt:

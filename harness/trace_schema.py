@@ -67,6 +67,8 @@ class StepRow:
     parameter/buffer name. optimizer_groups: per param group, its hyperparameters as exact JSON leaves.
     optimizer_state: digest per "<param name> <state key>". extra: per key, a digest or an exact JSON leaf.
     time: wall-clock seconds (time.time()) when the row was written, for progress and stall limits.
+    backward, fetched, hyper: evidence for the diagnosis, never compared (harness.probe.evidence): backward
+    calls in the step, a digest of the loader batches they consumed, the param groups' hyperparameters.
     """
 
     attempt: int
@@ -83,6 +85,9 @@ class StepRow:
     optimizer_groups: list | None = None
     optimizer_state: dict | None = None
     extra: dict = field(default_factory=dict)
+    backward: int | None = None
+    fetched: str | None = None
+    hyper: list | None = None
     kind: str = field(default="step", init=False)
 
 

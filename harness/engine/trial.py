@@ -24,6 +24,7 @@ import uuid
 from harness.engine.baseline import Baseline, get_baseline
 from harness.engine.jobs import RunFolder, attempt_spec, auto_not_recorded, exits_summary, failure_message, write_auto_index
 from harness.engine.monitor import AttemptMonitor, stall_limit
+from harness.engine.resume_watch import ResumeWatch
 from harness.engine.target import Target, UsageError, resolve_target
 from harness.faults import FaultPlan
 from harness.launch import LaunchError, Launcher
@@ -31,6 +32,8 @@ from harness.launch.spec import log_tail
 from harness.launch.determinism import cuda_visible
 
 BACKENDS = ("auto", "gloo", "nccl")
+#: RNG streams that --accept-rng names (or all of them).
+ACCEPTABLE_RNG = ("python", "numpy", "torch", "cuda", "all")
 DEFAULT_TIMEOUT_S = 300.0
 
 
@@ -62,7 +65,8 @@ STRATEGIES = ("ddp", "fsdp", "deepspeed-zero0", "deepspeed-zero1", "deepspeed-ze
 def replay_command(target: Target, *, nproc: int, backend: str, seed: int, plan: FaultPlan, script_args=(),
                    timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None, auto: bool = False,
                    strategy: str | None = None, resume_nproc: int | None = None,
-                   loss_rtol: float | None = None, launcher_args: tuple[str, ...] = ()) -> str:
+                   loss_rtol: float | None = None, launcher_args: tuple[str, ...] = (), accept_rng=(),
+                   accept_lost_progress: bool = False) -> str:
     """The ``harness run`` command line that repeats this trial with its concrete fault plan."""
     parts = ["harness", "run", target.name, "--nproc", str(nproc), "--backend", backend, "--seed", str(seed),
              *launcher_args]
@@ -80,6 +84,10 @@ def replay_command(target: Target, *, nproc: int, backend: str, seed: int, plan:
         parts += ["--timeout", f"{timeout_s:g}"]
     if stall_s is not None:
         parts += ["--stall", f"{stall_s:g}"]
+    for stream in accept_rng:
+        parts += ["--accept-rng", stream]
+    if accept_lost_progress:
+        parts.append("--accept-lost-progress")
     if script_args:
         parts += ["--", *script_args]
     return shlex.join(parts)
@@ -159,7 +167,7 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
         out_dir: str | None = None, script_args=(), baseline_runs: int | None = None, use_cache: bool = True,
         launcher: Launcher | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None,
         progress=None, auto: bool | None = None, strategy: str | None = None, resume_nproc: int | None = None,
-        loss_rtol: float | None = None):
+        loss_rtol: float | None = None, accept_rng=(), accept_lost_progress: bool = False):
     """Run one trial of ``target`` under ``plan`` and judge it against the baseline.
 
     target: a built-in scenario name or a path to a script. plan: a FaultPlan, a short string
@@ -181,6 +189,11 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
     global loss held to ``loss_rtol`` (default ``harness.oracle.elastic.DEFAULT_LOSS_RTOL``). Equal to
     ``nproc``: an ordinary trial.
 
+    accept_rng: RNG streams ("python", "numpy", "torch", "cuda", or "all") whose difference is accepted
+    knowingly when training stays bit-exact (outcome rng_accepted, a pass that names them); else such a
+    trial is rng_only (exit 3). accept_lost_progress: a resume from an older checkpoint than the newest
+    committed before the kill passes (naming both steps) instead of lost_progress.
+
     Raises UsageError for bad arguments, found before anything runs where possible; everything that
     happens once processes run is reported in the returned ``harness.oracle.RunResult``.
     """
@@ -200,6 +213,10 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
         raise UsageError("--resume-nproc cannot be combined with --auto: the elastic oracle needs the probe's "
                          "restored-state and per-sample records")
     check_plan_ranks(plan, nproc, resume_nproc)
+    accept_rng = tuple(accept_rng or ())
+    bad = [a for a in accept_rng if a.removeprefix("rng:") not in ACCEPTABLE_RNG]
+    if bad:
+        raise UsageError(f"--accept-rng takes {', '.join(ACCEPTABLE_RNG)}; got {', '.join(map(repr, bad))}")
     runs = baseline_runs if baseline_runs is not None else (1 if tgt.builtin else 2)
     if not isinstance(runs, int) or runs < 1:
         raise UsageError(f"--baseline-runs must be an integer >= 1, got {baseline_runs!r}")
@@ -224,7 +241,8 @@ def run(target: str = "default", nproc: int = 2, plan=None, seed: int = 0, backe
     trial = _Trial(tgt, plan, folder, launcher=launcher, runs=runs, use_cache=use_cache, timeout_s=timeout_s,
                    stall_s=stall_s, script_args=tuple(script_args), say=say, auto=auto, strategy=strategy,
                    common=dict(target=tgt.name, nproc=nproc, backend=backend, seed=seed, out_dir=out),
-                   resume_nproc=resume_nproc, loss_rtol=loss_rtol)
+                   resume_nproc=resume_nproc, loss_rtol=loss_rtol, accept_rng=accept_rng,
+                   accept_lost_progress=accept_lost_progress)
     try:
         verdict, context = trial.run()
     except LaunchError as e:
@@ -252,7 +270,8 @@ class _Trial:
     """The state of one trial while it runs (the plan becomes concrete once the baseline exists)."""
 
     def __init__(self, tgt: Target, plan: FaultPlan, folder: RunFolder, *, launcher, runs, use_cache, timeout_s,
-                 stall_s, script_args, say, common, auto=None, strategy=None, resume_nproc=None, loss_rtol=None):
+                 stall_s, script_args, say, common, auto=None, strategy=None, resume_nproc=None, loss_rtol=None,
+                 accept_rng=(), accept_lost_progress=False):
         self.tgt, self.plan, self.folder = tgt, plan, folder
         self.launcher, self.runs, self.use_cache = launcher, runs, use_cache
         self.timeout_s, self.stall_s, self.script_args, self.say = timeout_s, stall_s, script_args, say
@@ -260,6 +279,7 @@ class _Trial:
         self.auto = auto
         self.strategy = strategy
         self.resume_nproc, self.loss_rtol = resume_nproc, loss_rtol  # an elastic trial (harness.oracle.elastic)
+        self.accept_rng, self.accept_lost_progress = tuple(accept_rng), accept_lost_progress
         self.timings: dict = {}
 
     def replay(self) -> str:
@@ -267,7 +287,8 @@ class _Trial:
         return replay_command(self.tgt, nproc=c["nproc"], backend=c["backend"], seed=c["seed"], plan=self.plan,
                               script_args=self.script_args, timeout_s=self.timeout_s, stall_s=self.stall_s,
                               auto=bool(self.auto), strategy=self.strategy, resume_nproc=self.resume_nproc,
-                              loss_rtol=self.loss_rtol, launcher_args=tuple(self.launcher.replay_args()))
+                              loss_rtol=self.loss_rtol, launcher_args=tuple(self.launcher.replay_args()),
+                              accept_rng=self.accept_rng, accept_lost_progress=self.accept_lost_progress)
 
     def context(self, launches: dict | None = None) -> dict:
         out = {"plan": self.plan.format(), "replay": self.replay()}
@@ -328,9 +349,20 @@ class _Trial:
             fault = concrete[a] if a < len(concrete) else None
             nproc = c["nproc"] if a == 0 or self.resume_nproc is None else self.resume_nproc
             monitor = AttemptMonitor(self.folder.trace_dir, nproc, a, stall_s=stall, say=self.say)
+            apart = ResumeWatch(self.folder.trace_dir, nproc, a) if a > 0 else None
+            stall_reason: list[str] = []
+
+            def watch(elapsed, monitor=monitor, apart=apart, stall_reason=stall_reason):
+                reason = apart.check() if apart is not None else None
+                if reason is None:
+                    reason = monitor.watch(elapsed)
+                    if reason is not None:
+                        stall_reason.append(reason)
+                return reason
+
             spec = attempt_spec(self.tgt, self.folder, nproc=nproc, backend=c["backend"],
                                 script_args=self.script_args, role="trial", attempt=a, fault=fault,
-                                timeout_s=self.timeout_s, watch=monitor.watch, auto=bool(self.auto), index=index,
+                                timeout_s=self.timeout_s, watch=watch, auto=bool(self.auto), index=index,
                                 strategy=self.strategy)
             result = launches[a] = self.launcher.launch(spec)
             trace = load_trace(self.folder.trace_dir)
@@ -344,7 +376,8 @@ class _Trial:
                 last_steps = {r: max((row.step for row in trace.steps(r, a)), default=None)
                               for r in range(nproc)}
                 tails = "\n".join(f"--- rank {e.rank} ---\n{log_tail(e.log_path, 15)}" for e in result.exits)
-                return timeout_verdict(trace, a, reason, last_steps, tails), self.context(launches)
+                return (timeout_verdict(trace, a, reason, last_steps, tails, stalled=bool(stall_reason) and not result.timed_out),
+                        self.context(launches))
             if fault is None or not fired or finished:
                 break
         self.timings["trial_s"] = round(time.monotonic() - t1, 3)
@@ -365,7 +398,8 @@ class _Trial:
         if self.auto:
             comparison.compared["not_recorded"] = auto_not_recorded(base_trace)
         ends = [RankEnd(e.rank, e.returncode, e.torn_down, log_tail(e.log_path)) for e in last.exits]
-        verdict = assess(comparison, trace, n_faults=len(concrete), last_exits=ends, launched=len(launches))
+        verdict = assess(comparison, trace, n_faults=len(concrete), last_exits=ends, launched=len(launches),
+                         accept_rng=self.accept_rng, accept_lost_progress=self.accept_lost_progress)
         self.timings["compare_s"] = round(time.monotonic() - t2, 3)
         return verdict, self.context(launches)
 

@@ -26,6 +26,8 @@ def redirect_stdio(log_path: str) -> None:
 #: used when ``HARNESS_AUTO=1``. Named rather than imported: launch/ sits below probe/ in the import
 #: order (tests/harness/test_imports.py), and this code runs only inside a rank process.
 AUTO_INSTALLER = "harness.probe.auto"
+#: The diagnosis evidence (backward calls, fetched batches, hyperparameters per step), in every mode.
+EVIDENCE_INSTALLER = "harness.probe.evidence"
 
 
 def auto_mode() -> bool:
@@ -52,6 +54,10 @@ def run_target(script: str | None, module: str | None, args: list[str]) -> None:
 
     if determinism.wanted():  # NCCL or a visible GPU: deterministic kernels before the script's first line
         determinism.apply()
+    if os.environ.get("HARNESS_TRACE_DIR"):
+        import importlib
+
+        importlib.import_module(EVIDENCE_INSTALLER).install()
     if auto_mode():
         _auto().install()
 

@@ -73,7 +73,7 @@ class Divergence:
     attempt: int | None
     fields: list[str]
     tensors: list[TensorDiff] = field(default_factory=list)
-    where: str = "trace"  # "trace" | "final"
+    where: str = "trace"  # "trace" | "final" | "artefact" (a file the script exported, harness.oracle.artefacts)
     note: str = ""
 
     def sort_key(self) -> tuple:
@@ -82,6 +82,8 @@ class Divergence:
         all-reduce spreads from the rank at fault to every rank; then rank. Final state last."""
         if self.where == "final":
             return (1, 0, 0, 0, self.rank)
+        if self.where == "artefact":
+            return (2, 0, 0, 0, self.rank)
         inputs = any(f in ("batch", "loss") or f.startswith("rng:") for f in self.fields)
         return (0, self.attempt or 0, self.step if self.step is not None else 0, 0 if inputs else 1, self.rank)
 
@@ -90,6 +92,17 @@ class Divergence:
             "step": self.step, "rank": self.rank, "attempt": self.attempt, "fields": list(self.fields),
             "tensors": [t.to_json() for t in self.tensors], "where": self.where, "note": self.note,
         }
+
+
+def is_rng_field(name: str) -> bool:
+    """An RNG stream's field (``rng:torch``...): RNG state, as opposed to training state."""
+    return name.startswith("rng:")
+
+
+def training_fields(d: Divergence) -> list[str]:
+    """The fields of a divergence that are training state: everything but the RNG streams (the loss,
+    batch, parameters, optimizer, extras, exported artefacts, missing or extra steps)."""
+    return [f for f in d.fields if not is_rng_field(f)]
 
 
 @dataclass
@@ -103,6 +116,20 @@ class Comparison:
     @property
     def ok(self) -> bool:
         return self.first is None
+
+    @property
+    def training(self) -> Divergence | None:
+        """The first divergence of the training state (any field but an RNG stream's)."""
+        return next((d for d in self.divergences if training_fields(d)), None)
+
+    @property
+    def rng(self) -> Divergence | None:
+        """The first divergence of an RNG stream (it may come with training fields, or alone)."""
+        return next((d for d in self.divergences if any(map(is_rng_field, d.fields))), None)
+
+    def rng_streams(self) -> list[str]:
+        """Every RNG stream field that differs anywhere, in first-seen order."""
+        return list(dict.fromkeys(f for d in self.divergences for f in d.fields if is_rng_field(f)))
 
 
 def same(a, b) -> bool:

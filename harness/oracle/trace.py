@@ -75,7 +75,7 @@ class AttemptSummary:
     fault: FaultRow | None  # the first fault row of the attempt (the fault fired)
     finished: bool  # every rank of the trace recorded a finish row in this attempt
     finished_ranks: tuple[int, ...]
-    committed_steps: tuple[int, ...]  # checkpoints committed up to the end of this attempt
+    committed_steps: tuple[int, ...]  # checkpoints complete up to the end of this attempt (Trace.complete_checkpoints)
     loaded: tuple[EventRow, ...]  # checkpoint.loaded events of this attempt
 
     @property
@@ -176,6 +176,42 @@ class Trace:
                 prev[row.attempt] = t
         return gaps
 
+    def complete_checkpoints(self, attempt: int) -> set[int]:
+        """Steps whose checkpoint is complete in ``attempt``, by the rule of module ``committed_steps``.
+
+        A ``checkpoint.committed`` event of the checkpointer (no ``via``) is its own atomic commit. One that
+        auto mode records after a save call returned (``info.via``: ``torch.save``...) says only that this
+        one file is written: the script's checkpoint of step s is complete when no rank has a save of step s
+        still in flight, and every rank of the attempt trained past step s (recorded a later step) or
+        finished. A two-phase commit (every rank saves, a barrier, rank 0 points ``latest`` at it) is
+        therefore complete only once every rank is past its barrier."""
+        events = [e for e in self.events() if e.attempt == attempt]
+        steps: set[int] = set()
+        auto: dict[int, list] = {}
+        for e in events:
+            if e.name != "checkpoint.committed" or not isinstance(e.event_step, int):
+                continue
+            via = e.info.get("via") if isinstance(e.info, dict) else None
+            if via is None or via == "auto":
+                steps.add(e.event_step)
+            else:
+                auto.setdefault(e.event_step, []).append(e)
+        if not auto:
+            return steps
+        ranks = [r for r in self.ranks if any(row.attempt == attempt for row in self.rows(r))]
+        top = {r: max((row.step for row in self.steps(r, attempt)), default=-1) for r in ranks}
+        done = {r for r in ranks if self.finished(r, attempt)}
+        vias = {e.info.get("via") for es in auto.values() for e in es}
+        for s, commits in auto.items():
+            in_flight = False
+            for r in ranks:
+                begun = sum(1 for e in events if e.rank == r and e.name in vias and e.step == s)
+                ended = sum(1 for e in commits if e.rank == r)
+                in_flight |= begun > ended
+            if not in_flight and all(r in done or top[r] > s for r in ranks):
+                steps.add(s)
+        return steps
+
     def attempt_summary(self) -> list[AttemptSummary]:
         """One summary per attempt: steps run, the fault that ended it, finish, checkpoints committed, loads."""
         out, committed = [], set()
@@ -184,7 +220,7 @@ class Trace:
             steps = [row.step for r in self.ranks for row in self.steps(r, a)]
             faults = [row for row in all_faults if row.attempt == a]
             events = [row for row in all_events if row.attempt == a]
-            committed |= {e.event_step for e in events if e.name == "checkpoint.committed"}
+            committed |= self.complete_checkpoints(a)
             finished = tuple(r for r in self.ranks if self.finished(r, a))
             out.append(AttemptSummary(
                 attempt=a, first_step=min(steps, default=None), last_step=max(steps, default=None),

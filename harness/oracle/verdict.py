@@ -33,7 +33,7 @@ import enum
 from dataclasses import dataclass, field
 
 from .compare import Comparison, Divergence, json_float
-from .diagnosis import Diagnosis, diagnose
+from .diagnosis import Diagnosis, diagnose, diagnose_rng
 from .trace import AttemptSummary, Trace
 
 
@@ -119,6 +119,11 @@ class Verdict:
     warnings: tuple[str, ...] = ()
     hint: str | None = None  # what the user should check
     diagnosis: Diagnosis | None = None  # the likely cause of a failure, with its evidence
+    # The first divergence of an RNG stream, and its cause, reported apart from the training divergence
+    # (first_divergence), which it never hides; the RNG streams a PASS accepted (--accept-rng).
+    rng_divergence: Divergence | None = None
+    rng_diagnosis: Diagnosis | None = None
+    accepted: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -126,6 +131,7 @@ class Verdict:
         object.__setattr__(self, "outcome", Outcome(self.outcome))
         object.__setattr__(self, "attempts", tuple(self.attempts))
         object.__setattr__(self, "warnings", tuple(self.warnings))
+        object.__setattr__(self, "accepted", tuple(self.accepted))
         if self.verdict == "pass" and self.outcome not in PASSING:
             raise ValueError(f"only {', '.join(o.value for o in PASSING)} pass, not {self.outcome}")
 
@@ -155,6 +161,15 @@ class RunResult:
     warnings = property(lambda self: self.verdict_.warnings)
     hint = property(lambda self: self.verdict_.hint)
     diagnosis = property(lambda self: self.verdict_.diagnosis)
+    rng_divergence = property(lambda self: self.verdict_.rng_divergence)
+    rng_diagnosis = property(lambda self: self.verdict_.rng_diagnosis)
+    accepted = property(lambda self: self.verdict_.accepted)
+
+    @property
+    def training_divergence(self) -> Divergence | None:
+        """The first divergence of the training state (None when training stayed bit-exact)."""
+        d = self.verdict_.first_divergence
+        return d if d is not None and any(not f.startswith("rng:") for f in d.fields) else None
 
     @property
     def exit_code(self) -> int:
@@ -166,6 +181,10 @@ class RunResult:
             "verdict": v.verdict, "outcome": v.outcome, "message": v.message, "hint": v.hint,
             "diagnosis": v.diagnosis.to_json() if v.diagnosis else None,
             "first_divergence": v.first_divergence.to_json() if v.first_divergence else None,
+            "training_divergence": self.training_divergence.to_json() if self.training_divergence else None,
+            "rng_divergence": v.rng_divergence.to_json() if v.rng_divergence else None,
+            "rng_diagnosis": v.rng_diagnosis.to_json() if v.rng_diagnosis else None,
+            "accepted": list(v.accepted), "exit_code": self.exit_code,
             "compared": v.compared, "attempts": self._attempts_json(), "replay": self.replay,
             "out_dir": str(self.out_dir), "timings": self.timings, "warnings": v.warnings,
             "target": self.target, "nproc": self.nproc, "backend": self.backend, "seed": self.seed,
@@ -199,6 +218,11 @@ class RankEnd:
 def describe(d: Divergence) -> str:
     """One line naming a divergence: where, and which fields."""
     fields = ", ".join(d.fields)
+    if d.where == "artefact":
+        files = ", ".join(f.split(":", 1)[1] for f in d.fields if f.startswith("artefact:")) or fields
+        names = ", ".join(t.name for t in d.tensors[:3])
+        more = f" and {len(d.tensors) - 3} more" if len(d.tensors) > 3 else ""
+        return f"the exported file {files} differs from the baseline's" + (f": {names}{more}" if names else "")
     if d.where == "final":
         return f"final state of rank {d.rank} differs: {fields}"
     if d.fields == ["missing"]:
@@ -246,6 +270,9 @@ def assess(
     baseline_error: str | None = None,
     last_exits: list[RankEnd] | None = None,
     launched: int | None = None,
+    artefacts=None,
+    accept_rng=(),
+    accept_lost_progress: bool = False,
 ) -> Verdict:
     """Judge a trial. See the module docstring for the rules, in the order they are checked.
 
@@ -342,29 +369,65 @@ def assess(
                     f"the trial ended after {len(summary)} attempt(s); fault(s) {len(summary) + 1}..{n_faults} of "
                     f"the plan were never armed")
 
-    restarts = []  # (attempt after a fault, the attempt with the fault)
+    apart = _ranks_apart(trial)
+    if apart is not None:
+        a, steps = apart
+        each = ", ".join(f"rank {r} step {st}" for r, st in sorted(steps.items()))
+        return done("fail", Outcome.RANKS_RESUMED_APART,
+                    f"the ranks of attempt {a} resumed from different checkpoints: {each}",
+                    hint="the ranks' checkpoint files were written without a commit protocol (a kill during a save "
+                         "left them at different steps): save every rank's files, then mark the step complete once "
+                         "all are written (a barrier and a marker or rename by one rank), and load only a "
+                         "complete step")
+
+    restarts, resumes = [], []  # (attempt after a fault, the attempt with the fault)
     for prev, nxt in zip(summary, summary[1:]):
-        if prev.fault is not None and not nxt.loaded and nxt.first_step is not None and nxt.first_step <= 1:
+        if prev.fault is None:
+            continue
+        if not nxt.loaded and (nxt.first_step is None or nxt.first_step <= 1):
             restarts.append((nxt, prev))
+        else:
+            resumes.append((nxt, prev))
     for nxt, prev in restarts:
         if prev.committed_steps:
             warnings.append(f"attempt {nxt.attempt} restarted from step 1 although checkpoint(s) at step(s) "
                             f"{list(prev.committed_steps)} were committed before the kill")
 
-    if comparison.first is not None:
-        sizes = {row.world_size for r in trial.ranks for row in trial.rows(r) if row.kind == "start"}
-        return done("fail", Outcome.DIVERGENCE, describe(comparison.first),
-                    diagnosis=diagnose(comparison, trial, comparison.base, world_size=max(sizes, default=None)))
+    sizes = {row.world_size for r in trial.ranks for row in trial.rows(r) if row.kind == "start"}
+    world = max(sizes, default=None)
+    training, rng_first = comparison.training, comparison.rng
+    rng_diag = diagnose_rng(comparison, trial, comparison.base) if rng_first is not None else None
+    rng_kw = dict(rng_divergence=rng_first, rng_diagnosis=rng_diag)
+    if training is not None:
+        diag = diagnose(comparison, trial, comparison.base, world_size=world, divergence=training)
+        also = ""
+        if rng_first is not None and rng_first is not training:
+            also = f"; RNG: {', '.join(f for f in rng_first.fields if f.startswith('rng:'))} first differ at " \
+                   f"{_at(rng_first)}"
+        return done("fail", Outcome.DIVERGENCE, describe(training) + also, first_divergence=training,
+                    diagnosis=diag, **rng_kw)
     for nxt, prev in restarts:
-        kill = prev.fault.step
+        kill = _fault_where(prev.fault)
         if prev.committed_steps:
             return done("fail", Outcome.NOT_RESUMED,
-                        f"checkpoint(s) at step(s) {list(prev.committed_steps)} were committed before the kill after "
-                        f"step {kill}, but attempt {nxt.attempt} restarted from step 1 without loading one")
+                        f"checkpoint(s) at step(s) {list(prev.committed_steps)} were committed before the kill {kill}, "
+                        f"but attempt {nxt.attempt} restarted from step 1 without loading one", **rng_kw)
         return done("error", Outcome.NOT_RESUMED,
-                    f"the trial never resumed: no checkpoint existed before the kill after step {kill}, so attempt "
+                    f"no resume tested: no checkpoint was complete before the kill {kill}, so attempt "
                     f"{nxt.attempt} restarted from scratch; this plan did not test resumption",
-                    hint="kill after the first checkpoint (--kill random draws such a step)")
+                    hint="kill after the first complete checkpoint (--kill random draws such a step); a script "
+                         "that saves nothing never resumes", **rng_kw)
+    if not accept_lost_progress:
+        for nxt, prev in resumes:
+            newest = max(prev.committed_steps, default=None)
+            got = nxt.resumed_from
+            if newest is not None and got is not None and got < newest:
+                return done("fail", Outcome.LOST_PROGRESS,
+                            f"attempt {nxt.attempt} resumed from step {got}, but the newest checkpoint committed before "
+                            f"the kill {_fault_where(prev.fault)} was step {newest}: {newest - got} step(s) of progress "
+                            f"lost (a load that picks an older checkpoint, or a rotation that deleted the newest)",
+                            hint="if the script keeps only an older checkpoint or resumes from one on purpose, accept "
+                                 "it knowingly with --accept-lost-progress", **rng_kw)
 
     failed = [e for e in ends.values() if not e.torn_down and e.returncode not in (0, None)]
     if failed:
@@ -375,19 +438,107 @@ def assess(
                     f"rank {e.rank} {how} after probe.finish in attempt {last.attempt}"
                     f"{', after the resume' if last.attempt > 0 else ''}; the baseline exited 0", log_tail=e.log_tail,
                     hint="the script failed at its end: a check at exit (duplicated log or metric rows after a "
-                         "resume are the classic), or a teardown error")
-    unknown = [e.rank for e in ends.values() if e.returncode is None]
+                         "resume are the classic), or a teardown error", **rng_kw)
+    unknown = sorted(e.rank for e in ends.values() if e.returncode is None)
     if unknown:
-        warnings.append(f"exit status of rank(s) {unknown} in attempt {last.attempt} unknown")
+        return done("error", Outcome.EXIT_UNKNOWN,
+                    f"the exit status of rank(s) {unknown} in attempt {last.attempt} is unknown (no exit record: a "
+                    f"crash after probe.finish?), so the end of the run cannot be judged", **rng_kw)
 
     c = base["compared"]
+    if not c.get("rows"):
+        return done("error", Outcome.NO_EVIDENCE,
+                    "nothing to judge: no step row was compared (the script records no step, or the trial ran none "
+                    "that the baseline has), so a PASS would rest on no evidence",
+                    hint="call harness.probe.step after each optimizer step, or let auto mode record the script "
+                         "(no probe calls at all)", **rng_kw)
+
     unused = c.get("unused_rng") or []
     note = f"; {', '.join(unused)} unused, not compared" if unused else ""
     if c.get("not_recorded"):
         note += f"; auto mode: {len(c['not_recorded'])} kind(s) of state not recorded (compared['not_recorded'])"
-    return done("pass", Outcome.BIT_EXACT,
-                f"{c.get('rows', 0)} step rows ({c.get('reexecuted_rows', 0)} re-executed) on "
-                f"{c.get('ranks', 0)} rank(s) and {c.get('final_tensors', 0)} final tensors match the baseline{note}")
+    unseen = _unseen(trial)
+    if unseen:
+        note += f"; NOT covered: {unseen}"
+    if artefacts is not None and getattr(artefacts, "judged", None):
+        j = artefacts.judged
+        note += f"; exported files: {j.get('files', 0)} file(s), {j.get('tensors', 0)} tensor(s) match" \
+            if isinstance(j, dict) else ""
+    accepted_note = ""
+    if accept_lost_progress:
+        lost = [(n.attempt, n.resumed_from, max(p.committed_steps)) for n, p in resumes
+                if p.committed_steps and n.resumed_from is not None and n.resumed_from < max(p.committed_steps)]
+        if lost:
+            accepted_note = "; accepted: " + ", ".join(f"attempt {a} resumed from step {g}, not the newest {w}"
+                                                       for a, g, w in lost)
+    rows = (f"{c.get('rows', 0)} step rows ({c.get('reexecuted_rows', 0)} re-executed) on "
+            f"{c.get('ranks', 0)} rank(s) and {c.get('final_tensors', 0)} final tensors match the baseline")
+    if rng_first is not None:
+        streams = comparison.rng_streams()
+        accept = {a if a.startswith("rng:") else f"rng:{a}" for a in accept_rng}
+        what = (f"{', '.join(streams)} differ{'s' if len(streams) == 1 else ''} from {_at(rng_first)} on, while "
+                f"training stayed bit-exact")
+        if "rng:all" in accept or all(st in accept for st in streams):
+            return done("pass", Outcome.RNG_ACCEPTED,
+                        f"training bit-exact: {rows}{note}{accepted_note}; accepted: {what} (--accept-rng)",
+                        accepted=tuple(streams), **rng_kw)
+        return done("fail", Outcome.RNG_ONLY,
+                    f"{what}: {rows}, but a model drawing from {'that stream' if len(streams) == 1 else 'those streams'} "
+                    f"(dropout, augmentation, sampling) would diverge{note}",
+                    first_divergence=rng_first, diagnosis=rng_diag,
+                    hint=f"restore the RNG state at the resume, or accept the difference knowingly with "
+                         f"{' '.join('--accept-rng ' + st[4:] for st in streams)}", **rng_kw)
+    return done("pass", Outcome.BIT_EXACT, f"{rows}{note}{accepted_note}")
+
+
+def _at(d: Divergence) -> str:
+    if d.where != "trace":
+        return f"the {d.where} state of rank {d.rank}"
+    return f"step {d.step}, rank {d.rank} (attempt {d.attempt})"
+
+
+def _fault_where(row) -> str:
+    if row is None:
+        return ""
+    return f"at point {row.point}" if row.point else f"after step {row.step}"
+
+
+def _ranks_apart(trial: Trace) -> tuple[int, dict[int, int]] | None:
+    """(attempt, {rank: restored step}) of the first attempt whose ranks restored different steps."""
+    for a in trial.attempts():
+        steps = {}
+        for e in trial.events("checkpoint.loaded"):
+            if e.attempt == a and isinstance(e.event_step, int):
+                steps.setdefault(e.rank, e.event_step)
+        if len(set(steps.values())) > 1:
+            return a, steps
+    return None
+
+
+def _unseen(trial: Trace) -> str:
+    """What auto mode saw but could not compare (``auto.unseen``: modules no optimizer steps)."""
+    found = []
+    for e in trial.events("auto.unseen"):
+        info = e.info if isinstance(e.info, dict) else {}
+        for m in info.get("modules") or []:
+            if m not in found:
+                found.append(str(m))
+    if not found:
+        return ""
+    return (f"{len(found)} module(s) with state no optimizer steps ({'; '.join(found[:3])}) are compared only "
+            "through the files the script exports")
+
+
+def _with_artefacts(comparison: Comparison | None, artefacts) -> Comparison | None:
+    """The comparison with the exported artefacts' divergences added (training state, after the final state)."""
+    divs = list(getattr(artefacts, "divergences", None) or [])
+    if comparison is None or not divs:
+        return comparison
+    from dataclasses import replace
+
+    merged = sorted([*comparison.divergences, *divs], key=Divergence.sort_key)
+    compared = {**comparison.compared, "divergences": len(merged)}
+    return replace(comparison, first=merged[0], divergences=merged, compared=compared)
 
 
 def _auto_verdict(trial: Trace, done, warnings: list) -> Verdict | None:
@@ -407,28 +558,75 @@ def _auto_verdict(trial: Trace, done, warnings: list) -> Verdict | None:
         near = (f"closest: step {closest}, {info.get('equal')} of {info.get('total')} parameter tensors equal"
                 if closest is not None else "no step is close")
         restored = "; ".join(info.get("restored") or []) or "nothing through load_state_dict"
-        d = Divergence(closest + 1 if isinstance(closest, int) else None, e.rank, e.attempt, ["params"],
-                       note=f"the state restored before the first step matches no step of the baseline ({near})")
+        point = _loaded_checkpoint_step(trial, e.attempt, info.get("loaded_from"))
+        if point is not None:
+            step, path = point
+            resume = f"it loaded {path}, saved at step {step}"
+            d = Divergence(step + 1, e.rank, e.attempt, ["params"],
+                           note=f"the state restored from {path} (saved at step {step}) is not the baseline's state "
+                                f"of step {step} ({near})")
+        else:
+            resume = "the resume point is unknown (no save of this trial matches what it loaded)"
+            d = Divergence(None, e.rank, e.attempt, ["params"],
+                           note=f"the state restored before the first step matches no step of the baseline ({near}); "
+                                "the resume point is unknown")
         return done("fail", Outcome.UNKNOWN_RESUME_STATE,
                     f"attempt {e.attempt} resumed into a state the uninterrupted run never had: on rank {e.rank}, the "
-                    f"parameters before its first step match no step of the baseline ({near}; restored: {restored})",
+                    f"parameters before its first step match no step of the baseline ({near}; {resume}; "
+                    f"restored: {restored})",
                     first_divergence=d,
                     hint="the checkpoint holds other parameters than the run had at any step: saved before the "
                          "optimizer step, a partial or foreign checkpoint, or state changed after loading")
     return None
 
 
+def _loaded_checkpoint_step(trial: Trace, attempt: int, path) -> tuple[int, str] | None:
+    """(step, path) of the save of an earlier attempt that wrote the file ``path`` a resumed rank loaded."""
+    if not path:
+        return None
+    import os
+
+    target = os.path.normpath(str(path))
+    for e in trial.events("checkpoint.committed"):
+        info = e.info if isinstance(e.info, dict) else {}
+        p = info.get("path")
+        if e.attempt < attempt and p and isinstance(e.event_step, int):
+            p = os.path.normpath(str(p))
+            if p == target or target.startswith(p.rstrip(os.sep) + os.sep) or os.path.basename(p) == os.path.basename(target):
+                return e.event_step, str(path)
+    return None
+
+
 def timeout_verdict(trial: Trace | None, attempt: int, reason: str, last_steps: dict[int, int | None],
-                    log_tail: str | None) -> Verdict:
-    """An attempt that was stopped because it hung: which ranks, and the last step each recorded."""
+                    log_tail: str | None, *, stalled: bool = False) -> Verdict:
+    """An attempt that was stopped: its ranks resumed from different checkpoints (``ranks_resumed_apart``),
+    or it hung. ``stalled``: stopped by the stall limit (no rank recorded anything for that long), which
+    machine load alone can cause: outcome ``stall`` (exit 4), never counted as a resume bug. Else it ran
+    past ``--timeout``: ``timeout``, a fail after a resume."""
+    attempts = tuple(trial.attempt_summary()) if trial else ()
+    apart = _ranks_apart(trial) if trial is not None else None
+    if apart is not None:
+        a, steps = apart
+        each = ", ".join(f"rank {r} step {st}" for r, st in sorted(steps.items()))
+        return Verdict("fail", Outcome.RANKS_RESUMED_APART,
+                       f"the ranks of attempt {a} resumed from different checkpoints: {each} (the attempt was "
+                       f"stopped: {reason})", attempts=attempts, log_tail=log_tail,
+                       hint="the ranks' checkpoint files were written without a commit protocol (a kill during a save "
+                            "left them at different steps): save every rank's files, then mark the step complete "
+                            "once all are written (a barrier and a marker or rename by one rank), and load only a "
+                            "complete step")
     where = ", ".join(f"rank {r} at step {s}" if s is not None else f"rank {r} before step 1"
                       for r, s in sorted(last_steps.items()))
-    verdict = "fail" if attempt > 0 else "error"
     after = ", after the resume" if attempt > 0 else ""
+    hint = ("a collective that not every rank reaches (a rank that skips a step or a save after the resume) is the "
+            "common cause; py-spy dump --pid PID shows where a rank waits")
+    if stalled:
+        return Verdict("error", Outcome.STALL, f"attempt {attempt} stalled{after}: {reason}; last recorded: {where}",
+                       attempts=attempts, log_tail=log_tail,
+                       hint=hint + "; on a heavily loaded machine, a longer --stall rules load out")
+    verdict = "fail" if attempt > 0 else "error"
     return Verdict(verdict, Outcome.TIMEOUT, f"attempt {attempt} hung{after}: {reason}; last recorded: {where}",
-                   attempts=tuple(trial.attempt_summary()) if trial else (), log_tail=log_tail,
-                   hint="a collective that not every rank reaches (a rank that skips a step or a save after the "
-                        "resume) is the common cause; py-spy dump --pid PID shows where a rank waits")
+                   attempts=attempts, log_tail=log_tail, hint=hint)
 
 
 def error_verdict(message: str, outcome: Outcome = Outcome.ERROR, **kw) -> Verdict:

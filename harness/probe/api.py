@@ -14,6 +14,7 @@ import sys
 import time
 
 from harness.probe import digest as _digest
+from harness.probe import evidence as _evidence
 from harness.probe.recorder import get as _get
 from harness.tensors import is_tensor, plain_tensor, tensor_bytes, unwrap_model
 from harness.trace_schema import EventRow, FinishRow, RestoredRow, StepRow, final_leaves_file, final_tensors_file
@@ -95,12 +96,13 @@ def step(step: int, loss=None, batch=None, model=None, optimizer=None, **extra) 
         (None, None)
     opt = pending.result() if pending is not None else (
         _digest.optimizer_record(optimizer, named) if optimizer is not None else None)
+    ev = _evidence.take()
     row = StepRow(
         attempt=rec.attempt, rank=rec.rank, step=step, time=time.time(), loss=loss_bits, loss_value=loss_value,
         batch=batch_digest, rng=_digest.rng_digests(), params=params, params_tensors=params_tensors,
         optimizer=opt["digest"] if opt else None, optimizer_groups=opt["groups"] if opt else None,
         optimizer_state=opt["state"] if opt else None,
-        extra={key: _extra_value(key, value) for key, value in extra.items()})
+        extra={key: _extra_value(key, value) for key, value in extra.items()}, **ev)
     with rec.lock:
         rec.last_step = step
         rec.write(row)

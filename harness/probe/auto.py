@@ -84,6 +84,7 @@ import threading
 import time
 
 from harness.probe import digest as _digest
+from harness.probe import evidence as _evidence
 from harness.probe.recorder import get as _get
 from harness.tensors import tensor_bytes, unwrap_model
 from harness.trace_schema import EventRow, StepRow
@@ -295,10 +296,11 @@ class AutoRecorder:
         batch = None if not self.batches else (self.batches[0] if len(self.batches) == 1 else
                                                _digest.digest(list(self.batches)))
         self.losses, self.batches = [], []
+        ev = _evidence.take()
         row = StepRow(attempt=rec.attempt, rank=rec.rank, step=step, time=time.time(), loss=loss,
                       loss_value=loss_value, batch=batch, rng=_digest.rng_digests(), params=_digest.combine(tensors),
                       params_tensors=tensors, optimizer=opt["digest"], optimizer_groups=opt["groups"],
-                      optimizer_state=opt["state"], extra={})
+                      optimizer_state=opt["state"], extra={}, **ev)
         with rec.lock:
             rec.last_step = step
             rec.write(row)
@@ -351,7 +353,7 @@ class AutoRecorder:
             near = (steps.get(best[0]) or {}).get("params") or {}
             differing = sorted(n for n in params.keys() | near.keys() if params.get(n) != near.get(n))
             self.event("auto.unknown_state", closest=best[0], equal=max(best[1], 0), total=len(params),
-                       restored=self.restored, differing=differing[:20])
+                       restored=self.restored, differing=differing[:20], loaded_from=self.last_load)
             raise AutoModeError(
                 f"rank {self.rec.rank} resumed into a state the uninterrupted run never had: the parameters before "
                 f"its first step match no step of the baseline (closest: step {best[0]}, {max(best[1], 0)} of "
@@ -444,6 +446,12 @@ class AutoRecorder:
             tree["params" if owners else "model"] = loose
         sds = [_digest.optimizer_state_dict(o) for o in self.opts]
         tree["optimizer"] = sds[0] if len(sds) == 1 else sds
+        averaged = averaged_models_state()
+        if averaged:
+            tree["averaged"] = averaged
+        unseen = unseen_modules(self, owners, stepped)
+        if unseen:  # state the final-state comparison does not cover: the verdict says so
+            self.event("auto.unseen", modules=unseen)
         api.write_final(self.rec, tree)
 
 
@@ -552,6 +560,8 @@ def install() -> AutoRecorder | None:
     _when_imported("torch.distributed.checkpoint.state_dict", lambda m: _quiet_state_dict_api(auto, m))
     _when_imported("deepspeed.runtime.engine", lambda m: _wrap_save(auto, m.DeepSpeedEngine, "save_checkpoint",
                                                                     "deepspeed.save_checkpoint"))
+    _when_imported("torch.optim.swa_utils", _track_averaged_models)
+    _scan_for_modules_at(auto, dist)
     return auto
 
 
@@ -628,3 +638,104 @@ def finish() -> None:
     """End of a script that returned normally: write the last row and the final state (no-op if not installed)."""
     if _installed is not None:
         _installed.finish()
+
+
+# -- state outside the stepped modules -----------------------------------------------------------------
+# An AveragedModel (torch.optim.swa_utils: SWA, EMA) is recorded in the final state under averaged/{k}.
+# A module that no optimizer steps and that no recorded module holds (a hand-made EMA, copy.deepcopy(model)
+# updated under no_grad) is not: the event auto.unseen names it, so that a PASS is not read as covering it.
+# Both are held by strong references: by the time finish() runs, the script's locals are gone.
+
+_AVERAGED: list = []  # every AveragedModel made in this process, in creation order
+_SCANNED: list = []  # modules with parameters, outermost, found by _scan_modules
+_scans = {"first_step": False}
+_ENGINE_TYPES = ("DeepSpeedEngine", "PipelineEngine")  # they step flat partitions of the module they hold
+
+
+def _track_averaged_models(swa_utils) -> None:
+    cls = getattr(swa_utils, "AveragedModel", None)
+    orig = getattr(cls, "__init__", None)
+    if orig is None or getattr(orig, "_harness_auto", False):
+        return
+
+    @functools.wraps(orig)
+    def __init__(self, *args, **kwargs):
+        orig(self, *args, **kwargs)
+        if all(m is not self for m in _AVERAGED):
+            _AVERAGED.append(self)
+
+    __init__._harness_auto = True
+    cls.__init__ = __init__
+
+
+def averaged_models_state() -> dict:
+    """``{"0": state_dict, ...}`` of the AveragedModels of this process (``n_averaged`` included)."""
+    return {str(k): _digest.model_state_dict(m) for k, m in enumerate(_AVERAGED)}
+
+
+def _outermost(modules: list) -> list:
+    inner = {id(c) for m in modules for c in m.modules() if c is not m}
+    out: list = []
+    for m in modules:
+        if id(m) not in inner and all(x is not m for x in out):
+            out.append(m)
+    return out
+
+
+def _scan_modules() -> None:
+    """Remember the outermost modules with parameters alive now (gc; by type, never touching attributes)."""
+    import gc
+
+    import torch
+
+    module = torch.nn.Module
+    found = [o for o in gc.get_objects() if issubclass(type(o), module)]
+    with_params = [m for m in found if next(m.parameters(), None) is not None]
+    _SCANNED[:] = _outermost([*_SCANNED, *with_params])
+
+
+def _scan_for_modules_at(auto: AutoRecorder, dist) -> None:
+    """Scan at the first training step (the script's modules exist, its locals are alive) and at
+    destroy_process_group (the end of a typical main()); finish() scans once more."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    def first_step(opt, args, kwargs):
+        if not _scans["first_step"] and auto._main():
+            _scans["first_step"] = True
+            _scan_modules()
+
+    register_optimizer_step_post_hook(first_step)
+    if dist.is_available():
+        destroy = dist.destroy_process_group
+
+        @functools.wraps(destroy)
+        def destroy_process_group(*args, **kwargs):
+            if auto._main():
+                _scan_modules()
+            return destroy(*args, **kwargs)
+
+        dist.destroy_process_group = destroy_process_group
+
+
+def _describe(m) -> str:
+    tensors = {id(t): t for t in [*m.parameters(), *m.buffers()]}
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    size = f"{nbytes} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024:
+            break
+        nbytes /= 1024
+        size = f"{nbytes:.1f} {unit}"
+    return f"{type(m).__name__} ({len(tensors)} tensors, {size})"
+
+
+def unseen_modules(auto: AutoRecorder, owners: list, stepped: set) -> list[str]:
+    """Descriptions ("Sequential (4 tensors, 1.2 KiB)") of the modules with parameters that no optimizer
+    steps and that neither the recorded modules (``owners``), an AveragedModel, nor a DeepSpeed engine hold."""
+    _scan_modules()
+    engines = [r for r in auto.roots if any(c.__name__ in _ENGINE_TYPES for c in type(r).__mro__)]
+    held = [*owners, *_AVERAGED, *engines]
+    seen = {id(c) for m in held for c in m.modules()}
+    covered = set(stepped) | {id(p) for m in held for p in m.parameters()}
+    unseen = [m for m in _SCANNED if id(m) not in seen and not any(id(p) in covered for p in m.parameters())]
+    return sorted(_describe(m) for m in _outermost(unseen))

@@ -138,16 +138,29 @@ def render_text(result, console: Console | None = None) -> Console:
     if getattr(result, "hint", None):
         console.print(Text.assemble(("check: ", "bold"), result.hint), soft_wrap=True)
     d = result.first_divergence
-    if d is not None:
-        head = "final state" if d.where == "final" else f"step {d.step}"
-        console.print(Text.assemble(("first divergence: ", "bold"), f"{head}, rank {d.rank}, attempt {d.attempt}; ",
-                                    ("fields: ", "bold"), (", ".join(d.fields), "red")))
-        if d.note:
-            console.print(Text(f"  {d.note}"))
-        if d.tensors:
-            console.print(_tensor_table(d.tensors))
-    diagnosis = getattr(result, "diagnosis", None)
-    if diagnosis is not None:
+    rng = getattr(result, "rng_divergence", None)
+    training = d if d is not None and any(not f.startswith("rng:") for f in d.fields) else None
+    for label, div, diagnosis in (("first training divergence", training, getattr(result, "diagnosis", None)),
+                                  ("first RNG divergence", rng, getattr(result, "rng_diagnosis", None))):
+        if div is None and not (label.endswith("training divergence") and d is not None and rng is None):
+            continue
+        div = div or d
+        head = {"final": "final state", "artefact": "exported file"}.get(div.where, f"step {div.step}")
+        console.print(Text.assemble((f"{label}: ", "bold"), f"{head}, rank {div.rank}, attempt {div.attempt}; ",
+                                    ("fields: ", "bold"), (", ".join(div.fields), "red")))
+        if div.note:
+            console.print(Text(f"  {div.note}"))
+        if div.tensors and label.endswith("training divergence"):
+            console.print(_tensor_table(div.tensors))
+        if diagnosis is not None:
+            console.print(Text.assemble(("  likely cause: ", "bold"), (diagnosis.cause, "bold magenta"), " - ",
+                                        diagnosis.summary), soft_wrap=True)
+            console.print(Text.assemble(("    evidence: ", "bold"), diagnosis.evidence), soft_wrap=True)
+            for other in getattr(diagnosis, "also", ()) or ():
+                console.print(Text.assemble(("  also: ", "bold"), (other.cause, "magenta"), " - ", other.evidence),
+                              soft_wrap=True)
+    if d is None and getattr(result, "diagnosis", None) is not None:
+        diagnosis = result.diagnosis
         console.print(Text.assemble(("likely cause: ", "bold"), (diagnosis.cause, "bold magenta"), " - ",
                                     diagnosis.summary), soft_wrap=True)
         console.print(Text.assemble(("  evidence: ", "bold"), diagnosis.evidence), soft_wrap=True)

@@ -384,10 +384,38 @@ def test_assess_bit_exact(base, tmp_path):
 
 def test_assess_divergence(base, tmp_path):
     b = resumed(tmp_path / "t")
-    b.row(1, 7, 1)["rng"]["numpy"] = "x"
+    b.row(1, 7, 1)["loss"] = {"dtype": "float32", "hex": "00000040"}
     r = _assess(base, b.write(), n_faults=1)
     assert (r.verdict, r.outcome) == ("fail", "divergence")
-    assert "step 7, rank 1, attempt 1: rng:numpy" in r.message
+    assert "step 7, rank 1, attempt 1: loss" in r.message
+
+
+def test_assess_rng_only_is_its_own_outcome_never_a_pass(base, tmp_path):
+    b = resumed(tmp_path / "t")
+    b.row(1, 7, 1)["rng"]["numpy"] = "x"
+    r = _assess(base, b.write(), n_faults=1)
+    assert (r.verdict, r.outcome) == ("fail", "rng_only")
+    assert "rng:numpy differs from step 7, rank 1" in r.message and "bit-exact" in r.message
+    assert r.rng_divergence.fields == ["rng:numpy"] and r.rng_diagnosis.cause == "rng_not_restored"
+    assert RunResult(r).exit_code == 3 and "--accept-rng numpy" in r.hint
+    # Accepting a different stream changes nothing; accepting this one is a pass that names it.
+    assert _assess(base, b.write(), n_faults=1, accept_rng=("torch",)).outcome == "rng_only"
+    ok = _assess(base, b.write(), n_faults=1, accept_rng=("numpy",))
+    assert (ok.verdict, ok.outcome, ok.accepted) == ("pass", "rng_accepted", ("rng:numpy",))
+    assert "accepted: rng:numpy" in ok.message and RunResult(ok).exit_code == 0
+
+
+def test_assess_training_divergence_is_never_hidden_behind_an_earlier_rng_one(base, tmp_path):
+    b = resumed(tmp_path / "t")
+    for step in (6, 7, 8):  # the RNG is off from the resume on, training exact until step 8
+        b.row(0, step, 1)["rng"]["torch"] = f"drift{step}"
+    b.row(0, 8, 1)["params"] = "other"
+    r = _assess(base, b.write(), n_faults=1)
+    assert r.outcome == "divergence" and r.first_divergence.step == 8 and "params" in r.first_divergence.fields
+    assert r.rng_divergence.step == 6 and r.rng_diagnosis.cause == "torch_rng"
+    assert "rng:torch first differ at step 6" in r.message
+    # The latent RNG difference is not the training divergence's cause.
+    assert r.diagnosis is None or r.diagnosis.cause not in ("torch_rng", "rng_not_restored")
 
 
 def test_assess_nondeterministic_baseline(base, tmp_path):
@@ -406,7 +434,7 @@ def test_assess_not_resumed(base, tmp_path):
     b = resumed(tmp_path / "t", kill=3, ckpt=0)
     b.rows = {r: [x for x in rows if x.get("name") != "checkpoint.loaded"] for r, rows in b.rows.items()}
     r = _assess(base, b.write(), n_faults=1)
-    assert (r.verdict, r.outcome) == ("error", "not_resumed") and "no checkpoint existed" in r.message
+    assert (r.verdict, r.outcome) == ("error", "not_resumed") and "no checkpoint was complete" in r.message
     # killed at 7 after the checkpoint at 5, but the script restarted from step 1 anyway
     b = resumed(tmp_path / "t2", kill=7, ckpt=0)
     b.rows = {r: [x for x in rows if x.get("name") != "checkpoint.loaded"] for r, rows in b.rows.items()}
@@ -553,7 +581,7 @@ def test_verdict_is_frozen_and_only_bit_exact_passes():
     assert v.outcome is Outcome.DIVERGENCE and v.outcome == "divergence"
     with pytest.raises(FrozenInstanceError):
         v.verdict = "pass"
-    with pytest.raises(ValueError, match="only bit_exact passes"):
+    with pytest.raises(ValueError, match="only bit_exact, elastic_pass, rng_accepted pass"):
         Verdict("pass", "divergence", "x")
     with pytest.raises(ValueError):
         Verdict("pass", "no_such_outcome", "x")

@@ -1,0 +1,60 @@
+"""Watching a resumed attempt for ranks that restored different checkpoints, while it runs.
+
+Ranks that resume from different steps (per-rank files saved in place, a kill between two ranks'
+saves) usually hang at their first mismatched collective, or train on silently. Either way the
+answer is known as soon as two ranks have recorded their ``checkpoint.loaded`` events: the attempt
+is stopped then, and judged ``ranks_resumed_apart`` (harness.oracle.verdict), not left to stall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from harness.trace_schema import rank_trace_file
+
+_TAIL_BYTES = 65536
+
+
+class ResumeWatch:
+    """``check()`` returns a reason to stop the attempt once two ranks restored different steps."""
+
+    def __init__(self, trace_dir: str, nproc: int, attempt: int):
+        self.paths = [os.path.join(trace_dir, rank_trace_file(r)) for r in range(nproc)]
+        self.attempt = attempt
+        self.loaded: dict[int, int] = {}
+        self.sizes = [0] * nproc
+
+    def _scan(self, rank: int, path: str) -> None:
+        try:
+            size = os.stat(path).st_size
+            if size == self.sizes[rank]:
+                return
+            with open(path, "rb") as f:
+                f.seek(max(self.sizes[rank], size - _TAIL_BYTES))
+                data = f.read()
+            self.sizes[rank] = size
+        except OSError:
+            return
+        for line in data.split(b"\n"):
+            if b'"checkpoint.loaded"' not in line:
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("attempt") != self.attempt or row.get("name") != "checkpoint.loaded":
+                continue
+            info = row.get("info") if isinstance(row.get("info"), dict) else {}
+            step = info.get("step", row.get("step"))
+            if isinstance(step, int):
+                self.loaded.setdefault(rank, step)
+
+    def check(self) -> str | None:
+        for r, p in enumerate(self.paths):
+            if r not in self.loaded:
+                self._scan(r, p)
+        if len(set(self.loaded.values())) > 1:
+            each = ", ".join(f"rank {r} step {s}" for r, s in sorted(self.loaded.items()))
+            return f"ranks resumed from different checkpoints ({each})"
+        return None
