@@ -1,8 +1,11 @@
 """The uninterrupted reference run: run it (once, or twice to check it is reproducible) and cache it.
 
 Cache: ``$HARNESS_CACHE_DIR/<key>/`` (default ``~/.cache/resume-harness/baselines/<key>/``), holding
-``baseline{i}/trace`` (and the logs) of each uninterrupted run and ``meta.json``. The checkpoints the
-baselines wrote are deleted. The key is the sha256 of everything that defines the run: the target's
+``baseline{i}/trace`` (and the logs) of each uninterrupted run, ``meta.json`` and ``artefacts.json``.
+The files the baselines wrote in their run folders (checkpoints, exported artefacts) are deleted once
+indexed: ``artefacts.json`` holds the first run's artefact index (``harness.oracle.artefacts``:
+digests and stats per tensor, no values) and, with two runs, what differs between them (``unstable``,
+not judged). The key is the sha256 of everything that defines the run: the target's
 source files, its arguments, nproc, backend, the number of runs, the relevant environment
 (PYTHONHASHSEED, OMP_NUM_THREADS, CUBLAS_WORKSPACE_CONFIG, HARNESS_* except paths), and the python,
 torch, numpy and harness versions plus the harness's own sources.
@@ -39,7 +42,8 @@ KEY_ENV = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
 # HARNESS_* variables that name places or are set per run by the harness: not part of the key.
 NOT_KEY_ENV = {"HARNESS_TRACE_DIR", "HARNESS_RUN_DIR", "HARNESS_CACHE_DIR", "HARNESS_ATTEMPT", "HARNESS_FAULT",
                "HARNESS_ROLE", "HARNESS_BACKEND", "HARNESS_LAUNCH_ID"}
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: artefacts.json (the run folder's artefact index)
+ARTEFACTS_FILE = "artefacts.json"
 
 
 def cache_root() -> str:
@@ -115,6 +119,11 @@ class Baseline:
     log_tail: str | None = None
     repro: object = None  # Comparison of run 0 vs run 1, when two runs were made
     no_probe: bool = False  # the script recorded no step and no finish through harness.probe: use auto mode
+    # The artefact index of the first run's folder (harness.oracle.artefacts.index_artefacts), None when
+    # there is none (artefacts_note says why: artefacts are then not judged)
+    artefacts: dict | None = None
+    artefacts_unstable: frozenset = frozenset()  # unstable_between the two runs: "<path>" or "<path>::<key>"
+    artefacts_note: str | None = None
 
     @property
     def trace_dir(self) -> str:
@@ -142,6 +151,7 @@ def _load(root: str) -> Baseline | None:
     if not all(os.path.isdir(d) for d in dirs):
         return None
     baseline = Baseline(root=root, trace_dirs=dirs, last_step=meta["last_step"], cached=True)
+    _load_artefacts(baseline)
     if len(dirs) > 1 and not meta["reproducible"]:
         from harness.oracle import compare_runs
 
@@ -158,6 +168,7 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
     t0 = time.monotonic()
     baseline = Baseline(root=root)
     traces = []
+    indexes: list[tuple[dict | None, str | None]] = []  # (index, why there is none) of each run
     for i in range(runs):
         folder = RunFolder(os.path.join(root, f"baseline{i}"))
         progress(f"baseline run {i + 1}/{runs} ...")
@@ -167,6 +178,7 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
                             role="baseline", attempt=0, fault=None, timeout_s=timeout_s, watch=monitor.watch,
                             auto=auto, strategy=strategy)
         result = launcher.launch(spec)
+        indexes.append(_index_run(folder.run_dir))  # what it left there, before it goes
         shutil.rmtree(folder.run_dir, ignore_errors=True)  # its checkpoints are not needed
         why = failure_message(result, timeout_s)
         trace = load_trace(folder.trace_dir)
@@ -199,6 +211,7 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
         progress(f"baseline run {i + 1}/{runs}: {baseline.last_step} steps in {result.wall_s:.1f} s")
     if runs > 1:
         baseline.repro = compare_runs(traces[0], traces[1])
+    _store_artefacts(baseline, root, indexes)
     baseline.seconds = time.monotonic() - t0
     return baseline
 
@@ -279,3 +292,49 @@ def _build(final: str, key: str, target: Target, *, scratch, launcher, timeout_s
     baseline.root = final
     baseline.trace_dirs = [d.replace(tmp, final, 1) for d in baseline.trace_dirs]
     return baseline
+
+
+def _index_run(run_dir: str) -> tuple[dict | None, str | None]:
+    """The artefact index of a baseline run's folder, or (None, why) when it cannot be made."""
+    from harness.oracle.artefacts import ArtefactError, index_artefacts
+
+    try:
+        return index_artefacts(run_dir), None
+    except (ArtefactError, OSError) as e:
+        return None, f"the baseline's run folder could not be indexed: {e}"
+
+
+def _store_artefacts(baseline: Baseline, root: str, indexes: list) -> None:
+    """Keep the first run's artefact index (and, with two runs, what differs between them) in ``root``."""
+    from harness.oracle.artefacts import unstable_between
+
+    (index, why), others = indexes[0], indexes[1:]
+    if index is None:
+        baseline.artefacts_note = why
+        return
+    unstable: set = set()
+    for other, other_why in others:
+        if other is None:  # the second run cannot say what is stable: judge nothing rather than guess
+            baseline.artefacts_note = other_why
+            return
+        unstable |= unstable_between(index, other)
+    with open(os.path.join(root, ARTEFACTS_FILE), "w") as f:
+        json.dump({"runs": len(indexes), "index": index, "unstable": sorted(unstable)}, f)
+    baseline.artefacts, baseline.artefacts_unstable = index, frozenset(unstable)
+
+
+def _load_artefacts(baseline: Baseline) -> None:
+    """``artefacts.json`` of a cache entry into ``baseline`` (an entry without one: artefacts not judged)."""
+    path = os.path.join(baseline.root, ARTEFACTS_FILE)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        index, unstable = data["index"], data["unstable"]
+    except FileNotFoundError:
+        baseline.artefacts_note = (f"the cached baseline has no artefact index ({path}): its artefacts are not "
+                                   "judged; run with --no-cache to make one")
+        return
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        baseline.artefacts_note = f"{path}: unreadable artefact index ({e}); its artefacts are not judged"
+        return
+    baseline.artefacts, baseline.artefacts_unstable = index, frozenset(unstable)

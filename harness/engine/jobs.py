@@ -106,7 +106,9 @@ def failure_message(result: LaunchResult, timeout_s: float) -> str | None:
 AUTO_NOT_RECORDED = (
     "extra values (probe.step(**extra): an EMA, counters, a scheduler's own state)",
     "parameters no optimizer steps (frozen ones), per step; they are in the final state",
-    "final state outside the model and the optimizers (schedulers, custom objects)",
+    "final state outside the model, the optimizers and torch.optim.swa_utils.AveragedModel instances "
+    "(schedulers, custom objects; a module no optimizer steps, such as a hand-made EMA, is named by the event "
+    "auto.unseen)",
 )
 
 

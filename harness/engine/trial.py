@@ -297,6 +297,13 @@ class _Trial:
                                     for a, r in sorted(launches.items()))
         return out
 
+    def _artefacts(self, baseline, comparison):
+        """The exported files' comparison; their counts go into ``comparison.compared``."""
+        report = _artefacts_of(baseline, self.folder.run_dir, self.say)
+        if report is not None:
+            comparison.compared["artefacts"] = report.to_json().get("judged")
+        return report
+
     def run(self):
         from harness.oracle import RankEnd, assess, compare_runs, load_trace, timeout_verdict
 
@@ -398,10 +405,28 @@ class _Trial:
         if self.auto:
             comparison.compared["not_recorded"] = auto_not_recorded(base_trace)
         ends = [RankEnd(e.rank, e.returncode, e.torn_down, log_tail(e.log_path)) for e in last.exits]
+        artefacts = self._artefacts(baseline, comparison)
         verdict = assess(comparison, trace, n_faults=len(concrete), last_exits=ends, launched=len(launches),
-                         accept_rng=self.accept_rng, accept_lost_progress=self.accept_lost_progress)
+                         artefacts=artefacts, accept_rng=self.accept_rng,
+                         accept_lost_progress=self.accept_lost_progress)
         self.timings["compare_s"] = round(time.monotonic() - t2, 3)
         return verdict, self.context(launches)
+
+
+def _artefacts_of(baseline, run_dir: str, say):
+    """The files the trial left in its run folder, compared with the baseline's (harness.oracle.artefacts)."""
+    from harness.oracle.artefacts import ArtefactError, compare_artefacts, index_artefacts
+
+    if baseline.artefacts is None:
+        if baseline.artefacts_note:
+            say(f"exported files not judged: {baseline.artefacts_note}")
+        return None
+    try:
+        return compare_artefacts(baseline.artefacts, index_artefacts(run_dir), trial_dir=run_dir,
+                                 unstable=baseline.artefacts_unstable)
+    except ArtefactError as e:
+        say(f"exported files not judged: {e}")
+        return None
 
 
 def _attempt_line(a, fault, fired, finished, result, timeout_s) -> str:

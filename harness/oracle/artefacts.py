@@ -12,13 +12,16 @@ bytes (exact bits: no tolerance) and, for numbers, min / max / mean (so that a r
 index alone can say how a differing tensor moved). Values are not kept.
 
     format       how it is read (never executing code from the file)                  judged
-    torch        a torch.save archive: ``harness.contents.pickles.load_torch``          yes
-                 (torch.load(weights_only=True); a class it names is kept as an inert
-                 record, never imported; one it refuses makes the file "unknown")
-    safetensors  parsed by the native checkpointer's parser                             yes
+    torch        a torch.save archive: torch.load(weights_only=True), torch's           yes
+                 restricted unpickler; numpy arrays rebuilt by numpy's functions,
+                 allowed by name; any other class the file names is kept as an inert
+                 record of its pickled data, never imported (as ``harness inspect``
+                 does); a global torch refuses (os.system, ...) makes the file unknown
+    safetensors  the safetensors library                                                yes
     npy, npz     numpy, allow_pickle=False                                              yes
-    dcp          a torch.distributed.checkpoint folder (``.metadata``): one entry for   yes
-                 the folder, read by ``harness.contents.readers.read_dcp``
+    dcp          a torch.distributed.checkpoint folder (``.metadata``): one entry for   no
+                 the folder (its .metadata is a pickle this module does not read;
+                 ``harness inspect`` reads it), with a digest of its files
     json, text   not parsed                                                             no
     empty, link  a 0-byte file; a symbolic link (its target is not followed)            no
     unknown      anything else, or a file of a judged format that cannot be read       no
@@ -57,7 +60,6 @@ are read again and compared element by element (``compare_artefact_files``: diff
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import re
 import zipfile
@@ -72,7 +74,7 @@ from .ulp import DTYPES, canonical_dtype, diff_stats
 
 INDEX_FORMAT = "resume-harness-artefacts"
 INDEX_VERSION = 1
-JUDGED_FORMATS = ("torch", "safetensors", "npy", "npz", "dcp")
+JUDGED_FORMATS = ("torch", "safetensors", "npy", "npz")
 RNG_FIELD = "rng:artefact"
 ARTEFACT_FIELD = "artefact:"  # + the file's relative path
 UNSTABLE_WHY = "differs between two uninterrupted runs: not judged"
@@ -85,6 +87,8 @@ _RANK_NAME = re.compile(r"rank[_-]?(\d+)", re.IGNORECASE)
 _INDEX_SUFFIX = re.compile(r"_(\d+)\.[A-Za-z0-9]+$")
 _GENERATOR_BYTES = (5056, 16)  # torch CPU mt19937 state; CUDA Philox (seed, offset)
 _CHUNK = 1 << 22
+# torch.save's legacy (non-zip) format opens with its magic number pickled: PROTO 2, LONG1 of 10 bytes
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 class ArtefactError(Exception):
@@ -138,20 +142,14 @@ def _file_digest(path: str) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def _mapped(path: str):
-    """The file's bytes, mapped copy-on-write (writable: torch.frombuffer views it without a copy)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else bytearray()
-
-
 def detect_format(path: str) -> tuple[str, str]:
     """(format, why) of a file or folder: one of JUDGED_FORMATS, or json, text, empty, link, unknown."""
     if os.path.islink(path):
         return "link", f"a symbolic link to {os.readlink(path)}: not followed"
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, ".metadata")):
-            return "dcp", ""
+            return "dcp", ("a torch.distributed.checkpoint folder: not judged (its .metadata is a pickle the oracle "
+                           "does not read; `harness inspect` shows it)")
         return "unknown", "a folder"
     name = os.path.basename(path).lower()
     if name.endswith((".json", ".jsonl")):
@@ -178,22 +176,111 @@ def detect_format(path: str) -> tuple[str, str]:
         return "unknown", "a zip archive that is neither a torch.save archive nor a numpy .npz"
     if len(head) >= 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
         return "safetensors", ""
+    if head[:14] == _LEGACY_TORCH_HEAD:
+        return "torch", ""
     if head[:1] == b"\x80" and 2 <= head[1] <= 5:
-        return "torch", ""  # torch.save's legacy format, or a plain pickle (then unreadable: _read_tensors)
+        return "unknown", "a plain pickle: not read (unpickling it could execute code; torch.save archives are read)"
     return "unknown", ("format not recognised (judged: torch.save archives, safetensors, numpy .npy/.npz, "
                        "torch.distributed.checkpoint folders)")
 
 
+class _Inert:
+    """A stand-in for an object of a class a torch.save file names: its pickled data only, the class never
+    imported (the approach of harness.contents.pickles, which the oracle does not import)."""
+
+    qualname = "?"
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.args, obj.state, obj.items, obj.elements = args, None, {}, []
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __setitem__(self, key, value):  # SETITEMS on a dict subclass
+        self.items[key] = value
+
+    def append(self, value):  # APPENDS on a list subclass
+        self.elements.append(value)
+
+    def extend(self, values):
+        self.elements.extend(values)
+
+    def data(self) -> dict:
+        return {k: v for k, v in (("args", list(self.args)), ("state", self.state), ("items", self.items),
+                                  ("elements", self.elements)) if v is not None and v != [] and v != {}}
+
+
+def _inert_class(qualname: str) -> type:
+    return type(qualname.rsplit(".", 1)[-1], (_Inert,), {"qualname": qualname, "__module__": __name__})
+
+
+# numpy arrays and dtypes as pickled inside torch.save files (numpy 1 and 2 module names): rebuilt by numpy
+_NUMPY_GLOBALS = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+                  "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+
+
+def _numpy_global(name: str):
+    if name in ("numpy.ndarray", "numpy.dtype"):
+        return getattr(np, name.split(".")[1])
+    if name.startswith("numpy.dtypes.") and isinstance(getattr(np.dtypes, name.split(".")[-1], None), type):
+        return getattr(np.dtypes, name.split(".")[-1])
+    if name in _NUMPY_GLOBALS:
+        try:
+            from numpy._core import multiarray
+        except ImportError:  # numpy 1
+            from numpy.core import multiarray
+        return getattr(multiarray, name.rsplit(".", 1)[1])
+    return None
+
+
+def _load_torch(path: str):
+    """A torch.save archive read with weights_only=True; other classes as inert records (module docstring)."""
+    import torch
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    try:
+        names = get_unsafe_globals_in_checkpoint(path)  # lists the globals without unpickling
+    except Exception:  # noqa: BLE001 - not a zip archive (the legacy format): no extra globals then
+        names = []
+    allowed: list = [(_numpy_global(n), n) if _numpy_global(n) is not None else (_inert_class(n), n) for n in names]
+    if any(n.startswith("numpy") for n in names):  # an array's dtype is built from its dtype class
+        allowed += [c for c in (getattr(np.dtypes, n) for n in dir(np.dtypes))
+                    if isinstance(c, type) and issubclass(c, np.dtype)]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged or hostile file can raise anything
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # torch's message opens with generic advice; the line naming the refused global says why
+        why = next((ln for ln in lines if "GLOBAL" in ln or ln.startswith(("Unsupported", "Can only build"))),
+                   lines[0] if lines else type(e).__name__)
+        raise _Unreadable(f"{path}: cannot be read without executing code (torch.load with weights_only=True "
+                          f"failed: {why}); not judged") from None
+
+
+def _component(key: Any, index: int) -> str:
+    """The key path component of a dict entry, injective within the dict (harness.checkpoint.tree's names):
+    a str key escaped (% and /, a leading # or @), an int ``#n``, any other key ``@<entry index>``."""
+    if isinstance(key, str):
+        escaped = key.replace("%", "%25").replace("/", "%2F")
+        return f"%{ord(escaped[0]):02X}{escaped[1:]}" if escaped[:1] in ("#", "@") else escaped
+    if isinstance(key, int) and not isinstance(key, bool):
+        return f"#{key}"
+    return f"@{index}"
+
+
 def _tensors_in(obj: Any) -> tuple[dict, set]:
-    """Tensors and arrays of a loaded object under injective key paths (harness.checkpoint.tree's names),
+    """Tensors and arrays of a loaded object under injective key paths (``model/0.weight``, ``opts/#0/...``),
     and the classes found as inert records."""
     import torch
 
-    from harness.checkpoint.tree import component
-    from harness.contents.pickles import Opaque, opaque_data
-
     out: dict = {}
-    opaque: set = set()
+    inert: set = set()
 
     def walk(o: Any, path: str) -> None:
         def join(c: str) -> str:
@@ -209,56 +296,44 @@ def _tensors_in(obj: Any) -> tuple[dict, set]:
                 out[path] = o
         elif isinstance(o, dict):
             for i, (k, v) in enumerate(o.items()):
-                walk(v, join(component(k, i)))
+                walk(v, join(_component(k, i)))
         elif isinstance(o, (list, tuple)):
             for i, v in enumerate(o):
                 walk(v, join(f"#{i}"))
-        elif isinstance(o, Opaque):
-            opaque.add(type(o).qualname)
-            walk(opaque_data(o), path)
+        elif isinstance(o, _Inert):
+            inert.add(type(o).qualname)
+            walk(o.data(), path)
 
     walk(obj, "")
-    return out, opaque
+    return out, inert
 
 
 def _read_tensors(path: str, fmt: str) -> tuple[dict, list[str]]:
-    """{key: tensor or array} of a file (or DCP folder) of a judged format, and the classes kept as records.
+    """{key: tensor or array} of a file of a judged format, and the classes kept as inert records.
 
     Raises _Unreadable naming the file."""
-    from harness.checkpoint.errors import CheckpointError
-    from harness.contents.pickles import UnreadableFileError, load_torch
-
     out: dict = {}
-    opaque: set = set()
+    inert: set = set()
     try:
         if fmt == "torch":
-            out, opaque = _tensors_in(load_torch(path))
+            out, inert = _tensors_in(_load_torch(path))
         elif fmt == "safetensors":
-            from harness.checkpoint.files import parse_safetensors
+            from safetensors import safe_open
 
-            out, _ = parse_safetensors(path, _mapped(path))
+            with safe_open(path, framework="pt") as f:
+                out = {k: f.get_tensor(k) for k in f.keys()}
         elif fmt == "npy":
             out[""] = np.load(path, allow_pickle=False)
         elif fmt == "npz":
             with np.load(path, allow_pickle=False) as z:
                 out = {name: z[name] for name in z.files}
-        elif fmt == "dcp":
-            from harness.contents.readers import ContentsError, read_dcp
-
-            try:
-                contents = read_dcp(path)
-            except ContentsError as e:
-                raise _Unreadable(str(e)) from None
-            if contents.failed_files:
-                raise _Unreadable("; ".join(f"{f.path}: {f.detail}" for f in contents.failed_files))
-            out = {name: e.tensor for (_, name), e in sorted(contents.tensors.items())}
         else:
-            raise _Unreadable(f"{path}: format {fmt} holds no tensors")
-    except UnreadableFileError as e:
-        raise _Unreadable(str(e)) from None
-    except (CheckpointError, ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+            raise _Unreadable(f"{path}: format {fmt} is not read here")
+    except _Unreadable:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged file can raise anything (SafetensorError, ValueError, ...)
         raise _Unreadable(f"{path}: not a readable {fmt} file ({type(e).__name__}: {e})") from None
-    return out, sorted(opaque)
+    return out, sorted(inert)
 
 
 def _raw(x) -> tuple[str, list[int], np.ndarray]:
@@ -338,7 +413,7 @@ def index_file(path: str) -> dict:
     if fmt not in JUDGED_FORMATS:
         return entry
     try:
-        tensors, opaque = _read_tensors(path, fmt)
+        tensors, inert = _read_tensors(path, fmt)
         records = {key: _tensor_record(x) for key, x in tensors.items()}
     except _Unreadable as e:
         return {**entry, "format": "unknown", "detected": fmt, "why": str(e)}
@@ -346,8 +421,8 @@ def index_file(path: str) -> dict:
         return {**entry, "format": "unknown", "detected": fmt,
                 "why": f"{path}: its tensors cannot be read ({type(e).__name__}: {e})"}
     entry["tensors"] = records
-    if opaque:
-        entry["opaque"] = opaque  # classes named by the pickle, kept as inert records (never imported)
+    if inert:
+        entry["opaque"] = inert  # classes named by the pickle, kept as inert records (never imported)
     return entry
 
 
@@ -562,8 +637,7 @@ def compare_artefacts(base_index: dict, trial_index: dict, *, base_dir=None, tri
 
 
 def compare_artefact_files(base_path, trial_path) -> list[TensorDiff]:
-    """Element-wise diffs (differing elements, max |Δ|, max ULP) of two files (or DCP folders) of a judged
-    format: one TensorDiff per tensor that differs, is missing on one side, or differs in dtype or shape.
+    """Element-wise diffs (differing elements, max |Δ|, max ULP) of two files of a judged format: one TensorDiff per tensor that differs, is missing on one side, or differs in dtype or shape.
 
     Raises ArtefactError when either cannot be read, naming it."""
     base_path, trial_path = os.fspath(base_path), os.fspath(trial_path)
@@ -585,7 +659,8 @@ def compare_artefact_files(base_path, trial_path) -> list[TensorDiff]:
         name = _display(rel, key)
         if key not in b or key not in a:
             da, shape, _ = _raw(a[key] if key in a else b[key])
-            out.append(TensorDiff(name, da, shape, note="missing in the trial" if key not in b else "not in the baseline"))
+            where = "missing in the trial" if key not in b else "not in the baseline"
+            out.append(TensorDiff(name, da, shape, note=where))
             continue
         (da, sa, ra), (db, sb, rb) = _raw(a[key]), _raw(b[key])
         if da != db or sa != sb:

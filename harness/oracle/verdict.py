@@ -280,8 +280,14 @@ def assess(
     (attempt i arms fault i). baseline_repro: compare_runs(baseline, second baseline), if one was run.
     baseline_error: why the baseline failed, if it did. last_exits: how each rank of the trial's last
     attempt ended. launched: how many attempts were launched (a launched attempt may record nothing:
-    a rank that crashes on resume before its first probe call).
+    a rank that crashes on resume before its first probe call). artefacts: the comparison of the files
+    the two runs left in their run folders (``harness.oracle.artefacts.ArtefactReport``); its
+    divergences are training divergences. accept_rng: RNG streams ("torch", "numpy"... or "all") whose
+    difference the user accepts knowingly (``rng_accepted``). accept_lost_progress: a resume from an older
+    checkpoint than the newest committed is accepted (a script that keeps one checkpoint, or resumes
+    from an older one on purpose).
     """
+    comparison = _with_artefacts(comparison, artefacts)
     warnings = list(comparison.warnings) if comparison else []
     base = dict(first_divergence=comparison.first if comparison else None,
                 compared=dict(comparison.compared) if comparison else {},

@@ -40,7 +40,12 @@ What is recorded, and from where
   part of any step. Batches from other iterables are not seen.
 - **RNG**: the same four streams as ``probe.step``, when the row is written.
 - **Final state**: after the script returns normally (exit code 0), the model state of the roots
-  and the state dict of every optimizer that stepped, in the format of ``probe.finish``.
+  and the state dict of every optimizer that stepped, in the format of ``probe.finish``; plus the
+  state dict of every ``torch.optim.swa_utils.AveragedModel`` made in the process (``averaged/{k}``,
+  ``n_averaged`` included). Modules with parameters that no optimizer steps and that none of these
+  holds (a hand-made EMA: ``copy.deepcopy(model)`` updated under ``no_grad``) are not recorded; an
+  ``auto.unseen`` event names them (``info.modules``), found by scanning the live modules at the first
+  step, at ``destroy_process_group`` and at the end.
 - **Fault points**: ``torch.save``, ``safetensors.save_file``, ``dcp.save`` and
   ``deepspeed.save_checkpoint`` (each before the call; ``--kill torch.save:2``), and
   ``checkpoint.committed`` after each of them returned (``info.via`` names the call). The reference
@@ -97,7 +102,9 @@ SIDE_DIR = "auto"  # trace/auto/rank{r}.json: the initial state of a baseline ra
 NOT_RECORDED = (  # the same list as harness.engine.jobs.AUTO_NOT_RECORDED (a test checks)
     "extra values (probe.step(**extra): an EMA, counters, a scheduler's own state)",
     "parameters no optimizer steps (frozen ones), per step; they are in the final state",
-    "final state outside the model and the optimizers (schedulers, custom objects)",
+    "final state outside the model, the optimizers and torch.optim.swa_utils.AveragedModel instances "
+    "(schedulers, custom objects; a module no optimizer steps, such as a hand-made EMA, is named by the event "
+    "auto.unseen)",
 )
 
 
@@ -486,6 +493,9 @@ def install() -> AutoRecorder | None:
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
     from torch.utils.data import dataloader
 
+    from harness import private_apis
+
+    private_apis.require("torch.dataloader")  # before any hook: _BaseDataLoaderIter.__next__ is wrapped below
     auto = _installed = rec.auto = AutoRecorder(rec)
     register_optimizer_step_pre_hook(auto.opt_pre)
     register_optimizer_step_post_hook(auto.opt_post)
@@ -737,5 +747,13 @@ def unseen_modules(auto: AutoRecorder, owners: list, stepped: set) -> list[str]:
     held = [*owners, *_AVERAGED, *engines]
     seen = {id(c) for m in held for c in m.modules()}
     covered = set(stepped) | {id(p) for m in held for p in m.parameters()}
-    unseen = [m for m in _SCANNED if id(m) not in seen and not any(id(p) in covered for p in m.parameters())]
-    return sorted(_describe(m) for m in _outermost(unseen))
+
+    def unseen_in(m) -> list:  # the largest submodules of m whose parameters are all outside `covered`
+        params = list(m.parameters())
+        if id(m) in seen or not params:
+            return []
+        if not any(id(p) in covered for p in params):
+            return [m]
+        return [x for c in m.children() for x in unseen_in(c)]  # a container of both: look inside
+
+    return sorted(_describe(m) for m in _outermost([x for m in _SCANNED for x in unseen_in(m)]))
