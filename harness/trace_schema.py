@@ -86,7 +86,7 @@ class StepRow:
     optimizer_state: dict | None = None
     extra: dict = field(default_factory=dict)
     backward: int | None = None
-    fetched: str | None = None
+    fetched: list | None = None
     hyper: list | None = None
     kind: str = field(default="step", init=False)
 

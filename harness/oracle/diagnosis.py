@@ -182,6 +182,30 @@ def _fetched_replayed(base: Trace, trial: Trace, d: Divergence) -> int | None:
     return None
 
 
+def _window_shift(base: Trace, trial: Trace, d: Divergence) -> tuple[int, int, int] | None:
+    """(step, micro-batch index, baseline step) when the first step of d's attempt consumed the baseline's
+    micro-batch stream from a point inside another step's window: the same samples, grouped into optimizer
+    steps at another offset (an accumulation window cut by the checkpoint)."""
+    rows = trial.steps(d.rank, d.attempt)
+    first = rows[0] if rows else None
+    if first is None or not isinstance(first.fetched, list) or not first.fetched:
+        return None
+    stream = []  # (baseline step, index in its window, digest)
+    seen = set()
+    for row in base.steps(d.rank):
+        if row.step in seen or not isinstance(row.fetched, list):
+            continue
+        seen.add(row.step)
+        stream += [(row.step, i, f) for i, f in enumerate(row.fetched)]
+    digests = [f for _, _, f in stream]
+    want = first.fetched
+    for p in range(len(stream)):
+        if digests[p:p + len(want)] == want or (len(digests) - p < len(want) and digests[p:] == want[:len(digests) - p]):
+            step, i, _ = stream[p]
+            return (first.step, i, step) if i != 0 else None
+    return None
+
+
 def _fetched_differs(base: Trace, trial: Trace, d: Divergence) -> bool:
     mine = _row(trial, d.rank, d.step, d.attempt)
     theirs = _row(base, d.rank, d.step)
@@ -313,6 +337,14 @@ def diagnose(comparison: Comparison | None, trial: Trace | None, base: Trace | N
             "the gradient-accumulation position was lost: the resumed step accumulates a different number of "
             "micro-batches than the baseline's",
             f"step {step} ran {nt} backward call(s) on rank {d.rank} where the baseline ran {nb}")
+    shift = _window_shift(base, trial, d) if base is not None and inputs else None
+    if shift is not None:
+        step, i, bstep = shift
+        hit("accumulation_position",
+            "the gradient-accumulation position was lost: the resumed run groups the same micro-batches into "
+            "optimizer steps at another offset (the window counter, and the gradients accumulated so far, were "
+            "not restored)",
+            f"step {step} on rank {d.rank} begins with micro-batch {i + 1} of the baseline's step {bstep} window")
     if base is not None and inputs:
         replayed = _fetched_replayed(base, trial, d)
         if replayed is None and "batch" in fields:

@@ -6,7 +6,7 @@ in auto mode alike, so the oracle's diagnosis rules read the same facts whatever
 - ``backward``: how many ``torch.autograd.backward`` calls (``loss.backward()``) the step made, since
   the previous step row. Gradient accumulation shows here: a resumed step that runs 3 backward calls
   where the baseline ran 4 lost the accumulation position.
-- ``fetched``: a digest of the batches that the step's backward calls consumed (for each backward,
+- ``fetched``: the digests of the batches that the step's backward calls consumed, in order (for each backward,
   the last batch a ``torch.utils.data.DataLoader`` iterator yielded before it, if a fresh one), as
   the loader gave them (before any augmentation the script applies). A resumed
   step that fetched another step's batches replayed the data order; one that fetched the same batches
@@ -68,7 +68,7 @@ class Evidence:
 
         out = {"backward": self.backward, "fetched": None, "hyper": None}
         if self.fetched:
-            out["fetched"] = self.fetched[0] if len(self.fetched) == 1 else _digest.digest(list(self.fetched))
+            out["fetched"] = list(self.fetched)  # per micro-batch: a cut accumulation window shows as a shifted list
         opts = [o for o in (r() for r in self.stepped) if o is not None]
         if opts:
             out["hyper"] = [hyperparameters(o) for o in opts]
@@ -113,6 +113,9 @@ def install() -> Evidence:
     from torch.optim.optimizer import register_optimizer_step_post_hook
     from torch.utils.data import dataloader
 
+    from harness import private_apis
+
+    private_apis.require("torch.dataloader")  # before any hook: _BaseDataLoaderIter.__next__ is wrapped below
     ev = _installed = Evidence()
     wrapper_base = torch.optim.Optimizer
 

@@ -165,9 +165,27 @@ def test_diagnosis_data_order_from_fetched_batches(tmp_path):
         for r in (0, 1):
             for row in builder.rows[r]:
                 if row["kind"] == "step":
-                    row["fetched"] = f"loader{r}-{row['step']}"
+                    row["fetched"] = [f"loader{r}-{row['step']}"]
     row = t.row(0, 6, 1)
-    row["fetched"], row["batch"] = "loader0-1", "other"  # the resumed epoch replays step 1's batch
+    row["fetched"], row["batch"] = ["loader0-1"], "other"  # the resumed epoch replays step 1's batch
     row["rng"]["torch"] = "fresh epoch draw"
     r = _assess(load_trace(b.write()), t, n_faults=1)
     assert r.diagnosis.cause == "data_order" and "batch of step 1" in r.diagnosis.evidence
+
+
+def test_diagnosis_accumulation_window_cut_from_the_micro_batch_stream(tmp_path):
+    # Windows of 3 micro-batches; the resumed step 6 starts at the baseline step 6's second micro-batch:
+    # the same samples, grouped at another offset (the window counter and its gradients were lost).
+    b = baseline(tmp_path / "base")
+    t = resumed(tmp_path / "t")
+    for builder in (b, t):
+        for r in (0, 1):
+            for row in builder.rows[r]:
+                if row["kind"] == "step":
+                    row["fetched"] = [f"m{r}-{3 * (row['step'] - 1) + i}" for i in range(3)]
+    row = t.row(0, 6, 1)
+    row["fetched"] = [f"m0-{3 * 5 + 1 + i}" for i in range(3)]
+    row["loss"] = {"dtype": "float32", "hex": "0000803f"}
+    r = _assess(load_trace(b.write()), t, n_faults=1)
+    assert r.diagnosis.cause == "accumulation_position"
+    assert "begins with micro-batch 2 of the baseline's step 6 window" in r.diagnosis.evidence
