@@ -248,6 +248,11 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
                 return done("fail", Outcome.DIVERGENCE, f"attempt {a}, rank {r} restored step {row.step}, which the "
                                                         "baseline never had", first_divergence=Divergence(row.step, r, a, ["step"]))
             fields, tensors, note, n = compare_restored(b, row)
+            if n == 0:  # a restored row that holds nothing: "state at resume exact" would rest on no value
+                return done("error", Outcome.NO_EVIDENCE,
+                            f"attempt {a}, rank {r}: probe.restored(step {row.step}) recorded no state (no model, "
+                            "optimizer or value), so nothing at the resume point could be compared",
+                            hint="pass what was restored: probe.restored(step, model=..., optimizer=..., **values)")
             restored_checks = max(restored_checks, n)
             if fields:
                 d = Divergence(row.step, r, a, fields, tensors, note=f"restored state vs {whose}: {note}".rstrip(": "))
@@ -306,6 +311,16 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
                                                     f"was {max(by_step, default=None)})")
     if no_loss:
         warnings.append(f"no finite scalar loss recorded at step(s) {no_loss[:8]}: not in the loss deviation")
+    if steps_n and len(no_loss) == steps_n:
+        return done("error", Outcome.NO_EVIDENCE,
+                    f"no step after the resume recorded a finite scalar loss ({steps_n} step(s)), so the loss after "
+                    "the resume was never compared: an ELASTIC PASS would rest on the sample order alone",
+                    hint="record the loss: probe.step(step, loss=loss, ...)")
+    unknown = sorted(e.rank for e in ends.values() if e.returncode is None)
+    if unknown:
+        return done("error", Outcome.EXIT_UNKNOWN,
+                    f"the exit status of rank(s) {unknown} in attempt {last} is unknown (no exit record), so the end "
+                    "of the run cannot be judged")
     final_dev, final_n = _final_deviation(base, trial)
     rng = []
     if rng_restored:

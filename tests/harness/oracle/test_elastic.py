@@ -214,3 +214,30 @@ def test_a_second_resume_restores_the_runs_own_state_not_the_baseline(tmp_path, 
     else:
         assert (v.verdict, v.outcome) == ("fail", Outcome.DIVERGENCE)
         assert "differ from the run's own at step 8 (attempt 1)" in v.message
+
+
+def test_an_empty_restored_row_or_no_loss_is_no_evidence_not_an_elastic_pass(tmp_path):
+    def empty_restored(b):
+        row = _restored_row(b, 0)
+        for k in ("params", "params_tensors", "optimizer", "optimizer_groups", "optimizer_state"):
+            row[k] = None
+        row["extra"] = {}
+
+    v = _judge(tmp_path / "a", 2, 1, empty_restored)
+    assert (v.verdict, v.outcome) == ("error", Outcome.NO_EVIDENCE) and "recorded no state" in v.message
+
+    def no_loss(b):
+        for rows in b.rows.values():
+            for x in rows:
+                if x["kind"] == "step" and x["attempt"] == 1:
+                    x["loss_value"] = None
+
+    v = _judge(tmp_path / "b", 2, 1, no_loss)
+    assert (v.verdict, v.outcome) == ("error", Outcome.NO_EVIDENCE) and "sample order alone" in v.message
+
+
+def test_an_unknown_exit_status_is_not_an_elastic_pass(tmp_path):
+    from harness.oracle import RankEnd
+
+    v = _judge(tmp_path, 2, 1, last_exits=[RankEnd(0, None)])
+    assert (v.verdict, v.outcome) == ("error", Outcome.EXIT_UNKNOWN)
