@@ -374,7 +374,8 @@ def diagnose(comparison: Comparison | None, trial: Trace | None, base: Trace | N
         hit("lr_schedule",
             "the learning-rate schedule was not restored (scheduler state not saved or not loaded)",
             f"{what} {where} on rank {d.rank}")
-    if fields & {"params", "optimizer"} and not inputs and not rng:
+    # With a hyperparameter that differs, the update-side alternatives (moments, summation order) are not evidenced.
+    if fields & {"params", "optimizer"} and not inputs and not rng and not (groups or "extra:lr" in fields):
         if _optimizer_step_counts_differ(d):
             hit("optimizer_state",
                 "the optimizer state was not saved or not restored (its step counts restart)",

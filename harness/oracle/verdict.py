@@ -432,6 +432,13 @@ def assess(
                             f"attempt {nxt.attempt} resumed from step {got}, but the newest checkpoint committed before "
                             f"the kill {_fault_where(prev.fault)} was step {newest}: {newest - got} step(s) of progress "
                             f"lost (a load that picks an older checkpoint, or a rotation that deleted the newest)",
+                            diagnosis=Diagnosis(
+                                "lost_progress",
+                                "the resume picked an older checkpoint than the newest complete one: a load that "
+                                "picks the oldest or sorts names as text (iter-5 after iter-10), or a rotation "
+                                "(total_limit) that deleted the newest",
+                                f"attempt {nxt.attempt} loaded step {got}; checkpoints complete before the kill: "
+                                f"{list(prev.committed_steps)}"),
                             hint="if the script keeps only an older checkpoint or resumes from one on purpose, accept "
                                  "it knowingly with --accept-lost-progress", **rng_kw)
 
@@ -588,20 +595,22 @@ def _auto_verdict(trial: Trace, done, warnings: list) -> Verdict | None:
 
 
 def _loaded_checkpoint_step(trial: Trace, attempt: int, path) -> tuple[int, str] | None:
-    """(step, path) of the save of an earlier attempt that wrote the file ``path`` a resumed rank loaded."""
+    """(step, path) of the latest save of an earlier attempt that wrote the file ``path`` a resumed rank loaded
+    (the same path, or a file inside a saved folder); None when no save matches."""
     if not path:
         return None
     import os
 
     target = os.path.normpath(str(path))
-    for e in trial.events("checkpoint.committed"):
+    found = None
+    for e in sorted(trial.events("checkpoint.committed"), key=lambda e: (e.attempt, e.time or 0.0)):
         info = e.info if isinstance(e.info, dict) else {}
         p = info.get("path")
         if e.attempt < attempt and p and isinstance(e.event_step, int):
             p = os.path.normpath(str(p))
-            if p == target or target.startswith(p.rstrip(os.sep) + os.sep) or os.path.basename(p) == os.path.basename(target):
-                return e.event_step, str(path)
-    return None
+            if p == target or target.startswith(p.rstrip(os.sep) + os.sep):
+                found = (e.event_step, str(path))
+    return found
 
 
 def timeout_verdict(trial: Trace | None, attempt: int, reason: str, last_steps: dict[int, int | None],

@@ -145,6 +145,14 @@ def render_text(result, console: Console | None = None) -> Console:
         if div is None and not (label.endswith("training divergence") and d is not None and rng is None):
             continue
         div = div or d
+        if label.startswith("first RNG") and div is training:  # the same row: name its streams, its cause if new
+            streams = ", ".join(f for f in div.fields if f.startswith("rng:"))
+            console.print(Text.assemble((f"{label}: ", "bold"), f"the same step ({streams})"))
+            shown = {c.cause for c in [getattr(result, "diagnosis", None), *getattr(getattr(result, "diagnosis", None), "also", ())] if c}
+            if diagnosis is not None and diagnosis.cause not in shown:
+                console.print(Text.assemble(("  likely cause: ", "bold"), (diagnosis.cause, "bold magenta"), " - ",
+                                            diagnosis.summary), soft_wrap=True)
+            continue
         head = {"final": "final state", "artefact": "exported file"}.get(div.where, f"step {div.step}")
         console.print(Text.assemble((f"{label}: ", "bold"), f"{head}, rank {div.rank}, attempt {div.attempt}; ",
                                     ("fields: ", "bold"), (", ".join(div.fields), "red")))
