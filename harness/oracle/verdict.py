@@ -625,8 +625,8 @@ def timeout_verdict(trial: Trace | None, attempt: int, reason: str, last_steps: 
         a, steps = apart
         each = ", ".join(f"rank {r} step {st}" for r, st in sorted(steps.items()))
         return Verdict("fail", Outcome.RANKS_RESUMED_APART,
-                       f"the ranks of attempt {a} resumed from different checkpoints: {each} (the attempt was "
-                       f"stopped: {reason})", attempts=attempts, log_tail=log_tail,
+                       f"the ranks of attempt {a} resumed from different checkpoints: {each}; the attempt was "
+                       f"stopped at once", attempts=attempts, log_tail=log_tail,
                        hint="the ranks' checkpoint files were written without a commit protocol (a kill during a save "
                             "left them at different steps): save every rank's files, then mark the step complete "
                             "once all are written (a barrier and a marker or rename by one rank), and load only a "

@@ -103,3 +103,12 @@ def test_ddp_at_three_ranks_is_reduction_order(trial):
     assert r.outcome == "divergence" and r.training_divergence.step == 7
     assert r.diagnosis.cause == "reduction_order"
     assert set(r.training_divergence.fields) <= {"params", "optimizer"}
+
+
+def test_ranks_resumed_apart_is_reported_at_once(trial):
+    # Rank 1 dies in its third save (step 9) after rank 0 saved step 9: each rank then loads its own newest
+    # file, rank 0 step 9 and rank 1 step 6. Reported as soon as both loaded, never as a stall.
+    r = trial("auto", "rank_race", "torch.save:3@1")
+    assert (r.verdict, r.outcome) == ("fail", "ranks_resumed_apart"), r.message
+    assert "rank 0 step 9, rank 1 step 6" in r.message
+    assert r.timings["trial_s"] < 30

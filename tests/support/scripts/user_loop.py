@@ -17,6 +17,8 @@ there is no harness import at all (auto mode).
   optimizer       the optimizer is not saved: AdamW's moments restart
   oldest          the resume loads the oldest checkpoint kept, not the newest
   ema             an EMA of the weights is kept and exported at the end (ema.pt), never checkpointed
+  rank_race       every rank loads its own newest file, ignoring ``latest`` (no commit protocol); the ranks
+                  save one after another (rank 0 first), so a kill in rank 1's save leaves them apart
   latent_rng      correct, but the DataLoader iterator is created after the RNG is restored (its base-seed
                   draw moves torch's RNG), with --dropout 0 nothing draws from it afterwards: RNG only
 """
@@ -31,7 +33,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 BUGS = ("none", "sampler_epoch", "no_skip", "accum", "rng_other_rank", "numpy_rng", "torch_rng", "lr", "optimizer",
-        "oldest", "ema", "latent_rng")
+        "oldest", "ema", "latent_rng", "rank_race")
 
 
 def main():
@@ -82,6 +84,8 @@ def main():
             at = int(f.read())
         if bug == "oldest":
             at = kept[0]
+        if bug == "rank_race":
+            at = kept[-1]
         src = 0 if bug == "rng_other_rank" else rank
         state = torch.load(os.path.join(ckpt_dir, f"step{at}_rank{rank}.pt"), weights_only=False)
         rng = torch.load(os.path.join(ckpt_dir, f"step{at}_rank{src}.pt"), weights_only=False)["rng"]
@@ -112,7 +116,11 @@ def main():
             state["rng"]["numpy"] = None
         if bug != "lr":
             state["scheduler"] = sched.state_dict()
-        torch.save(state, os.path.join(ckpt_dir, f"step{step}_rank{rank}.pt"))
+        for r in (range(world) if bug == "rank_race" else [rank]):
+            if r == rank:
+                torch.save(state, os.path.join(ckpt_dir, f"step{step}_rank{rank}.pt"))
+            if bug == "rank_race":
+                dist.barrier()
         dist.barrier()
         if rank == 0:
             with open(latest + ".tmp", "w") as f:
