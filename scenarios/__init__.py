@@ -19,6 +19,8 @@ jobs running, 4 runs each):
     workers          as default, 2 persistent workers/rank   0.49 - 0.58 s  (worker forks included)
     bf16             as default                              0.22 - 0.25 s
     ema              as default                              0.19 - 0.22 s
+    fp16             as default                              0.96 - 1.04 s  (default: 1.08 - 1.45 s side by side,
+                                                                             3 runs each, under a load of ~4)
 
 A kill/resume trial of the default scenario through ``harness.engine.run`` with a warm fork server
 and a cached baseline took 0.37 - 0.80 s (median ~0.45 s, ~125 trials/minute); the same training
@@ -34,6 +36,7 @@ BUILTIN: dict[str, str] = {
     "workers": "default with a num_workers=2 DataLoader: per-worker torch+numpy random augmentation",
     "bf16": "default under bf16 autocast (CPU or CUDA)",
     "ema": "default plus an EMA of the weights registered as a custom checkpoint object",
+    "fp16": "default under fp16 autocast with a dynamic GradScaler (scale grows and backs off), python-RNG cutout",
     "elastic": "default MLP with an elastic data order (ElasticSampler), no per-rank randomness: --resume-nproc",
     "buggy/rng_from_rank0": "BUGGY: rank 0's RNG states restored on every rank after a resume (Megatron-LM PR #6858)",
     "buggy/numpy_rng_not_saved": "BUGGY: numpy's RNG not saved: re-seeded as at startup after a resume",

@@ -40,12 +40,16 @@ FAULT_CLASSES: dict[str, str] = {
 
 #: SUT -> its scenarios: (label, built-in scenario or adapter script under scenarios/sut/, script args).
 SUT_SCENARIOS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
-    "reference": (("default", "default", ()),),
+    # fp16: the only built-in scenario with a GradScaler and python-RNG draws (docs/state-coverage.md)
+    "reference": (("default", "default", ()), ("fp16", "fp16", ())),
     "accelerate": (("accelerate", "_accelerate.py", ()),),
     "deepspeed": (("deepspeed", "_deepspeed.py", ()),),
     "torchdata": (("torchdata", "_torchdata.py", ()), ("torchdata_workers", "_torchdata.py", ("--num-workers", "2"))),
 }
 SUTS = tuple(SUT_SCENARIOS)
+#: Built-in scenarios that train under some strategies only (label -> strategies): the default matrix of
+#: another strategy leaves them out. fp16's GradScaler is DDP's; FSDP2 and DeepSpeed scale losses themselves.
+SCENARIO_STRATEGIES: dict[str, tuple[str, ...]] = {"fp16": ("ddp",)}
 #: SUT -> (import name, the pip extra that installs it)
 SUT_LIBRARIES = {"accelerate": ("accelerate", "accelerate"), "deepspeed": ("deepspeed", "deepspeed"),
                  "torchdata": ("torchdata", "torchdata")}
@@ -95,10 +99,12 @@ def _display_path(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def sut_scenarios(sut: str) -> tuple[ScenarioSpec, ...]:
+def sut_scenarios(sut: str, strategy: str = "ddp") -> tuple[ScenarioSpec, ...]:
     check_sut(sut)
     out = []
     for label, target, args in SUT_SCENARIOS[sut]:
+        if strategy not in SCENARIO_STRATEGIES.get(label, (strategy,)):
+            continue
         if target.endswith(".py"):
             target = _display_path(os.path.join(_sut_dir(), target))
         out.append(ScenarioSpec(label, target, tuple(args)))
@@ -175,13 +181,16 @@ class CampaignSpec:
                 from harness.engine.target import UsageError, resolve_target
 
                 try:
-                    resolve_target(s)
+                    name = resolve_target(s).name
                 except UsageError as e:
                     raise CertifyError(str(e)) from None
+                if strategy not in SCENARIO_STRATEGIES.get(name, (strategy,)):
+                    raise CertifyError(f"scenario {s!r} trains with --strategy "
+                                       f"{' or '.join(SCENARIO_STRATEGIES[name])} only, not {strategy}")
                 specs.append(ScenarioSpec(s.replace("/", "."), s, ()))
             scen = tuple(specs)
         else:
-            scen = sut_scenarios(sut)
+            scen = sut_scenarios(sut, strategy)
         cls_list = tuple(classes) if classes else tuple(FAULT_CLASSES)
         unknown = [c for c in cls_list if c not in FAULT_CLASSES]
         if unknown:
@@ -218,6 +227,6 @@ class CampaignSpec:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-__all__ = ["STRATEGIES", "CHECKPOINT_POINTS", "FAULT_CLASSES", "SUTS", "SUT_SCENARIOS", "SUT_LIBRARIES",
+__all__ = ["STRATEGIES", "CHECKPOINT_POINTS", "FAULT_CLASSES", "SUTS", "SUT_SCENARIOS", "SCENARIO_STRATEGIES", "SUT_LIBRARIES",
            "DEFAULT_WORLD_SIZES", "DEFAULT_TRIALS", "SUT_DEFAULT_TRIALS", "DEFAULT_SEED", "Cell", "ScenarioSpec", "CampaignSpec",
            "check_sut", "check_strategy", "parse_world_sizes", "sut_scenarios"]

@@ -404,7 +404,15 @@ def assess(
     training, rng_first = comparison.training, comparison.rng
     rng_diag = diagnose_rng(comparison, trial, comparison.base) if rng_first is not None else None
     rng_kw = dict(rng_divergence=rng_first, rng_diagnosis=rng_diag)
-    if training is not None:
+    lost = [(n, p) for n, p in resumes if p.committed_steps and n.resumed_from is not None
+            and n.resumed_from < max(p.committed_steps)]
+    if lost and training is not None:
+        n, p = lost[0]
+        warnings.append(f"attempt {n.attempt} resumed from step {n.resumed_from}, not from the newest checkpoint "
+                        f"committed before the kill (step {max(p.committed_steps)})")
+    if training is not None and not (lost and not accept_lost_progress and training.where == "artefact"):
+        # (an older resume point renumbers the checkpoints the job writes afterwards: then lost_progress, below,
+        # says what happened, and the exported files' differences are its consequence)
         diag = diagnose(comparison, trial, comparison.base, world_size=world, divergence=training)
         also = ""
         if rng_first is not None and rng_first is not training:
@@ -424,23 +432,23 @@ def assess(
                     hint="kill after the first complete checkpoint (--kill random draws such a step); a script "
                          "that saves nothing never resumes", **rng_kw)
     if not accept_lost_progress:
-        for nxt, prev in resumes:
-            newest = max(prev.committed_steps, default=None)
+        for nxt, prev in lost:
+            newest = max(prev.committed_steps)
             got = nxt.resumed_from
-            if newest is not None and got is not None and got < newest:
-                return done("fail", Outcome.LOST_PROGRESS,
-                            f"attempt {nxt.attempt} resumed from step {got}, but the newest checkpoint committed before "
-                            f"the kill {_fault_where(prev.fault)} was step {newest}: {newest - got} step(s) of progress "
-                            f"lost (a load that picks an older checkpoint, or a rotation that deleted the newest)",
-                            diagnosis=Diagnosis(
-                                "lost_progress",
-                                "the resume picked an older checkpoint than the newest complete one: a load that "
-                                "picks the oldest or sorts names as text (iter-5 after iter-10), or a rotation "
-                                "(total_limit) that deleted the newest",
-                                f"attempt {nxt.attempt} loaded step {got}; checkpoints complete before the kill: "
-                                f"{list(prev.committed_steps)}"),
-                            hint="if the script keeps only an older checkpoint or resumes from one on purpose, accept "
-                                 "it knowingly with --accept-lost-progress", **rng_kw)
+            also = "; the files it exported differ too" if training is not None else ""
+            return done("fail", Outcome.LOST_PROGRESS,
+                        f"attempt {nxt.attempt} resumed from step {got}, but the newest checkpoint committed before "
+                        f"the kill {_fault_where(prev.fault)} was step {newest}: {newest - got} step(s) of progress "
+                        f"lost (a load that picks an older checkpoint, or a rotation that deleted the newest){also}",
+                        diagnosis=Diagnosis(
+                            "lost_progress",
+                            "the resume picked an older checkpoint than the newest complete one: a load that "
+                            "picks the oldest or sorts names as text (iter-5 after iter-10), or a rotation "
+                            "(total_limit) that deleted the newest",
+                            f"attempt {nxt.attempt} loaded step {got}; checkpoints complete before the kill: "
+                            f"{list(prev.committed_steps)}"),
+                        hint="if the script keeps only an older checkpoint or resumes from one on purpose, accept "
+                             "it knowingly with --accept-lost-progress", **rng_kw)
 
     failed = [e for e in ends.values() if not e.torn_down and e.returncode not in (0, None)]
     if failed:

@@ -9,6 +9,7 @@ epochs end at steps 3, 6, ..., 24, checkpoints at 5, 10, 15, 20 (15 saved at mic
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from harness.scenarios import BUILTIN
 from harness.scenarios._common import epoch_table
 from harness.scenarios.buggy import EXPECTED
 
-CORRECT = ["default", "transformer_lm", "workers", "bf16", "ema", "elastic"]
+CORRECT = ["default", "transformer_lm", "workers", "bf16", "ema", "elastic", "fp16"]
 BUGGY = sorted(EXPECTED)
 
 
@@ -162,6 +163,12 @@ CORRECT_PLANS = [
     ("ema", "12"),
     pytest.param("ema", "16", marks=pytest.mark.slow),
     pytest.param("elastic", "12", marks=pytest.mark.slow),  # same world size: bit-exact (--resume-nproc: elsewhere)
+    # fp16 at kill 13, 2 and 3 ranks, is in the fast suite: test_fp16_scale_grows_and_backs_off_...
+    pytest.param("fp16", "12", marks=pytest.mark.slow),  # the scaler backed off between checkpoint 10 and the kill
+    pytest.param("fp16", "16", marks=pytest.mark.slow),  # from 15, saved with a growth tracker of 1
+    pytest.param("fp16", "microbatch:39", marks=pytest.mark.slow),  # mid-accumulation: scaled grads in flight
+    pytest.param("fp16", "checkpoint.write:10", marks=pytest.mark.slow),
+    pytest.param("fp16", "7,17", marks=pytest.mark.slow),
 ]
 
 
@@ -173,6 +180,31 @@ def test_correct_scenario_is_bit_exact(launcher, tmp_path, target, plan):
     assert res.diagnosis is None
     resumed = [a for a in res.attempts if a.loaded]
     assert len(resumed) == len(plan.split(",")), res.attempts  # every restart resumed from a checkpoint
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_fp16_scale_grows_and_backs_off_between_checkpoint_and_kill(launcher, tmp_path, nproc):
+    """The fp16 scenario's GradScaler state really changes, so a resume that forgets it cannot pass.
+
+    Kill 13 resumes from the checkpoint at step 10; steps 11-13 must both back off (overflow: the
+    update is skipped) and grow, and the state saved at step 10 must differ from a fresh scaler's.
+    """
+    res = run("fp16", nproc=nproc, plan="13", seed=0, backend="gloo", out_dir=str(tmp_path / "out"),
+              launcher=launcher, timeout_s=120)
+    assert (res.verdict, res.outcome) == ("pass", "bit_exact"), describe(res)
+    tr = load_trace(tmp_path / "out" / "trace")
+    per_rank = []
+    for r in range(nproc):
+        final = {row.step: row for row in tr.steps(r)}  # the resumed attempt's rows replace the killed one's
+        per_rank.append([(final[s].extra["scale"], final[s].extra["growth_tracker"]) for s in range(1, 25)])
+    assert all(p == per_rank[0] for p in per_rank), "the scaler state differs between ranks"
+    scale = [sc for sc, _ in per_rank[0]]
+    assert all(sc > 0 and math.frexp(sc)[0] == 0.5 for sc in scale), scale  # powers of two, exactly
+    prev = [2.0**21] + scale[:-1]  # --init-scale before step 1
+    grew = {s for s in range(1, 25) if scale[s - 1] > prev[s - 1]}
+    backed_off = {s for s in range(1, 25) if scale[s - 1] < prev[s - 1]}
+    assert grew & {11, 12, 13} and backed_off & {11, 12, 13}, (scale, grew, backed_off)
+    assert per_rank[0][10 - 1] != (2.0**21, 0), "checkpoint 10 holds a fresh scaler's state"
 
 
 # -- buggy variants fail with the predicted first divergence ---------------------------------------

@@ -22,7 +22,7 @@ from harness.engine import run
 
 from support import REPO  # noqa: E402
 
-CORRECT = ["default", "transformer_lm", "workers", "bf16", "ema"]
+CORRECT = ["default", "transformer_lm", "workers", "bf16", "ema", "fp16"]  # fp16 at 3 ranks, fast: test_scenarios.py
 FAST = [("default", 3), ("transformer_lm", 3), ("default", 4)]
 SLOW = [(t, n) for n in (3, 4) for t in CORRECT if (t, n) not in FAST]
 
