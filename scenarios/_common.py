@@ -104,6 +104,9 @@ class _DeepSpeedWeights(nn.Module):
             for i, (_, p) in enumerate(engine.module.named_parameters()):
                 self.register_buffer(f"param_{i}", p.detach(), persistent=True)
         if stage == 3:  # the base optimizer's groups hold one sub-group at a time: take ZeRO-3's own list
+            from harness import private_apis
+
+            private_apis.require("deepspeed.zero3")
             for i, p in enumerate(engine.optimizer.fp32_partitioned_groups_flat):
                 self.register_buffer(f"master_{i}", p.detach(), persistent=True)
         elif stage > 0:
@@ -118,6 +121,9 @@ class _ZeRO3OptimizerView:
     base optimizer's own state_dict() cannot name its state)."""
 
     def __init__(self, engine, optimizer) -> None:
+        from harness import private_apis
+
+        private_apis.require("deepspeed.zero3")
         self._flats = engine.optimizer.fp32_partitioned_groups_flat
         self._base = optimizer
         self.param_groups = [{"params": []} for _ in optimizer.param_groups]

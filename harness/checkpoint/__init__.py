@@ -9,7 +9,8 @@ from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointErro
                      NotACheckpointError, RegistrationError, UnsafeCheckpointError)
 from .manager import Checkpointer, CheckpointSkippedWarning
 from .model_files import load_checkpoint_in_model, parse_size, save_model
-from .reduction import CommHookConflictWarning, pin_bucket_layout, rank_ordered_allreduce_hook  # noqa: F401
+from .reduction import (BucketLayoutError, CommHookConflictWarning, pin_bucket_layout,  # noqa: F401
+                        rank_ordered_allreduce_hook)
 
 __all__ = [
     "Checkpointer", "ProjectConfiguration", "ResumableDataLoader", "CheckpointSkippedWarning",

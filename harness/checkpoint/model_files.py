@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import warnings
 
 import torch
@@ -136,6 +137,10 @@ def _full_state_dict(model: torch.nn.Module) -> dict:
 
         return get_model_state_dict(target, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     with_vars = target.state_dict(keep_vars=True)
+    if "deepspeed" in sys.modules:  # ZeRO-3 parameters are told by DeepSpeed's ds_id
+        from harness import private_apis
+
+        private_apis.require("deepspeed.zero3")
     if not any(hasattr(v, "ds_id") for v in with_vars.values()):
         return target.state_dict()
     # ZeRO-3: a partitioned parameter's local tensor is empty; gather each one in turn, keep it on rank 0

@@ -70,6 +70,16 @@ forward, or register a hook:
 DDP accepts one comm hook per model: `install` refuses to replace a hook registered before it. The
 pinned layout does not need one, and makes a user's own deterministic hook (e.g. fp16 compression)
 resume-exact too.
+
+**Only before the first forward.** The push lists the parameters for the rebuild that DDP runs at
+the start of a forward; DDP's first backward lists them itself, in readiness order. Pushed after the
+first forward the call does nothing (the backward already listed them: the C++ push returns early)
+or lists each parameter twice (a forward but no backward yet: DDP's next rebuild then fails an
+internal assertion). So `pin_bucket_layout` refuses once the model has run a forward (DDP's
+`_lazy_init_ran`, set by any forward, also one under `no_grad`, which cannot be told apart) or
+rebuilt its buckets: it raises `BucketLayoutError`, or with `best_effort=True` warns and returns
+False; either way it sets `model._harness_bucket_layout_pin_failed` (the reason) and, under the
+harness, records a `ddp.pin_failed` probe event, so the report can say why a resume may differ.
 """
 
 import warnings
@@ -77,8 +87,14 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from harness import private_apis
+from harness import probe
+
 __all__ = ["rank_ordered_allgather_hook", "rank_ordered_allreduce_hook", "pin_bucket_layout", "install",
-           "MODES", "CommHookConflictWarning"]
+           "MODES", "CommHookConflictWarning", "BucketLayoutError"]
+
+# DDP's private reducer calls and attributes used below: a torch without them fails here, naming them.
+private_apis.require("torch.ddp")
 
 #: what `install` (and `Checkpointer(deterministic_reduction=...)`) accepts; True means "fixed_layout"
 MODES = ("fixed_layout", "rank_ordered")
@@ -86,6 +102,10 @@ MODES = ("fixed_layout", "rank_ordered")
 
 class CommHookConflictWarning(UserWarning):
     """The order-invariant reduction could not be installed (a comm hook was already registered, or it is too late)."""
+
+
+class BucketLayoutError(RuntimeError):
+    """The DDP model's bucket layout cannot be pinned: its first forward already ran (see the module docstring)."""
 
 
 # torch 2.13 renamed all_gather_into_tensor (still there, deprecated); older versions have only the old name.
@@ -164,12 +184,23 @@ def rank_ordered_allreduce_hook(process_group, bucket: dist.GradBucket) -> torch
     return fut.then(unpad)
 
 
-def pin_bucket_layout(model) -> bool:
+def _too_late(model) -> str | None:
+    """Why the layout can no longer be pinned, or None (both attributes are checked at import: private_apis)."""
+    if model._has_rebuilt_buckets:
+        return "DDP has already rebuilt its buckets (in readiness order)"
+    if model._lazy_init_ran:
+        return "the model has already run a forward pass"
+    return None
+
+
+def pin_bucket_layout(model, *, best_effort: bool = False) -> bool:
     """Make a DDP model use one bucket layout (parameter order) from its first iteration on.
 
-    Call it before the model's first forward pass. Returns whether the layout was pinned (False: not
-    DDP, one rank, `find_unused_parameters=True` (DDP then never rebuilds: its layout is fixed
-    already), or too late, with a warning).
+    Call it before the model's first forward pass. Returns whether the layout is pinned; False, with
+    nothing to do: not DDP, one rank, or `find_unused_parameters=True` (DDP then never rebuilds: its
+    layout is fixed already). After the first forward it raises `BucketLayoutError`, or with
+    `best_effort=True` warns (`CommHookConflictWarning`) and returns False; it never claims a pin it
+    could not make (module docstring, "Only before the first forward").
     """
     if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return False
@@ -177,20 +208,31 @@ def pin_bucket_layout(model) -> bool:
         return False
     if getattr(model, "_harness_bucket_layout_pinned", False):
         return True  # pushing the parameters twice would list each twice in the rebuild
-    if getattr(model, "_has_rebuilt_buckets", False) or not hasattr(model.reducer, "_push_all_rebuilt_params"):
-        warnings.warn("cannot pin this DDP model's bucket layout (it already ran a forward pass, or this torch has no "
-                      "Reducer._push_all_rebuilt_params): prepare() it before its first forward, or use "
-                      "deterministic_reduction='rank_ordered'; a resume on 3 or more ranks may not be bit-exact",
-                      CommHookConflictWarning, stacklevel=3)
+    reason = _too_late(model)
+    if reason is not None:
+        model._harness_bucket_layout_pin_failed = reason
+        probe.point("ddp.pin_failed", reason=reason)  # a no-op outside the harness
+        message = (f"cannot pin this DDP model's bucket layout: {reason}, and the layout can only be pinned before "
+                   "the first forward (any forward, also an evaluation under no_grad). Call Checkpointer.prepare(model) "
+                   "or pin_bucket_layout(model) right after wrapping the model in DDP; or use "
+                   "Checkpointer(deterministic_reduction='rank_ordered'), a comm hook that can be installed at any "
+                   "time; or deterministic_reduction=False to accept that a resume on 3 or more ranks may differ in "
+                   "the last bits.")
+        if not best_effort:
+            raise BucketLayoutError(message)
+        warnings.warn(message, CommHookConflictWarning, stacklevel=3)
         return False
     model.reducer._push_all_rebuilt_params()
     model._harness_bucket_layout_pinned = True
     return True
 
 
-def install(model, mode: "bool | str" = True) -> bool:
+def install(model, mode: "bool | str" = True, *, best_effort: bool = False) -> bool:
     """Make `model`'s gradient reduction resume-exact: `mode` True or "fixed_layout" pins the bucket layout,
     "rank_ordered" registers `rank_ordered_allreduce_hook`, False does nothing. Returns whether it did.
+
+    Pinning after the model's first forward raises `BucketLayoutError` (`best_effort=True`: warns and
+    returns False), see `pin_bucket_layout`.
 
     The hook is not registered (False) when `model` is not DDP (nothing to do), runs on one rank (DDP's
     reduction is then the identity), or already has a comm hook: DDP allows only one, so the existing
@@ -200,7 +242,7 @@ def install(model, mode: "bool | str" = True) -> bool:
     if mode is False:
         return False
     if mode is True or mode == "fixed_layout":
-        return pin_bucket_layout(model)
+        return pin_bucket_layout(model, best_effort=best_effort)
     if mode != "rank_ordered":
         raise ValueError(f"deterministic_reduction: expected True, False or one of {MODES}, got {mode!r}")
     hook = rank_ordered_allreduce_hook
@@ -208,7 +250,7 @@ def install(model, mode: "bool | str" = True) -> bool:
         return False
     if dist.get_world_size(model.process_group) == 1:
         return False
-    existing = getattr(model, "_comm_hooks", None)
+    existing = model._comm_hooks  # checked at import (private_apis)
     if existing:
         names = ", ".join(getattr(h, "__qualname__", repr(h)) for h, _ in existing)
         warnings.warn(

@@ -487,6 +487,10 @@ class DeepSpeedStrategy(Strategy):
 
         import torch.distributed as dist
 
+        from harness import private_apis
+
+        private_apis.require("deepspeed")  # on every rank, before any collective: engine._config, ds_to_universal
+
         multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         rank = dist.get_rank() if multi else 0
         msg: list = [None, None]  # [universal folder, error]

@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 import sys
 
+from harness import private_apis
+
+private_apis.require("python")  # atexit._run_exitfuncs and others that run_and_exit uses to end a rank
+
 
 def redirect_stdio(log_path: str) -> None:
     """stdin from /dev/null; stdout and stderr appended to ``log_path``."""

@@ -62,8 +62,9 @@ Every digest is an xxh3-128 hex string over, for each leaf in order, a record::
       array  b"A" + len + "<dtype.str> <shape>" + u64 nbytes + xxh3-128 of the raw bytes
 
 (``len`` is a u64-le byte count; strings are UTF-8 with lone surrogates passed through). A tensor on
-an accelerator is reduced on its device to two 64-bit word sums (``device_digest.py``: any single
-flipped bit changes them; only 16 bytes are copied to the host). The raw bytes of a CPU tensor are
+an accelerator is reduced on its device to two 64-bit weighted sums of its mixed words
+(``device_digest.py``: a change within one 8-byte word always changes them, any other change too but
+for a collision of about 2**-64; only 16 bytes are copied to the host). The raw bytes of a CPU tensor are
 read zero-copy where possible (``harness.tensors.tensor_bytes``; a DTensor
 gives its local shard). Two structures have the same digest only if they have the same paths, leaf
 types and values bit for bit: ``{0: x}`` differs from ``{"0": x}``, ``(t,)`` from ``[t]``, ``[t, t]``
@@ -552,9 +553,19 @@ def from_json_leaf(j):
 
 
 # -- model and optimizer -----------------------------------------------------------------------------
+def _check_deepspeed() -> None:
+    """ZeRO-3 parameters are told and read by DeepSpeed's ``ds_tensor`` (``_leaf_record``): where deepspeed is
+    imported, check that it still has it (harness.private_apis; cached after the first call)."""
+    if "deepspeed" in sys.modules:
+        from harness import private_apis
+
+        private_apis.require("deepspeed.zero3")
+
+
 def model_tensors(model, named_params=None) -> dict:
     """Parameters and buffers of the unwrapped model, by name (tied tensors appear once).
     ``named_params``: the model's ``named_parameters()``, when the caller has them already."""
+    _check_deepspeed()
     model = unwrap_model(model)
     tensors = dict(model.named_parameters() if named_params is None else named_params)
     tensors.update(model.named_buffers())
@@ -720,6 +731,7 @@ def optimizer_state_dict(optimizer):
 def model_state_dict(model) -> dict:
     """``unwrap_model(model).state_dict()``, with a DeepSpeed ZeRO-3 parameter (empty outside forward) given as
     this rank's partition of it."""
+    _check_deepspeed()
     model = unwrap_model(model)
     try:
         zero3 = any(getattr(p, "ds_tensor", None) is not None for p in model.parameters())

@@ -1,9 +1,11 @@
 """harness.checkpoint.reduction at 3 gloo ranks: the rank-ordered hooks give the same bits whatever the
 bucket layout, the pinned layout makes a fresh process reduce like one that has run for a while, and
-the checkpointer installs them as its knob says.
+the checkpointer installs them as its knob says; the pinning rules (before the first forward only) at
+2 ranks too.
 
 One job of 3 ranks (this file run as a script by the shared warm launcher, `pool`) runs every check
-once; each test asserts its own check's outcome. A check fails on a rank by raising; the error names it.
+once, one job of 2 ranks the pinning checks; each test asserts its own check's outcome. A check fails
+on a rank by raising; the error names it.
 """
 
 import itertools
@@ -20,7 +22,7 @@ import torch.distributed as dist
 
 from harness.checkpoint import Checkpointer, ProjectConfiguration
 from harness.launch import LaunchSpec
-from harness.checkpoint.reduction import (CommHookConflictWarning, install, pin_bucket_layout,
+from harness.checkpoint.reduction import (BucketLayoutError, CommHookConflictWarning, install, pin_bucket_layout,
                                           rank_ordered_allgather_hook, rank_ordered_allreduce_hook)
 
 WORLD = 3
@@ -201,12 +203,76 @@ def check_checkpointer_knob(rank, project_dir):
     with pytest.warns(CommHookConflictWarning, match="already has a comm hook"):
         Checkpointer(ProjectConfiguration(project_dir), deterministic_reduction="rank_ordered").prepare(user)
     assert [h for h, _ in user._comm_hooks] == [rank_ordered_allgather_hook]
-    # too late: the model already ran (and rebuilt its buckets)
+    # too late: the model already ran (and rebuilt its buckets): an error, or with best_effort a warning
     late = ddp()
     late(torch.randn(2, 16)).sum().backward()
     late(torch.randn(2, 16)).sum().backward()
+    with pytest.raises(BucketLayoutError, match="already rebuilt its buckets"):
+        Checkpointer(ProjectConfiguration(project_dir)).prepare(late)
     with pytest.warns(CommHookConflictWarning, match="cannot pin"):
-        assert not pin_bucket_layout(late)
+        assert not pin_bucket_layout(late, best_effort=True)
+    assert not getattr(late, "_harness_bucket_layout_pinned", False)
+
+
+def _recorded_events(trace_dir, fn):
+    """Run fn() with the probe recording into trace_dir (as under the harness); the event rows it wrote."""
+    from harness.probe import recorder
+
+    before, env = recorder._recorder, os.environ.get("HARNESS_TRACE_DIR")
+    os.environ["HARNESS_TRACE_DIR"], recorder._recorder = trace_dir, None
+    try:
+        fn()
+        rec = recorder.get()
+        with open(os.path.join(trace_dir, f"rank{rec.rank}.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        os.close(rec.fd)
+    finally:
+        recorder._recorder = before
+        if env is None:
+            del os.environ["HARNESS_TRACE_DIR"]
+        else:
+            os.environ["HARNESS_TRACE_DIR"] = env
+    return [row for row in rows if row["kind"] == "event"]
+
+
+def check_pin_only_before_the_first_forward(rank, project_dir):
+    """Issue 17 item 9. Before the first forward the pin takes (DDP's one rebuild runs at that forward, where
+    unpinned it runs at the second). After one forward+backward, and after a forward alone, it raises (with
+    best_effort: warns, returns False), never marks the model pinned, marks why, records a ddp.pin_failed
+    probe event; and pushes nothing: the model goes on training as DDP left it."""
+    x = batches(rank, 3, n=1, dim=16)[0]
+
+    def ddp():
+        torch.manual_seed(0)
+        return torch.nn.parallel.DistributedDataParallel(MLP())
+
+    early = ddp()
+    assert pin_bucket_layout(early) is True and early._harness_bucket_layout_pinned
+    early(x).square().mean().backward()
+    assert early._has_rebuilt_buckets  # the pinned rebuild ran at the first forward
+    late = ddp()
+    late(x).square().mean().backward()
+    assert not late._has_rebuilt_buckets  # unpinned: not yet (the push would return early in C++)
+
+    def refuse():
+        with pytest.raises(BucketLayoutError, match="can only be pinned before the first forward"):
+            pin_bucket_layout(late)
+
+    events = _recorded_events(os.path.join(project_dir, "trace"), refuse)
+    assert [e["name"] for e in events] == ["ddp.pin_failed"] and "forward" in events[0]["info"]["reason"], events
+    assert not getattr(late, "_harness_bucket_layout_pinned", False)
+    assert late._harness_bucket_layout_pin_failed == "the model has already run a forward pass"
+    with pytest.warns(CommHookConflictWarning, match="can only be pinned before the first forward"):
+        assert pin_bucket_layout(late, best_effort=True) is False
+    with pytest.raises(BucketLayoutError):
+        Checkpointer(ProjectConfiguration(project_dir)).prepare(late)
+    assert not getattr(late, "_harness_bucket_layout_pinned", False)
+    late(x).square().mean().backward()  # nothing was pushed: DDP rebuilds in readiness order, no assertion
+    assert late._has_rebuilt_buckets
+    forward_only = ddp()
+    forward_only(x)  # no backward yet: a push now would list every parameter twice
+    with pytest.raises(BucketLayoutError, match="already run a forward pass"):
+        pin_bucket_layout(forward_only)
 
 
 CHECKS_ALL = {
@@ -215,8 +281,10 @@ CHECKS_ALL = {
     "unpinned_first_iteration_differs": check_unpinned_first_iteration_differs,
     "pinned_first_iteration_matches": check_pinned_first_iteration_matches,
     "checkpointer_knob": check_checkpointer_knob,
+    "pin_only_before_the_first_forward": check_pin_only_before_the_first_forward,
     "world_size_one": lambda rank, project_dir: check_world_size_one(rank, project_dir),
 }
+PIN_CHECKS = ("pinned_first_iteration_matches", "pin_only_before_the_first_forward")  # also run at 2 ranks
 
 
 class FakeBucket:
@@ -240,12 +308,15 @@ def check_world_size_one(rank, project_dir):
     assert Checkpointer(ProjectConfiguration(project_dir)).prepare(m) is m
 
 
-def main(out_dir: str) -> None:
-    """One rank of the job (run as a script by the warm launcher, torchrun's environment)."""
+def main(out_dir: str, only: str = "") -> None:
+    """One rank of the job (run as a script by the warm launcher, torchrun's environment); `only`: the
+    checks to run, comma-separated (default: all)."""
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     results = {}
     for name, fn in CHECKS_ALL.items():
+        if only and name not in only.split(","):
+            continue
         t0 = time.perf_counter()
         try:
             if "project_dir" in fn.__code__.co_varnames[:fn.__code__.co_argcount]:
@@ -262,25 +333,40 @@ def main(out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def outcomes(pool, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("reduction")
-    res = pool.launch(LaunchSpec(nproc=WORLD, log_dir=str(out / "logs"), script=os.path.abspath(__file__),
-                                 args=(str(out),), timeout_s=240))
+def _launch(pool, out, nproc: int, checks) -> dict:
+    res = pool.launch(LaunchSpec(nproc=nproc, log_dir=str(out / "logs"), script=os.path.abspath(__file__),
+                                 args=(str(out), ",".join(checks)), timeout_s=240))
     logs = "\n".join(f"--- rank {e.rank}: {e.describe()}\n" + open(e.log_path).read()[-3000:] for e in res.exits)
     assert res.ok, logs
-    results: dict = {name: [] for name in CHECKS_ALL}
-    for r in range(WORLD):
+    results: dict = {name: [] for name in checks}
+    for r in range(nproc):
         with open(os.path.join(out, f"rank{r}.json")) as f:
-            for name, err in json.load(f).items():
-                if err:
-                    results[name].append(f"rank {r}: {err}")
+            ran = json.load(f)
+        assert sorted(ran) == sorted(checks), (r, sorted(ran))  # every check ran on every rank
+        for name, err in ran.items():
+            if err:
+                results[name].append(f"rank {r}: {err}")
     return results
+
+
+@pytest.fixture(scope="module")
+def outcomes(pool, tmp_path_factory) -> dict:
+    return _launch(pool, tmp_path_factory.mktemp("reduction"), WORLD, list(CHECKS_ALL))
+
+
+@pytest.fixture(scope="module")
+def outcomes_two_ranks(pool, tmp_path_factory) -> dict:
+    return _launch(pool, tmp_path_factory.mktemp("reduction2"), 2, PIN_CHECKS)
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS_ALL))
 def test_reduction(outcomes, check):
     assert not outcomes[check], "\n".join(outcomes[check])
+
+
+@pytest.mark.parametrize("check", PIN_CHECKS)
+def test_pinning_at_two_ranks(outcomes_two_ranks, check):
+    assert not outcomes_two_ranks[check], "\n".join(outcomes_two_ranks[check])
 
 
 def test_knob_refuses_unknown_values():
@@ -291,4 +377,4 @@ def test_knob_refuses_unknown_values():
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
