@@ -86,6 +86,9 @@ APIS: tuple[PrivateAPI, ...] = (
                ("harness.probe.auto", "harness.probe.evidence")),
     PrivateAPI("torch.dataloader", "torch", "torch.utils.data.dataloader:_BaseDataLoaderIter", "__next__", "attr",
                "the method wrapped (above)", ("harness.probe.auto", "harness.probe.evidence")),
+    PrivateAPI("torch.dataloader", "torch", "torch.utils.data.dataloader:_BaseDataLoaderIter", "_next_index", "attr",
+               "the probe's evidence: the sampler's indices of each batch (the data order, whatever augmentation "
+               "the dataset applies)", ("harness.probe.evidence",)),
     PrivateAPI("torch.dataloader", "torch", "torch.utils.data.dataloader:DataLoader", "_iterator", "code",
                "ResumableDataLoader: drop the persistent workers' iterator, whose dataset copies hold old state",
                ("harness.checkpoint.data",)),

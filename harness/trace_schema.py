@@ -68,7 +68,8 @@ class StepRow:
     optimizer_state: digest per "<param name> <state key>". extra: per key, a digest or an exact JSON leaf.
     time: wall-clock seconds (time.time()) when the row was written, for progress and stall limits.
     backward, fetched, hyper: evidence for the diagnosis, never compared (harness.probe.evidence): backward
-    calls in the step, a digest of the loader batches they consumed, the param groups' hyperparameters.
+    calls in the step, digests of the loader batches they consumed and of their sampler indices, the param
+    groups' hyperparameters.
     """
 
     attempt: int
@@ -87,6 +88,7 @@ class StepRow:
     extra: dict = field(default_factory=dict)
     backward: int | None = None
     fetched: list | None = None
+    samples: list | None = None
     hyper: list | None = None
     kind: str = field(default="step", init=False)
 

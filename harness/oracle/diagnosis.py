@@ -168,16 +168,29 @@ def _hyper_differs(base: Trace, trial: Trace, d: Divergence) -> list[str]:
     return out
 
 
+def _order_key(row):
+    """What a row's loader batches say about the data order: the sampler's indices when recorded, else
+    the batches as the loader yielded them (which include any augmentation done in the dataset)."""
+    if isinstance(row.samples, list) and row.samples:
+        return "samples", row.samples
+    if row.fetched is not None:
+        return "fetched", row.fetched
+    return None, None
+
+
 def _fetched_replayed(base: Trace, trial: Trace, d: Divergence) -> int | None:
     """The baseline step whose loader batches the diverging row fetched, when they are another step's."""
     mine = _row(trial, d.rank, d.step, d.attempt)
-    if mine is None or mine.fetched is None:
+    if mine is None:
+        return None
+    kind, key = _order_key(mine)
+    if key is None:
         return None
     theirs = _row(base, d.rank, d.step)
-    if theirs is not None and theirs.fetched == mine.fetched:
+    if theirs is not None and getattr(theirs, kind) == key:
         return None
     for row in base.steps(d.rank):
-        if row.step != d.step and row.fetched == mine.fetched:
+        if row.step != d.step and getattr(row, kind) == key:
             return row.step
     return None
 
@@ -188,17 +201,18 @@ def _window_shift(base: Trace, trial: Trace, d: Divergence) -> tuple[int, int, i
     steps at another offset (an accumulation window cut by the checkpoint)."""
     rows = trial.steps(d.rank, d.attempt)
     first = rows[0] if rows else None
-    if first is None or not isinstance(first.fetched, list) or not first.fetched:
+    kind, want = _order_key(first) if first is not None else (None, None)
+    if not isinstance(want, list) or not want:
         return None
     stream = []  # (baseline step, index in its window, digest)
     seen = set()
     for row in base.steps(d.rank):
-        if row.step in seen or not isinstance(row.fetched, list):
+        key = getattr(row, kind)
+        if row.step in seen or not isinstance(key, list):
             continue
         seen.add(row.step)
-        stream += [(row.step, i, f) for i, f in enumerate(row.fetched)]
+        stream += [(row.step, i, f) for i, f in enumerate(key)]
     digests = [f for _, _, f in stream]
-    want = first.fetched
     for p in range(len(stream)):
         if digests[p:p + len(want)] == want or (len(digests) - p < len(want) and digests[p:] == want[:len(digests) - p]):
             step, i, _ = stream[p]
@@ -206,11 +220,18 @@ def _window_shift(base: Trace, trial: Trace, d: Divergence) -> tuple[int, int, i
     return None
 
 
-def _fetched_differs(base: Trace, trial: Trace, d: Divergence) -> bool:
+def _fetched_differs(base: Trace, trial: Trace, d: Divergence) -> str | None:
+    """"samples" when the sampler's indices differ from the baseline's at d's row (the data order itself),
+    "fetched" when only the loader's batches do (order or augmentation), None when equal or unknown."""
     mine = _row(trial, d.rank, d.step, d.attempt)
     theirs = _row(base, d.rank, d.step)
-    return bool(mine and theirs and mine.fetched is not None and theirs.fetched is not None
-                and mine.fetched != theirs.fetched)
+    if mine is None or theirs is None:
+        return None
+    kind, key = _order_key(mine)
+    other = getattr(theirs, kind) if kind else None
+    if key is None or other is None or other == key:
+        return None
+    return kind
 
 
 def _peer_died(trial: Trace, d: Divergence) -> tuple[int, int, str] | None:
@@ -354,7 +375,9 @@ def diagnose(comparison: Comparison | None, trial: Trace | None, base: Trace | N
                 "the data order or position was not restored: the resumed loop went back to another part of the "
                 "order (the sampler's epoch or the position in the epoch not restored)",
                 f"the batch {where} on rank {d.rank} is the baseline's batch of step {replayed}")
-        elif _fetched_differs(base, trial, d):
+        elif (differs := _fetched_differs(base, trial, d)) == "samples" or (differs and not rng):
+            # The sampler's indices are the order itself; the loader's batches are, only when no RNG stream
+            # (augmentation in the dataset) differs.
             hit("data_order",
                 "the data order or position was not restored: the loader yields other samples after the resume "
                 "(the sampler's epoch not set, the position in the epoch lost, or a reshuffled order)",

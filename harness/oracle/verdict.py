@@ -616,7 +616,8 @@ def _loaded_checkpoint_step(trial: Trace, attempt: int, path) -> tuple[int, str]
         p = info.get("path")
         if e.attempt < attempt and p and isinstance(e.event_step, int):
             p = os.path.normpath(str(p))
-            if p == target or target.startswith(p.rstrip(os.sep) + os.sep):
+            # the same file, a file inside a saved folder, or a file saved as path.tmp and renamed into place
+            if p == target or target.startswith(p.rstrip(os.sep) + os.sep) or p.startswith(target + "."):
                 found = (e.event_step, str(path))
     return found
 
@@ -645,7 +646,8 @@ def timeout_verdict(trial: Trace | None, attempt: int, reason: str, last_steps: 
     hint = ("a collective that not every rank reaches (a rank that skips a step or a save after the resume) is the "
             "common cause; py-spy dump --pid PID shows where a rank waits")
     if stalled:
-        return Verdict("error", Outcome.STALL, f"attempt {attempt} stalled{after}: {reason}; last recorded: {where}",
+        why = reason.removeprefix("stalled: ")
+        return Verdict("error", Outcome.STALL, f"attempt {attempt} stalled{after}: {why}; last recorded: {where}",
                        attempts=attempts, log_tail=log_tail,
                        hint=hint + "; on a heavily loaded machine, a longer --stall rules load out")
     verdict = "fail" if attempt > 0 else "error"

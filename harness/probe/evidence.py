@@ -11,6 +11,10 @@ in auto mode alike, so the oracle's diagnosis rules read the same facts whatever
   the loader gave them (before any augmentation the script applies). A resumed
   step that fetched another step's batches replayed the data order; one that fetched the same batches
   while its recorded ``batch`` differs drew its augmentation from another RNG state.
+- ``samples``: for the same batches, a digest of the sampler's indices (``_BaseDataLoaderIter._next_index``,
+  in yield order): the data order itself, whatever augmentation the dataset or the loader applies. A
+  resumed step with another step's indices replayed the order; with the same indices but another
+  ``batch``, the augmentation drew from another RNG state.
 - ``hyper``: the hyperparameters of each param group (``lr``, ``betas``, ...) of the optimizers
   stepped since the previous row, as exact JSON leaves: a schedule not restored shows here even when
   the script passes no optimizer to ``probe.step``.
@@ -33,6 +37,8 @@ class Evidence:
         self.pid = os.getpid()
         self.backward = 0
         self.fetched: list[str] = []
+        self.samples: list[str] = []
+        self.last_indices = None
         self.last_batch = None
         self.batch_fresh = False
         self.stepped: list = []  # weakrefs of the optimizers stepped since the last row, in order
@@ -48,15 +54,21 @@ class Evidence:
         if self.batch_fresh:  # the batch this backward consumed; batches skipped without one are not part of a step
             from harness.probe import digest as _digest
 
-            data, self.batch_fresh = self.last_batch, False
-            self.last_batch = None
+            data, indices, self.batch_fresh = self.last_batch, self.last_indices, False
+            self.last_batch = self.last_indices = None
             try:
                 self.fetched.append(_digest.digest(data))
             except Exception as e:  # evidence only: an undigestable batch is named, never an error
                 self.fetched.append(f"undigestable {type(data).__qualname__}: {type(e).__name__}")
+            if indices is not None:
+                try:
+                    self.samples.append(_digest.digest(indices))
+                except Exception as e:
+                    self.samples.append(f"undigestable indices: {type(e).__name__}")
 
-    def on_batch(self, data) -> None:
+    def on_batch(self, data, indices=None) -> None:
         if self._main():
+            self.last_indices = indices
             # A loader inside a wrapper (the checkpointer's resumable iterable loader) may yield an envelope
             # around the user's batch; its class names the batch with a __harness_batch__ property.
             inner = isinstance(getattr(type(data), "__harness_batch__", None), property)
@@ -66,13 +78,15 @@ class Evidence:
         """The evidence since the previous row (``backward``, ``fetched``, ``hyper``), then reset."""
         from harness.probe import digest as _digest
 
-        out = {"backward": self.backward, "fetched": None, "hyper": None}
+        out = {"backward": self.backward, "fetched": None, "samples": None, "hyper": None}
         if self.fetched:
             out["fetched"] = list(self.fetched)  # per micro-batch: a cut accumulation window shows as a shifted list
+        if self.samples and len(self.samples) == len(self.fetched):
+            out["samples"] = list(self.samples)
         opts = [o for o in (r() for r in self.stepped) if o is not None]
         if opts:
             out["hyper"] = [hyperparameters(o) for o in opts]
-        self.backward, self.fetched, self.stepped = 0, [], []
+        self.backward, self.fetched, self.samples, self.stepped = 0, [], [], []
         return out
 
 
@@ -101,7 +115,7 @@ def installed() -> Evidence | None:
 def take() -> dict:
     """The evidence since the previous step row; empty fields when not installed."""
     ev = installed()
-    return ev.take() if ev is not None else {"backward": None, "fetched": None, "hyper": None}
+    return ev.take() if ev is not None else {"backward": None, "fetched": None, "samples": None, "hyper": None}
 
 
 def install() -> Evidence:
@@ -139,12 +153,26 @@ def install() -> Evidence:
 
     iter_cls = dataloader._BaseDataLoaderIter  # private: every DataLoader iterator's __next__
     orig_next = iter_cls.__next__
+    orig_next_index = iter_cls._next_index
+    import collections
+
+    @functools.wraps(orig_next_index)
+    def _next_index(self):
+        # Indices are drawn ahead with workers (prefetch); batches are yielded in the same order.
+        out = orig_next_index(self)
+        queue = self.__dict__.get("_harness_indices")
+        if queue is None:
+            queue = self.__dict__["_harness_indices"] = collections.deque(maxlen=4096)
+        queue.append(out)
+        return out
 
     @functools.wraps(orig_next)
     def __next__(self):
         data = orig_next(self)
-        ev.on_batch(data)
+        queue = self.__dict__.get("_harness_indices")
+        ev.on_batch(data, queue.popleft() if queue else None)
         return data
 
+    iter_cls._next_index = _next_index
     iter_cls.__next__ = __next__
     return ev

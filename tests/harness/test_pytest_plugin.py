@@ -121,7 +121,7 @@ def test_assert_pass_fails_with_the_report(inner):
     res.assert_outcomes(failed=1)
     out = res.stdout.str()
     assert "resume-harness trial did not pass: divergence" in out
-    assert "first divergence: step 5, rank 0, attempt 1" in out  # the divergence line and its table
+    assert "first training divergence: step 5, rank 0, attempt 1" in out  # the divergence line and its table
     assert "max ULP" in out
     replay = next(ln for ln in res.stdout.lines if "replay: harness run" in ln)
     assert f"replay: harness run {BUGGY} --nproc 2 --backend gloo --seed 0 " in replay and "--kill 7" in replay
@@ -138,7 +138,7 @@ def test_the_report_shows_the_hint_and_the_diagnosis():
     r = result_class().of(RunResult(v, target="t.py", nproc=2, backend="gloo", seed=0, plan="7",
                                     replay="harness run t.py --kill 7"))
     text = render_report(r)
-    for part in ("FAIL  divergence: step 5 differs", "check: seed numpy", "first divergence: step 5, rank 1",
+    for part in ("FAIL  divergence: step 5 differs", "check: seed numpy", "first training divergence: step 5, rank 1",
                  "numpy's RNG was not restored", "rng:numpy alone differs", "replay: harness run t.py --kill 7"):
         assert part in text, part
     assert "\x1b[" not in text  # no colour codes in a failure message
@@ -167,7 +167,7 @@ def test_the_marker_alone_fails_a_test_with_the_report_before_its_body(inner):
     out = res.stdout.str()
     assert "the body ran" not in out
     assert "resume-harness: the trial ended fail (divergence), expected bit_exact" in out
-    assert "first divergence: step 5, rank 0, attempt 1" in out and "replay: harness run" in out
+    assert "first training divergence: step 5, rank 0, attempt 1" in out and "replay: harness run" in out
 
 
 def test_the_marker_hands_the_result_to_the_test_and_expect_checks_another_outcome(inner):

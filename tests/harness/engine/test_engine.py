@@ -166,9 +166,10 @@ def test_a_stall_is_caught_in_seconds(trial, tmp_path):
     slow.write_text(SLOW)
     lines = []
     result = trial(str(slow), plan="2", stall_s=1.5, baseline_runs=1, progress=lines.append)
-    assert (result.verdict, result.outcome) == ("error", "timeout"), result.message
+    # A stall is its own outcome and exit code (4), never a divergence or a resume bug.
+    assert (result.verdict, result.outcome, result.exit_code) == ("error", "stall", 4), result.message
     assert "stalled: no rank recorded anything" in result.message and "rank 1: step 1" in result.message
-    assert result.timings["trial_s"] < 30
+    assert result.timings["trial_s"] < 60
     assert any("stalled" in line for line in lines)
 
 

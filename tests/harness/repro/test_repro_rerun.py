@@ -136,7 +136,7 @@ def test_cli_report_of_a_rerun(buggy, pool, tmp_path, capsys, monkeypatch):
     path = repro.dump(tmp_path / "bug.toml")
     assert main(["repro", path, "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "first divergence: step 5, rank 0, attempt 1" in out
+    assert "first training divergence: step 5, rank 0, attempt 1" in out
     assert " REPRODUCES  same outcome and first divergence: divergence at step 5, rank 0" in out
 
 
