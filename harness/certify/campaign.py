@@ -6,6 +6,20 @@ drawn from that profile, and each trial is ``harness.engine.run`` with the same 
 ``ForkServerLauncher``, so its baseline comes from the cache and its ranks fork in milliseconds.
 Trial folders: ``OUT/trials/<cell>/<k>/`` (a passing trial's checkpoints are deleted, its trace and
 result.json kept). Progress goes to stderr (rich).
+
+What is no resume bug, and what certifies nothing (``conclude`` sets the summary's ``outcome`` and
+``message`` on top of ``report_json``'s verdict rules):
+
+- a baseline whose two uninterrupted runs differ (a script's; a built-in scenario runs once): the
+  campaign checks every baseline before its first trial and stops at the first that is not
+  reproducible, running no trial; the cells of that scenario and world size fail with one record of
+  outcome ``nondeterministic_baseline`` each (plan "", its message, hint and first difference), the
+  other cells are ``not_run``; outcome ``nondeterministic_baseline``, exit 1;
+- a trial that stalled (``harness.engine.monitor.is_stall``: load alone can cause it) is run again, up
+  to ``stall_retries`` times (its record's ``retries``); one that stalls every time is an error of
+  outcome ``stall``, never a failure; with no other error nor failure the outcome is ``stall``, exit 4;
+- no trial run at all (every cell n/a: the baseline never reaches the fault's point, has no step to
+  kill, world size 1) is no PASS: outcome ``nothing_certified``, verdict error, exit 2.
 """
 
 from __future__ import annotations
@@ -25,10 +39,15 @@ from harness.certify.errors import CertifyError
 from harness.certify.matrix import CampaignSpec, Cell
 from harness.certify.schedule import NotApplicable, Profile, plans_for
 from harness.certify.shard import select
+from harness.engine.monitor import is_stall
 
 #: Files a certificate folder holds (an older certificate is never overwritten without --force).
 REPORT_FILES = (report_json.FILE, "certificate.md", "certificate.html")
 TRIAL_TIMEOUT_S = 180.0
+#: How many times a trial that stalled is run again before it counts as stalled.
+DEFAULT_STALL_RETRIES = 1
+#: The summary's outcome beyond the verdict (``conclude``) and its exit code where it has its own.
+OUTCOME_EXIT_CODES = {"nondeterministic_baseline": 1, "nothing_certified": 2, "stall": 4}
 
 
 def cell_slug(cell: Cell) -> str:
@@ -125,9 +144,14 @@ def _baseline(spec: CampaignSpec, scenario, ws: int, launcher, scratch: str):
                      runs=1 if tgt.builtin else 2, launcher=launcher, timeout_s=TRIAL_TIMEOUT_S, use_cache=True,
                      scratch=scratch, progress=lambda line: None, **extra)
     if b.error is not None:
-        return None, None, f"the baseline failed: {b.error}"
+        return None, None, f"the baseline failed: {b.error}", None
     trace = load_trace(b.trace_dir)
-    return Profile.from_trace(trace, ws), trace, None
+    nondeterministic = None
+    if b.repro is not None and b.repro.first is not None:  # two uninterrupted runs differ
+        from harness.oracle import assess
+
+        nondeterministic = assess(None, None, baseline_repro=b.repro)
+    return Profile.from_trace(trace, ws), trace, None, nondeterministic
 
 
 def _trial_record(cell: Cell, k: int, result, *, wall_s: float, curves) -> dict:
@@ -144,6 +168,15 @@ def _error_record(cell: Cell, k: int, plan: str, message: str, outcome: str = "e
             "curves": None}
 
 
+def _baseline_record(cell: Cell, verdict) -> dict:
+    """The record of a cell whose baseline is not reproducible: the baseline's verdict, no trial (plan "")."""
+    return {"cell": cell.id, "index": 1, "plan": "", "verdict": verdict.verdict, "outcome": str(verdict.outcome),
+            "message": f"no trial ran: {verdict.message}", "hint": verdict.hint,
+            "diagnosis": verdict.diagnosis.to_json() if verdict.diagnosis else None,
+            "first_divergence": verdict.first_divergence.to_json() if verdict.first_divergence else None,
+            "replay": None, "wall_s": 0.0, "out_dir": None, "curves": None}
+
+
 class CellRunner:
     """Runs cells of one campaign: one warm launcher, one baseline (and profile) per (scenario, world size).
 
@@ -151,10 +184,12 @@ class CellRunner:
     the pytest items of ``harness.certify.pytest_cells``. Close it (or use it as a context manager).
     """
 
-    def __init__(self, spec: CampaignSpec, out: str, *, launcher=None, on_trial=None, on_note=None):
+    def __init__(self, spec: CampaignSpec, out: str, *, launcher=None, on_trial=None, on_note=None,
+                 stall_retries: int = DEFAULT_STALL_RETRIES):
         from harness.engine import run
 
         self.spec, self.out = spec, out
+        self.stall_retries = stall_retries
         self._run = run
         self.passes_strategy = "strategy" in inspect.signature(run).parameters
         self._env = _strategy_env(spec.strategy, self.passes_strategy)
@@ -185,17 +220,31 @@ class CellRunner:
         self.close()
 
     def profile(self, label: str, ws: int):
+        """(profile, baseline trace, error, the verdict of a nondeterministic baseline or None) of a group."""
         key = (label, ws)
         if key not in self._profiles:
             self.on_note(f"baseline of {label} at world size {ws}")
-            profile, trace, error = _baseline(self.spec, self.spec.scenario(label), ws, self.launcher,
-                                              os.path.join(self.out, "baselines", f"{label}-{ws}"))
+            profile, trace, error, nondeterministic = _baseline(
+                self.spec, self.spec.scenario(label), ws, self.launcher,
+                os.path.join(self.out, "baselines", f"{label}-{ws}"))
             if profile is not None:
                 self.baselines[f"{label}|{ws}"] = {"last_step": profile.last_step,
                                                    "committed": list(profile.committed),
                                                    "curve": baseline_curve(trace)}
-            self._profiles[key] = (profile, trace, error)
+            if nondeterministic is not None:
+                self.on_note(f"baseline of {label} at world size {ws}: {nondeterministic.outcome}: "
+                             f"{nondeterministic.message}")
+            self._profiles[key] = (profile, trace, error, nondeterministic)
         return self._profiles[key]
+
+    def nondeterministic(self, cells) -> tuple[str, int, object] | None:
+        """Check the baselines of ``cells`` in their order: (label, world size, verdict) of the first that two
+        uninterrupted runs disagree on, or None (every baseline computed on the way is kept for the cells)."""
+        for label, ws in dict.fromkeys((c.scenario, c.world_size) for c in cells):
+            verdict = self.profile(label, ws)[3]
+            if verdict is not None:
+                return label, ws, verdict
+        return None
 
     def run_cell(self, cell: Cell) -> tuple[dict, list[dict]]:
         from harness.engine.target import UsageError
@@ -203,10 +252,13 @@ class CellRunner:
 
         spec = self.spec
         scenario = spec.scenario(cell.scenario)
-        profile, base_trace, error = self.profile(cell.scenario, cell.world_size)
+        profile, base_trace, error, nondeterministic = self.profile(cell.scenario, cell.world_size)
         if error is not None:
             return (report_json.cell_record(cell, status="error", reason=error),
                     [_error_record(cell, 1, "", error, outcome="baseline_failed")])
+        if nondeterministic is not None:  # every trial would fail the same way: none runs
+            return (report_json.cell_record(cell, status="fail", reason=nondeterministic.message),
+                    [_baseline_record(cell, nondeterministic)])
         try:
             plans = plans_for(cell, profile, seed=spec.seed, trials=spec.trials)
         except NotApplicable as e:
@@ -217,10 +269,18 @@ class CellRunner:
         for k, plan in enumerate(plans, 1):
             tdir = os.path.join(self.out, "trials", cell_slug(cell), str(k))
             t1 = time.monotonic()
+            retries = 0
             try:
-                result = self._run(scenario.target, nproc=cell.world_size, plan=plan, seed=spec.seed,
-                                   backend=spec.backend, out_dir=tdir, script_args=scenario.args,
-                                   launcher=self.launcher, timeout_s=TRIAL_TIMEOUT_S, **run_kw)
+                while True:
+                    result = self._run(scenario.target, nproc=cell.world_size, plan=plan, seed=spec.seed,
+                                       backend=spec.backend, out_dir=tdir, script_args=scenario.args,
+                                       launcher=self.launcher, timeout_s=TRIAL_TIMEOUT_S, **run_kw)
+                    if not is_stall(result.verdict, result.outcome) or retries >= self.stall_retries:
+                        break
+                    retries += 1  # load, not the resume: run it again
+                    self.on_note(f"{cell.id} trial {k} (plan {plan.format()}): {result.outcome}; running it again "
+                                 f"({retries}/{self.stall_retries})")
+                    shutil.rmtree(tdir, ignore_errors=True)
             except UsageError as e:
                 records.append(_error_record(cell, k, plan.format(), f"the plan was refused: {e}"))
                 self.on_trial(cell, "error")
@@ -236,7 +296,8 @@ class CellRunner:
                     curves = None
                 if result.verdict == "pass" and curves is not None:
                     self._examples.add(group)
-            records.append(_trial_record(cell, k, result, wall_s=time.monotonic() - t1, curves=curves))
+            records.append({**_trial_record(cell, k, result, wall_s=time.monotonic() - t1, curves=curves),
+                            "retries": retries})
             if result.verdict == "pass":
                 shutil.rmtree(os.path.join(tdir, "run"), ignore_errors=True)
             self.on_trial(cell, result.verdict)
@@ -260,24 +321,75 @@ def assemble(spec: CampaignSpec, cell_recs: list[dict], trials: list[dict], base
         "environment": fingerprint(), "summary": {"wall_s": round(wall_s, 3)},
         "cells": cell_recs, "trials": trials, "baselines": baselines,
     }
-    return report_json.finish_certificate(cert, spec.to_json())
+    return conclude(report_json.finish_certificate(cert, spec.to_json()))
+
+
+def conclude(cert: dict) -> dict:
+    """The summary's ``outcome`` and ``message`` (and ``stalled``, ``stall_retries``) on top of the verdict that
+    ``report_json.finish_certificate`` counted; the verdict and exit code change where the outcome says so
+    (see the module docstring). Call it again after anything that recounts the summary (a merge)."""
+    s, trials = cert["summary"], cert["trials"]
+    stalled = [t for t in trials if is_stall(t["verdict"], t["outcome"])]
+    s["stalled"] = len(stalled)
+    s["stall_retries"] = sum(t.get("retries") or 0 for t in trials)
+    nondet = [t for t in trials if t["outcome"] == "nondeterministic_baseline"]
+    # report_json's rule, from the counts (so that concluding twice changes nothing)
+    s["verdict"] = "fail" if s["failed"] else "error" if (s["errors"] or s["cells_not_run"]) else "pass"
+    outcome = {"pass": "certified", "fail": "failed"}.get(s["verdict"], "error")
+    message = None
+    if nondet:
+        groups = list(dict.fromkeys(t["cell"].rsplit("|", 2)[0] + f" at world size {t['cell'].rsplit('|', 1)[1]}"
+                                    for t in nondet))
+        outcome, s["verdict"] = "nondeterministic_baseline", "fail"
+        message = (f"nothing was certified: the baseline of {', '.join(groups)} is not reproducible, so no trial "
+                   f"ran ({nondet[0]['message'].removeprefix('no trial ran: ')})")
+        if nondet[0].get("hint"):
+            message += f"; hint: {nondet[0]['hint']}"
+    elif s["verdict"] == "pass" and s["passed"] == 0:
+        na = [c for c in cert["cells"] if c["status"] == "n/a"]
+        reasons = "; ".join(dict.fromkeys(f"{c['fault_class']} at world size {c['world_size']}: {c['reason']}"
+                                          for c in na[:3]))
+        outcome, s["verdict"] = "nothing_certified", "error"
+        message = (f"nothing was certified: no trial ran ({len(na)} of {s['cells']} cell(s) n/a"
+                   + (f": {reasons}" + (", ..." if len(na) > 3 else "") if na else "") + ")")
+    elif s["verdict"] == "error" and stalled and s["errors"] == len(stalled) and not s["cells_not_run"]:
+        outcome = "stall"
+        message = (f"stalled: {len(stalled)} trial(s), retried ({s['stall_retries']} run(s) again), stalled every "
+                   f"time: the machine was too loaded to judge them (not failures); rerun on a quieter machine")
+    elif stalled:
+        message = f"stalled: {len(stalled)} trial(s), retried ({s['stall_retries']} run(s) again)"
+    s["outcome"], s["message"] = outcome, message
+    s["exit_code"] = OUTCOME_EXIT_CODES.get(outcome, {"pass": 0, "fail": 1}.get(s["verdict"], 2))
+    return cert
 
 
 def run_campaign(spec: CampaignSpec, out_dir: str, *, shard: tuple[int, int] | None = None, force: bool = False,
-                 progress: bool = True, command: str | None = None, launcher=None) -> dict:
-    """Run the cells of ``spec`` (those of ``shard``) under ``out_dir``; return the certificate (not yet written)."""
+                 progress: bool = True, command: str | None = None, launcher=None,
+                 stall_retries: int = DEFAULT_STALL_RETRIES) -> dict:
+    """Run the cells of ``spec`` (those of ``shard``) under ``out_dir``; return the certificate (not yet written).
+
+    Every baseline is checked before the first trial: at the first that is not reproducible the campaign
+    stops, running no trial (see the module docstring)."""
     t0 = time.monotonic()
     out = prepare_out(out_dir, force=force)
     cells = select(spec.cells(), shard)
     bar = _Progress(len(cells) * spec.trials, progress)
     cell_recs, trials = [], []
     try:
-        with CellRunner(spec, out, launcher=launcher, on_trial=bar.trial, on_note=bar.note) as runner:
+        with CellRunner(spec, out, launcher=launcher, on_trial=bar.trial, on_note=bar.note,
+                        stall_retries=stall_retries) as runner:
+            stop = runner.nondeterministic(cells)
             for cell in cells:
+                if stop is not None and (cell.scenario, cell.world_size) != stop[:2]:
+                    cell_recs.append(report_json.cell_record(
+                        cell, status="not_run", reason=f"not run: the campaign stopped at the nondeterministic "
+                                                       f"baseline of {stop[0]} at world size {stop[1]}"))
+                    bar.skip(spec.trials)
+                    continue
                 rec, recs = runner.run_cell(cell)
                 cell_recs.append(rec)
                 trials += recs
-                if rec["status"] == "n/a":
+                if rec["status"] == "n/a" or stop is not None:
                     bar.skip(spec.trials)
     finally:
         bar.close()
@@ -303,4 +415,5 @@ def command_line(argv) -> str:
     return shlex.join(["harness", "certify", *argv]) if argv is not None else shlex.join(["harness", *sys.argv[1:]])
 
 
-__all__ = ["run_campaign", "write_reports", "CellRunner", "assemble", "prepare_out", "cell_slug", "REPORT_FILES", "TRIAL_TIMEOUT_S"]
+__all__ = ["run_campaign", "write_reports", "CellRunner", "assemble", "conclude", "prepare_out", "cell_slug",
+           "REPORT_FILES", "TRIAL_TIMEOUT_S", "DEFAULT_STALL_RETRIES"]

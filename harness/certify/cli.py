@@ -2,10 +2,13 @@
 
     harness certify [--sut NAME] [--strategy S] [--backend B] [--world-sizes 1,2,3] [--trials N] [--seed S]
                     [--scenarios A,B] [--classes C,D] [--out DIR] [--force] [--shard i/N] [--junit FILE] [--no-progress]
+                    [--stall-retries N]
     harness certify merge OUT1 OUT2 ... --out DIR [--force] [--junit FILE]
 
-Exit codes: 0 every trial bit-exact; 1 a trial failed; 2 a trial errored, a cell was not run
-(merge of an incomplete set of shards), or bad input.
+Exit codes: 0 every trial bit-exact (at least one ran); 1 a trial failed, or a baseline is not reproducible
+(no trial runs then); 2 a trial errored, a cell was not run (merge of an incomplete set of shards), no trial
+ran at all (nothing certified: every cell n/a), or bad input; 4 trials stalled on every run (load), and
+nothing else went wrong.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.certify.campaign import DEFAULT_STALL_RETRIES
+
     p = _Parser(prog="harness certify", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Certify resume determinism: run a matrix of scenarios x fault classes x world sizes "
                             "(kill/resume trials, each compared bit for bit with the uninterrupted run) and write "
@@ -52,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, metavar="i/N", help="run only slice i of N (1-based) of the matrix")
     p.add_argument("--junit", default=None, metavar="FILE", help="also write a JUnit XML (one testcase per cell)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--stall-retries", type=int, default=DEFAULT_STALL_RETRIES, metavar="N",
+                   help="run a trial that stalled (no rank recorded anything for the stall limit: machine load) "
+                        f"again, up to N times, before it counts as stalled (default {DEFAULT_STALL_RETRIES})")
     return p
 
 
@@ -66,11 +74,15 @@ def build_merge_parser() -> argparse.ArgumentParser:
 
 def _say(cert: dict, paths: dict, junit: str | None) -> None:
     s = cert["summary"]
-    line = (f"{s['verdict'].upper()}: {s['passed']}/{s['trials']} trials bit-exact, {s['failed']} failed, "
+    outcome = s.get("outcome")
+    head = s["verdict"].upper() + (f" ({outcome})" if outcome not in (None, "certified", "failed", "error") else "")
+    line = (f"{head}: {s['passed']}/{s['trials']} trials bit-exact, {s['failed']} failed, "
             f"{s['errors']} errors; cells {s['cells_passed']} pass, {s['cells_failed']} fail, {s['cells_error']} error, "
             f"{s['cells_na']} n/a" + (f", {s['cells_not_run']} not run" if s["cells_not_run"] else "")
             + f"; {s['wall_s']:.1f} s" + (f" ({s['trials_per_min']} trials/min)" if s["trials_per_min"] else ""))
     print(line)
+    if s.get("message"):
+        print(s["message"])
     for kind in ("html", "md", "json"):
         print(f"  {kind:5} {paths[kind]}")
     if junit:
@@ -98,6 +110,8 @@ def _certify(argv: list[str]) -> int:
     from harness.engine.target import UsageError
 
     args = build_parser().parse_args(argv)
+    if args.stall_retries < 0:
+        raise CertifyError(f"--stall-retries must be >= 0, got {args.stall_retries}")
     try:
         backend = resolve_backend(args.backend)
     except UsageError as e:
@@ -112,7 +126,7 @@ def _certify(argv: list[str]) -> int:
         out = args.out or f"{out}-shard{shard[0]}of{shard[1]}"
     prepare_out(out, force=args.force)  # refuse an older certificate before anything runs
     cert = run_campaign(spec, out, shard=shard, force=args.force, progress=not args.no_progress,
-                        command=command_line(argv))
+                        command=command_line(argv), stall_retries=args.stall_retries)
     paths = write_reports(cert, out)
     if args.junit:
         from harness.certify import junit
@@ -124,12 +138,12 @@ def _certify(argv: list[str]) -> int:
 
 def _merge(argv: list[str]) -> int:
     from harness.certify import junit, report_json
-    from harness.certify.campaign import prepare_out, write_reports
+    from harness.certify.campaign import conclude, prepare_out, write_reports
     from harness.certify.shard import merge
 
     args = build_merge_parser().parse_args(argv)
     certs = [report_json.read(f) for f in args.folders]
-    cert = merge(certs)
+    cert = conclude(merge(certs))  # merge recounts the summary: its outcome again (nothing certified, stalls)
     out = prepare_out(args.out, force=args.force)
     paths = write_reports(cert, out)
     if args.junit:

@@ -9,8 +9,19 @@ returns True on a ``fail`` verdict, False on a pass; an error of exercise (the f
 job survived it, there was no checkpoint to resume from, a fault was never armed) is not a bug and
 is rejected (``hypothesis.reject()``; a plan whose later step fault comes before the checkpoint the
 job will resume from is rejected without a trial: ``FaultSpace.unreachable``), as is an error of
-the job before any resume (attempt 0 hung or crashed: ``BEFORE_RESUME_ERRORS``, reported apart);
-a harness error (baseline_failed, error) stops the campaign. Hypothesis's engine
+the job before any resume (a crash in attempt 0: ``BEFORE_RESUME_ERRORS``, reported apart);
+a harness error (baseline_failed, error) stops the campaign. Every ``fail`` verdict is a failure,
+whatever its outcome (divergence, rng_only, lost_progress, ...), reported by its outcome's name.
+
+Load is no bug: a trial that stalled (outcome ``stall``: no rank recorded anything for the stall
+limit) or hung before any resume (``timeout`` with verdict error), ``harness.engine.monitor.is_stall``,
+is run again, up to ``stall_retries`` times; if it stalls every time it is rejected and reported apart
+(``stalled``), never a failure, so a stall cannot become the minimal failing example; a campaign
+with stalled trials and no failure exits 4 (not a pass).
+
+The baseline is checked first: a target whose two uninterrupted runs differ is not fuzzed (no trial
+runs; stop ``nondeterministic_baseline``, with the first difference and a hint, exit 1): every trial
+would fail the same way whatever its plan. Hypothesis's engine
 generates the plans, replays the failures stored in its example database first, and shrinks a
 failure to a minimal plan; ``--seed`` seeds it (``seeded``: the seed ``--hypothesis-seed`` sets,
 which keeps the database), so a seed and a database replay the same campaign.
@@ -39,17 +50,23 @@ from dataclasses import dataclass, field
 from contextlib import contextmanager
 from typing import Callable
 
+from harness.engine.monitor import is_stall
 from harness.faults import SIGNALS, FaultPlan
 from harness.fuzz.coverage import Coverage, CoverageCounter
 from harness.fuzz.space import FaultSpace
 
 #: Outcomes of a trial that did not exercise what the plan asked for: not bugs, rejected and counted.
 EXERCISE_ERRORS = frozenset({"fault_not_fired", "fault_survived", "not_resumed", "fault_not_armed"})
-#: Errors of the job before any resume (attempt 0 hung, e.g. its peers after a one-rank exception, or a
-#: rank crashed before its fault): not resume bugs either; rejected, counted, and warned about.
-BEFORE_RESUME_ERRORS = frozenset({"timeout", "crash"})
+#: Errors of the job before any resume (a rank crashed before its fault): not resume bugs either; rejected,
+#: counted, and warned about. (A hang of attempt 0, ``timeout`` with verdict error, is a stall: retried.)
+BEFORE_RESUME_ERRORS = frozenset({"crash"})
 #: Every outcome that rejects a plan; any other ``error`` verdict (baseline_failed, error) stops the campaign.
+#: Stalls (``harness.engine.monitor.is_stall``) are retried first, then rejected and reported apart.
 REJECTED_OUTCOMES = EXERCISE_ERRORS | BEFORE_RESUME_ERRORS
+#: How many times a trial that stalled is run again before it is reported as stalled.
+DEFAULT_STALL_RETRIES = 1
+#: The campaign's exit code when trials stalled (and none failed): the outcome ``stall``'s.
+EXIT_STALLED = 4
 #: A plan that the engine refused before running (never expected from the space; rejected if it happens).
 INVALID_PLAN = "invalid_plan"
 #: Trials that shrinking a failure may run beyond the search budget; the best plan so far is reported past it.
@@ -69,6 +86,7 @@ class StopReason(str, enum.Enum):
     INTERRUPTED = "interrupted"  # Ctrl-C
     HARNESS_ERROR = "harness_error"  # a trial's verdict was a harness error (crash before any fault, ...)
     BASELINE_FAILED = "baseline_failed"  # the uninterrupted run failed: nothing was fuzzed
+    NONDETERMINISTIC_BASELINE = "nondeterministic_baseline"  # two uninterrupted runs differ: nothing was fuzzed
 
     def __str__(self) -> str:
         return self.value
@@ -91,6 +109,7 @@ class CampaignConfig:
     db: str | None = None
     out_dir: str = "harness-out/fuzz"
     signals: tuple[str, ...] = SIGNALS
+    stall_retries: int = DEFAULT_STALL_RETRIES  # runs again of a trial that stalled (is_stall)
 
     def __post_init__(self):
         object.__setattr__(self, "script_args", tuple(self.script_args))
@@ -107,6 +126,7 @@ class TrialRecord:
     outcome: str
     seconds: float
     phase: str  # "search" or "shrink"
+    retries: int = 0  # runs again after a stall (the last run's verdict is the record's)
 
 
 @dataclass(frozen=True)
@@ -157,6 +177,9 @@ class CampaignResult:
     before_resume: tuple[tuple[str, str], ...] = ()  # (plan, outcome) of the trials in BEFORE_RESUME_ERRORS
     unreachable: int = 0  # plans rejected without a trial: a later fault could not fire (FaultSpace.unreachable)
     trial_seconds: tuple[float, ...] = field(default=(), repr=False)
+    stalled: tuple[tuple[str, str], ...] = ()  # (plan, outcome) of the trials that stalled on every run
+    stall_retries: int = 0  # runs again of stalled trials, in all
+    hint: str | None = None  # what to check (a nondeterministic baseline)
 
     @property
     def trials_per_minute(self) -> float:
@@ -164,12 +187,14 @@ class CampaignResult:
 
     @property
     def exit_code(self) -> int:
-        if self.failures:
+        if self.failures or self.stop is StopReason.NONDETERMINISTIC_BASELINE:
             return 1
         if self.stop is StopReason.INTERRUPTED:
             return 130
         if self.stop in (StopReason.HARNESS_ERROR, StopReason.BASELINE_FAILED):
             return 2
+        if self.stalled:
+            return EXIT_STALLED  # plans left untested because the machine was too loaded: not a pass
         if self.passes == 0:
             return 2  # nothing exercised a resume: not a pass
         return 0
@@ -185,6 +210,8 @@ class CampaignResult:
             "elapsed_s": round(self.elapsed_s, 3), "fuzz_s": round(self.fuzz_s, 3),
             "trials_per_minute": round(self.trials_per_minute, 1), "out_dir": self.out_dir, "db": self.db,
             "log_tail": self.log_tail, "before_resume": [{"plan": p, "outcome": o} for p, o in self.before_resume],
+            "stalled": [{"plan": p, "outcome": o} for p, o in self.stalled], "stall_retries": self.stall_retries,
+            "hint": self.hint,
         }
 
 
@@ -222,6 +249,9 @@ def seeded(seed: int):
     """
     from hypothesis import core
 
+    from harness import private_apis
+
+    private_apis.require("hypothesis")
     before = core.global_force_seed
     core.global_force_seed = seed
     try:
@@ -273,6 +303,8 @@ class Campaign:
             raise UsageError(f"--timeout must be > 0 seconds, got {c.timeout_s}")
         if c.stall_s is not None and c.stall_s <= 0:
             raise UsageError(f"--stall must be > 0 seconds, got {c.stall_s}")
+        if not isinstance(c.stall_retries, int) or isinstance(c.stall_retries, bool) or c.stall_retries < 0:
+            raise UsageError(f"stall_retries must be an integer >= 0, got {c.stall_retries!r}")
         return resolve_target(c.target), resolve_backend(c.backend)
 
     # -- the campaign ---------------------------------------------------------------------------
@@ -289,13 +321,20 @@ class Campaign:
             self._launcher = ForkServerLauncher()
         self.counter = CoverageCounter()
         space = None
-        stop, message, log_tail = StopReason.EXHAUSTED, "", None
+        stop, message, log_tail, hint = StopReason.EXHAUSTED, "", None, None
         try:
             try:
                 baseline, space = self._baseline(target, backend)
                 if baseline.error is not None:
                     stop, log_tail = StopReason.BASELINE_FAILED, baseline.log_tail
                     message = f"the baseline run failed: {baseline.error}"
+                elif baseline.repro is not None and baseline.repro.first is not None:
+                    # every trial would fail the same way, whatever its plan: nothing to search or shrink
+                    from harness.oracle import assess
+
+                    v = assess(None, None, baseline_repro=baseline.repro)
+                    stop, message, hint = StopReason.NONDETERMINISTIC_BASELINE, v.message, v.hint
+                    self.say(f"baseline: {v.outcome}: {v.message}")
                 else:
                     self.counter = CoverageCounter(space)
                     stop, message = self._search(space, backend)
@@ -312,7 +351,9 @@ class Campaign:
         self._cleanup(failures)
         elapsed = time.monotonic() - t0
         fuzz_s = time.monotonic() - self._t_first if self._t_first is not None else 0.0
-        outcomes = Counter(r.outcome for r in self.records if r.verdict == "error")
+        stalled = [r for r in self.records if is_stall(r.verdict, r.outcome)]  # reported apart, not rejected
+        outcomes = Counter(r.outcome for r in self.records
+                           if r.verdict == "error" and not is_stall(r.verdict, r.outcome))
         result = CampaignResult(
             target=target.name, nproc=c.nproc, backend=backend, seed=c.seed, stop=stop, trials=len(self.records),
             passes=sum(r.verdict == "pass" for r in self.records),
@@ -322,13 +363,16 @@ class Campaign:
             shrink_trials=sum(r.phase == "shrink" for r in self.records),
             before_resume=tuple((r.plan, r.outcome) for r in self.records if r.outcome in BEFORE_RESUME_ERRORS),
             unreachable=self._unreachable,
-            trial_seconds=tuple(r.seconds for r in self.records))
+            trial_seconds=tuple(r.seconds for r in self.records),
+            stalled=tuple((r.plan, r.outcome) for r in stalled), stall_retries=sum(r.retries for r in self.records),
+            hint=hint)
         with open(os.path.join(c.out_dir, "fuzz.json"), "w") as f:
             json.dump(result.to_json(), f, indent=1)
         return result
 
     def _baseline(self, target, backend):
-        """The cached baseline (run once if missing) and the space derived from its trace."""
+        """The cached baseline (run once if missing, twice for a script: its reproducibility is checked)
+        and the space derived from its trace."""
         from harness.engine.baseline import get_baseline
         from harness.oracle import load_trace
 
@@ -338,7 +382,7 @@ class Campaign:
                                 runs=1 if target.builtin else 2, launcher=self._launcher, timeout_s=c.timeout_s,
                                 use_cache=True, scratch=os.path.join(os.path.abspath(c.out_dir), "baseline"),
                                 progress=self.say)
-        if baseline.error is not None:
+        if baseline.error is not None or (baseline.repro is not None and baseline.repro.first is not None):
             return baseline, None
         space = FaultSpace.from_trace(load_trace(baseline.trace_dir), nproc=c.nproc, max_faults=c.max_faults,
                                       signals=c.signals)
@@ -379,7 +423,9 @@ class Campaign:
         result = self._trial(plan)
         if result is None:  # the engine refused the plan before running it
             reject()
-        if result.verdict == "fail":
+        if is_stall(result.verdict, result.outcome):  # load, not the plan: never a failure, never shrunk to
+            reject()
+        if result.verdict == "fail":  # every failing outcome: divergence, rng_only, lost_progress, ...
             return True
         if result.verdict == "pass":
             return False
@@ -408,22 +454,29 @@ class Campaign:
         if phase == "shrink" and len(self.records) - searched >= MAX_SHRINK_TRIALS:
             raise _Stop(StopReason.SHRINK_LIMIT, f"shrinking stopped after {MAX_SHRINK_TRIALS} trials")
         out = os.path.join(os.path.abspath(c.out_dir), "trials", f"t{len(self.records) + 1:04d}")
-        shutil.rmtree(out, ignore_errors=True)
-        try:
-            result = run(c.target, nproc=c.nproc, plan=plan, seed=c.seed, backend=self.backend, out_dir=out,
-                         script_args=c.script_args, use_cache=True, launcher=self._launcher,
-                         timeout_s=c.timeout_s, stall_s=c.stall_s)
-        except UsageError:
+        retries = 0
+        while True:
             shutil.rmtree(out, ignore_errors=True)
-            self._record(key, INVALID_PLAN, "error", now, phase, plan)
-            self._cache[key] = None
-            return None
-        except BaseException as e:
-            shutil.rmtree(out, ignore_errors=True)
-            if isinstance(e, Exception):  # a harness bug: never let Hypothesis take it for a failing plan
-                raise _Stop(StopReason.HARNESS_ERROR, f"plan {key}: internal error: {type(e).__name__}: {e}\n"
-                                                      + traceback.format_exc()) from e
-            raise
+            try:
+                result = run(c.target, nproc=c.nproc, plan=plan, seed=c.seed, backend=self.backend, out_dir=out,
+                             script_args=c.script_args, use_cache=True, launcher=self._launcher,
+                             timeout_s=c.timeout_s, stall_s=c.stall_s)
+            except UsageError:
+                shutil.rmtree(out, ignore_errors=True)
+                self._record(key, INVALID_PLAN, "error", now, phase, plan, retries)
+                self._cache[key] = None
+                return None
+            except BaseException as e:
+                shutil.rmtree(out, ignore_errors=True)
+                if isinstance(e, Exception):  # a harness bug: never let Hypothesis take it for a failing plan
+                    raise _Stop(StopReason.HARNESS_ERROR, f"plan {key}: internal error: {type(e).__name__}: {e}\n"
+                                                          + traceback.format_exc()) from e
+                raise
+            if not is_stall(result.verdict, result.outcome) or retries >= c.stall_retries:
+                break
+            retries += 1  # the machine was too loaded to judge this plan: run it again
+            self.say(f"plan {key}: {result.outcome} ({result.message}); running it again "
+                     f"({retries}/{c.stall_retries})")
         self._cache[key] = result
         if result.verdict == "fail":
             if self._found is None:
@@ -433,16 +486,17 @@ class Campaign:
             self._best = result  # Hypothesis only tries plans smaller than its current failure
         else:
             shutil.rmtree(out, ignore_errors=True)
-        self._record(key, str(result.outcome), result.verdict, now, phase, plan)
+        self._record(key, str(result.outcome), result.verdict, now, phase, plan, retries)
         return result
 
-    def _record(self, key, outcome, verdict, t, phase, plan):
+    def _record(self, key, outcome, verdict, t, phase, plan, retries=0):
         self.records.append(TrialRecord(len(self.records) + 1, key, verdict, outcome,
-                                        round(time.monotonic() - t, 3), phase))
+                                        round(time.monotonic() - t, 3), phase, retries))
         self.counter.add(plan)
         trials, time_s = self._budget
         self.on_trial(Progress(trials=len(self.records), failures=int(self._found is not None),
-                               rejected=sum(r.verdict == "error" for r in self.records),
+                               rejected=sum(r.verdict == "error" and not is_stall(r.verdict, r.outcome)
+                                            for r in self.records),
                                elapsed_s=time.monotonic() - self._t_first, phase=phase, plan=key,
                                budget_trials=trials, budget_s=time_s))
 
@@ -499,4 +553,5 @@ def write_repro_file(result, stem: str, *, script_args=(), timeout_s=None, stall
 
 __all__ = ["Campaign", "CampaignConfig", "CampaignResult", "Failure", "TrialRecord", "Progress", "StopReason",
            "EXERCISE_ERRORS", "BEFORE_RESUME_ERRORS", "REJECTED_OUTCOMES", "DEFAULT_TRIALS", "MAX_SHRINK_TRIALS",
+           "DEFAULT_STALL_RETRIES", "EXIT_STALLED",
            "database_key", "seeded", "write_repro_file"]

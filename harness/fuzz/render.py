@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from harness.fuzz.campaign import CampaignResult, Progress as TrialProgress, StopReason
+from harness.fuzz.campaign import EXIT_STALLED, CampaignResult, Progress as TrialProgress, StopReason
 
 
 class ProgressBar:
@@ -67,6 +67,7 @@ def render_text(result: CampaignResult, console: Console) -> None:
     table.add_row("trials", f"{result.trials} in {result.fuzz_s:.1f} s ({result.trials_per_minute:.0f}/min): "
                             f"{result.passes} passed, {result.failed_trials} failed, {rejected} rejected"
                             + (f" ({_counts(result.rejected)})" if rejected else "")
+                            + (f", {len(result.stalled)} stalled" if result.stalled else "")
                             + (f"; {result.shrink_trials} of them shrinking" if result.shrink_trials else "")
                             + (f"; {result.unreachable} plan(s) skipped, a later fault could not fire"
                                if result.unreachable else ""))
@@ -80,11 +81,19 @@ def render_text(result: CampaignResult, console: Console) -> None:
     if cov.never_tried:
         console.print(Text.assemble(("warning: ", "yellow bold"), "never tried: " + ", ".join(cov.never_tried)
                                     + " (more --trials or --time would reach them)"), soft_wrap=True)
+    if result.stalled:
+        plans = "; ".join(f"{p} ({o})" for p, o in result.stalled[:5])
+        more = f" and {len(result.stalled) - 5} more" if len(result.stalled) > 5 else ""
+        console.print(Text.assemble(("stalled: ", "yellow bold"), f"{len(result.stalled)} trial(s), retried "
+                                    f"({result.stall_retries} run(s) again), stalled every time: {plans}{more}; "
+                                    "the machine was too loaded to judge them: not failures, not passes (rerun on "
+                                    "a quieter machine, or with a longer --stall)"), soft_wrap=True)
     if result.before_resume:
         plans = "; ".join(f"{p} ({o})" for p, o in result.before_resume[:5])
         more = f" and {len(result.before_resume) - 5} more" if len(result.before_resume) > 5 else ""
         console.print(Text.assemble(("warning: ", "yellow bold"), "rejected, the job failed before any resume "
-                                    f"(attempt 0 hung or crashed): {plans}{more}; replay them with harness run --kill"),
+                                    f"(a rank crashed in attempt 0): {plans}{more}; "
+                                    "replay them with harness run --kill"),
                       soft_wrap=True)
     if result.log_tail:
         console.print(Text("--- log tail ---\n" + result.log_tail.rstrip(), style="dim"))
@@ -103,14 +112,21 @@ def render_text(result: CampaignResult, console: Console) -> None:
     if result.failures:
         return
     style = {StopReason.INTERRUPTED: "yellow", StopReason.HARNESS_ERROR: "red",
-             StopReason.BASELINE_FAILED: "red"}.get(result.stop, "green")
+             StopReason.BASELINE_FAILED: "red", StopReason.NONDETERMINISTIC_BASELINE: "red"}.get(result.stop, "green")
     if result.exit_code == 0:
         head, text = " PASS ", f" every trial passed ({result.passes}; stopped: {result.stop})"
+    elif result.stop is StopReason.NONDETERMINISTIC_BASELINE:
+        head, text = " FAIL ", f" {result.stop}: {result.message}; no trial ran"
     elif result.stop is StopReason.INTERRUPTED:
         head, text = " STOPPED ", f" {result.message}"
+    elif result.exit_code == EXIT_STALLED:
+        head, text, style = " STALLED ", (f" {len(result.stalled)} trial(s) stalled on every run (load), "
+                                          f"{result.passes} passed; not a pass"), "yellow"
     else:
         head, text = " ERROR ", f" {result.message or 'no trial exercised a resume: every plan was rejected'}"
     console.print(Text.assemble((head, style + " bold reverse"), text), soft_wrap=True)
+    if result.hint:
+        console.print(f"hint: {result.hint}", soft_wrap=True, highlight=False, markup=False)
 
 
 def render_json(result: CampaignResult) -> str:
