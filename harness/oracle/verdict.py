@@ -1,6 +1,7 @@
 """The verdict of one trial: `Verdict` (frozen, produced once by `assess`) and `RunResult` (it, plus context).
 
-Outcomes and their verdicts, in the order `assess` checks them:
+Outcomes and their verdicts, in the order `assess` checks them (exit codes: harness.report.outcomes,
+generated from OUTCOME_EXIT_CODES; the README's table is that one):
 
 | outcome                    | verdict | when |
 |----------------------------|---------|------|
@@ -11,20 +12,31 @@ Outcomes and their verdicts, in the order `assess` checks them:
 | fault_not_fired            | error   | an attempt that armed a fault finished without it firing |
 | fault_survived             | error   | a fault fired but the attempt ran to the end: the process ignored SIGTERM or caught the exception |
 | fault_not_armed            | error   | the trial ended before every fault of the plan was armed |
-| divergence                 | fail    | a trace row or the final state differs, or the trial missed steps |
+| ranks_resumed_apart        | fail    | the ranks of one attempt restored different steps (also when the engine stopped the attempt for it) |
+| divergence                 | fail    | the training state differs: a trace row's loss/batch/params/optimizer/extras, the final state, an exported file, or missing steps |
+| not_resumed                | fail    | a checkpoint was complete before the kill, yet the next attempt restarted from step 1 |
+| not_resumed                | error   | no checkpoint was complete before the kill: resume untested ("no resume tested") |
+| lost_progress              | fail    | a resumed attempt restored an older step than the newest checkpoint complete before the kill |
+| crash_on_resume / crash    | fail / error | a rank exited non-zero after probe.finish |
+| exit_unknown               | error   | a rank's exit status of the last attempt is unknown |
+| no_evidence                | error   | no step row was compared |
+| rng_only                   | fail    | training bit-exact through the end, an RNG stream differs (exit 3) |
+| rng_accepted               | pass    | as rng_only, with every differing stream accepted (--accept-rng) |
 | unknown_resume_state       | fail    | auto mode: a resumed attempt restored a state that no step of the baseline had |
-| not_resumed                | fail    | a checkpoint was committed before the kill, yet the next attempt restarted from step 1 |
-| not_resumed                | error   | no checkpoint existed before the kill: the trial restarted from scratch, resume untested |
-| timeout                    | fail    | a resumed attempt hung (stalled or past --timeout): the baseline finished the same steps |
-| timeout                    | error   | attempt 0 or the baseline hung |
+| stall / timeout            | error / fail | stopped by the stall limit (stall, exit 4) or --timeout (timeout: fail after a resume) (timeout_verdict) |
 | bit_exact                  | pass    | every fault fired, ended its attempt and was followed by a resume; everything compared is equal |
 | elastic_pass               | pass    | `--resume-nproc`: the exact claims of the elastic oracle hold and the loss is within its tolerance (`elastic.py`); never called bit-exact |
 | not_elastic                | error / fail | `--resume-nproc`: the checkpointer refused the data order (error), or the global sample order changed (fail) |
 | error                      | error   | anything else that stopped the harness (the caller builds it) |
 
-A PASS therefore needs: a plan of at least one fault, every fault fired, every fired fault ended its
-attempt, every attempt after a fault resumed (loaded a checkpoint or began past step 1), the last
-attempt finished on every rank with exit code 0, and no divergence.
+Two first divergences are reported apart: the first of the training state (``first_divergence``, with
+``diagnosis``) and the first of an RNG stream (``rng_divergence``, with ``rng_diagnosis``); a training
+divergence is never hidden behind an earlier RNG one.
+
+A PASS therefore needs positive evidence: a plan of at least one fault, every fault fired, every fired
+fault ended its attempt, every attempt after a fault resumed (loaded a checkpoint or began past step 1)
+from the newest complete checkpoint with all ranks on one step, at least one step row compared, the last
+attempt finished on every rank with a known exit code 0, and no divergence.
 """
 
 from __future__ import annotations
