@@ -316,7 +316,7 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
                     f"no step after the resume recorded a finite scalar loss ({steps_n} step(s)), so the loss after "
                     "the resume was never compared: an ELASTIC PASS would rest on the sample order alone",
                     hint="record the loss: probe.step(step, loss=loss, ...)")
-    unknown = sorted(e.rank for e in ends.values() if e.returncode is None)
+    unknown = sorted(e.rank for e in ends.values() if e.returncode is None and not e.torn_down)
     if unknown:
         return done("error", Outcome.EXIT_UNKNOWN,
                     f"the exit status of rank(s) {unknown} in attempt {last} is unknown (no exit record), so the end "

@@ -472,7 +472,7 @@ def assess(
                     f"{', after the resume' if last.attempt > 0 else ''}; the baseline exited 0", log_tail=e.log_tail,
                     hint="the script failed at its end: a check at exit (duplicated log or metric rows after a "
                          "resume are the classic), or a teardown error", **rng_kw)
-    unknown = sorted(e.rank for e in ends.values() if e.returncode is None)
+    unknown = sorted(e.rank for e in ends.values() if e.returncode is None and not e.torn_down)
     if unknown:
         return done("error", Outcome.EXIT_UNKNOWN,
                     f"the exit status of rank(s) {unknown} in attempt {last.attempt} is unknown (no exit record: a "
