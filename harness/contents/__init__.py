@@ -1,6 +1,7 @@
 """Look inside checkpoints and compare them: ``harness inspect`` and ``harness diff``.
 
-    readers.py   one reader per format (native, DCP, DeepSpeed, Accelerate) -> CheckpointContents
+    readers.py   one reader per format (native, DCP, DeepSpeed, Accelerate, plain torch.save / safetensors
+                 files and folders of them) -> CheckpointContents
     pickles.py   reading pickle-based files without executing code
     model.py     CheckpointContents, TensorEntry, FileCheck; the listing order
     diff.py      TensorDiff, TreeDiff, ContentsDiff

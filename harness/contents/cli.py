@@ -12,7 +12,8 @@ import sys
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 FORMATS_HELP = ("native resume-harness checkpoints (also FSDP2/DCP and DeepSpeed inside them), plain DCP folders, "
-                "DeepSpeed save_checkpoint folders or tag folders, HF Accelerate save_state folders")
+                "DeepSpeed save_checkpoint folders or tag folders, HF Accelerate save_state folders, plain torch.save "
+                "and safetensors files and folders of them (per-rank files: rank<N> in the path)")
 
 
 def add_parsers(sub) -> None:
@@ -22,7 +23,7 @@ def add_parsers(sub) -> None:
                     "the raw bytes), the non-tensor state, and every file re-hashed and compared with the manifest. "
                     f"Reads {FORMATS_HELP}; never executes code from a checkpoint. Exit codes: 0 every file intact; "
                     "1 a file failed its checksum, is missing, or cannot be read; 2 bad input.")
-    inspect.add_argument("ckpt", metavar="CKPT", help="the checkpoint folder")
+    inspect.add_argument("ckpt", metavar="CKPT", help="the checkpoint folder or file")
     inspect.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     diff = sub.add_parser(
         "diff", help="compare two checkpoints tensor by tensor (bit-exact)",
@@ -31,8 +32,8 @@ def add_parsers(sub) -> None:
                     "for each differing tensor the max abs diff and max ULP distance, dtype/shape mismatches, and "
                     "the tensors present on one side only. Exit codes: 0 identical; 1 different; 2 bad input or a "
                     "damaged file.")
-    diff.add_argument("a", metavar="CKPT_A", help="the first checkpoint folder")
-    diff.add_argument("b", metavar="CKPT_B", help="the second checkpoint folder")
+    diff.add_argument("a", metavar="CKPT_A", help="the first checkpoint folder or file")
+    diff.add_argument("b", metavar="CKPT_B", help="the second checkpoint folder or file")
     diff.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 

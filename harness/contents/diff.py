@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.oracle.ulp import diff_stats
 
-from .model import CheckpointContents, TensorEntry, entry_order
+from .model import CheckpointContents, TensorEntry, entry_order, plural
 
 _ABSENT = object()
 
@@ -133,7 +133,7 @@ def _diff_tree(group: str, tree: str, path: str, x, y, out: list[TreeDiff]) -> N
         return
     if isinstance(x, list) and isinstance(y, list):
         if len(x) != len(y):
-            out.append(TreeDiff(group, tree, path, f"[{len(x)} items]", f"[{len(y)} items]"))
+            out.append(TreeDiff(group, tree, path, f"[{plural(len(x), 'item')}]", f"[{plural(len(y), 'item')}]"))
             return
         for i, (u, v) in enumerate(zip(x, y)):
             _diff_tree(group, tree, f"{path}/{i}" if path else str(i), u, v, out)

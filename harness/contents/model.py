@@ -132,6 +132,8 @@ def to_tree(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, (float, np.floating)):
         f = float(obj)
         return f if math.isfinite(f) else {"__float__": repr(f)}
+    if isinstance(obj, (torch.Tensor, np.ndarray, bytes, bytearray)) and not path:
+        path = "tensor"  # a file that holds one bare tensor, read with no name prefix
     if isinstance(obj, torch.Tensor):
         if obj.layout != torch.strided:
             obj = obj.to_dense()
@@ -139,7 +141,7 @@ def to_tree(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         return {"__tensor__": path}
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
-            return [to_tree(v, f"{path}/#{i}", tensors) for i, v in enumerate(obj.tolist())]
+            return [to_tree(v, _join(path, f"#{i}"), tensors) for i, v in enumerate(obj.tolist())]
         tensors[path] = torch.from_numpy(np.ascontiguousarray(obj))
         return {"__tensor__": path}
     if isinstance(obj, (bytes, bytearray)):
@@ -150,20 +152,28 @@ def to_tree(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Size):
         return list(obj)
     if isinstance(obj, (tuple, list)):
-        return [to_tree(v, f"{path}/#{i}", tensors) for i, v in enumerate(obj)]
+        return [to_tree(v, _join(path, f"#{i}"), tensors) for i, v in enumerate(obj)]
     if isinstance(obj, (set, frozenset)):
-        return sorted((to_tree(v, f"{path}/#{i}", tensors) for i, v in enumerate(obj)), key=repr)
+        return sorted((to_tree(v, _join(path, f"#{i}"), tensors) for i, v in enumerate(obj)), key=repr)
     if isinstance(obj, dict):
         out = {}
         for i, (k, v) in enumerate(obj.items()):  # keys named injectively: int 1 is "#1", str "1" is "1"
             c = native_tree.component(k, i)
-            out[c] = to_tree(v, f"{path}/{c}", tensors)
+            out[c] = to_tree(v, _join(path, c), tensors)
         return out
     if isinstance(obj, Opaque):
         return {"__object__": type(obj).qualname, **to_tree(opaque_data(obj), path, tensors)}
     if is_opaque_class(obj):
         return {"__global__": obj.qualname}
     return {"__object__": f"{type(obj).__module__}.{type(obj).__qualname__}", "repr": repr(obj)[:200]}
+
+
+def _join(path: str, component: str) -> str:
+    return f"{path}/{component}" if path else component  # "": the names inside a single file, unprefixed
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def summarize(value: Any, width: int = 60) -> str:
@@ -173,8 +183,8 @@ def summarize(value: Any, width: int = 60) -> str:
             return f"tensor {value['__tensor__']}"
         if "__object__" in value:
             return f"<{value['__object__']}>"
-        return f"{{{len(value)} keys}}"
+        return "{" + plural(len(value), "key") + "}"
     if isinstance(value, list):
-        return f"[{len(value)} items]"
+        return "[" + plural(len(value), "item") + "]"
     text = repr(value)
     return text if len(text) <= width else text[:width - 3] + "..."

@@ -8,7 +8,8 @@ Two readers, one per kind of file:
   allowed by name. Every other global the file names (DeepSpeed's `LossScaler`, `ZeroStageEnum`, ...;
   listed by `torch.serialization.get_unsafe_globals_in_checkpoint` without unpickling) is allowed only
   as a stand-in: an inert `Opaque` record of its name and pickled arguments/state. The real class is
-  never imported and none of its code runs.
+  never imported and none of its code runs. torch lists the globals of zip archives only, so a
+  legacy-format file (`_use_new_zipfile_serialization=False`) gets the numpy names and nothing else.
 * `load_data_pickle(path)`, for plain pickles (DCP's `.metadata`, which DCP itself reads with an
   unrestricted `pickle.load`; torch offers no weights-only reader for it): a `pickle.Unpickler` whose
   `find_class` never imports anything and returns an `Opaque` stand-in class for every global, so
@@ -101,6 +102,19 @@ def _numpy_global(name: str):
     return None
 
 
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save(_use_new_zipfile_serialization=False)
+
+
+def _is_legacy(source) -> bool:
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()[:len(_LEGACY_MAGIC)] == _LEGACY_MAGIC
+    try:
+        with open(source, "rb") as f:
+            return f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
+    except OSError:
+        return False
+
+
 def load_torch(path: str, data: bytes | None = None) -> Any:
     """A torch.save archive (the file at `path`, or its bytes `data`) read with weights_only=True."""
     import torch
@@ -112,7 +126,11 @@ def load_torch(path: str, data: bytes | None = None) -> Any:
     try:
         names = get_unsafe_globals_in_checkpoint(source())
     except Exception as e:  # noqa: BLE001 - a damaged archive can raise anything
-        raise UnreadableFileError(f"{path}: not a readable torch.save archive ({type(e).__name__}: {e})") from None
+        if not _is_legacy(source()):
+            raise UnreadableFileError(f"{path}: not a readable torch.save archive ({type(e).__name__}: {e})") from None
+        # torch lists globals of zip archives only: a legacy-format file gets numpy's arrays (RNG states)
+        # and nothing else, so any other class in it is refused by weights_only below
+        names = list(_NUMPY)
     allowed = []
     for name in names:
         real = _numpy_global(name)

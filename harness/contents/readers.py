@@ -12,6 +12,17 @@
                 as inert records (`pickles.load_torch`).
     accelerate  an HF Accelerate save_state folder: *.safetensors parsed, *.bin / *.pkl / *.pt with
                 torch.load(weights_only=True) (numpy arrays of the RNG states allowed by name).
+    torch       one plain torch.save file (.pt, .pth, .bin, .ckpt, ...), read like Accelerate's *.bin.
+    safetensors one safetensors file, parsed.
+    pickle      one plain pickle file, read as data only (`pickles.load_data_pickle`).
+    files       any other folder of such files (a script's own per-rank torch.save checkpoints, e.g.
+                step10_rank0.pt or step10/rank1.pt): each file read as above, `rank<N>` in its path
+                naming its group; small text files (a `latest` pointer) kept as state; plain pickles
+                read as data only; temporary files (*.tmp: a save in progress) listed, not read.
+
+A layout is recognised only by its own markers (native: manifest.json; DCP: .metadata or *.distcp;
+DeepSpeed: a tag folder holding *_model_states.pt / *_optim_states.pt, not merely a `latest` file;
+Accelerate: its file names), so a script's folder with a `latest` file is read as plain files.
 
 Only the native format has checksums; files of the other formats are listed as "unverified", and
 a file that cannot be parsed is "unreadable" (named, with the reason). Nothing here executes code
@@ -35,11 +46,23 @@ from harness.checkpoint.manifest import MANIFEST, read_manifest
 from .model import (MISMATCH, MISSING, OK, SHARED, UNLISTED, UNREADABLE, UNVERIFIED, CheckpointContents, FileCheck)
 from .pickles import Opaque, UnreadableFileError, is_opaque_class, load_data_pickle, load_torch
 
-FORMATS = ("native", "dcp", "deepspeed", "accelerate")
+FORMATS = ("native", "dcp", "deepspeed", "accelerate", "torch", "safetensors", "pickle", "files")
 _ZERO_RANK = re.compile(r"(?:^|_)zero_pp_rank_(\d+)_")
 _RANDOM_STATES = re.compile(r"^random_states_(\d+)\.pkl$")
-_ACCELERATE_FILES = re.compile(r"^(model|pytorch_model|optimizer|scheduler|sampler|dl_state_dict|scaler|custom_checkpoint|"
-                               r"random_states)(_\d+)?(-\d+-of-\d+)?\.(safetensors|bin|pkl|pt)$")
+# names only Accelerate's save_state writes (a bare model.pt or scaler.pt could be anyone's)
+_ACCELERATE_FILES = re.compile(r"^(?:random_states_\d+\.pkl|(?:optimizer|scheduler|sampler|dl_state_dict)(?:_\d+)?"
+                               r"\.bin|pytorch_model(?:_\d+)?(?:-\d+-of-\d+)?\.bin|"
+                               r"model(?:_\d+)?(?:-\d+-of-\d+)?\.safetensors)$")
+_DEEPSPEED_FILE = re.compile(r"(?:_model_states|_optim_states|-model_states)\.pt$")
+_TORCH_EXT = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save(_use_new_zipfile_serialization=False)
+_TEXT_LIMIT = 4096  # small text files (a `latest` pointer) are kept as state; larger ones only listed
+_SEPARATORS = "/_.-"
+_RANK_IN_PATH = re.compile(r"(?:^|(?<=[/_.\-]))rank[_\-]?(\d+)(?=$|[/_.\-])")
+_EXPECTED = ("manifest.json (native), .metadata + *.distcp (DCP), a DeepSpeed tag folder with *_model_states.pt, "
+             "HF Accelerate's model.safetensors / optimizer.bin / random_states_0.pkl, or torch.save / safetensors "
+             "files (.pt, .pth, .bin, .ckpt, .safetensors)")
 
 
 class ContentsError(Exception):
@@ -50,27 +73,53 @@ def detect_format(path: str) -> str:
     if not os.path.exists(path):
         raise ContentsError(f"{path}: no such file or folder")
     if not os.path.isdir(path):
-        raise ContentsError(f"{path}: is a file; pass the checkpoint folder (one of the formats: {', '.join(FORMATS)})")
+        kind = file_kind(path)
+        if kind in (None, "text"):
+            raise ContentsError(f"{path}: not a checkpoint file this harness reads (neither a torch.save archive nor "
+                                f"a safetensors file); pass a checkpoint file or folder: {_EXPECTED}")
+        return kind
     names = set(os.listdir(path))
     if MANIFEST in names:
         return "native"
     if ".metadata" in names or any(n.endswith(".distcp") for n in names):
         return "dcp"
-    if "latest" in names or any(n.endswith("_model_states.pt") for n in names) or _tag_folders(path):
+    # DeepSpeed by its files, never by `latest` alone: scripts of every kind keep a `latest` pointer
+    if any(_DEEPSPEED_FILE.search(n) for n in names) or _tag_folders(path):
         return "deepspeed"
     if any(_ACCELERATE_FILES.match(n) for n in names):
         return "accelerate"
-    staging = [n for n in names if n.startswith(".staging-")]
-    hint = f" ({', '.join(staging)}: an interrupted save)" if staging else ""
-    raise ContentsError(f"{path}: not a checkpoint folder of a known format{hint}: expected manifest.json (native), "
-                        ".metadata + *.distcp (DCP), a DeepSpeed `latest` file or tag folder with *_model_states.pt, "
-                        "or HF Accelerate's model.safetensors / optimizer.bin / random_states_0.pkl")
+    inner = _checkpoints_below(path)
+    if inner:  # a run folder of several checkpoints: reading them all as loose files would mix them up
+        shown = ", ".join(inner[:5]) + (f", ... ({len(inner)} in all)" if len(inner) > 5 else "")
+        raise ContentsError(f"{path}: not a checkpoint folder of a known format but a folder holding checkpoints "
+                            f"({shown}); pass one of them, e.g. {os.path.join(path, inner[0])}")
+    if any(not _is_temporary(rel) and file_kind(os.path.join(path, rel)) not in (None, "text")
+           for rel in _all_files(path)):
+        return "files"
+    staging = [n for n in names if n.startswith(".staging-") or n.endswith(".tmp")]
+    hint = f" ({', '.join(sorted(staging))}: an interrupted save)" if staging else ""
+    raise ContentsError(f"{path}: not a checkpoint folder of a known format{hint}: expected {_EXPECTED}")
+
+
+def _checkpoints_below(path: str) -> list[str]:
+    """Sub-folders that are checkpoints of a marked format (native, DCP, DeepSpeed tag, Accelerate)."""
+    found = []
+    for folder, dirs, names in os.walk(path):
+        dirs.sort()
+        if folder == path:
+            continue
+        if (MANIFEST in names or ".metadata" in names or any(_DEEPSPEED_FILE.search(n) for n in names)
+                or any(_ACCELERATE_FILES.match(n) for n in names)):
+            found.append(os.path.relpath(folder, path).replace(os.sep, "/"))
+            dirs[:] = []  # its own sub-folders belong to it
+    return found
 
 
 def read_checkpoint(path: str) -> CheckpointContents:
-    """The contents of the checkpoint at `path`, in whichever format it is."""
+    """The contents of the checkpoint at `path` (a folder or one file), in whichever format it is."""
     fmt = detect_format(path)
-    return {"native": read_native, "dcp": read_dcp, "deepspeed": read_deepspeed, "accelerate": read_accelerate}[fmt](path)
+    return {"native": read_native, "dcp": read_dcp, "deepspeed": read_deepspeed, "accelerate": read_accelerate,
+            "torch": read_file, "safetensors": read_file, "pickle": read_file, "files": read_files}[fmt](path)
 
 
 def _hash(path: str) -> tuple[int, str]:
@@ -321,12 +370,12 @@ def _dcp_into(out: CheckpointContents, folder: str, rel_prefix: str, name_prefix
 
 def _tag_folders(path: str) -> list[str]:
     return sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n))
-                  and any(x.endswith("_model_states.pt") for x in os.listdir(os.path.join(path, n))))
+                  and any(_DEEPSPEED_FILE.search(x) for x in os.listdir(os.path.join(path, n))))
 
 
 def read_deepspeed(path: str) -> CheckpointContents:
     names = set(os.listdir(path))
-    if any(n.endswith("_model_states.pt") for n in names):
+    if any(_DEEPSPEED_FILE.search(n) for n in names):
         tag_dir, tag = path, os.path.basename(os.path.normpath(path))
     elif "latest" in names:
         try:
@@ -425,4 +474,159 @@ def read_accelerate(path: str) -> CheckpointContents:
     out.summary = {"world_size": len(ranks) or None}
     out.notes.append("*.bin, *.pkl, *.pt: torch.load(weights_only=True), numpy arrays allowed by name; "
                      "*.safetensors parsed")
+    return out
+
+
+# -- plain torch.save / safetensors files -------------------------------------------------------------
+
+
+def file_kind(path: str) -> str | None:
+    """The kind of file: "safetensors", "torch" (a torch.save archive, zip or legacy), "pickle" (a plain pickle),
+    "text" (a small text file such as a `latest` pointer), or None; by its first bytes, then by its extension."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    name = os.path.basename(path)
+    if name.endswith(".safetensors"):
+        return "safetensors"
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_MAGIC):
+        return "torch"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    if name.endswith(_TORCH_EXT):
+        return "torch"  # empty or damaged: reported unreadable, named
+    if size <= _TEXT_LIMIT:
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        return "text" if "\x00" not in text else None
+    return None
+
+
+def _is_temporary(rel: str) -> bool:
+    """A file a save is still writing (or a killed save left): never part of the checkpoint."""
+    base = rel.rsplit("/", 1)[-1]
+    return base.endswith((".tmp", ".temp", ".partial")) or ".tmp." in base or any(
+        part.startswith(".staging-") for part in rel.split("/"))
+
+
+def _strip_ext(rel: str) -> str:
+    for ext in (*_TORCH_EXT, ".safetensors", ".json", ".txt"):
+        if rel.endswith(ext):
+            return rel[:-len(ext)]
+    return rel
+
+
+def _place(rel: str) -> tuple[str, str]:
+    """(group, name) of a file in a folder: `rank<N>` anywhere in its path is its rank, and the name is the rest,
+    so that step10_rank0.pt and step10/rank1.pt are both `step10`, of rank 0 and rank 1."""
+    stem = _strip_ext(rel)
+    m = _RANK_IN_PATH.search(stem)
+    if not m:
+        return SHARED, stem
+    left, right = stem[:m.start()], stem[m.end():]
+    name = (left + right.lstrip(_SEPARATORS)) if left and right.strip(_SEPARATORS) else (
+        left.rstrip(_SEPARATORS) or right.lstrip(_SEPARATORS))
+    return f"rank{int(m.group(1))}", name or "state"
+
+
+def _read_one(out: CheckpointContents, full: str, rel: str, kind: str, group: str, name: str) -> object:
+    """Read one file into `out` (tensors under `name/`, or unprefixed when name is ""); returns what it held."""
+    prefix = f"{name}/" if name else ""
+    tree = name or "file"
+    try:
+        if kind == "safetensors":
+            tensors, metadata = native_files.parse_safetensors(full, _read(full))
+            for tname, t in tensors.items():
+                out.add_tensor(group, prefix + tname, t, rel)
+            if metadata:
+                out.trees[(group, f"{prefix}__metadata__")] = dict(metadata)
+            return None
+        if kind == "torch":
+            obj = load_torch(full)
+        elif kind == "pickle":
+            obj = load_data_pickle(full)
+            out.notes.append(f"{rel}: a plain pickle, read as data only (no class imported, no code run)")
+        else:
+            with open(full, encoding="utf-8") as f:
+                text = f.read()
+            try:
+                obj = json.loads(text) if rel.endswith(".json") else text.strip()
+            except json.JSONDecodeError:
+                obj = text.strip()
+            out.trees[(group, tree)] = obj
+            return obj
+        out.add_tree(group, tree, obj, rel, tensor_prefix=name)
+        return obj
+    except (UnreadableFileError, CheckpointError, UnicodeDecodeError, OSError) as e:
+        _unreadable(out, rel, str(e))
+        return None
+
+
+def _step_of(obj) -> dict:
+    """The step-like counters at the top of a loaded dict, for the summary."""
+    if not isinstance(obj, dict):
+        return {}
+    return {k: obj[k] for k in ("step", "global_step", "epoch", "iteration")
+            if isinstance(obj.get(k), int) and not isinstance(obj.get(k), bool)}
+
+
+def read_file(path: str) -> CheckpointContents:
+    """One torch.save or safetensors file: its tensors under the names inside it (no prefix), its other
+    state as the tree `file`, so that two files compare entry by entry whatever they are called."""
+    kind = file_kind(path)
+    rel = os.path.basename(path)
+    out = CheckpointContents(path, kind)
+    out.files = [FileCheck(rel, os.path.getsize(path), UNVERIFIED, "")]
+    obj = _read_one(out, path, rel, kind, SHARED, "")
+    out.summary = _step_of(obj)
+    m = _RANK_IN_PATH.search(_strip_ext(rel))
+    if m:
+        out.summary["rank"] = f"{int(m.group(1))} (from the file name)"
+    if kind == "torch":
+        out.notes.append(f"{rel}: torch.load(weights_only=True), numpy arrays allowed by name: no code run")
+    return out
+
+
+def read_files(path: str) -> CheckpointContents:
+    """A folder of torch.save / safetensors files (with small text files such as `latest`)."""
+    out = CheckpointContents(path, "files")
+    todo = []
+    for rel in _all_files(path):
+        full = os.path.join(path, rel)
+        size = os.path.getsize(full)
+        if _is_temporary(rel):
+            out.files.append(FileCheck(rel, size, UNVERIFIED, "not read: a temporary file (a save in progress or "
+                                                              "interrupted), not part of the checkpoint"))
+            continue
+        kind = file_kind(full)
+        if kind is None:
+            out.files.append(FileCheck(rel, size, UNVERIFIED, "not read: not a torch.save, safetensors or small "
+                                                              "text file"))
+            continue
+        out.files.append(FileCheck(rel, size, UNVERIFIED, ""))
+        todo.append((rel, full, kind, *_place(rel)))
+    seen: dict[tuple[str, str], int] = {}
+    for _, _, _, group, name in todo:
+        seen[(group, name)] = seen.get((group, name), 0) + 1
+    ranks, loaded = set(), 0
+    for rel, full, kind, group, name in todo:
+        if seen[(group, name)] > 1:  # two files map to one name (a.pt and a.safetensors): keep them apart
+            name = rel
+        if group != SHARED:
+            ranks.add(int(group[len("rank"):]))
+        _read_one(out, full, rel, kind, group, name)
+        loaded += kind != "text"
+    out.summary = {"tensor_files": loaded, "ranks": ", ".join(map(str, sorted(ranks))) if ranks else None}
+    if isinstance(out.trees.get((SHARED, "latest")), str):
+        out.summary["latest"] = out.trees[(SHARED, "latest")][:200]
+    out.notes.append("torch.save files: torch.load(weights_only=True), numpy arrays allowed by name, no code run; "
+                     "*.safetensors parsed; the group of a file is the `rank<N>` in its path (shared without one)")
     return out

@@ -8,7 +8,10 @@ from .diff import ContentsDiff, TensorDiff
 from .model import OK, UNVERIFIED, CheckpointContents, entry_order, summarize
 
 FORMAT_NAMES = {"native": "resume-harness checkpoint", "dcp": "torch.distributed.checkpoint (DCP) folder",
-                "deepspeed": "DeepSpeed checkpoint", "accelerate": "HF Accelerate save_state folder"}
+                "deepspeed": "DeepSpeed checkpoint", "accelerate": "HF Accelerate save_state folder",
+                "torch": "torch.save file", "safetensors": "safetensors file",
+                "pickle": "plain pickle file (read as data only)",
+                "files": "folder of torch.save / safetensors files"}
 
 
 def _shape(shape) -> str:
@@ -39,9 +42,10 @@ def inspect_text(c: CheckpointContents) -> str:
         keys = sorted((k for k in c.tensors if k[0] == group), key=entry_order)
         total = sum(c.tensors[k].nbytes for k in keys)
         lines += ["", f"{group}: {len(keys)} tensor(s), {total} bytes"]
-        lines += _table([["name", "dtype", "shape", "bytes", "xxh3-128"]]
-                        + [[k[1], c.tensors[k].dtype, _shape(c.tensors[k].shape), str(c.tensors[k].nbytes),
-                            c.tensors[k].digest()[:16]] for k in keys])
+        if keys:  # a group of state only (a `latest` pointer) has no tensor table
+            lines += _table([["name", "dtype", "shape", "bytes", "xxh3-128"]]
+                            + [[k[1], c.tensors[k].dtype, _shape(c.tensors[k].shape), str(c.tensors[k].nbytes),
+                                c.tensors[k].digest()[:16]] for k in keys])
         for key in sorted((k for k in c.trees if k[0] == group), key=entry_order):
             tree = c.trees[key]
             items = summarize(tree)

@@ -310,19 +310,27 @@ class _Trial:
         c = self.common
         t0 = time.monotonic()
 
-        def baseline_of(auto: bool):
+        held: list[str] = []  # "baseline run 1/2: failed" of a first run that may only mean: no probe calls
+
+        def hold_failed(line: str) -> None:
+            (held.append if line.startswith("baseline run") and line.endswith(": failed") else self.say)(line)
+
+        def baseline_of(auto: bool, progress=None):
             return get_baseline(self.tgt, nproc=c["nproc"], backend=c["backend"], script_args=self.script_args,
                                 runs=self.runs, launcher=self.launcher, timeout_s=self.timeout_s,
                                 use_cache=self.use_cache, scratch=os.path.join(self.folder.root, "baseline"),
-                                progress=self.say, auto=auto, strategy=self.strategy)
+                                progress=progress or self.say, auto=auto, strategy=self.strategy)
 
         if self.auto is None and not imports_probe(self.tgt):
             self.auto = True  # a plain script: auto mode at once (a first run in the user's folder might write there)
-        baseline = baseline_of(bool(self.auto))
+        baseline = baseline_of(bool(self.auto), hold_failed if self.auto is None else None)
         if self.auto is None and baseline.no_probe:
-            self.say("the script records nothing through harness.probe: auto mode (harness run --auto)")
+            self.say("no probe calls: testing in auto mode (as harness run --auto)")  # not an error: say it plainly
             self.auto = True
             baseline = baseline_of(True)
+        else:
+            for line in held:  # a real failure: shown as it happened
+                self.say(line)
         self.timings.update(baseline_s=round(time.monotonic() - t0, 3), baseline_cached=baseline.cached)
         if baseline.error is not None or (baseline.repro is not None and baseline.repro.first is not None):
             if baseline.error is not None:

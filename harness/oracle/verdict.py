@@ -241,7 +241,7 @@ def describe(d: Divergence) -> str:
         return f"the trial never reached step {d.step} on rank {d.rank}"
     if d.fields == ["extra"]:
         return f"the trial ran step {d.step} on rank {d.rank}, which the baseline never had"
-    return f"step {d.step}, rank {d.rank}, attempt {d.attempt}: {fields} differ"
+    return f"step {d.step}, rank {d.rank}, attempt {d.attempt}: {fields} differ{'s' if len(d.fields) == 1 else ''}"
 
 
 def _crashed_rank(trial: Trace, attempt: int, ends: dict[int, RankEnd]) -> int | None:

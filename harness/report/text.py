@@ -3,6 +3,8 @@ warnings, the log tail of a crash, and the command that replays the trial."""
 
 from __future__ import annotations
 
+import re
+
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -97,13 +99,42 @@ def _tensor_table(tensors) -> Table:
 NO_TTY_WIDTH = 400
 
 
+class _NoTrailingSpace:
+    """A text stream that drops the spaces rich pads lines with (table cells fill their column), so that piped
+    output (CI logs, files) has no trailing whitespace. Spaces at the end of a write are held back until the
+    next write shows whether a line break follows them."""
+
+    _PAD = re.compile(r"[ \t]+((?:\x1b\[[0-9;]*m)*)(?=\n)")  # spaces before a newline (and any style reset)
+
+    def __init__(self, stream):
+        self._stream, self._held = stream, ""
+
+    def write(self, text: str) -> int:
+        whole = self._held + text
+        body = whole.rstrip(" \t")
+        self._held = whole[len(body):]
+        self._stream.write(self._PAD.sub(r"\1", body))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name):  # encoding, fileno, ...: the stream's own
+        return getattr(self._stream, name)
+
+
 def make_console(file=None, stderr: bool = False) -> Console:
-    """A rich Console for the report: a terminal's own width, else NO_TTY_WIDTH columns."""
+    """A rich Console for the report: a terminal's own width; else NO_TTY_WIDTH columns, lines not padded."""
     import sys
 
     stream = file or (sys.stderr if stderr else sys.stdout)
     isatty = getattr(stream, "isatty", lambda: False)()
-    return Console(file=stream, stderr=stderr, width=None if isatty else NO_TTY_WIDTH)
+    if isatty:
+        return Console(file=stream, stderr=stderr)
+    return Console(file=_NoTrailingSpace(stream), stderr=stderr, width=NO_TTY_WIDTH)
 
 
 def _determinism_line(result) -> str | None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ from harness.oracle import RankEnd, RunResult, Verdict, assess, compare_runs, lo
 from harness.oracle.compare import Divergence, TensorDiff
 from harness.report import render_json, render_text
 
+from support import SCRIPTS
 from support.traces import baseline, resumed
 
 REPLAY = "harness run scenarios/mlp.py --nproc 2 --seed 0 --kill step=7"
@@ -108,3 +113,51 @@ def test_text_minimal_result(verdict):
     outcome = "bit_exact" if verdict == "pass" else "error"
     out = _text(RunResult(Verdict(verdict, outcome, "something [bold]odd[/bold]"), replay="harness run x"))
     assert verdict.upper() in out and "[bold]odd[/bold]" in out and "harness run x" in out
+
+
+# -- piped output (CI logs): no padding --------------------------------------------------------------------------
+
+HARNESS = os.path.join(os.path.dirname(sys.executable), "harness")
+
+
+def _trailing(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln != ln.rstrip()]
+
+
+def test_piped_console_pads_no_line(tmp_path):
+    from harness.report import make_console
+
+    stream = io.StringIO()  # not a terminal, as `harness run ... | cat`
+    render_text(_result(tmp_path, _loss_bit), make_console(stream))
+    out = stream.getvalue()
+    assert "max ULP" in out and "FAIL" in out and REPLAY in out  # the table and the verdict are all there
+    assert not _trailing(out), _trailing(out)[:3]
+    stream = io.StringIO()
+    console = make_console(stream)
+    console.print("a   ", end="")  # spaces held back until the next write ...
+    console.print("  b")  # ... kept inside a line
+    console.print("c    ")
+    assert stream.getvalue() == "a     b\nc\n"
+
+
+@pytest.mark.slow  # two multi-process runs (~10 s each on a quiet machine)
+def test_harness_run_piped_has_no_trailing_whitespace(tmp_path):
+    done = subprocess.run([HARNESS, "run", "default", "--kill", "12", "--out", str(tmp_path / "run")], cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " PASS  bit_exact" in done.stdout and "replay: harness run default" in done.stdout
+    assert not _trailing(done.stdout) and not _trailing(done.stderr), _trailing(done.stdout + done.stderr)[:3]
+    assert max(map(len, done.stdout.splitlines())) < 290
+
+
+@pytest.mark.slow  # a plain run, then the baselines and the trial in auto mode (~30 s)
+def test_fallback_to_auto_mode_is_said_plainly(tmp_path):
+    script = tmp_path / "train.py"
+    with open(os.path.join(SCRIPTS, "plain_ddp.py")) as f:  # imports the probe but never calls it
+        script.write_text("from harness import probe  # imported, never called\n" + f.read())
+    done = subprocess.run([HARNESS, "run", str(script), "--kill", "6", "--out", str(tmp_path / "run")], cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "harness: no probe calls: testing in auto mode" in done.stderr
+    assert ": failed" not in done.stderr and "error" not in done.stderr.lower(), done.stderr
+    assert not _trailing(done.stdout) and not _trailing(done.stderr)
