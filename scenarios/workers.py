@@ -2,9 +2,10 @@
 
 The data set's augmentation draws from the torch and numpy global RNGs of whichever worker loads
 the sample (pytorch#5059: workers forked from one parent share numpy's RNG state unless reseeded).
-The reference checkpointer's ResumableDataLoader reseeds each worker's python/numpy/torch RNGs per
-batch from (seed, epoch, batch index), so augmentation is a function of the batch's position and a
-resume reproduces it; this scenario checks exactly that. Workers are persistent (forked once per
+The reference checkpointer's ResumableDataLoader seeds workers as a plain DataLoader does and saves each
+worker's python/numpy/torch RNG states after its last delivered batch; a resume gives every worker its
+states back, so the augmentation after a resume is the uninterrupted run's; this scenario checks
+exactly that. Workers are persistent (forked once per
 rank at the first epoch, not per epoch); the main process's RNG only feeds dropout.
 
 Sizes, epochs, checkpoints: as the default scenario (24 steps, 8 epochs, epoch e ends at step 3e+3,

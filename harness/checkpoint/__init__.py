@@ -6,7 +6,7 @@
 from .config import ProjectConfiguration
 from .data import ResumableDataLoader
 from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
-                     NotACheckpointError, RegistrationError, UnsafeCheckpointError)
+                     MapLocationError, NotACheckpointError, RegistrationError, UnsafeCheckpointError)
 from .manager import Checkpointer, CheckpointSkippedWarning
 from .model_files import load_checkpoint_in_model, parse_size, save_model
 from .reduction import (BucketLayoutError, CommHookConflictWarning, pin_bucket_layout,  # noqa: F401
@@ -15,6 +15,6 @@ from .reduction import (BucketLayoutError, CommHookConflictWarning, pin_bucket_l
 __all__ = [
     "Checkpointer", "ProjectConfiguration", "ResumableDataLoader", "CheckpointSkippedWarning",
     "CheckpointError", "CheckpointSaveError", "CorruptCheckpointError", "IncompatibleCheckpointError",
-    "NotACheckpointError", "RegistrationError", "UnsafeCheckpointError",
+    "MapLocationError", "NotACheckpointError", "RegistrationError", "UnsafeCheckpointError",
     "save_model", "load_checkpoint_in_model", "parse_size",
 ]

@@ -5,8 +5,11 @@ class CheckpointError(Exception):
     """Base class of every checkpoint error."""
 
 
-class NotACheckpointError(CheckpointError, FileNotFoundError):
-    """The folder is missing, or is not a checkpoint of this format."""
+class NotACheckpointError(CheckpointError, FileNotFoundError, ValueError):
+    """The folder is missing, or is not a checkpoint of this format.
+
+    A FileNotFoundError, and a ValueError as Accelerate's `load_state` raises for a missing folder
+    (and for no folder without automatic naming)."""
 
 
 class CorruptCheckpointError(CheckpointError):
@@ -20,10 +23,12 @@ class UnsafeCheckpointError(CorruptCheckpointError):
     """The checkpoint asks for something that could execute code or escape its folder (pickle, `..`)."""
 
 
-class IncompatibleCheckpointError(CheckpointError):
+class IncompatibleCheckpointError(CheckpointError, RuntimeError, ValueError):
     """The checkpoint is intact but does not fit what was registered (architecture, world size, objects).
 
-    Never skipped silently: an older checkpoint would not fit either.
+    Never skipped silently: an older checkpoint would not fit either. What Accelerate's `load_state` raises
+    for these: a RuntimeError (torch's `load_state_dict` on a model that does not fit; a different number of
+    custom objects) or a ValueError (torch's optimizer `load_state_dict` on other parameter groups).
     """
 
 
@@ -34,3 +39,8 @@ class CheckpointSaveError(CheckpointError):
 class RegistrationError(CheckpointError, ValueError, TypeError):
     """`prepare` or `register_for_checkpointing` got objects it cannot checkpoint; none of the call's objects were
     registered. A ValueError, as in Accelerate; also a TypeError, which the checkpointer raised before."""
+
+
+class MapLocationError(CheckpointError, ValueError, TypeError):
+    """`load_state(map_location=...)` names no device this rank can load to; raised on every rank, naming each.
+    A TypeError, as Accelerate raises ("Unsupported optimizer map location passed"); a ValueError as before."""

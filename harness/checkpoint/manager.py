@@ -39,7 +39,7 @@ from . import strategy as strategies
 from .comm import Comm
 from .config import ProjectConfiguration
 from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
-                     NotACheckpointError, UnsafeCheckpointError)
+                     MapLocationError, NotACheckpointError, UnsafeCheckpointError)
 from .files import FileRecord
 from .layout import FileJob
 from .manifest import SHARED, Manifest, rank_dir, read_manifest
@@ -272,13 +272,20 @@ class Checkpointer:
                 raise CheckpointSaveError(
                     f"the ranks name different folders for this checkpoint ({_by_folder(finals, range(len(finals)))}); "
                     "nothing was written. Every rank must name the same folder on a filesystem all ranks share, or "
-                    "set ProjectConfiguration(save_on_each_node=True) for node-local disks (one copy per node)")
+                    "set ProjectConfiguration(save_on_each_node=True) for node-local disks (one copy per node). "
+                    "If your test harness gives each rank its own temporary folder (pytest's tmp_path or "
+                    "tempfile.mkdtemp() in every process), share one folder across the ranks instead: create it on "
+                    "rank 0 and send its path to the others (torch.distributed.broadcast_object_list), or make it "
+                    "from a name every rank knows")
             return final, auto_index, 0, None
         members = next(g for g in _node_groups([r["node"] for r in reports]) if comm.rank in g)
         if len({finals[r] for r in members}) > 1:
             raise CheckpointSaveError(
                 f"save_on_each_node=True, but the ranks of one node (ranks {members}) name different folders "
-                f"({_by_folder(finals, members)}); nothing was written. The ranks of a node must name the same folder")
+                f"({_by_folder(finals, members)}); nothing was written. The ranks of a node must name the same folder "
+                "(save_on_each_node writes one copy per node, not per rank): if your test harness gives each rank its "
+                "own temporary folder, share one folder across the ranks of each node (create it on the node's local "
+                "rank 0 and send its path to the others)")
         return final, auto_index, members[0], members
 
     def _create_staging(self, final: str, auto_index: int | None, writer: int) -> str:
@@ -535,6 +542,8 @@ class Checkpointer:
                 files.verify(resolve(rel), records[rel])
             native = [r for group in (strategies.DCP_DIR, strategies.DEEPSPEED_DIR) for r in manifest.files.get(group, [])]
             strategy.verify_native(path, native, comm.rank, comm.world_size, saved, self._registry.models)
+        except CheckpointError:  # several are ValueErrors too (as in Accelerate): not malformed trees
+            raise
         except (KeyError, TypeError, ValueError) as e:  # a malformed tree (what tree.decode raises, a missing key)
             raise CorruptCheckpointError(f"{path}: state files are malformed ({type(e).__name__}: {e})") from None
         return {"shared": shared, "per_rank": per_rank, "tensors": tensors, "weights": weights,
@@ -573,7 +582,7 @@ class Checkpointer:
             error = str(e)
         failed = [(r, e) for r, e in enumerate(self._comm.all_gather_json(error)) if e]
         if failed:
-            raise ValueError("load_state: " + "; ".join(f"rank {r}: {e}" for r, e in failed))
+            raise MapLocationError("load_state: " + "; ".join(f"rank {r}: {e}" for r, e in failed))
         return device
 
 

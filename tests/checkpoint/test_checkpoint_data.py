@@ -103,14 +103,22 @@ def test_changed_loader_is_refused(tmp_path):
         ckpt2.load_state(tmp_path / "c")
 
 
-def test_iterable_dataset_without_a_position_is_refused_at_prepare():
+def test_iterable_dataset_without_a_position_is_resumed_by_replay(tmp_path):
+    """No state_dict: prepare accepts it, and a resume replays the epoch and drops what was yielded
+    (tests/checkpoint/test_checkpoint_replay.py has workers, ranks and the limits)."""
     class Stream(IterableDataset):
         def __iter__(self):
-            return iter(range(3))
+            return iter(range(10))
 
-    with pytest.raises(ValueError, match=r"Item at index 0.*IterableDataset .*Stream: it has no resumable position. "
-                                         r"Give it state_dict\(\)"):
-        Checkpointer().prepare(DataLoader(Stream(), batch_size=1))
+    ckpt = Checkpointer()
+    loader = ckpt.prepare(DataLoader(Stream(), batch_size=3))
+    it = iter(loader)
+    first = [next(it).tolist(), next(it).tolist()]
+    ckpt.save_state(tmp_path / "c")
+    ckpt2 = Checkpointer()
+    loader2 = ckpt2.prepare(DataLoader(Stream(), batch_size=3))
+    ckpt2.load_state(tmp_path / "c")
+    assert first + [b.tolist() for b in loader2] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
 
 
 def test_in_order_false_is_refused_at_prepare():

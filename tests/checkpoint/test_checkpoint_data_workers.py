@@ -210,12 +210,18 @@ def test_torchdata_custom_sampler(tmp_path, workers, batch_size, interrupt):
     assert got == expected
 
 
-@pytest.mark.parametrize("kind", ["map", "iterable"])
+@pytest.mark.parametrize("kind", ["map", "map_per_batch", "iterable"])
 def test_persistent_workers_continue_a_broken_off_epoch_and_follow_set_epoch(kind):
     """In one process: break out mid-epoch and iterate again (the workers prefetched beyond the break), then
-    jump with set_epoch: the same batches as a loader that never broke off, and as a fresh one at that epoch."""
+    jump with set_epoch: the same batches as a loader that never broke off. Persistent workers carry their
+    RNGs across epochs, as torch's do, so epoch 4 after epochs 0 and 1 equals a fresh loader's epoch 4 only
+    where what the workers draw does not depend on their past: per-batch seeding, or an iterable whose
+    randomness is its own state."""
     def make():
-        return map_loader("sequential", 4, 2, True) if kind == "map" else stream_loader(3, 2, True)
+        return stream_loader(3, 2, True) if kind == "iterable" else map_loader("sequential", 4, 2, True)
+
+    def wrap(loader):
+        return ResumableDataLoader(loader, worker_rng="per_batch" if kind == "map_per_batch" else "restore")
 
     def epochs(loader, which):
         out = []
@@ -225,18 +231,22 @@ def test_persistent_workers_continue_a_broken_off_epoch_and_follow_set_epoch(kin
         return out
 
     seed_all(0)
-    want = epochs(ResumableDataLoader(make()), [0, 1])
+    want = epochs(wrap(make()), [0, 1, 4])
     seed_all(0)
-    loader = ResumableDataLoader(make())
+    loader = wrap(make())
     got = []
     for b in loader:
         got.append(b.numpy().tobytes())
         if len(got) == 2:
             break
     got += [b.numpy().tobytes() for b in loader]  # the rest of epoch 0
-    got += epochs(loader, [1])
+    got += epochs(loader, [1, 4])
     assert got == want
     seed_all(0)
-    fresh = ResumableDataLoader(make())
+    fresh = wrap(make())
     fresh.set_epoch(4)
-    assert epochs(loader, [4]) == [b.numpy().tobytes() for b in fresh]
+    at_4 = [b.numpy().tobytes() for b in fresh]
+    if kind == "map":
+        assert at_4 != want[-len(at_4):]  # the workers' RNGs went on from epoch 1
+    else:
+        assert at_4 == want[-len(at_4):]

@@ -61,7 +61,9 @@ def each_rank_its_own_folder(rank, world, leaders, tmp):
     train(job, 2)
     folders = [os.path.join(tmp, f"disk{r}", "ckpt") for r in range(world)]
     _expect_save_error(job, folders[rank], "the ranks name different folders", "nothing was written",
-                       *(f"rank {r}: {folders[r]}" for r in range(world)), "save_on_each_node=True")
+                       *(f"rank {r}: {folders[r]}" for r in range(world)), "save_on_each_node=True",
+                       "If your test harness gives each rank its own temporary folder",
+                       "share one folder across the ranks instead: create it on rank 0 and send its path")
     assert not any(os.path.exists(os.path.join(tmp, f"disk{r}")) for r in range(world))
     own = _job(os.path.join(tmp, f"project{rank}"))  # automatic names under per-rank project folders: the same
     with pytest.raises(Exception, match="the ranks name different folders"):
@@ -69,6 +71,21 @@ def each_rank_its_own_folder(rank, world, leaders, tmp):
     assert job[0].save_state(os.path.join(tmp, "good")) == os.path.join(tmp, "good")  # collectives still in step
     dist.barrier()
     assert sorted(os.listdir(os.path.join(tmp, "good"))) == ["manifest.json", *(f"rank{r}" for r in range(world)), "shared"]
+
+
+def per_rank_temporary_folders_on_one_node(rank, world, leaders, tmp):
+    """A test harness giving every rank its own temporary folder: save_on_each_node=True does not make that
+    work (one copy per node, not per rank), and the message says what does."""
+    import tempfile
+
+    own = tempfile.mkdtemp(dir=tmp)
+    job = _job(os.path.join(tmp, "p"), save_on_each_node=True)
+    _expect_save_error(job, os.path.join(own, "ckpt"), f"the ranks of one node (ranks {list(range(world))}) name "
+                       "different folders", "nothing was written", "one copy per node, not per rank",
+                       "if your test harness gives each rank its own temporary folder, share one folder across the "
+                       "ranks of each node")
+    dist.barrier()
+    assert not os.listdir(own)
 
 
 def a_rank_that_cannot_see_the_folder(rank, world, leaders, tmp):
@@ -135,6 +152,11 @@ def nodes_that_share_the_folder(rank, world, leaders, tmp):
 @pytest.mark.parametrize("local_sizes", [(2,), (1, 2)], ids=["2-ranks", "3-ranks"])
 def test_ranks_naming_different_folders_are_refused_before_writing(tmp_path, local_sizes):
     _run(tmp_path, list(local_sizes), "each_rank_its_own_folder")
+
+
+@pytest.mark.parametrize("local_sizes", [(2,), (3,)], ids=["2-ranks", "3-ranks"])
+def test_per_rank_temporary_folders_on_one_node_are_refused_saying_what_to_do(tmp_path, local_sizes):
+    _run(tmp_path, list(local_sizes), "per_rank_temporary_folders_on_one_node")
 
 
 @pytest.mark.parametrize("local_sizes", [(2,), (3,)], ids=["2-ranks", "3-ranks"])
