@@ -160,3 +160,13 @@ def test_ctrl_c_stops_everything(shared_cache, tmp_path):
         time.sleep(0.05)
     assert not any(alive(p) for p in started) and processes_with_env("CTRL_C_MARKER", marker) == []
     assert [e for e in os.listdir(tmp_path / "cache") if e.startswith(".tmp")] == []
+
+
+def test_a_job_that_never_resumes_is_not_a_pass(shared_cache, tmp_path):
+    # GitHub issue #17: it records a point and its final state, no step row; it retrains from scratch after
+    # the kill. It was "PASS bit_exact: 0 step rows"; a fresh interpreter, as users run it.
+    r = harness("run", os.path.join(SCRIPTS, "no_checkpoint.py"), "--kill", "trained", "--baseline-runs", "1",
+                "--out", str(tmp_path / "out"), "--json", cache=shared_cache, cwd=str(tmp_path))
+    out = json.loads(r.stdout)
+    assert (r.returncode, out["verdict"], out["outcome"]) == (2, "error", "not_resumed"), r.stdout + r.stderr
+    assert "no resume tested" in out["message"]
