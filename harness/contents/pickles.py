@@ -25,35 +25,15 @@ import io
 import pickle
 from typing import Any
 
+from harness.oracle.artefacts import InertRecord
+
 
 class UnreadableFileError(Exception):
     """A file that cannot be read safely (or at all); the message names it."""
 
 
-class Opaque:
+class Opaque(InertRecord):
     """A stand-in for an object of a class that is never imported: its pickled data only."""
-
-    qualname = "?"
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.args, obj.state, obj.items, obj.elements = args, None, {}, []
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __setitem__(self, key, value):  # SETITEMS on a dict subclass (OrderedDict, ...)
-        self.items[key] = value
-
-    def append(self, value):  # APPENDS on a list subclass
-        self.elements.append(value)
-
-    def extend(self, values):
-        self.elements.extend(values)
 
     def __repr__(self):
         return f"<{self.qualname}>"

@@ -184,9 +184,9 @@ def detect_format(path: str) -> tuple[str, str]:
                        "torch.distributed.checkpoint folders)")
 
 
-class _Inert:
-    """A stand-in for an object of a class a torch.save file names: its pickled data only, the class never
-    imported (the approach of harness.contents.pickles, which the oracle does not import)."""
+class InertRecord:
+    """A stand-in for an object of a class a pickle names: its pickled data only, the class never imported
+    (also the base of harness.contents.pickles.Opaque, which inspect/diff show)."""
 
     qualname = "?"
 
@@ -216,7 +216,7 @@ class _Inert:
 
 
 def _inert_class(qualname: str) -> type:
-    return type(qualname.rsplit(".", 1)[-1], (_Inert,), {"qualname": qualname, "__module__": __name__})
+    return type(qualname.rsplit(".", 1)[-1], (InertRecord,), {"qualname": qualname, "__module__": __name__})
 
 
 # numpy arrays and dtypes as pickled inside torch.save files (numpy 1 and 2 module names): rebuilt by numpy
@@ -300,7 +300,7 @@ def _tensors_in(obj: Any) -> tuple[dict, set]:
         elif isinstance(o, (list, tuple)):
             for i, v in enumerate(o):
                 walk(v, join(f"#{i}"))
-        elif isinstance(o, _Inert):
+        elif isinstance(o, InertRecord):
             inert.add(type(o).qualname)
             walk(o.data(), path)
 
