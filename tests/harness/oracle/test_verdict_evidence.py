@@ -17,6 +17,15 @@ def base(tmp_path):
     return load_trace(baseline(tmp_path / "base").write())
 
 
+def _every_step_row(builders, edit) -> None:
+    """``edit(row)`` on every step row of the given trace builders (evidence both runs recorded)."""
+    for builder in builders:
+        for rows in builder.rows.values():
+            for row in rows:
+                if row["kind"] == "step":
+                    edit(row)
+
+
 def _assess(base, builder, **kw):
     trial = load_trace(builder.write())
     return assess(compare_runs(base, trial), trial, **kw)
@@ -100,11 +109,11 @@ def test_auto_mode_save_is_complete_only_when_every_rank_trained_past_it(tmp_pat
 def test_diagnosis_accumulation_from_backward_calls(tmp_path):
     b = baseline(tmp_path / "base")
     t = resumed(tmp_path / "t")
-    for builder in (b, t):
-        for r in (0, 1):
-            for row in builder.rows[r]:
-                if row["kind"] == "step":
-                    row["backward"], row["extra"] = 4, {}
+
+    def edit(row):
+        row["backward"], row["extra"] = 4, {}
+
+    _every_step_row((b, t), edit)
     t.row(0, 6, 1)["backward"] = 3  # the window counter restarted: 3 micro-batches where the baseline had 4
     t.row(0, 6, 1)["loss"] = {"dtype": "float32", "hex": "0000803f"}
     r = _assess(load_trace(b.write()), t, n_faults=1)
@@ -115,12 +124,12 @@ def test_diagnosis_accumulation_from_backward_calls(tmp_path):
 def test_diagnosis_lr_schedule_from_hyperparameters_without_optimizer_rows(tmp_path):
     b = baseline(tmp_path / "base")
     t = resumed(tmp_path / "t")
-    for builder in (b, t):
-        for r in (0, 1):
-            for row in builder.rows[r]:
-                if row["kind"] == "step":
-                    row["hyper"] = [[{"lr": 0.01 / row["step"]}]]
-                    row["extra"] = {}
+
+    def edit(row):
+        row["hyper"] = [[{"lr": 0.01 / row["step"]}]]
+        row["extra"] = {}
+
+    _every_step_row((b, t), edit)
     t.row(0, 6, 1)["hyper"] = [[{"lr": 0.01}]]  # the schedule restarted
     t.row(0, 6, 1)["params"] = "other"
     r = _assess(load_trace(b.write()), t, n_faults=1)
@@ -130,11 +139,11 @@ def test_diagnosis_lr_schedule_from_hyperparameters_without_optimizer_rows(tmp_p
 def test_diagnosis_rng_from_other_rank_needs_exactly_the_diverging_streams(tmp_path):
     b = baseline(tmp_path / "base")
     t = resumed(tmp_path / "t")
-    for builder in (b, t):  # python's state is equal on all ranks: it says nothing about whose state rank 1 has
-        for r in (0, 1):
-            for row in builder.rows[r]:
-                if row["kind"] == "step":
-                    row["rng"]["python"] = f"py{row['step']}"
+
+    def edit(row):
+        row["rng"]["python"] = f"py{row['step']}"
+
+    _every_step_row((b, t), edit)
     row = t.row(1, 6, 1)
     row["rng"]["numpy"] = "not restored"
     row["batch"] = "noisy"
@@ -161,11 +170,11 @@ def test_diagnosis_computed_after_peer_died(tmp_path):
 def test_diagnosis_data_order_from_fetched_batches(tmp_path):
     b = baseline(tmp_path / "base")
     t = resumed(tmp_path / "t")
-    for builder in (b, t):
-        for r in (0, 1):
-            for row in builder.rows[r]:
-                if row["kind"] == "step":
-                    row["fetched"] = [f"loader{r}-{row['step']}"]
+
+    def edit(row):
+        row["fetched"] = [f"loader{row['rank']}-{row['step']}"]
+
+    _every_step_row((b, t), edit)
     row = t.row(0, 6, 1)
     row["fetched"], row["batch"] = ["loader0-1"], "other"  # the resumed epoch replays step 1's batch
     row["rng"]["torch"] = "fresh epoch draw"
@@ -178,11 +187,11 @@ def test_diagnosis_accumulation_window_cut_from_the_micro_batch_stream(tmp_path)
     # the same samples, grouped at another offset (the window counter and its gradients were lost).
     b = baseline(tmp_path / "base")
     t = resumed(tmp_path / "t")
-    for builder in (b, t):
-        for r in (0, 1):
-            for row in builder.rows[r]:
-                if row["kind"] == "step":
-                    row["fetched"] = [f"m{r}-{3 * (row['step'] - 1) + i}" for i in range(3)]
+
+    def edit(row):
+        row["fetched"] = [f"m{row['rank']}-{3 * (row['step'] - 1) + i}" for i in range(3)]
+
+    _every_step_row((b, t), edit)
     row = t.row(0, 6, 1)
     row["fetched"] = [f"m0-{3 * 5 + 1 + i}" for i in range(3)]
     row["loss"] = {"dtype": "float32", "hex": "0000803f"}
