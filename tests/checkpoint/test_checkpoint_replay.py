@@ -198,6 +198,7 @@ def _rank(rank, world, tmp):
             dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_accelerates_iterable_save_state_pattern_across_ranks(tmp_path, world):
     run_ranks(_rank, world, lambda r: (r, world, str(tmp_path)), tmp_path, timeout_s=120)

@@ -29,6 +29,7 @@ def test_every_listed_api_exists_in_the_installed_versions(group):
     assert private_apis.missing(group) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _installed("deepspeed"), reason="deepspeed not installed")
 def test_every_listed_deepspeed_api_exists_in_the_installed_version():
     """In a fresh interpreter: importing deepspeed here would leave it imported in this test worker."""

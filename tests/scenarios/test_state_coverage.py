@@ -169,7 +169,7 @@ def test_cuda_rng_mutant(pool, tmp_path, monkeypatch, wrapper, mutant):
 
 @pytest.mark.parametrize("mutant, args", [
     ("resume/oldest", []),  # checkpoints 5 and 10 kept (total_limit 2): the load picks 5
-    ("rotation/newest", ["--total-limit", "1"]),  # committing 10 deletes 10 itself: 5 is left
+    pytest.param("rotation/newest", ["--total-limit", "1"], marks=pytest.mark.slow),  # committing 10 deletes 10 itself
 ])
 def test_a_resume_that_loses_progress_is_caught(pool, tmp_path, monkeypatch, wrapper, mutant, args):
     """Both mutants resume bit-exactly from step 5 (the final state matches): only the resume point

@@ -83,6 +83,7 @@ def test_one_torch_save_file(tmp_path):
     assert [t["name"] for t in doc["tensors"]] == ["model/0.weight"] and not doc["state"]
 
 
+@pytest.mark.slow  # a fresh interpreter per command; the fast suite keeps one of them
 def test_folder_of_per_rank_files_with_latest_is_read_as_files_not_deepspeed(tmp_path):
     _two_phase(tmp_path / "flat")
     torch.save(_state(15), tmp_path / "flat" / "step15_rank0.pt.tmp")  # a kill in the middle of the next save
@@ -111,6 +112,7 @@ def test_folder_of_per_rank_files_with_latest_is_read_as_files_not_deepspeed(tmp
     assert "shared: latest: A '10'  B '5'" in diff.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter per command; the fast suite keeps one of them
 def test_safetensors_file(tmp_path):
     from safetensors.torch import save_file
 
@@ -153,6 +155,7 @@ def test_a_malicious_pickle_is_refused_never_executed(tmp_path):
     assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
 
 
+@pytest.mark.slow  # a fresh interpreter per command; the fast suite keeps one of them
 def test_bad_input_is_named_with_what_to_pass(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     (tmp_path / "only_latest").mkdir()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from safetensors import safe_open
 
 from support import REPO  # noqa: E402
@@ -39,6 +40,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_averaged_models_are_final_state_and_unseen_modules_are_named(tmp_path):
     env = {**os.environ, "HARNESS_TRACE_DIR": str(tmp_path), "RANK": "0", "WORLD_SIZE": "1",
            "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
