@@ -386,13 +386,27 @@ def parse_duration(text: str) -> float:
 def _add_fuzz_parser(sub, backends) -> None:
     fuzz = sub.add_parser(
         "fuzz", help="search fault plans with Hypothesis; shrink a failing one to a minimal plan",
-        description="Search fault plans (1..K faults over the baseline's steps and points, one rank or all, SIGKILL, "
-                    "SIGTERM or an exception) with Hypothesis, favouring the steps around checkpoints, epoch ends "
-                    "and accumulation boundaries. A failing plan is shrunk to a minimal one, with its replay "
-                    "command and a bug report. Exit codes: 0 every trial passed; 1 a failing plan; 2 a harness "
-                    "or usage error (or no trial exercised a resume); 130 interrupted.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n\n".join(textwrap.fill(p, 100) for p in (
+            "Search fault plans (1..K faults over the baseline's steps and points, one rank or all, SIGKILL, "
+            "SIGTERM or an exception) with Hypothesis, favouring the steps around complete checkpoints, epoch "
+            "ends and accumulation boundaries. A failing plan is shrunk to a minimal one, with its replay "
+            "command and a bug report (OUT/repro.toml).",
+            "A script is taken as harness run takes it: one with no probe calls is tested as it is, in auto "
+            "mode (the progress line says 'no probe calls: testing in auto mode'; --auto forces it). Its own "
+            "save calls are then fault points: torch.save:N, safetensors.save_file:N, dcp.save:N, "
+            "deepspeed.save_checkpoint:N (before the N-th call; the 2nd save call of one step is a kill "
+            "between two files of one checkpoint) and checkpoint.committed:N (after it returned). A kill "
+            "before the first complete checkpoint can only restart from scratch ('no resume tested'): such "
+            "plans run once per class.",
+            "exit codes: 0 every trial passed (plans that tested no resume aside); 1 a failing plan (the "
+            "minimal one is reported); 3 the minimal failing plan is rng_only (training bit-exact, an RNG "
+            "stream off: as harness run); 2 a harness or usage error, a failed baseline, or no trial "
+            "exercised a resume; 4 trials stalled (machine load) and nothing else went wrong; 130 "
+            "interrupted.")))
     fuzz.add_argument("target", nargs="?", default=None,
-                      help="built-in scenario name or path to a script (default: the 'default' scenario)")
+                      help="built-in scenario name or path to a script, unmodified or with probe calls (default: the "
+                           "'default' scenario)")
     budget = fuzz.add_mutually_exclusive_group()
     budget.add_argument("--trials", type=int, default=None, metavar="N",
                         help="trials of the search (default 100; shrinking a failure adds some)")
@@ -412,6 +426,12 @@ def _add_fuzz_parser(sub, backends) -> None:
     fuzz.add_argument("--timeout", type=float, default=300.0, metavar="S", help="timeout of each launch in seconds (default 300)")
     fuzz.add_argument("--stall", type=float, default=None, metavar="S",
                       help="stop an attempt when no rank records anything for S seconds (default: from the baseline)")
+    fuzz.add_argument("--auto", action="store_true",
+                      help="record with auto mode (torch hooks, no probe calls needed); the default for a script "
+                           "that records nothing through harness.probe")
+    fuzz.add_argument("--save-repro", default=None, metavar="FILE",
+                      help="also write the minimal failing plan's bug report to FILE (TOML; rerun it with harness "
+                           "repro FILE); it is always written to OUT/repro.toml")
     fuzz.add_argument("script_args", nargs="*", metavar="-- SCRIPT_ARGS", help="arguments for the script, after --")
 
 
@@ -443,7 +463,7 @@ def _fuzz(args, script_args: list[str]) -> int:
     config = CampaignConfig(target=target, nproc=args.nproc, seed=args.seed, trials=args.trials, time_s=time_s,
                             max_faults=args.max_faults, backend=args.backend, timeout_s=args.timeout,
                             stall_s=args.stall, script_args=tuple(script_args), out_dir=out,
-                            db=None if args.db.lower() == "none" else args.db)
+                            db=None if args.db.lower() == "none" else args.db, auto=True if args.auto else None)
     err = make_console(stderr=True)
     say = None if args.json else _progress_printer(err)
     try:
@@ -466,6 +486,18 @@ def _fuzz(args, script_args: list[str]) -> int:
         sys.stdout.write(render_json(result) + "\n")
     else:
         render_text(result, make_console())
+    if args.save_repro and result.failures and result.failures[0].repro:
+        import shutil
+
+        try:
+            shutil.copyfile(result.failures[0].repro, args.save_repro)
+        except OSError as e:
+            print(f"harness: error: --save-repro: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"harness: wrote bug report {args.save_repro}; rerun it with: harness repro "
+              f"{shlex.quote(args.save_repro)}", file=sys.stderr)
+    elif args.save_repro:
+        print(f"harness: no failing plan: no bug report written to {args.save_repro}", file=sys.stderr)
     return result.exit_code
 
 

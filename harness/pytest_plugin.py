@@ -19,7 +19,17 @@ test with its report)::
 
 Options (the defaults of both; a test's own arguments win): ``--harness-nproc`` (2),
 ``--harness-backend`` (auto), ``--harness-seed`` (0), ``--harness-trials`` (1: a marked test whose
-plan is random runs N trials, with seeds S, S+1, ..., S+N-1 from --harness-seed; a fixed plan runs once).
+plan is random runs N trials, with seeds S, S+1, ..., S+N-1 from --harness-seed; a fixed plan runs once),
+``--harness-auto`` (auto mode for every trial, as ``harness run --auto``).
+
+A script is taken as ``harness run`` takes it (``harness.engine.run`` with ``auto=None``): one with no
+probe calls is tested as it is, in auto mode, its own save calls being fault points (``torch.save:2``).
+
+Inside a Hypothesis test (``@given(plan=fault_plans(...))``), the fixture runs each plan once per test:
+when Hypothesis calls the test again with a plan already run (to replay a failure before reporting
+it, or a plan drawn twice), it gets the same result. A trial's outcome can hinge on timing (a rank
+race: which rank's save finished before the kill); run again, the plan could pass or be rejected by
+``assume``, and Hypothesis would then end the test with ``FlakyFailure`` instead of the failure's report.
 
 Every trial writes under the test's ``tmp_path`` and uses one warm fork-server launcher per pytest
 process (so per xdist worker), closed at the end of the session; rendezvous ports are picked by the
@@ -63,6 +73,9 @@ def pytest_addoption(parser):
                     help="seed of random faults (default 0); trial i of a marked test uses S+i")
     group.addoption("--harness-trials", type=_positive_int, default=None, metavar="N",
                     help="trials of each @pytest.mark.resume test whose plan is random (default 1)")
+    group.addoption("--harness-auto", action="store_true", default=None,
+                    help="record every trial with auto mode (as harness run --auto); by default a script with no "
+                         "probe calls goes to auto mode by itself")
 
 
 def pytest_configure(config):
@@ -76,7 +89,10 @@ def pytest_configure(config):
 def _defaults(config) -> dict:
     opts = {"nproc": config.getoption("harness_nproc"), "backend": config.getoption("harness_backend"),
             "seed": config.getoption("harness_seed"), "trials": config.getoption("harness_trials")}
-    return {k: DEFAULTS[k] if v is None else v for k, v in opts.items()}
+    out = {k: DEFAULTS[k] if v is None else v for k, v in opts.items()}
+    if config.getoption("harness_auto", default=None):
+        out["auto"] = True  # else run's own rule (auto=None): auto mode for a script with no probe calls
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- result
@@ -168,18 +184,47 @@ def resume_harness_launcher():
         launcher.close()
 
 
+def _in_hypothesis_test() -> bool:
+    import sys
+
+    hypothesis = sys.modules.get("hypothesis")  # not imported: not inside a Hypothesis test
+    return hypothesis is not None and hypothesis.currently_in_test_context()
+
+
+def _plan_key(target, kwargs: dict):
+    """What defines a trial, for running each plan once per Hypothesis test (None: not hashable, no memo)."""
+    from harness.faults import FaultPlan
+
+    try:
+        plan = FaultPlan.coerce(kwargs.get("plan")).format() if kwargs.get("plan") is not None else None
+        key = (str(target), plan, tuple(sorted((k, repr(v)) for k, v in kwargs.items()
+                                               if k not in ("plan", "out_dir", "launcher", "progress"))))
+        hash(key)
+        return key
+    except (TypeError, ValueError):
+        return None
+
+
 def _runner(request, launcher, tmp_path):
     import harness.engine
 
     defaults = _defaults(request.config)
     counter = itertools.count()
+    seen: dict = {}  # plan key -> result, inside a Hypothesis test: one outcome per plan (see the module docstring)
 
     def run_trial(target, **kwargs):
+        key = _plan_key(target, kwargs) if _in_hypothesis_test() else None
+        if key is not None and key in seen:
+            return seen[key]
         kwargs.setdefault("out_dir", str(tmp_path / f"trial{next(counter)}"))
         kwargs.setdefault("launcher", launcher)
-        for key in ("nproc", "backend", "seed"):
-            kwargs.setdefault(key, defaults[key])
-        return result_class().of(harness.engine.run(target, **kwargs))
+        for key_ in ("nproc", "backend", "seed", "auto"):
+            if key_ in defaults:
+                kwargs.setdefault(key_, defaults[key_])
+        result = result_class().of(harness.engine.run(target, **kwargs))
+        if key is not None:
+            seen[key] = result
+        return result
 
     return run_trial
 
@@ -209,8 +254,9 @@ def marker_trials(marker, defaults: dict) -> tuple[str, list[dict], str | None]:
     trials = kwargs.pop("trials", defaults["trials"])
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise pytest.UsageError(f"@pytest.mark.resume(trials=...) must be an integer >= 1, got {trials!r}")
-    for key in ("nproc", "backend"):
-        kwargs.setdefault(key, defaults[key])
+    for key in ("nproc", "backend", "auto"):
+        if key in defaults:
+            kwargs.setdefault(key, defaults[key])
     seed = kwargs.pop("seed", defaults["seed"])
     from harness.faults import FaultPlan
 

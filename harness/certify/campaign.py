@@ -132,17 +132,19 @@ class _Progress:
             self._bar.stop()
 
 
-def _baseline(spec: CampaignSpec, scenario, ws: int, launcher, scratch: str):
-    from harness.engine.baseline import get_baseline
+def _baseline(spec: CampaignSpec, scenario, ws: int, launcher, scratch: str, say=None):
+    from harness.engine.baseline import AUTO_MODE_LINE, baseline_with_mode
     from harness.engine.target import resolve_target
     from harness.oracle import load_trace
 
     tgt = resolve_target(scenario.target)
-    # the same cache key as harness.engine.run's own lookup, so every trial finds this baseline
-    extra = {"strategy": spec.strategy} if "strategy" in inspect.signature(get_baseline).parameters else {}
-    b = get_baseline(tgt, nproc=ws, backend=spec.backend, script_args=tuple(scenario.args),
-                     runs=1 if tgt.builtin else 2, launcher=launcher, timeout_s=TRIAL_TIMEOUT_S, use_cache=True,
-                     scratch=scratch, progress=lambda line: None, **extra)
+    # harness run's rule and the same cache key as harness.engine.run's own lookup, so every trial finds this
+    # baseline; a script with no probe calls is certified in auto mode (said once, plainly)
+    b, auto = baseline_with_mode(tgt, auto=True if scenario.auto else None, nproc=ws, backend=spec.backend,
+                                 script_args=tuple(scenario.args), runs=1 if tgt.builtin else 2, launcher=launcher,
+                                 timeout_s=TRIAL_TIMEOUT_S, use_cache=True, scratch=scratch,
+                                 progress=lambda line: say(f"{scenario.label}: {line}") if say and line == AUTO_MODE_LINE
+                                 else None, strategy=spec.strategy)
     if b.error is not None:
         return None, None, f"the baseline failed: {b.error}", None
     trace = load_trace(b.trace_dir)
@@ -151,7 +153,7 @@ def _baseline(spec: CampaignSpec, scenario, ws: int, launcher, scratch: str):
         from harness.oracle import assess
 
         nondeterministic = assess(None, None, baseline_repro=b.repro)
-    return Profile.from_trace(trace, ws), trace, None, nondeterministic
+    return Profile.from_trace(trace, ws, auto=auto), trace, None, nondeterministic
 
 
 def _trial_record(cell: Cell, k: int, result, *, wall_s: float, curves) -> dict:
@@ -205,6 +207,12 @@ class CellRunner:
         self.baselines: dict = {}  # "label|ws" -> {last_step, committed, curve}
         self._profiles: dict = {}
         self._examples: set = set()
+        self._said: set = set()
+
+    def _say_once(self, text: str) -> None:
+        if text not in self._said:
+            self._said.add(text)
+            self.on_note(text)
 
     def close(self) -> None:
         try:
@@ -226,7 +234,7 @@ class CellRunner:
             self.on_note(f"baseline of {label} at world size {ws}")
             profile, trace, error, nondeterministic = _baseline(
                 self.spec, self.spec.scenario(label), ws, self.launcher,
-                os.path.join(self.out, "baselines", f"{label}-{ws}"))
+                os.path.join(self.out, "baselines", f"{label}-{ws}"), say=self._say_once)
             if profile is not None:
                 self.baselines[f"{label}|{ws}"] = {"last_step": profile.last_step,
                                                    "committed": list(profile.committed),
@@ -264,6 +272,7 @@ class CellRunner:
         except NotApplicable as e:
             return report_json.cell_record(cell, status="n/a", reason=str(e)), []
         run_kw = {"strategy": spec.strategy} if self.passes_strategy else {}
+        run_kw["auto"] = profile.auto  # the mode the baseline was recorded in (no detection per trial)
         records = []
         group = (cell.scenario, cell.world_size)
         for k, plan in enumerate(plans, 1):

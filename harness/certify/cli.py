@@ -1,9 +1,12 @@
 """``harness certify`` and ``harness certify merge`` (harness/cli.py hands its arguments here).
 
-    harness certify [--sut NAME] [--strategy S] [--backend B] [--world-sizes 1,2,3] [--trials N] [--seed S]
-                    [--scenarios A,B] [--classes C,D] [--out DIR] [--force] [--shard i/N] [--junit FILE] [--no-progress]
-                    [--stall-retries N]
+    harness certify [SCRIPT.py] [--sut NAME] [--strategy S] [--backend B] [--world-sizes 1,2,3] [--trials N]
+                    [--seed S] [--scenarios A,B] [--classes C,D] [--auto] [--out DIR] [--force] [--shard i/N]
+                    [--junit FILE] [--no-progress] [--stall-retries N] [-- SCRIPT_ARGS...]
     harness certify merge OUT1 OUT2 ... --out DIR [--force] [--junit FILE]
+
+A script (``harness certify path/to/train.py``, or among ``--scenarios``) is certified as ``harness run``
+tests it: without probe calls, in auto mode (``--auto`` forces it), with its own save calls as fault points.
 
 Exit codes: 0 every trial bit-exact (at least one ran); 1 a trial failed, or a baseline is not reproducible
 (no trial runs then); 2 a trial errored, a cell was not run (merge of an incomplete set of shards), no trial
@@ -17,8 +20,8 @@ import argparse
 import sys
 
 from harness.certify.errors import CertifyError
-from harness.certify.matrix import (DEFAULT_SEED, DEFAULT_TRIALS, SUT_DEFAULT_TRIALS, DEFAULT_WORLD_SIZES, FAULT_CLASSES, STRATEGIES,
-                                    SUTS)
+from harness.certify.matrix import (AUTO_FAULT_CLASSES, DEFAULT_SEED, DEFAULT_TRIALS, SUT_DEFAULT_TRIALS, DEFAULT_WORLD_SIZES,
+                                    FAULT_CLASSES, STRATEGIES, SUTS)
 
 EXIT_ERROR = 2
 
@@ -31,12 +34,28 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from harness.certify.campaign import DEFAULT_STALL_RETRIES
 
+    import textwrap
+
     p = _Parser(prog="harness certify", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Certify resume determinism: run a matrix of scenarios x fault classes x world sizes "
-                            "(kill/resume trials, each compared bit for bit with the uninterrupted run) and write "
-                            "certificate.json, certificate.md and certificate.html. `harness certify merge OUT1 "
-                            "OUT2 ... --out DIR` joins the certificates of --shard slices.",
-                epilog="fault classes: " + ", ".join(FAULT_CLASSES))
+                description="\n\n".join(textwrap.fill(t, 100) for t in (
+                    "Certify resume determinism: run a matrix of scenarios x fault classes x world sizes "
+                    "(kill/resume trials, each compared bit for bit with the uninterrupted run) and write "
+                    "certificate.json, certificate.md and certificate.html. `harness certify merge OUT1 "
+                    "OUT2 ... --out DIR` joins the certificates of --shard slices.",
+                    "Your own script: `harness certify path/to/train.py [-- SCRIPT_ARGS]` (or --scenarios "
+                    "path/to/train.py,...), shown by its file name. A script with no probe calls is certified as it "
+                    "is, in auto mode, as harness run tests it ('no probe calls: testing in auto mode'; --auto "
+                    "forces it); its fault points are then its own save calls (class save_call: torch.save:N, "
+                    "safetensors.save_file:N, dcp.save:N, deepspeed.save_checkpoint:N) and checkpoint.committed:N "
+                    "after each.")),
+                epilog="\n".join(textwrap.fill(t, 100, subsequent_indent="  ") for t in [
+                    "fault classes (built-in scenarios, scripts with probe calls): " + ", ".join(FAULT_CLASSES),
+                    "fault classes (scripts in auto mode): " + ", ".join(AUTO_FAULT_CLASSES),
+                    "exit codes: 0 every trial bit-exact; 1 a trial failed (or a baseline is not reproducible); "
+                    "2 a trial errored, a cell not run, nothing certified, or bad input; 4 only stalls"]))
+    p.add_argument("script", nargs="?", default=None, metavar="SCRIPT.py",
+                   help="a training script to certify, unmodified or with probe calls (the same as --scenarios "
+                        "SCRIPT.py; with --sut reference)")
     p.add_argument("--sut", default="reference", metavar="NAME",
                    help=f"system under test: {', '.join(SUTS)} (default reference: the reference checkpointer)")
     p.add_argument("--strategy", default="ddp", metavar="S", help=f"{', '.join(STRATEGIES)} (default ddp)")
@@ -50,8 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{k} {v}" for k, v in SUT_DEFAULT_TRIALS.items() if k != "reference") + ")")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the fault schedule (default 0)")
     p.add_argument("--scenarios", default=None, metavar="LIST",
-                   help="built-in scenarios to certify with --sut reference (default: default)")
-    p.add_argument("--classes", default=None, metavar="LIST", help="only these fault classes (default: all)")
+                   help="built-in scenarios and script paths to certify with --sut reference (default: default)")
+    p.add_argument("--classes", default=None, metavar="LIST",
+                   help="only these fault classes (default: those of the scenarios, see below)")
+    p.add_argument("--auto", action="store_true",
+                   help="record the scripts with auto mode (torch hooks, no probe calls needed); the default for a "
+                        "script that records nothing through harness.probe")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default harness-out/certify-<sut>-<strategy>)")
     p.add_argument("--force", action="store_true", help="replace a certificate already in --out")
     p.add_argument("--shard", default=None, metavar="i/N", help="run only slice i of N (1-based) of the matrix")
@@ -109,6 +132,10 @@ def _certify(argv: list[str]) -> int:
     from harness.engine import resolve_backend
     from harness.engine.target import UsageError
 
+    full, script_args = list(argv), []
+    if "--" in argv:  # the scripts' own arguments
+        i = argv.index("--")
+        argv, script_args = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
     if args.stall_retries < 0:
         raise CertifyError(f"--stall-retries must be >= 0, got {args.stall_retries}")
@@ -118,15 +145,16 @@ def _certify(argv: list[str]) -> int:
         raise CertifyError(str(e)) from None
     spec = CampaignSpec.make(
         sut=args.sut, strategy=args.strategy, backend=backend, world_sizes=args.world_sizes, trials=args.trials,
-        seed=args.seed, scenarios=args.scenarios.split(",") if args.scenarios else None,
-        classes=args.classes.split(",") if args.classes else None)
+        seed=args.seed, scenarios=([args.script] if args.script else []) + (args.scenarios.split(",") if args.scenarios
+                                                                            else []) or None,
+        classes=args.classes.split(",") if args.classes else None, script_args=tuple(script_args), auto=args.auto)
     shard = parse_shard(args.shard)
     out = args.out or f"harness-out/certify-{spec.sut}-{spec.strategy}"
     if shard:
         out = args.out or f"{out}-shard{shard[0]}of{shard[1]}"
     prepare_out(out, force=args.force)  # refuse an older certificate before anything runs
     cert = run_campaign(spec, out, shard=shard, force=args.force, progress=not args.no_progress,
-                        command=command_line(argv), stall_retries=args.stall_retries)
+                        command=command_line(full), stall_retries=args.stall_retries)
     paths = write_reports(cert, out)
     if args.junit:
         from harness.certify import junit

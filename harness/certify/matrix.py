@@ -6,6 +6,11 @@ exactly that (and the harness version), so shards of one campaign recognise each
 another are refused by ``merge``. A ``Cell`` is one (scenario, fault class, world size); its id is a
 stable string (``default|save:checkpoint.write|3``), and the cells are listed in one fixed order,
 which sharding slices.
+
+A scenario is a built-in scenario or a script (``harness certify path/to/train.py``, or
+``--scenarios path``), labelled by its file name. A script with no probe calls is certified in auto
+mode, as ``harness run`` tests it (``ScenarioSpec.auto`` forces it, ``--auto``); its fault classes are
+``AUTO_FAULT_CLASSES`` (its own save calls instead of the reference checkpointer's points).
 """
 
 from __future__ import annotations
@@ -37,6 +42,24 @@ FAULT_CLASSES: dict[str, str] = {
        for p in CHECKPOINT_POINTS},
     "multi_fault": "2-3 faults in one trial: restarts in a row, a kill right after a checkpoint was loaded",
 }
+#: The class of a kill before one of the script's own save calls (auto mode's save points).
+SAVE_CALL_CLASS = "save_call"
+#: The fault classes of a script certified in auto mode (no probe calls): its own save calls are its points.
+AUTO_FAULT_CLASSES: dict[str, str] = {
+    **{c: FAULT_CLASSES[c] for c in ("step_kill", "one_rank", "all_ranks", "sigterm", "exception")},
+    SAVE_CALL_CLASS: "SIGKILL before the n-th save call of the script (torch.save, safetensors.save_file, dcp.save, "
+                     "deepspeed.save_checkpoint) after the first complete checkpoint; the 2nd call of a step is a "
+                     "kill between two files of one checkpoint",
+    "save:checkpoint.committed": "SIGKILL right after the n-th save call returned (auto mode's checkpoint.committed)",
+    "multi_fault": "2-3 faults in one trial: restarts in a row",
+}
+#: Every fault class, in the campaign's order (what --classes accepts).
+ALL_FAULT_CLASSES: dict[str, str] = {
+    **{c: FAULT_CLASSES[c] for c in ("step_kill", "one_rank", "all_ranks", "sigterm", "exception")},
+    SAVE_CALL_CLASS: AUTO_FAULT_CLASSES[SAVE_CALL_CLASS],
+    **{c: d for c, d in FAULT_CLASSES.items() if c.startswith("save:")},
+    "multi_fault": FAULT_CLASSES["multi_fault"],
+}
 
 #: SUT -> its scenarios: (label, built-in scenario or adapter script under scenarios/sut/, script args).
 SUT_SCENARIOS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
@@ -64,11 +87,32 @@ DEFAULT_SEED = 0
 
 @dataclass(frozen=True)
 class ScenarioSpec:
-    """A scenario of the matrix: its label, the ``harness run`` target, the script's arguments."""
+    """A scenario of the matrix: its label, the ``harness run`` target, the script's arguments, and whether
+    auto mode is forced (``--auto``; a script with no probe calls is recorded in auto mode anyway)."""
 
     label: str
     target: str
     args: tuple[str, ...] = ()
+    auto: bool = False
+
+    @property
+    def is_script(self) -> bool:
+        return self.target.endswith(".py") or os.path.isfile(self.target)
+
+    def auto_mode(self) -> bool:
+        """Whether it is certified in auto mode, as far as its source tells (``harness.engine.trial.imports_probe``);
+        a script that imports the probe but records nothing goes to auto mode at its baseline too."""
+        if self.auto:
+            return True
+        if not self.is_script:
+            return False
+        from harness.engine.target import UsageError, resolve_target
+        from harness.engine.trial import imports_probe
+
+        try:
+            return not imports_probe(resolve_target(self.target))
+        except UsageError:
+            return False
 
 
 @dataclass(frozen=True)
@@ -92,6 +136,19 @@ def _sut_dir() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise CertifyError("the SUT adapters (harness.scenarios.sut) are not installed")
     return list(spec.submodule_search_locations)[0]
+
+
+def _unique_labels(specs: list[ScenarioSpec]) -> tuple[ScenarioSpec, ...]:
+    """Scripts are labelled by their file name; two with the same name by their paths as given instead."""
+    from collections import Counter
+
+    from dataclasses import replace
+
+    counts = Counter(s.label for s in specs)
+    out = [replace(s, label=s.target) if counts[s.label] > 1 and s.is_script else s for s in specs]
+    if len({s.label for s in out}) != len(out):
+        raise CertifyError(f"a scenario is given twice: {', '.join(sorted(s.target for s in out))}")
+    return tuple(out)
 
 
 def _display_path(path: str) -> str:
@@ -161,8 +218,13 @@ class CampaignSpec:
     @classmethod
     def make(cls, *, sut="reference", strategy="ddp", backend="gloo", world_sizes=DEFAULT_WORLD_SIZES,
              trials=None, seed=DEFAULT_SEED, scenarios=None, classes=None,
-             check_installed: bool = True) -> "CampaignSpec":
-        """Check every argument (CertifyError names the bad one) and build the spec."""
+             check_installed: bool = True, script_args=(), auto: bool = False) -> "CampaignSpec":
+        """Check every argument (CertifyError names the bad one) and build the spec.
+
+        scenarios: built-in scenario names and script paths (a script is labelled by its file name; it takes
+        ``script_args``; ``auto`` forces auto mode for the scripts). classes: default, the classes of what the
+        scenarios are: the reference checkpointer's (FAULT_CLASSES) for built-in scenarios and scripts with
+        probe calls, the auto-mode ones (AUTO_FAULT_CLASSES) for scripts without."""
         check_sut(sut, installed=check_installed)
         check_strategy(strategy, sut)
         ws = parse_world_sizes(world_sizes)
@@ -170,6 +232,7 @@ class CampaignSpec:
             trials = SUT_DEFAULT_TRIALS[sut]
         if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
             raise CertifyError(f"--trials must be an integer >= 1, got {trials!r}")
+        user_scripts = 0
         if scenarios:
             specs = []
             for s in scenarios:
@@ -177,24 +240,38 @@ class CampaignSpec:
                     specs.append(s)
                     continue
                 if sut != "reference":
-                    raise CertifyError("--scenarios applies to --sut reference; a third-party SUT runs its adapter")
+                    raise CertifyError("--scenarios (or a script) applies to --sut reference; a third-party SUT "
+                                       "runs its adapter")
                 from harness.engine.target import UsageError, resolve_target
 
                 try:
-                    name = resolve_target(s).name
+                    tgt = resolve_target(s)
                 except UsageError as e:
                     raise CertifyError(str(e)) from None
+                if not tgt.builtin:
+                    specs.append(ScenarioSpec(os.path.basename(s), s, tuple(script_args), bool(auto)))
+                    user_scripts += 1
+                    continue
+                name = tgt.name
                 if strategy not in SCENARIO_STRATEGIES.get(name, (strategy,)):
                     raise CertifyError(f"scenario {s!r} trains with --strategy "
                                        f"{' or '.join(SCENARIO_STRATEGIES[name])} only, not {strategy}")
                 specs.append(ScenarioSpec(s.replace("/", "."), s, ()))
-            scen = tuple(specs)
+            scen = _unique_labels(specs)
         else:
             scen = sut_scenarios(sut, strategy)
-        cls_list = tuple(classes) if classes else tuple(FAULT_CLASSES)
-        unknown = [c for c in cls_list if c not in FAULT_CLASSES]
+        if (script_args or auto) and not user_scripts:
+            raise CertifyError(f"{'script arguments (after --)' if script_args else '--auto'} apply to scripts; "
+                               "give one (harness certify path/to/train.py)")
+        if classes:
+            cls_list = tuple(classes)
+        else:
+            modes = {s.auto_mode() for s in scen}
+            wanted = (set(FAULT_CLASSES) if False in modes else set()) | (set(AUTO_FAULT_CLASSES) if True in modes else set())
+            cls_list = tuple(c for c in ALL_FAULT_CLASSES if c in wanted)
+        unknown = [c for c in cls_list if c not in ALL_FAULT_CLASSES]
         if unknown:
-            raise CertifyError(f"unknown fault class(es) {', '.join(unknown)}; choose from {', '.join(FAULT_CLASSES)}")
+            raise CertifyError(f"unknown fault class(es) {', '.join(unknown)}; choose from {', '.join(ALL_FAULT_CLASSES)}")
         return cls(sut, strategy, backend, ws, trials, seed, scen, cls_list)
 
     def cells(self) -> list[Cell]:
@@ -208,13 +285,15 @@ class CampaignSpec:
         d = asdict(self)
         d["world_sizes"] = list(self.world_sizes)
         d["classes"] = list(self.classes)
-        d["scenarios"] = [{"label": s.label, "target": s.target, "args": list(s.args)} for s in self.scenarios]
+        d["scenarios"] = [{"label": s.label, "target": s.target, "args": list(s.args), **({"auto": True} if s.auto else {})}
+                          for s in self.scenarios]
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "CampaignSpec":
         return cls(d["sut"], d["strategy"], d["backend"], tuple(d["world_sizes"]), d["trials"], d["seed"],
-                   tuple(ScenarioSpec(s["label"], s["target"], tuple(s["args"])) for s in d["scenarios"]),
+                   tuple(ScenarioSpec(s["label"], s["target"], tuple(s["args"]), bool(s.get("auto", False)))
+                         for s in d["scenarios"]),
                    tuple(d["classes"]))
 
     @property
@@ -227,6 +306,7 @@ class CampaignSpec:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-__all__ = ["STRATEGIES", "CHECKPOINT_POINTS", "FAULT_CLASSES", "SUTS", "SUT_SCENARIOS", "SCENARIO_STRATEGIES", "SUT_LIBRARIES",
+__all__ = ["STRATEGIES", "CHECKPOINT_POINTS", "FAULT_CLASSES", "AUTO_FAULT_CLASSES", "ALL_FAULT_CLASSES",
+           "SAVE_CALL_CLASS", "SUTS", "SUT_SCENARIOS", "SCENARIO_STRATEGIES", "SUT_LIBRARIES",
            "DEFAULT_WORLD_SIZES", "DEFAULT_TRIALS", "SUT_DEFAULT_TRIALS", "DEFAULT_SEED", "Cell", "ScenarioSpec", "CampaignSpec",
            "check_sut", "check_strategy", "parse_world_sizes", "sut_scenarios"]

@@ -4,7 +4,8 @@ Load the plugin and ask for the cells (the normal tests of the session are repla
 
     python -m pytest -p harness.certify.pytest_cells --harness-certify -n auto \\
         [--certify-sut reference] [--certify-strategy ddp] [--certify-world-sizes 1,2,3] [--certify-trials 6] \\
-        [--certify-seed 0] [--certify-classes ...] [--certify-scenarios ...] [--certify-out DIR] [--junitxml FILE]
+        [--certify-seed 0] [--certify-classes ...] [--certify-scenarios ...] [--certify-auto] [--certify-out DIR] \
+        [--junitxml FILE]
 
 (or put ``pytest_plugins = ["harness.certify.pytest_cells"]`` in your root conftest.py instead of ``-p``).
 Each item is one cell (``default|save:checkpoint.write|3``): it runs the cell's trials and fails
@@ -35,7 +36,10 @@ def pytest_addoption(parser):
     g.addoption("--certify-world-sizes", default=None, help="comma-separated world sizes (default 1,2,3)")
     g.addoption("--certify-trials", type=int, default=None, help="trials per cell (default: harness certify's for the SUT)")
     g.addoption("--certify-seed", type=int, default=0, help="seed of the fault schedule (default 0)")
-    g.addoption("--certify-scenarios", default=None, help="built-in scenarios (with --certify-sut reference)")
+    g.addoption("--certify-scenarios", default=None,
+                help="built-in scenarios and script paths (with --certify-sut reference); a script with no probe "
+                     "calls is certified in auto mode, as harness certify does")
+    g.addoption("--certify-auto", action="store_true", help="record the scripts in auto mode (as harness run --auto)")
     g.addoption("--certify-classes", default=None, help="only these fault classes")
     g.addoption("--certify-out", default="harness-out/certify-pytest", help="certificate folder")
 
@@ -49,7 +53,7 @@ def _spec(config):
         sut=o("certify_sut"), strategy=o("certify_strategy"), backend=resolve_backend(o("certify_backend")),
         world_sizes=o("certify_world_sizes") or DEFAULT_WORLD_SIZES, trials=o("certify_trials"),
         seed=o("certify_seed"), scenarios=o("certify_scenarios").split(",") if o("certify_scenarios") else None,
-        classes=o("certify_classes").split(",") if o("certify_classes") else None)
+        classes=o("certify_classes").split(",") if o("certify_classes") else None, auto=o("certify_auto"))
 
 
 class CellItem(pytest.Item):

@@ -8,7 +8,14 @@ and when each rank reached each fault point), so every plan can fire and exercis
 - a mid-save fault lands at an occurrence of its point that comes after the first committed
   checkpoint (a kill in the very first save has nothing to resume from);
 - in a multi-fault plan, each later fault lands where a resumed attempt reaches: a step after the
-  previous fault's step, or ``checkpoint.loaded`` (right after the resume).
+  previous fault's step, or ``checkpoint.loaded`` (right after the resume; not in auto mode, where
+  ``checkpoint.loaded`` is an event the harness records, no point a fault fires at).
+
+A script tested in auto mode (no probe calls) has its own save calls as points: ``torch.save``,
+``safetensors.save_file``, ``dcp.save``, ``deepspeed.save_checkpoint`` (class ``save_call``: before the
+n-th call, the 2nd call of one step included, which is a kill between two files of one checkpoint)
+and ``checkpoint.committed`` after each. The committed checkpoints are the complete ones, by the
+oracle's rule (``harness.engine.baseline.BaselineProfile``, shared with ``harness fuzz``).
 
 The same (seed, cell, profile) gives the same plans, in any process; the steps of a cell are spread
 over the valid range (shuffled, then taken in turn) before any repeats.
@@ -19,7 +26,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from harness.certify.matrix import CHECKPOINT_POINTS, Cell
+from harness.certify.matrix import CHECKPOINT_POINTS, SAVE_CALL_CLASS, Cell
+from harness.engine.baseline import AUTO_SAVE_POINTS, BaselineProfile
 from harness.faults import Fault, FaultPlan
 
 
@@ -29,9 +37,10 @@ class Profile:
 
     world_size: int
     last_step: int
-    committed: tuple[int, ...]  # steps of committed checkpoints
+    committed: tuple[int, ...]  # steps of complete checkpoints (Trace.complete_checkpoints)
     #: point -> rank -> the step each occurrence came at (attempt 0), in order
     points: dict = field(default_factory=dict)
+    auto: bool = False  # recorded in auto mode: the script's save calls are its points, no checkpoint.loaded point
 
     @property
     def first_commit(self) -> int:
@@ -50,17 +59,16 @@ class Profile:
 
     def to_json(self) -> dict:
         return {"world_size": self.world_size, "last_step": self.last_step, "committed": list(self.committed),
-                "points": {p: {str(r): list(s) for r, s in ranks.items()} for p, ranks in self.points.items()}}
+                "points": {p: {str(r): list(s) for r, s in ranks.items()} for p, ranks in self.points.items()},
+                **({"auto": True} if self.auto else {})}
 
     @classmethod
-    def from_trace(cls, trace, world_size: int) -> "Profile":
-        points: dict = {}
-        for row in trace.events():
-            if row.attempt == 0:
-                points.setdefault(row.name, {}).setdefault(row.rank, []).append(row.event_step)
-        committed = sorted({row.event_step for row in trace.events("checkpoint.committed")
-                            if isinstance(row.event_step, int)})
-        return cls(world_size, trace.last_step(), tuple(committed), points)
+    def from_trace(cls, trace, world_size: int, *, auto: bool = False) -> "Profile":
+        """The profile of a baseline trace, read as ``harness fuzz`` reads it (``BaselineProfile``): complete
+        checkpoints by the oracle's rule, and only the events a fault can fire at."""
+        base = BaselineProfile.from_trace(trace, auto=auto)
+        points = {name: {r: list(steps) for r, steps in ranks.items()} for name, ranks in base.points.items()}
+        return cls(world_size, base.last_step, base.complete, points, auto=auto)
 
 
 class NotApplicable(Exception):
@@ -101,7 +109,7 @@ def plans_for(cell: Cell, profile: Profile, *, seed: int, trials: int) -> list[F
         ranks = [0, "all"] + ([_other_rank(rng, ws)] if ws > 1 else [])
         return [FaultPlan((Fault(step=s, rank=ranks[i % len(ranks)], signal="SIGTERM"),)) for i, s in enumerate(chosen)]
     if kind == "exception":
-        at_points = [(p, r, k) for p in CHECKPOINT_POINTS for r, k in profile.occurrences(p)]
+        at_points = [(p, r, k) for p in (*CHECKPOINT_POINTS, *AUTO_SAVE_POINTS) for r, k in profile.occurrences(p)]
         out = []
         for i, s in enumerate(chosen):
             if i % 2 == 1 and at_points:
@@ -118,14 +126,25 @@ def plans_for(cell: Cell, profile: Profile, *, seed: int, trials: int) -> list[F
         if not occ:
             raise NotApplicable(f"the baseline reached {point} only before its first committed checkpoint")
         return [FaultPlan((Fault(point=point, occurrence=k, rank=r),)) for r, k in _spread(rng, occ, trials)]
+    if kind == SAVE_CALL_CLASS:
+        reached = [p for p in AUTO_SAVE_POINTS if p in profile.points]
+        if not reached:
+            raise NotApplicable(f"the baseline made no save call auto mode sees ({', '.join(AUTO_SAVE_POINTS)})")
+        occ = [(p, r, k) for p in reached for r, k in profile.occurrences(p)]
+        if not occ:
+            raise NotApplicable(f"the baseline called {', '.join(reached)} only before its first complete checkpoint")
+        return [FaultPlan((Fault(point=p, occurrence=k, rank=r),)) for p, r, k in _spread(rng, occ, trials)]
     if kind == "multi_fault":
         out = []
         for i, s1 in enumerate(chosen):
             first = Fault(step=s1, rank=rng.choice([0, "all"] + ([_other_rank(rng, ws)] if ws > 1 else [])),
                           signal=rng.choice(["SIGKILL", "SIGTERM"]))
             later = [s for s in steps if s > s1]
+            if profile.auto and not later:
+                later = [s1]  # the resumed attempt re-runs s1 (a kill there comes before its save): restarts in a row
             faults = [first]
-            if i % 2 == 0 or not later:
+            # auto mode records checkpoint.loaded as an event, with no fault point: a later step instead
+            if not profile.auto and (i % 2 == 0 or not later):
                 faults.append(Fault(point="checkpoint.loaded", rank=rng.choice([0, "all"])))
             if later:
                 faults.append(Fault(step=rng.choice(later), rank=rng.choice([0, "all"])))
@@ -144,6 +163,8 @@ def classes_covered(plans: dict[str, list[FaultPlan]]) -> set[str]:
                          "all_ranks" if f.rank == "all" else "one_rank" if f.rank != 0 else "step_kill")
             elif f.point in CHECKPOINT_POINTS:
                 seen.add("exception" if f.signal == "exception" else f"save:{f.point}")
+            elif f.point in AUTO_SAVE_POINTS:
+                seen.add("exception" if f.signal == "exception" else SAVE_CALL_CLASS)
         if len(plan) > 1:
             seen.add("multi_fault")
     return seen

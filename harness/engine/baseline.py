@@ -338,3 +338,151 @@ def _load_artefacts(baseline: Baseline) -> None:
         baseline.artefacts_note = f"{path}: unreadable artefact index ({e}); its artefacts are not judged"
         return
     baseline.artefacts, baseline.artefacts_unstable = index, frozenset(unstable)
+
+
+# -- the mode and the profile every command reads from a baseline ------------------------------------
+
+#: The progress line of a script tested without probe calls (harness run, fuzz, certify say the same).
+AUTO_MODE_LINE = "no probe calls: testing in auto mode (as harness run --auto)"
+#: The save calls auto mode records as fault points, each before the call (harness.probe.auto); a
+#: ``checkpoint.committed`` event with ``info.via`` follows each one that returned.
+AUTO_SAVE_POINTS = ("torch.save", "safetensors.save_file", "dcp.save", "deepspeed.save_checkpoint")
+#: Events no fault can fire at: recorded by auto mode itself, or only after a resume.
+_NOT_POINTS = ("checkpoint.loaded",)
+_NOT_POINT_PREFIXES = ("auto.",)
+
+
+def baseline_with_mode(target: Target, *, auto: bool | None, nproc: int, backend: str, script_args, runs: int,
+                       launcher: Launcher, timeout_s: float, use_cache: bool, scratch: str, progress,
+                       strategy: str | None = None) -> tuple[Baseline, bool]:
+    """The baseline of ``target`` and whether it is recorded in auto mode, by ``harness run``'s rule.
+
+    auto=True: auto mode (``--auto``); False: the probe only; None: a script that does not import the
+    probe goes to auto mode at once (``harness.engine.trial.imports_probe``, so no probe-mode run writes
+    into the user's folder), one that imports it but records nothing through it after its first
+    baseline run. ``harness fuzz`` and ``harness certify`` use it before their first trial and then pass
+    the mode to every trial, so all of them judge the script as ``harness run`` would.
+    """
+    from harness.engine.trial import imports_probe
+
+    def of(mode: bool, say=None) -> Baseline:
+        return get_baseline(target, nproc=nproc, backend=backend, script_args=script_args, runs=runs,
+                            launcher=launcher, timeout_s=timeout_s, use_cache=use_cache, scratch=scratch,
+                            progress=say or progress, auto=mode, strategy=strategy)
+
+    if auto is None and not imports_probe(target):
+        progress(AUTO_MODE_LINE)  # said plainly: it is no error that the script has no probe calls
+        return of(True), True
+    if auto is not None:
+        return of(bool(auto)), bool(auto)
+    held: list[str] = []  # "baseline run 1/2: failed" of a probe-mode run may only mean: no probe calls
+
+    def hold(line: str) -> None:
+        (held.append if line.startswith("baseline run") and line.endswith(": failed") else progress)(line)
+
+    baseline = of(False, hold)
+    if baseline.no_probe:
+        progress(AUTO_MODE_LINE)
+        return of(True), True
+    for line in held:  # a real failure: shown as it happened
+        progress(line)
+    return baseline, False
+
+
+def _harness_own_file(event) -> bool:
+    """The final-state file the harness writes itself (``trace/final/rank{r}.safetensors``) is no save of the
+    script's, though auto mode sees its ``save_file`` call: no fault is planned there."""
+    path = event.info.get("path") if isinstance(event.info, dict) else None
+    if not isinstance(path, str):
+        return False
+    parts = os.path.normpath(path).split(os.sep)
+    return len(parts) >= 3 and parts[-3] == "trace" and parts[-2] == "final"
+
+
+@dataclass(frozen=True)
+class BaselineProfile:
+    """What an uninterrupted run did, as the fault planners read it (``harness fuzz``'s space, ``harness
+    certify``'s schedule): the same checkpoints and points, by the oracle's rules.
+
+    ``complete``: the steps whose checkpoint is complete (``Trace.complete_checkpoints(0)``: an auto-mode
+    save of step s only once every rank trained past s). ``points``: point -> rank -> the step of each
+    occurrence in attempt 0 (the ``probe.point`` names, the reference checkpointer's, and in auto mode
+    ``torch.save``, ``safetensors.save_file``, ``dcp.save``, ``deepspeed.save_checkpoint`` before each call
+    and ``checkpoint.committed`` after it), without events no fault fires at. ``early``: point -> rank ->
+    how many of its first occurrences come before the first complete checkpoint is complete on that rank
+    (a kill there has nothing to resume from). ``save_order``: save-call point -> rank -> the position of
+    each occurrence among the save calls of its step (2 and more: a kill between two files of one
+    checkpoint)."""
+
+    auto: bool
+    last_step: int
+    complete: tuple[int, ...] = ()
+    points: dict = field(default_factory=dict)
+    early: dict = field(default_factory=dict)
+    save_order: dict = field(default_factory=dict)
+
+    @property
+    def first_complete(self) -> int | None:
+        return min(self.complete, default=None)
+
+    def counts(self) -> dict[str, int]:
+        """Point -> the most occurrences one rank reached (what a fault's occurrence may be)."""
+        return {name: max(map(len, ranks.values())) for name, ranks in self.points.items()}
+
+    def early_occurrences(self, point: str, rank) -> int:
+        """How many first occurrences of ``point`` on ``rank`` (``"all"``: on any rank) come before the first
+        complete checkpoint."""
+        per = self.early.get(point, {})
+        if rank == "all" or rank not in per:
+            return max(per.values(), default=0)
+        return per[rank]
+
+    def before_first_checkpoint(self, fault) -> bool:
+        """Whether a fault as the first of a plan fires before any checkpoint is complete, as far as the
+        baseline tells: a kill at step s fires before the save of step s, so s <= the first complete step."""
+        first = self.first_complete
+        if fault.step is not None:
+            return first is None or fault.step <= first
+        if fault.point is None:
+            return False
+        return fault.occurrence <= self.early_occurrences(fault.point, fault.rank)
+
+    @classmethod
+    def from_trace(cls, trace, *, auto: bool = False) -> "BaselineProfile":
+        from harness.trace_schema import EventRow, FinishRow, StepRow
+
+        # the oracle's rule, without the steps only the harness's own final-state write "saved"
+        saved = {e.event_step for e in trace.events("checkpoint.committed") if e.attempt == 0 and not _harness_own_file(e)}
+        complete = tuple(sorted(s for s in trace.complete_checkpoints(0) if isinstance(s, int) and s in saved))
+        first = min(complete, default=None)
+        points: dict = {}
+        early: dict = {}
+        save_order: dict = {}
+        for rank in trace.ranks:
+            rows = [row for row in trace.rows(rank) if row.attempt == 0]
+            done = first is None  # no checkpoint ever complete: every occurrence is early
+            per_step: dict = {}
+            for row in rows:
+                if first is not None and not done and (
+                        (isinstance(row, StepRow) and row.step > first) or isinstance(row, FinishRow)):
+                    done = True  # this rank trained past the first complete checkpoint
+                if not isinstance(row, EventRow) or row.name in _NOT_POINTS or \
+                        row.name.startswith(_NOT_POINT_PREFIXES) or _harness_own_file(row):
+                    continue
+                via = row.info.get("via") if isinstance(row.info, dict) else None
+                if (first is not None and not done and row.name == "checkpoint.committed" and via is None
+                        and row.event_step == first):
+                    done = True  # the reference checkpointer's own atomic commit: complete once it returned
+                points.setdefault(row.name, {}).setdefault(rank, []).append(row.event_step)
+                if not done:
+                    early.setdefault(row.name, {}).setdefault(rank, 0)
+                    early[row.name][rank] += 1
+                if row.name in AUTO_SAVE_POINTS:
+                    per_step[row.step] = per_step.get(row.step, 0) + 1
+                    save_order.setdefault(row.name, {}).setdefault(rank, []).append(per_step[row.step])
+        for name, ranks in points.items():
+            for rank in ranks:
+                early.setdefault(name, {}).setdefault(rank, 0)
+        freeze = lambda d: {n: {r: tuple(v) for r, v in ranks.items()} for n, ranks in d.items()}  # noqa: E731
+        return cls(auto=auto, last_step=trace.last_step(), complete=complete, points=freeze(points), early=early,
+                   save_order=freeze(save_order))

@@ -2,7 +2,8 @@
 
 Ranks that resume from different steps (per-rank files saved in place, a kill between two ranks'
 saves) usually hang at their first mismatched collective, or train on silently. Either way the
-answer is known as soon as two ranks have recorded their ``checkpoint.loaded`` events: the attempt
+answer is known as soon as two ranks have shown where they resumed: a ``checkpoint.loaded`` event
+(its step), or, for a rank that loaded nothing, its first step row (the step before it). The attempt
 is stopped then, and judged ``ranks_resumed_apart`` (harness.oracle.verdict), not left to stall.
 """
 
@@ -37,18 +38,21 @@ class ResumeWatch:
         except OSError:
             return
         for line in data.split(b"\n"):
-            if b'"checkpoint.loaded"' not in line:
+            if b'"checkpoint.loaded"' not in line and b'"kind":"step"' not in line:
                 continue
             try:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if row.get("attempt") != self.attempt or row.get("name") != "checkpoint.loaded":
+            if row.get("attempt") != self.attempt:
                 continue
-            info = row.get("info") if isinstance(row.get("info"), dict) else {}
-            step = info.get("step", row.get("step"))
-            if isinstance(step, int):
-                self.loaded.setdefault(rank, step)
+            if row.get("kind") == "step" and isinstance(row.get("step"), int):
+                self.loaded.setdefault(rank, row["step"] - 1)  # loaded nothing before its first step
+            elif row.get("name") == "checkpoint.loaded":
+                info = row.get("info") if isinstance(row.get("info"), dict) else {}
+                step = info.get("step", row.get("step"))
+                if isinstance(step, int):
+                    self.loaded.setdefault(rank, step)
 
     def check(self) -> str | None:
         for r, p in enumerate(self.paths):

@@ -1,7 +1,21 @@
 """The fuzz loop: Hypothesis searches fault plans, each example is one kill/resume trial.
 
     result = Campaign(CampaignConfig("default", trials=200, seed=0, out_dir="fuzz-out")).run()
-    result.exit_code   # 0 every trial passed, 1 a failing plan (shrunk), 2 harness error, 130 interrupted
+    result.exit_code   # 0 every trial passed, 1 a failing plan (shrunk; 3 when it is rng_only), 2 harness
+                       # error or nothing exercised a resume, 4 only stalls, 130 interrupted
+
+A script is fuzzed as ``harness run`` tests it: the baseline is made by the same rule
+(``harness.engine.baseline.baseline_with_mode``: a script with no probe calls is recorded in auto mode,
+``--auto`` forces it), and every trial runs in the mode the baseline was recorded in. In auto mode
+the script's own save calls are fault points (``torch.save:N``, ``safetensors.save_file:N``,
+``dcp.save:N``, ``deepspeed.save_checkpoint:N``, ``checkpoint.committed:N`` after each).
+
+A plan whose first fault fires before the first complete checkpoint (``FaultSpace.before_first_checkpoint``)
+can only restart from scratch ("no resume tested"). Such plans run once per class (where the fault is:
+a step or the point's name, its rank, its signal); once that trial gave an error (``not_resumed``, or
+a stall), later plans of the class are rejected without a trial (``skipped_early``). A class whose
+trial passed or failed (a SIGTERM handler that saves, a rank that resumed alone) keeps being tried:
+the baseline's prediction was wrong for it.
 
 How Hypothesis is used: ``hypothesis.find(space.strategy(), is_failure, ...)``. ``is_failure(plan)``
 runs one trial (``harness.engine.run`` with one warm ForkServerLauncher and the cached baseline) and
@@ -67,6 +81,8 @@ REJECTED_OUTCOMES = EXERCISE_ERRORS | BEFORE_RESUME_ERRORS
 DEFAULT_STALL_RETRIES = 1
 #: The campaign's exit code when trials stalled (and none failed): the outcome ``stall``'s.
 EXIT_STALLED = 4
+#: The campaign's exit code when the minimal failing plan is ``rng_only``: the outcome's own (harness run's).
+EXIT_RNG_ONLY = 3
 #: A plan that the engine refused before running (never expected from the space; rejected if it happens).
 INVALID_PLAN = "invalid_plan"
 #: Trials that shrinking a failure may run beyond the search budget; the best plan so far is reported past it.
@@ -110,6 +126,7 @@ class CampaignConfig:
     out_dir: str = "harness-out/fuzz"
     signals: tuple[str, ...] = SIGNALS
     stall_retries: int = DEFAULT_STALL_RETRIES  # runs again of a trial that stalled (is_stall)
+    auto: bool | None = None  # auto mode: True (--auto), False (never), None (harness run's rule)
 
     def __post_init__(self):
         object.__setattr__(self, "script_args", tuple(self.script_args))
@@ -180,6 +197,8 @@ class CampaignResult:
     stalled: tuple[tuple[str, str], ...] = ()  # (plan, outcome) of the trials that stalled on every run
     stall_retries: int = 0  # runs again of stalled trials, in all
     hint: str | None = None  # what to check (a nondeterministic baseline)
+    auto: bool = False  # the script was tested in auto mode (no probe calls, or --auto)
+    skipped_early: int = 0  # plans rejected without a trial: before the first complete checkpoint, class tried
 
     @property
     def trials_per_minute(self) -> float:
@@ -187,7 +206,11 @@ class CampaignResult:
 
     @property
     def exit_code(self) -> int:
-        if self.failures or self.stop is StopReason.NONDETERMINISTIC_BASELINE:
+        if self.failures:
+            # what harness run exits with for the minimal plan: 3 when it is rng_only (training bit-exact,
+            # an RNG stream off), else 1
+            return EXIT_RNG_ONLY if all(f.outcome == "rng_only" for f in self.failures) else 1
+        if self.stop is StopReason.NONDETERMINISTIC_BASELINE:
             return 1
         if self.stop is StopReason.INTERRUPTED:
             return 130
@@ -211,7 +234,7 @@ class CampaignResult:
             "trials_per_minute": round(self.trials_per_minute, 1), "out_dir": self.out_dir, "db": self.db,
             "log_tail": self.log_tail, "before_resume": [{"plan": p, "outcome": o} for p, o in self.before_resume],
             "stalled": [{"plan": p, "outcome": o} for p, o in self.stalled], "stall_retries": self.stall_retries,
-            "hint": self.hint,
+            "hint": self.hint, "auto": self.auto, "skipped_early": self.skipped_early,
         }
 
 
@@ -285,6 +308,9 @@ class Campaign:
         self._best = None  # the smallest failing RunResult so far
         self._t_first: float | None = None
         self._unreachable = 0  # plans rejected without a trial (FaultSpace.unreachable)
+        self.auto = False  # the mode the baseline was recorded in (set by _baseline)
+        self._early: dict[tuple, str] = {}  # class of a fault before the first checkpoint -> its trial's verdict
+        self._skipped_early = 0
 
     # -- checks before anything runs -----------------------------------------------------------
     def _check(self):
@@ -365,7 +391,7 @@ class Campaign:
             unreachable=self._unreachable,
             trial_seconds=tuple(r.seconds for r in self.records),
             stalled=tuple((r.plan, r.outcome) for r in stalled), stall_retries=sum(r.retries for r in self.records),
-            hint=hint)
+            hint=hint, auto=self.auto, skipped_early=self._skipped_early)
         with open(os.path.join(c.out_dir, "fuzz.json"), "w") as f:
             json.dump(result.to_json(), f, indent=1)
         return result
@@ -373,21 +399,20 @@ class Campaign:
     def _baseline(self, target, backend):
         """The cached baseline (run once if missing, twice for a script: its reproducibility is checked)
         and the space derived from its trace."""
-        from harness.engine.baseline import get_baseline
+        from harness.engine.baseline import baseline_with_mode
         from harness.oracle import load_trace
 
         c = self.config
         self.say("baseline ...")
-        baseline = get_baseline(target, nproc=c.nproc, backend=backend, script_args=c.script_args,
-                                runs=1 if target.builtin else 2, launcher=self._launcher, timeout_s=c.timeout_s,
-                                use_cache=True, scratch=os.path.join(os.path.abspath(c.out_dir), "baseline"),
-                                progress=self.say)
+        baseline, self.auto = baseline_with_mode(
+            target, auto=c.auto, nproc=c.nproc, backend=backend, script_args=c.script_args,
+            runs=1 if target.builtin else 2, launcher=self._launcher, timeout_s=c.timeout_s, use_cache=True,
+            scratch=os.path.join(os.path.abspath(c.out_dir), "baseline"), progress=self.say)
         if baseline.error is not None or (baseline.repro is not None and baseline.repro.first is not None):
             return baseline, None
         space = FaultSpace.from_trace(load_trace(baseline.trace_dir), nproc=c.nproc, max_faults=c.max_faults,
-                                      signals=c.signals)
-        self.say(f"baseline: {space.last_step} steps, {len(space.committed)} checkpoint(s) committed, "
-                 f"{len(space.points)} point(s); boundary steps {', '.join(map(str, space.boundary_steps))}")
+                                      signals=c.signals, auto=self.auto)
+        self.say(describe_space(space))
         return baseline, space
 
     def _search(self, space: FaultSpace, backend: str) -> tuple[StopReason, str]:
@@ -420,7 +445,14 @@ class Campaign:
         if self._space.unreachable(plan) is not None:  # would end as fault_not_fired: not worth a trial
             self._unreachable += 1
             reject()
+        early = self._early_class(plan)
+        if early is not None and plan.format() not in self._cache and self._early.get(early) == "error":
+            self._skipped_early += 1  # its class already gave "no resume tested": another one would too
+            reject()
         result = self._trial(plan)
+        if early is not None and result is not None:
+            # an error (not_resumed; a stall too, which is retried already) closes the class: one trial each
+            self._early.setdefault(early, "error" if is_stall(result.verdict, result.outcome) else result.verdict)
         if result is None:  # the engine refused the plan before running it
             reject()
         if is_stall(result.verdict, result.outcome):  # load, not the plan: never a failure, never shrunk to
@@ -433,6 +465,13 @@ class Campaign:
             reject()
         raise _Stop(StopReason.HARNESS_ERROR, f"plan {result.plan}: {result.outcome}: {result.message} "
                                               f"(replay: {result.replay})")
+
+    def _early_class(self, plan: FaultPlan) -> tuple | None:
+        """The class of the plan's first fault when it fires before the first complete checkpoint, else None."""
+        first = plan[0]
+        if not self._space.before_first_checkpoint(first):
+            return None
+        return ("step" if first.step is not None else first.point, str(first.rank), first.signal)
 
     def _trial(self, plan: FaultPlan):
         from harness.engine import UsageError, run
@@ -460,7 +499,7 @@ class Campaign:
             try:
                 result = run(c.target, nproc=c.nproc, plan=plan, seed=c.seed, backend=self.backend, out_dir=out,
                              script_args=c.script_args, use_cache=True, launcher=self._launcher,
-                             timeout_s=c.timeout_s, stall_s=c.stall_s)
+                             timeout_s=c.timeout_s, stall_s=c.stall_s, auto=self.auto)
             except UsageError:
                 shutil.rmtree(out, ignore_errors=True)
                 self._record(key, INVALID_PLAN, "error", now, phase, plan, retries)
@@ -533,6 +572,19 @@ class Campaign:
             os.rmdir(root)
 
 
+def describe_space(space: FaultSpace) -> str:
+    """The progress line about what the baseline offers: steps, complete checkpoints, points, boundaries."""
+    first = space.first_checkpoint
+    ckpt = (f"{len(space.committed)} complete checkpoint(s) (steps {', '.join(map(str, space.committed))})"
+            if space.committed else "no complete checkpoint (every kill can only restart from scratch)")
+    points = ", ".join(f"{n} x{k}" for n, k in space.points) or "none"
+    line = (f"baseline: {space.last_step} steps, {ckpt}; fault points: {points}; "
+            f"boundary steps {', '.join(map(str, space.boundary_steps))}")
+    if first is not None:
+        line += f"; kills up to step {first} can only restart from scratch: one trial per class"
+    return line
+
+
 def write_repro_file(result, stem: str, *, script_args=(), timeout_s=None, stall_s=None) -> str:
     """Write the bug report of a failing RunResult (``harness.repro``, TOML) and return its path.
 
@@ -553,5 +605,5 @@ def write_repro_file(result, stem: str, *, script_args=(), timeout_s=None, stall
 
 __all__ = ["Campaign", "CampaignConfig", "CampaignResult", "Failure", "TrialRecord", "Progress", "StopReason",
            "EXERCISE_ERRORS", "BEFORE_RESUME_ERRORS", "REJECTED_OUTCOMES", "DEFAULT_TRIALS", "MAX_SHRINK_TRIALS",
-           "DEFAULT_STALL_RETRIES", "EXIT_STALLED",
+           "DEFAULT_STALL_RETRIES", "EXIT_STALLED", "EXIT_RNG_ONLY", "describe_space",
            "database_key", "seeded", "write_repro_file"]

@@ -57,12 +57,16 @@ def render_text(result: CampaignResult, console: Console) -> None:
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     table.add_row("fuzz", f"{result.target}  nproc={result.nproc} backend={result.backend} seed={result.seed}")
+    if result.auto:
+        table.add_row("mode", "auto (no probe calls: the script's steps, losses and saves seen through torch hooks)")
     if result.space is not None:
         s = result.space
-        table.add_row("space", f"steps 1-{s.last_step}, {len(s.points)} point(s), ranks 0-{s.nproc - 1} or all, "
-                               f"{', '.join(s.signals)}, up to {s.max_faults} fault(s)")
+        points = ", ".join(n for n, _ in s.points)
+        table.add_row("space", f"steps 1-{s.last_step}, {len(s.points)} point(s)" + (f" ({points})" if points else "")
+                               + f", ranks 0-{s.nproc - 1} or all, {', '.join(s.signals)}, up to {s.max_faults} fault(s)")
         table.add_row("boundaries", f"steps {', '.join(map(str, s.boundary_steps))}"
-                                    + (f" (checkpoints at {', '.join(map(str, s.committed))})" if s.committed else ""))
+                                    + (f" (complete checkpoints at {', '.join(map(str, s.committed))})" if s.committed
+                                       else " (no complete checkpoint: nothing to resume from)"))
     rejected = sum(n for _, n in result.rejected)
     table.add_row("trials", f"{result.trials} in {result.fuzz_s:.1f} s ({result.trials_per_minute:.0f}/min): "
                             f"{result.passes} passed, {result.failed_trials} failed, {rejected} rejected"
@@ -70,7 +74,9 @@ def render_text(result: CampaignResult, console: Console) -> None:
                             + (f", {len(result.stalled)} stalled" if result.stalled else "")
                             + (f"; {result.shrink_trials} of them shrinking" if result.shrink_trials else "")
                             + (f"; {result.unreachable} plan(s) skipped, a later fault could not fire"
-                               if result.unreachable else ""))
+                               if result.unreachable else "")
+                            + (f"; {result.skipped_early} plan(s) skipped, a kill before the first complete "
+                               "checkpoint whose class was tried (no resume to test)" if result.skipped_early else ""))
     cov = result.coverage
     table.add_row("signals", _counts(cov.signals))
     table.add_row("ranks", _counts(cov.ranks) + (f"  ({_counts(cov.rank_numbers)})" if cov.rank_numbers else ""))

@@ -2,19 +2,26 @@
 
 ``FaultSpace.from_trace(trace, nproc=..., max_faults=...)`` reads what the uninterrupted run did:
 
-- its steps (1..last), the points it reached (``probe.point`` names, with the most occurrences one
-  rank reached in the run: ``Trace.event_names()``);
-- the committed checkpoints (``checkpoint.committed`` events): the steps just before, at and just
-  after each one are boundaries;
+- its steps (1..last), the points it reached (``probe.point`` names, the reference checkpointer's, and
+  in auto mode the script's own save calls ``torch.save``, ``safetensors.save_file``, ``dcp.save``,
+  ``deepspeed.save_checkpoint`` and ``checkpoint.committed`` after each; with the most occurrences one
+  rank reached in the run), read through ``harness.engine.baseline.BaselineProfile``;
+- the complete checkpoints, by the oracle's rule (``Trace.complete_checkpoints``: an auto-mode save of
+  step s is complete once every rank trained past s): the steps just before, at and just after each
+  one are boundaries;
 - epoch ends, from a step extra named ``epoch`` (the steps where it changes);
 - accumulation boundaries: the steps whose accumulation window is not the usual one, from a step
   extra named ``window``/``accum``/``micro`` (the built-in scenarios record ``window``), else from the
   number of ``microbatch``-like point events between two steps;
 - the first and the last step;
 - for each point, its boundary occurrences: the first and last occurrence between two steps (the
-  first and last file of a save, the first and last micro-batch of a window).
+  first and last file of a save, the first and last micro-batch of a window), and the save calls
+  that are not the first of their step (a kill between two files of one checkpoint).
 
-``space.strategy()`` is ``harness.strategies.fault_plans`` over that space, boundaries favoured.
+``space.strategy()`` is ``harness.strategies.fault_plans`` over that space, the boundaries after the
+first complete checkpoint favoured: a kill before it has nothing to resume from (``no resume
+tested``), so those values are not weighted up (``FaultSpace.before_first_checkpoint`` tells them;
+the campaign runs at most one such plan per class).
 ``space.classes(fault)`` names what a fault exercises, for the campaign's coverage.
 """
 
@@ -23,11 +30,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from harness.engine.baseline import AUTO_SAVE_POINTS, BaselineProfile, _harness_own_file
 from harness.faults import SIGNALS, Fault
 
-#: Points inside a save of the reference checkpointer: a fault there is a mid-save kill.
+#: Points inside a save: the reference checkpointer's, and the save calls auto mode sees (before each call).
 SAVE_POINTS = ("checkpoint.begin", "checkpoint.write", "checkpoint.chunk", "checkpoint.fsync",
-               "checkpoint.manifest", "checkpoint.commit", "checkpoint.rotate")
+               "checkpoint.manifest", "checkpoint.commit", "checkpoint.rotate", *AUTO_SAVE_POINTS)
 #: Step extras whose change marks an epoch boundary.
 EPOCH_KEYS = ("epoch",)
 #: Step extras holding the size of the step's accumulation window.
@@ -41,6 +49,7 @@ BEFORE_CHECKPOINT, AFTER_CHECKPOINT = "just before a checkpoint", "just after a 
 EPOCH_END, ACCUM_BOUNDARY = "epoch end", "accumulation boundary"
 MID_SAVE, AFTER_COMMIT, AFTER_LOAD = "mid-save", "after commit", "after load"
 MID_ACCUM, USER_POINT, BOUNDARY_OCCURRENCE = "mid-accumulation", "user point", "boundary occurrence"
+BETWEEN_FILES = "between two files"  # the k-th save call (k >= 2) of one step: one checkpoint's files half written
 
 
 def _is_micro(name: str) -> bool:
@@ -65,6 +74,10 @@ class FaultSpace:
     max_faults: int = 3
     signals: tuple[str, ...] = SIGNALS
     boundary_share: float = 0.5
+    between_files: tuple[tuple[str, tuple[int, ...]], ...] = ()  # save-call occurrences k >= 2 within a step
+    auto: bool = False  # the baseline was recorded in auto mode (no probe calls)
+    #: the baseline's profile (early occurrences per rank); None: only step faults are told early
+    profile: BaselineProfile | None = field(default=None, repr=False, compare=False)
     _boundary_steps: tuple[int, ...] = field(default=(), repr=False)
 
     def __post_init__(self):
@@ -81,22 +94,51 @@ class FaultSpace:
         return self._boundary_steps
 
     @property
+    def first_checkpoint(self) -> int | None:
+        """The step of the first complete checkpoint (None: none is ever complete)."""
+        return min(self.committed, default=None)
+
+    def before_first_checkpoint(self, fault: Fault) -> bool:
+        """Whether ``fault``, as the first of a plan, fires before any checkpoint is complete (as far as the
+        baseline tells): its trial can only restart from scratch ("no resume tested")."""
+        if self.profile is not None:
+            return self.profile.before_first_checkpoint(fault)
+        first = self.first_checkpoint
+        return fault.step is not None and (first is None or fault.step <= first)
+
+    @property
+    def favoured_steps(self) -> tuple[int, ...]:
+        """The boundary steps the strategy weights up: those after the first complete checkpoint."""
+        first = self.first_checkpoint
+        return self.boundary_steps if first is None else tuple(s for s in self.boundary_steps if s > first)
+
+    def favoured_occurrences(self) -> dict[str, tuple[int, ...]]:
+        """Per point, the occurrences the strategy weights up: boundary occurrences and kills between two
+        files of one checkpoint, after the first complete checkpoint."""
+        between = dict(self.between_files)
+        out = {}
+        for name, occ in self.boundary_occurrences:
+            early = self.profile.early_occurrences(name, "all") if self.profile is not None else 0
+            if self.first_checkpoint is None:
+                early = 0  # nothing is ever complete: no occurrence is better than another
+            out[name] = tuple(sorted(k for k in set(occ) | set(between.get(name, ())) if k > early))
+        return out
+
+    @property
     def ranks(self) -> list:
         """Every rank, then ``all`` (simplest first)."""
         return [*range(self.nproc), "all"]
 
     @classmethod
     def from_trace(cls, trace, *, nproc: int, max_faults: int = 3, signals=SIGNALS,
-                   boundary_share: float = 0.5) -> "FaultSpace":
-        """The space of a baseline ``harness.oracle.Trace`` (attempt 0 of an uninterrupted run)."""
-        counts = trace.event_names()
-        order: dict[str, int] = {}
-        for row in trace.events():
-            order.setdefault(row.name, len(order))
-        # checkpoint.loaded only happens after a resume: it is not a point the first fault can use.
-        names = sorted((n for n in counts if n != "checkpoint.loaded"), key=lambda n: order[n])
-        committed = sorted({e.event_step for e in trace.events("checkpoint.committed")
-                            if isinstance(e.event_step, int)})
+                   boundary_share: float = 0.5, auto: bool = False,
+                   profile: BaselineProfile | None = None) -> "FaultSpace":
+        """The space of a baseline ``harness.oracle.Trace`` (attempt 0 of an uninterrupted run); ``profile``:
+        its ``BaselineProfile`` when the caller has it (else read here)."""
+        profile = profile or BaselineProfile.from_trace(trace, auto=auto)
+        counts = profile.counts()
+        names = list(profile.points)  # in order of first use (rank order, then file order)
+        committed = list(profile.complete)
         rank = min(trace.ranks) if trace.ranks else 0
         rows = sorted(trace.steps(rank), key=lambda r: r.step)
         epoch_ends, windows = [], {}
@@ -118,18 +160,25 @@ class FaultSpace:
         if len(set(windows.values())) > 1:
             usual = Counter(windows.values()).most_common(1)[0][0]
             accum = sorted(s for s, w in windows.items() if w != usual)
+        between = []
+        for name, ranks in profile.save_order.items():
+            order = max(ranks.values(), key=len)  # the rank with the most save calls (as for boundary occurrences)
+            ks = tuple(k for k, pos in enumerate(order, 1) if pos >= 2)
+            if ks:
+                between.append((name, ks))
         return cls(nproc=nproc, last_step=trace.last_step(), points=tuple((n, counts[n]) for n in names),
                    committed=tuple(committed), epoch_ends=tuple(epoch_ends), accum_boundaries=tuple(accum),
                    boundary_occurrences=tuple((n, _boundary_occurrences(trace, n)) for n in names),
-                   max_faults=max_faults, signals=tuple(signals), boundary_share=boundary_share)
+                   max_faults=max_faults, signals=tuple(signals), boundary_share=boundary_share,
+                   between_files=tuple(between), auto=profile.auto, profile=profile)
 
     def strategy(self):
         """``harness.strategies.fault_plans`` over this space, with the boundaries favoured."""
         from harness.strategies import fault_plans
 
         return fault_plans(max_step=self.last_step, points=dict(self.points), max_faults=self.max_faults,
-                           ranks=self.ranks, signals=self.signals, boundary_steps=self.boundary_steps,
-                           boundary_occurrences=dict(self.boundary_occurrences),
+                           ranks=self.ranks, signals=self.signals, boundary_steps=self.favoured_steps,
+                           boundary_occurrences=self.favoured_occurrences(),
                            boundary_share=self.boundary_share)
 
     def classes(self, fault: Fault) -> tuple[str, ...]:
@@ -155,6 +204,8 @@ class FaultSpace:
             name = fault.point
             if name in SAVE_POINTS:
                 out.append(MID_SAVE)
+                if fault.occurrence in dict(self.between_files).get(name, ()):
+                    out.append(BETWEEN_FILES)
             elif name == "checkpoint.committed":
                 out.append(AFTER_COMMIT)
             elif name == "checkpoint.loaded":
@@ -190,7 +241,10 @@ class FaultSpace:
     def expected_classes(self) -> tuple[str, ...]:
         """The classes this space can produce: a campaign that never tried one of them warns."""
         names = [n for n, _ in self.points]
-        out = [FIRST_STEP, LAST_STEP, INTERIOR_STEP]
+        first = self.first_checkpoint
+        # step 1 is asked for only when a checkpoint (of step 0) is complete before it: else a kill there
+        # can only restart from scratch ("no resume tested"), and one such trial per class is enough
+        out = ([FIRST_STEP] if first is not None and first < 1 else []) + [LAST_STEP, INTERIOR_STEP]
         if self.committed:
             out += [BEFORE_CHECKPOINT, AFTER_CHECKPOINT]
         if self.epoch_ends:
@@ -199,6 +253,8 @@ class FaultSpace:
             out.append(ACCUM_BOUNDARY)
         if any(n in SAVE_POINTS for n in names):
             out.append(MID_SAVE)
+        if self.between_files:
+            out.append(BETWEEN_FILES)
         if "checkpoint.committed" in names:
             out.append(AFTER_COMMIT)
         if any(_is_micro(n) for n in names):
@@ -211,7 +267,8 @@ class FaultSpace:
         return {"nproc": self.nproc, "last_step": self.last_step, "points": dict(self.points),
                 "committed": list(self.committed), "epoch_ends": list(self.epoch_ends),
                 "accum_boundaries": list(self.accum_boundaries), "boundary_steps": list(self.boundary_steps),
-                "max_faults": self.max_faults, "signals": list(self.signals)}
+                "max_faults": self.max_faults, "signals": list(self.signals), "auto": self.auto,
+                "between_files": {n: list(k) for n, k in self.between_files}}
 
 
 def _boundary_occurrences(trace, name: str) -> tuple[int, ...]:
@@ -220,7 +277,7 @@ def _boundary_occurrences(trace, name: str) -> tuple[int, ...]:
     for r in trace.ranks:
         by_attempt: dict[int, list] = {}
         for row in trace.rows(r):
-            if getattr(row, "kind", None) == "event" and row.name == name:
+            if getattr(row, "kind", None) == "event" and row.name == name and not _harness_own_file(row):
                 by_attempt.setdefault(row.attempt, []).append(row)
         for rows in by_attempt.values():
             if len(rows) > len(best):
@@ -234,4 +291,4 @@ def _boundary_occurrences(trace, name: str) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-__all__ = ["FaultSpace", "SAVE_POINTS"]
+__all__ = ["FaultSpace", "SAVE_POINTS", "BETWEEN_FILES"]

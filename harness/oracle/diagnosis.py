@@ -437,9 +437,16 @@ def diagnose_rng(comparison: Comparison | None, trial: Trace | None, base: Trace
     return _rng_diagnosis(base, trial, d, rng, where, comparison.compared.get("fields", []))
 
 
+#: Causes of an RNG stream's difference: the RNG divergence is diagnosed on its own (diagnose_rng), so for a
+#: training divergence they come after direct evidence about the training state (a hyperparameter, the
+#: backward calls, the sampler's indices), which the RNG explanation cannot account for.
+_RNG_CAUSES = ("rng_from_other_rank", "rng_not_restored", "torch_rng")
+
+
 def _with_also(found: list[Diagnosis]) -> Diagnosis | None:
     if not found:
         return None
+    found = sorted(found, key=lambda x: x.cause in _RNG_CAUSES)  # stable: the order of the rules otherwise
     first = found[0]
     return Diagnosis(first.cause, first.summary, first.evidence, also=tuple(found[1:]))
 

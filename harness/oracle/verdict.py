@@ -538,12 +538,19 @@ def _fault_where(row) -> str:
 
 
 def _ranks_apart(trial: Trace) -> tuple[int, dict[int, int]] | None:
-    """(attempt, {rank: restored step}) of the first attempt whose ranks restored different steps."""
+    """(attempt, {rank: restored step}) of the first resumed attempt whose ranks restored different steps: a
+    rank's ``checkpoint.loaded`` step, else (it loaded nothing) the step before its first step row."""
     for a in trial.attempts():
+        if a == 0:
+            continue
         steps = {}
         for e in trial.events("checkpoint.loaded"):
             if e.attempt == a and isinstance(e.event_step, int):
                 steps.setdefault(e.rank, e.event_step)
+        for r in trial.ranks:
+            rows = trial.steps(r, a)
+            if r not in steps and rows:
+                steps[r] = rows[0].step - 1
         if len(set(steps.values())) > 1:
             return a, steps
     return None

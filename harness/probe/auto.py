@@ -459,7 +459,11 @@ class AutoRecorder:
         unseen = unseen_modules(self, owners, stepped)
         if unseen:  # state the final-state comparison does not cover: the verdict says so
             self.event("auto.unseen", modules=unseen)
-        api.write_final(self.rec, tree)
+        self._busy = True  # the harness's own safetensors write is not a save of the script's
+        try:
+            api.write_final(self.rec, tree)
+        finally:
+            self._busy = False
 
 
 def _merge_records(records: list[dict]) -> dict:

@@ -88,6 +88,10 @@ def test_options_are_the_fixture_defaults_and_arguments_win(inner):
     res = inner.run()  # no options: the defaults 2 / auto / 0, so test_defaults fails
     res.assert_outcomes(passed=1, failed=1)
     assert "('backend', 'auto'), ('nproc', 2)" in res.stdout.str()
+    assert "'auto'," not in res.stdout.str().replace("('backend', 'auto')", "")  # auto=None: run's own rule
+    res = inner.run("--harness-nproc", "3", "--harness-seed", "5", "--harness-backend", "gloo", "--harness-auto")
+    res.assert_outcomes(failed=2)  # both tests' runs now also get auto=True (neither passes its own)
+    assert "('auto', True), ('backend', 'gloo')" in res.stdout.str()
 
 
 def test_the_result_is_a_run_result_with_every_attribute(inner):
@@ -246,6 +250,49 @@ def test_bad_option_values_are_refused(pytester):
     assert "--harness-trials: must be an integer >= 1, got 0" in res.stderr.str()
 
 
+def test_a_hypothesis_test_gets_one_outcome_per_plan_so_a_race_is_reported_not_flaky(inner):
+    """A stand-in run whose plan 7 fails the first time and passes after (a rank race: which rank's save
+    finished before the kill). Hypothesis replays a failing example before reporting it; the fixture gives
+    it the plan's first result again, so the test fails with the failure, not with FlakyFailure."""
+    inner.makepyfile("""
+        import harness.engine
+        from hypothesis import HealthCheck, assume, given, settings, strategies as st
+        from harness.oracle.verdict import Outcome, RunResult, Verdict
+
+        calls = {}
+
+        def fake_run(target, *, plan, out_dir, **kw):
+            key = (target, str(plan))
+            calls[key] = calls.get(key, 0) + 1
+            if str(plan) == "7" and calls[key] == 1:
+                v = Verdict("fail", Outcome.RANKS_RESUMED_APART, "ranks apart")
+            elif str(plan) == "3":
+                v = Verdict("error", Outcome.NOT_RESUMED, "no resume tested")
+            else:
+                v = Verdict("pass", Outcome.BIT_EXACT, "ok")
+            return RunResult(v, target=target, plan=str(plan), replay="harness run", out_dir=out_dir)
+
+        @settings(max_examples=20, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(plan=st.sampled_from(["3", "5", "7"]))
+        def test_any_plan(resume_harness, monkeypatch, plan):
+            monkeypatch.setattr(harness.engine, "run", fake_run)
+            result = resume_harness("train.py", plan=plan)
+            assume(result.verdict != "error")
+            assert result.verdict == "pass", result.outcome
+
+        def test_outside_hypothesis_every_call_runs(resume_harness, monkeypatch):
+            monkeypatch.setattr(harness.engine, "run", fake_run)
+            assert resume_harness("other.py", plan="7").verdict == "fail"
+            assert resume_harness("other.py", plan="7").verdict == "pass"
+    """)
+    res = inner.run("-q")
+    out = res.stdout.str()
+    res.assert_outcomes(failed=1, passed=1)
+    assert "FlakyFailure" not in out and "Unreliable" not in out, out
+    assert "AssertionError: ranks_resumed_apart" in out and "plan='7'" in out, out  # the failure, as Hypothesis shrank it
+
+
 @pytest.mark.slow  # ~15 s: a pytest subprocess whose two workers each start a launcher and import torch
 def test_two_marked_tests_under_xdist_get_their_own_run_dirs(pytester):
     """Two workers, each with its own launcher; each test's trial under its own tmp_path."""
@@ -271,6 +318,64 @@ def test_two_marked_tests_under_xdist_get_their_own_run_dirs(pytester):
     assert {w for w, _ in runs} <= {"gw0", "gw1"}
 
 
+#: The user's own second file beside test_resume.py: the two kills of the newcomer README, as markers.
+KILL_POINTS = """
+import pytest
+
+
+@pytest.mark.resume("train_two_phase.py", plan="torch.save", expect="not_resumed")
+def test_a_kill_in_the_first_save_tests_no_resume(resume_result):
+    assert resume_result.verdict == "error"  # no checkpoint was complete: "no resume tested", never a FAIL
+
+
+@pytest.mark.resume("train_two_phase.py", plan="torch.save:2")
+def test_a_kill_in_the_second_save_resumes_exactly():
+    pass
+"""
+#: Tests of the user's file whose outcome is not the plugin's to decide: named, and checked to be stable.
+NOT_THE_PLUGINS = {
+    # the diagnosis (harness.oracle.diagnosis) names torch_rng first and lr_schedule under "also"
+    "test_the_bug_is_caught",
+}
+
+
+def _junit_outcomes(path) -> dict[str, str]:
+    import xml.etree.ElementTree as ET
+
+    out = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        kinds = {child.tag for child in case} & {"failure", "error", "skipped"}
+        out[case.get("name")] = next(iter(kinds), "passed")
+    return out
+
+
+@pytest.mark.slow  # ~2 min: the user's pytest file, three times in a row, in pytest subprocesses
+def test_a_newcomers_test_file_with_hypothesis_passes_every_time(tmp_path, shared_cache):
+    """/work/shared/cases/newcomer/test_resume.py as its author runs it: `pytest` in the folder of their
+    unmodified scripts. The fixture, the marker (trials=3) and the README's Hypothesis pattern
+    (assume(verdict != "error")) pass, and never flakily: three runs in a row, each the same."""
+    import subprocess
+    import sys
+
+    for name, source in (("test_resume.py", "newcomer_test_resume.py"), ("train_two_phase.py", "newcomer_two_phase.py"),
+                         ("train_sched_rng_bugs.py", "newcomer_sched_rng_bugs.py")):
+        (tmp_path / name).write_text(open(os.path.join(SCRIPTS, source)).read())
+    (tmp_path / "test_kill_points.py").write_text(KILL_POINTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "HYPOTHESIS_"))}
+    env["HARNESS_CACHE_DIR"] = shared_cache
+    runs = []
+    for i in range(3):
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml=run{i}.xml"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        out = proc.stdout + proc.stderr
+        assert "Flaky" not in out and "Unreliable" not in out, out[-4000:]
+        runs.append(_junit_outcomes(tmp_path / f"run{i}.xml"))
+        mine = {name: o for name, o in runs[-1].items() if name not in NOT_THE_PLUGINS}
+        assert len(mine) == 6 and set(mine.values()) == {"passed"}, (mine, out[-4000:])
+    assert runs[0] == runs[1] == runs[2], runs  # the same outcome for every test, every run
+    assert not (tmp_path / "ckpt").exists()  # the scripts' relative checkpoints went under each trial's run folder
+
+
 def test_the_readme_documents_every_attribute_of_the_result_the_marker_and_the_options():
     import dataclasses
     import inspect
@@ -290,6 +395,6 @@ def test_the_readme_documents_every_attribute_of_the_result_the_marker_and_the_o
               and (isinstance(inspect.getattr_static(cls, n), property) or callable(v))}
     missing = sorted(n for n in names if f"| `{n}` |" not in section and f"| `{n}(" not in section)
     assert not missing, f"README.md, section 'In pytest', does not document: {missing}"
-    for thing in ("--harness-nproc", "--harness-backend", "--harness-seed", "--harness-trials",
+    for thing in ("--harness-nproc", "--harness-backend", "--harness-seed", "--harness-trials", "--harness-auto",
                   "@pytest.mark.resume(target", "resume_result", "resume_results", "expect="):
         assert thing in section, thing

@@ -85,8 +85,9 @@ def test_classes_of_faults(tmp_path):
     assert space.classes(Fault(point="checkpoint.committed")) == ("after commit", "boundary occurrence")
     assert space.classes(Fault(point="microbatch", occurrence=2)) == ("mid-accumulation",)
     assert space.classes(Fault(point="my.probe")) == ("user point", "boundary occurrence")
+    # "first step" is not asked for: step 1 comes before the first complete checkpoint (4), nothing to resume
     assert set(space.expected_classes()) == {
-        "first step", "last step", "interior step", "just before a checkpoint", "just after a checkpoint",
+        "last step", "interior step", "just before a checkpoint", "just after a checkpoint",
         "epoch end", "accumulation boundary", "mid-save", "after commit", "mid-accumulation", "user point"}
 
 
@@ -134,3 +135,60 @@ def test_later_step_faults_before_the_resumed_checkpoint_cannot_fire(tmp_path):
     assert space.unreachable(FaultPlan.parse("6,5,4")) == 2  # 6 -> from 4, 5 fires -> from 4, 4 never
     assert space.unreachable(FaultPlan.parse("10,checkpoint.write,1")) is None  # after a point: not predicted
     assert space.unreachable(FaultPlan.parse("3")) is None
+
+
+def test_kills_before_the_first_complete_checkpoint_are_told_and_not_weighted_up(tmp_path):
+    space = FaultSpace.from_trace(synthetic_baseline(tmp_path / "b"), nproc=2)  # first complete checkpoint: 4
+    early = space.before_first_checkpoint
+    assert [early(Fault(step=s)) for s in (1, 4, 5)] == [True, True, False]  # a kill at 4 comes before its save
+    # rank 0 writes 3 files in the save of step 4, rank 1 one; the commit itself completes it
+    assert early(Fault(point="checkpoint.write", occurrence=3)) and not early(Fault(point="checkpoint.write", occurrence=4))
+    assert early(Fault(point="checkpoint.write", occurrence=1, rank=1))
+    assert not early(Fault(point="checkpoint.write", occurrence=2, rank=1))
+    assert early(Fault(point="checkpoint.write", occurrence=3, rank="all"))
+    assert not early(Fault(point="checkpoint.committed")) and not early(Fault(point="my.probe"))
+    assert space.favoured_steps == (5, 7, 8, 9, 10, 12)  # the boundaries after the first checkpoint only
+    assert space.favoured_occurrences()["checkpoint.write"] == (4, 6)
+
+
+def auto_baseline(path, *, saves=(4, 8)):
+    """What auto mode records for a plain script: 12 steps on 2 ranks; at each save rank 0 calls torch.save
+    twice (model, optimizer), rank 1 once, each call followed by checkpoint.committed (via torch.save);
+    then an auto.* event and the harness's own final-state write, which auto mode sees as a save_file call."""
+    b = TraceBuilder(path, 2).start(0)
+    for s in range(1, 13):
+        b.steps(0, s, s)
+        for r, files in ((0, 2), (1, 1)):
+            for k in range(files if s in saves else 0):
+                b.event(0, "torch.save", s, ranks=[r], path=f"ckpt/step{s}_{k}.pt")
+                b.event(0, "checkpoint.committed", s, ranks=[r], via="torch.save", path=f"ckpt/step{s}_{k}.pt")
+    b.event(0, "auto.unseen", 12, modules=["ema"])
+    for r in range(2):
+        final = f"/cache/baseline0/trace/final/rank{r}.safetensors.tmp"
+        b.event(0, "safetensors.save_file", 12, ranks=[r], path=final)
+        b.event(0, "checkpoint.committed", 12, ranks=[r], via="safetensors.save_file", path=final)
+    return load_trace(b.finish(0).write())
+
+
+def test_an_auto_mode_baseline_gives_its_save_calls_as_points(tmp_path):
+    space = FaultSpace.from_trace(auto_baseline(tmp_path / "b"), nproc=2, auto=True)
+    # the script's own saves only: no auto.* event, no harness final-state file (so no checkpoint at 12)
+    assert dict(space.points) == {"torch.save": 4, "checkpoint.committed": 4}
+    assert space.committed == (4, 8) and space.auto and space.to_json()["auto"] is True
+    assert space.between_files == (("torch.save", (2, 4)),)  # rank 0's second file of each checkpoint
+    assert space.classes(Fault(point="torch.save", occurrence=2)) == ("mid-save", "between two files",
+                                                                      "boundary occurrence")
+    assert space.classes(Fault(point="torch.save", occurrence=3)) == ("mid-save", "boundary occurrence")
+    assert {"mid-save", "between two files", "after commit"} <= set(space.expected_classes())
+    early = space.before_first_checkpoint
+    # both files of step 4 and the commits after them: no rank has trained past 4 yet
+    assert early(Fault(point="torch.save", occurrence=2)) and early(Fault(point="checkpoint.committed", occurrence=2))
+    assert not early(Fault(point="torch.save", occurrence=3)) and not early(Fault(point="torch.save", occurrence=2, rank=1))
+    assert space.favoured_occurrences()["torch.save"] == (3, 4)
+
+
+def test_a_baseline_without_a_complete_checkpoint_has_nothing_to_favour(tmp_path):
+    space = FaultSpace.from_trace(auto_baseline(tmp_path / "b", saves=()), nproc=2, auto=True)
+    assert space.committed == () and space.first_checkpoint is None
+    assert all(space.before_first_checkpoint(Fault(step=s)) for s in (1, 6, 12))
+    assert "first step" not in space.expected_classes()

@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 import harness.engine
+from harness.faults import FaultPlan
 from harness.fuzz import Campaign, CampaignConfig, StopReason
 from harness.fuzz.render import render_text
 from harness.oracle.verdict import Outcome, RunResult, Verdict
@@ -108,10 +109,42 @@ def test_a_stall_never_becomes_the_minimal_failing_example(monkeypatch, pool, tm
                                   if plan in dict(result.stalled))
 
 
-@pytest.mark.parametrize("outcome", [Outcome.RNG_ONLY, Outcome.LOST_PROGRESS])
-def test_every_failing_outcome_is_a_failure_named_by_its_outcome(monkeypatch, pool, tmp_path, outcome):
+@pytest.mark.parametrize("outcome, code", [(Outcome.RNG_ONLY, 3), (Outcome.LOST_PROGRESS, 1)])
+def test_every_failing_outcome_is_a_failure_named_by_its_outcome(monkeypatch, pool, tmp_path, outcome, code):
+    """The exit code is harness run's for the minimal plan: 3 for rng_only (training bit-exact), else 1."""
     result, _ = fake_campaign(monkeypatch, pool, tmp_path, lambda plan, call: ("fail", outcome), trials=5)
-    assert result.exit_code == 1 and result.stop is StopReason.FAILURE
+    assert result.exit_code == code and result.stop is StopReason.FAILURE
+    assert result.to_json()["exit_code"] == code
     (failure,) = result.failures
     assert failure.outcome == outcome.value and failure.plan == "1"
     assert f"minimal plan 1 (" in text_of(result) and f": {outcome.value}: " in text_of(result)
+
+
+def test_a_kill_before_the_first_complete_checkpoint_runs_once_per_class(monkeypatch, pool, tmp_path):
+    """The default scenario's first complete checkpoint is step 5: a plan whose first fault comes before it can
+    only restart from scratch (not_resumed, error). Each class of such a first fault (where, rank, signal) gets
+    one trial; later plans of a class that gave that error are skipped without a trial."""
+    from harness.fuzz.campaign import Campaign as _Campaign
+
+    spaces = []
+    real_baseline = _Campaign._baseline
+
+    def keep_space(self, target, backend):
+        baseline, space = real_baseline(self, target, backend)
+        spaces.append(space)
+        return baseline, space
+
+    monkeypatch.setattr(_Campaign, "_baseline", keep_space)
+
+    def judge(plan, call):
+        return ("error", Outcome.NOT_RESUMED) if spaces[0].before_first_checkpoint(plan[0]) else ("pass", Outcome.BIT_EXACT)
+
+    result, fake = fake_campaign(monkeypatch, pool, tmp_path, judge, trials=60)
+    space = spaces[0]
+    assert space.first_checkpoint == 5 and result.exit_code == 0, (result.stop, result.message)
+    ran_early = [plan for plan in fake.calls if space.before_first_checkpoint(FaultPlan.parse(plan)[0])]
+    classes = [(f.step is None and f.point, f.rank, f.signal) for f in (FaultPlan.parse(p)[0] for p in ran_early)]
+    assert ran_early and len(classes) == len(set(classes)), ran_early  # one trial per class at most
+    assert result.skipped_early > 0 and result.to_json()["skipped_early"] == result.skipped_early
+    assert dict(result.rejected) == {"not_resumed": len(ran_early)}
+    assert "a kill before the first complete checkpoint whose class was tried" in text_of(result)
