@@ -47,7 +47,8 @@ def test_tiny_campaign_pass_and_fail(tmp_path, pool):
 @pytest.mark.slow
 def test_shards_of_a_real_campaign_merge_into_the_whole(tmp_path):
     """harness certify --shard 1/2 and 2/2 in fresh interpreters, then merge: the merged certificate is complete."""
-    common = [sys.executable, "-m", "harness.cli", "certify", "--world-sizes", "1,3", "--trials", "1",
+    common = [sys.executable, "-m", "harness.cli", "certify", "--scenarios", "default", "--world-sizes", "1,3",
+              "--trials", "1",
               "--classes", "step_kill,save:checkpoint.commit,multi_fault", "--no-progress"]
     for i in (1, 2):
         subprocess.run([*common, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")], timeout=600)

@@ -47,8 +47,9 @@ RNG = {"rng:torch", "rng:numpy", "loss"}
     pytest.param("plain_deepspeed.py", ["--stage", "3", "--save-rng", "--deterministic"], 3, None, marks=DS),
     pytest.param("plain_deepspeed.py", ["--stage", "3", "--deterministic"], 2, RNG, marks=DS),
     # DDP at 3 ranks: the restarted job's gradient buckets sum in another order (README, "What the SUTs
-    # showed"): the same weights and data, other bits after the first step.
-    pytest.param("plain_accelerate.py", [], 3, {"params", "optimizer"}, marks=ACC),
+    # showed"): the same weights and data, other bits after the first step (in the moments at least: a step's
+    # update may round to the same parameters).
+    pytest.param("plain_accelerate.py", [], 3, {"optimizer"}, marks=ACC),
     ("plain_fsdp.py", [], 2, None),
     ("plain_fsdp.py", [], 3, None),
     ("plain_fsdp.py", ["--bug", "rng"], 2, RNG),
