@@ -29,6 +29,7 @@ def fuzz_json(capsys, *args) -> tuple[int, dict]:
     return code, json.loads(out)
 
 
+@pytest.mark.slow  # a whole search and shrink; the fast suite fuzzes an unmodified script instead
 @needs_scenarios
 def test_a_resume_bug_is_found_shrunk_to_one_fault_and_replayed_from_the_database(capsys, pool, tmp_path):
     db, out = str(tmp_path / "db"), str(tmp_path / "out")

@@ -15,7 +15,8 @@ import pytest
 from support import REPO as ROOT  # noqa: E402
 
 
-@pytest.mark.parametrize("kind", ["pool", "subprocess", pytest.param("torchrun", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["pool", pytest.param("subprocess", marks=pytest.mark.slow),
+                                  pytest.param("torchrun", marks=pytest.mark.slow)])
 def test_harness_run_through_the_console_script(tmp_path, kind, shared_cache):
     # The session's cache: the baseline is shared with the other tests of this script, so the trial
     # itself (whose launches go through `kind`) is what runs here.

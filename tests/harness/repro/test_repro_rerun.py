@@ -40,6 +40,7 @@ def _project(folder) -> str:
     return os.path.join(folder, "train.py")
 
 
+@pytest.mark.slow  # three fresh interpreters, each importing torch
 def test_cli_round_trip_in_fresh_interpreters(tmp_path, shared_cache):
     """The user saves the report of a failing run; the maintainer reruns it: it reproduces (exit 0)."""
     _project(tmp_path)
