@@ -14,30 +14,30 @@ import os
 
 from harness.trace_schema import rank_trace_file
 
-_TAIL_BYTES = 65536
-
-
 class ResumeWatch:
-    """``check()`` returns a reason to stop the attempt once two ranks restored different steps."""
+    """``check()`` returns a reason to stop the attempt once two ranks restored different steps.
+
+    Made before the attempt is launched: each rank's file is read from its size then (the earlier attempts'
+    rows) onwards, every byte once, until the rank's first row that says where it resumed."""
 
     def __init__(self, trace_dir: str, nproc: int, attempt: int):
         self.paths = [os.path.join(trace_dir, rank_trace_file(r)) for r in range(nproc)]
         self.attempt = attempt
         self.loaded: dict[int, int] = {}
-        self.sizes = [0] * nproc
+        self.offsets = [_size(p) for p in self.paths]
+        self.partial = [b""] * nproc  # a line not yet complete at the last read
 
     def _scan(self, rank: int, path: str) -> None:
         try:
-            size = os.stat(path).st_size
-            if size == self.sizes[rank]:
-                return
             with open(path, "rb") as f:
-                f.seek(max(self.sizes[rank], size - _TAIL_BYTES))
+                f.seek(self.offsets[rank])
                 data = f.read()
-            self.sizes[rank] = size
         except OSError:
             return
-        for line in data.split(b"\n"):
+        self.offsets[rank] += len(data)
+        lines = (self.partial[rank] + data).split(b"\n")
+        self.partial[rank] = lines.pop()
+        for line in lines:
             if b'"checkpoint.loaded"' not in line and b'"kind":"step"' not in line:
                 continue
             try:
@@ -53,6 +53,8 @@ class ResumeWatch:
                 step = info.get("step", row.get("step"))
                 if isinstance(step, int):
                     self.loaded.setdefault(rank, step)
+            if rank in self.loaded:
+                return
 
     def check(self) -> str | None:
         for r, p in enumerate(self.paths):
@@ -62,3 +64,10 @@ class ResumeWatch:
             each = ", ".join(f"rank {r} step {s}" for r, s in sorted(self.loaded.items()))
             return f"ranks resumed from different checkpoints ({each})"
         return None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
