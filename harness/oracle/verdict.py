@@ -393,10 +393,7 @@ def assess(
         each = ", ".join(f"rank {r} step {st}" for r, st in sorted(steps.items()))
         return done("fail", Outcome.RANKS_RESUMED_APART,
                     f"the ranks of attempt {a} resumed from different checkpoints: {each}",
-                    hint="the ranks' checkpoint files were written without a commit protocol (a kill during a save "
-                         "left them at different steps): save every rank's files, then mark the step complete once "
-                         "all are written (a barrier and a marker or rename by one rank), and load only a "
-                         "complete step")
+                    hint=_APART_HINT)
 
     restarts, resumes = [], []  # (attempt after a fault, the attempt with the fault)
     for prev, nxt in zip(summary, summary[1:]):
@@ -537,6 +534,11 @@ def _fault_where(row) -> str:
     return f"at point {row.point}" if row.point else f"after step {row.step}"
 
 
+_APART_HINT = ("the ranks' checkpoint files were written without a commit protocol (a kill during a save left them "
+               "at different steps): save every rank's files, then mark the step complete once all are written (a "
+               "barrier and a marker or rename by one rank), and load only a complete step")
+
+
 def _ranks_apart(trial: Trace) -> tuple[int, dict[int, int]] | None:
     """(attempt, {rank: restored step}) of the first resumed attempt whose ranks restored different steps: a
     rank's ``checkpoint.loaded`` step, else (it loaded nothing) the step before its first step row."""
@@ -655,10 +657,7 @@ def timeout_verdict(trial: Trace | None, attempt: int, reason: str, last_steps: 
         return Verdict("fail", Outcome.RANKS_RESUMED_APART,
                        f"the ranks of attempt {a} resumed from different checkpoints: {each}; the attempt was "
                        f"stopped at once", attempts=attempts, log_tail=log_tail,
-                       hint="the ranks' checkpoint files were written without a commit protocol (a kill during a save "
-                            "left them at different steps): save every rank's files, then mark the step complete "
-                            "once all are written (a barrier and a marker or rename by one rank), and load only a "
-                            "complete step")
+                       hint=_APART_HINT)
     where = ", ".join(f"rank {r} at step {s}" if s is not None else f"rank {r} before step 1"
                       for r, s in sorted(last_steps.items()))
     after = ", after the resume" if attempt > 0 else ""
