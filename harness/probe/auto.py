@@ -35,9 +35,10 @@ What is recorded, and from where
   concatenated (``dtype`` of the first, or the dtypes joined by ``+`` when they differ).
   ``torch.autograd.grad`` is not seen.
 - **Batch**: for each backward call, the last batch a ``torch.utils.data.DataLoader`` iterator
-  yielded before it (``_BaseDataLoaderIter.__next__`` wrapped), if one was fetched since the
-  previous backward; batches skipped without a backward (a resumed loop fast-forwarding) are not
-  part of any step. Batches from other iterables are not seen.
+  yielded before it, if one was fetched since the previous backward: the ``fetched`` evidence of
+  ``harness.probe.evidence`` (installed first), whose digests the row's ``batch`` is made of; batches
+  skipped without a backward (a resumed loop fast-forwarding) are not part of any step. Batches from
+  other iterables are not seen.
 - **RNG**: the same four streams as ``probe.step``, when the row is written.
 - **Final state**: after the script returns normally (exit code 0), the model state of the roots
   and the state dict of every optimizer that stepped, in the format of ``probe.finish``; plus the
@@ -122,9 +123,6 @@ class AutoRecorder:
         self.role = os.environ.get("HARNESS_ROLE", "")
         self.pending: list = []  # optimizers stepped since the last boundary, in order
         self.losses: list = []  # tensors given to backward in the current step
-        self.batches: list[str] = []
-        self.last_batch = None
-        self.batch_fresh = False
         self.opt_index: dict[int, int] = {}  # id(optimizer) -> index in first-step order
         self.opts: list = []
         self.order: set[tuple[int, int]] = set()
@@ -174,24 +172,12 @@ class AutoRecorder:
         if self._main():
             self.boundary()
             self.losses.extend(tensors if isinstance(tensors, (list, tuple)) else [tensors])
-            if self.batch_fresh:
-                self.batch_fresh = False
-                try:
-                    self.batches.append(_digest.digest(self.last_batch))
-                except (_digest.DigestError, TypeError) as e:
-                    self.batches.append(f"undigestable {type(self.last_batch).__qualname__}: {e}")
         return orig(tensors, *args, **kwargs)
 
     def next_batch(self, orig, it):
         if self._main():
-            self.boundary()
-        data = orig(it)
-        if self._main():
-            # A loader inside a wrapper (the checkpointer's resumable iterable loader) may yield an envelope
-            # around the user's batch; its class names the batch with a __harness_batch__ property.
-            inner = isinstance(getattr(type(data), "__harness_batch__", None), property)
-            self.last_batch, self.batch_fresh = (data.__harness_batch__ if inner else data), True
-        return data
+            self.boundary()  # the batch itself is recorded by the evidence hook that orig runs
+        return orig(it)
 
     def fwd_pre(self, module, args):
         if self._depth == 0 and not any(m is module for m in self.roots):
@@ -300,10 +286,10 @@ class AutoRecorder:
             _digest.optimizer_record(self.opts[k], _digest.NamedParams(self._names[k])) for k in ks]
         opt = _merge_records(records)
         loss, loss_value = self._loss()
-        batch = None if not self.batches else (self.batches[0] if len(self.batches) == 1 else
-                                               _digest.digest(list(self.batches)))
-        self.losses, self.batches = [], []
         ev = _evidence.take()
+        batches = ev["fetched"] or []
+        batch = None if not batches else (batches[0] if len(batches) == 1 else _digest.digest(list(batches)))
+        self.losses = []
         row = StepRow(attempt=rec.attempt, rank=rec.rank, step=step, time=time.time(), loss=loss,
                       loss_value=loss_value, batch=batch, rng=_digest.rng_digests(), params=_digest.combine(tensors),
                       params_tensors=tensors, optimizer=opt["digest"], optimizer_groups=opt["groups"],
@@ -492,6 +478,7 @@ def install() -> AutoRecorder | None:
     rec = _get()
     if rec is None:
         return None
+    _evidence.install()  # first (as harness.launch.rank does): it digests the batches the rows hold
     import torch
     import torch.distributed as dist
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook

@@ -59,7 +59,7 @@ class Evidence:
             try:
                 self.fetched.append(_digest.digest(data))
             except Exception as e:  # evidence only: an undigestable batch is named, never an error
-                self.fetched.append(f"undigestable {type(data).__qualname__}: {type(e).__name__}")
+                self.fetched.append(f"undigestable {type(data).__qualname__}: {e}")
             if indices is not None:
                 try:
                     self.samples.append(_digest.digest(indices))
