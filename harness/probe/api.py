@@ -13,7 +13,10 @@ import struct
 import sys
 import time
 
+from harness import run_env
 from harness.probe import digest as _digest
+from harness.probe import state_digest as _state
+from harness.probe import json_leaf as _json_leaf
 from harness.probe import evidence as _evidence
 from harness.probe.recorder import get as _get
 from harness.tensors import is_tensor, plain_tensor, tensor_bytes, unwrap_model
@@ -31,7 +34,7 @@ def run_dir() -> str:
     Under the harness it differs between the baseline and each trial. Outside the harness it is
     ``$HARNESS_RUN_DIR`` if set, else ``./resume-harness-run``. The folder is created.
     """
-    path = os.environ.get("HARNESS_RUN_DIR") or os.path.abspath("resume-harness-run")
+    path = os.environ.get(run_env.RUN_DIR) or os.path.abspath("resume-harness-run")
     os.makedirs(path, exist_ok=True)
     return path
 
@@ -61,7 +64,7 @@ def _finite(value):
 
 def _extra_value(key: str, value):
     if value is None or isinstance(value, (bool, int, str, float)):
-        return _digest.json_leaf(value)  # floats by their bits when not finite
+        return _json_leaf.json_leaf(value)  # floats by their bits when not finite
     try:
         return _digest.digest(value)
     except _digest.DigestError as e:
@@ -89,17 +92,17 @@ def step(step: int, loss=None, batch=None, model=None, optimizer=None, **extra) 
         raise TypeError(f"probe.step(batch=...): {e}") from None
     # The optimizer state (2x the parameters for Adam) is hashed on a second thread when this process
     # has a core to spare: the hash releases the GIL, and it is memory-bound.
-    named = _digest.NamedParams(list(unwrap_model(model).named_parameters())) if model is not None else None
-    pending = rec.hasher().submit(_digest.optimizer_record, optimizer, named) if optimizer is not None and \
+    named = _state.NamedParams(list(unwrap_model(model).named_parameters())) if model is not None else None
+    pending = rec.hasher().submit(_state.optimizer_record, optimizer, named) if optimizer is not None and \
         model is not None and rec.spare_core else None
-    params, params_tensors = _digest.params_digests(model, named.named_parameters()) if model is not None else \
+    params, params_tensors = _state.params_digests(model, named.named_parameters()) if model is not None else \
         (None, None)
     opt = pending.result() if pending is not None else (
-        _digest.optimizer_record(optimizer, named) if optimizer is not None else None)
+        _state.optimizer_record(optimizer, named) if optimizer is not None else None)
     ev = _evidence.take()
     row = StepRow(
         attempt=rec.attempt, rank=rec.rank, step=step, time=time.time(), loss=loss_bits, loss_value=loss_value,
-        batch=batch_digest, rng=_digest.rng_digests(), params=params, params_tensors=params_tensors,
+        batch=batch_digest, rng=_state.rng_digests(), params=params, params_tensors=params_tensors,
         optimizer=opt["digest"] if opt else None, optimizer_groups=opt["groups"] if opt else None,
         optimizer_state=opt["state"] if opt else None,
         extra={key: _extra_value(key, value) for key, value in extra.items()}, **ev)
@@ -119,8 +122,8 @@ def restored(step: int, model=None, optimizer=None, **extra) -> None:
     rec = _get()
     if rec is None or rec.auto is not None:
         return
-    params, params_tensors = _digest.params_digests(model) if model is not None else (None, None)
-    opt = _digest.optimizer_record(optimizer, model) if optimizer is not None else None
+    params, params_tensors = _state.params_digests(model) if model is not None else (None, None)
+    opt = _state.optimizer_record(optimizer, model) if optimizer is not None else None
     row = RestoredRow(
         attempt=rec.attempt, rank=rec.rank, step=int(step), world_size=rec.world_size, time=time.time(),
         params=params, params_tensors=params_tensors, optimizer=opt["digest"] if opt else None,
@@ -157,9 +160,9 @@ def finish(model=None, optimizer=None, **state) -> None:
         return
     tree: dict = {}
     if model is not None:
-        tree["model"] = _digest.model_state_dict(model)
+        tree["model"] = _state.model_state_dict(model)
     if optimizer is not None:
-        tree["optimizer"] = _digest.optimizer_state_dict(optimizer)
+        tree["optimizer"] = _state.optimizer_state_dict(optimizer)
     if state:
         tree["extra"] = state
     write_final(rec, tree)
@@ -182,7 +185,7 @@ def write_final(rec, tree: dict) -> None:
             elif _digest._is_ndarray(leaf):
                 tensors[key] = torch.from_numpy(leaf.copy())
             else:
-                values[key] = _digest.json_leaf(leaf)
+                values[key] = _json_leaf.json_leaf(leaf)
     except _digest.DigestError as e:
         raise TypeError(f"probe.finish: {e}") from None
     base = os.path.join(rec.trace_dir, final_tensors_file(rec.rank))

@@ -89,14 +89,16 @@ import sys
 import threading
 import time
 
+from harness import run_env
 from harness.probe import digest as _digest
+from harness.probe import state_digest as _state
 from harness.probe import evidence as _evidence
 from harness.probe.recorder import get as _get
 from harness.tensors import tensor_bytes, unwrap_model
 from harness.trace_schema import EventRow, StepRow
 
 BUFFER_SUFFIX = " (buffer)"
-INDEX_ENV = "HARNESS_BASELINE_INDEX"
+INDEX_ENV = run_env.BASELINE_INDEX
 SIDE_DIR = "auto"  # trace/auto/rank{r}.json: the initial state of a baseline rank (step 0 of the index)
 
 #: What auto mode does not record that the probe would (listed in ``compared["not_recorded"]``).
@@ -120,7 +122,7 @@ class AutoRecorder:
         self.torch = torch
         self.rec = rec
         self.thread = threading.get_ident()
-        self.role = os.environ.get("HARNESS_ROLE", "")
+        self.role = os.environ.get(run_env.ROLE, "")
         self.pending: list = []  # optimizers stepped since the last boundary, in order
         self.losses: list = []  # tensors given to backward in the current step
         self.opt_index: dict[int, int] = {}  # id(optimizer) -> index in first-step order
@@ -158,7 +160,7 @@ class AutoRecorder:
             self._busy = True
             try:
                 params = self._params_digests(k)
-                state = _digest.optimizer_record(opt, _digest.NamedParams(self._names[k]))["state"]
+                state = _state.optimizer_record(opt, _state.NamedParams(self._names[k]))["state"]
             finally:
                 self._busy = False
             self.first_pre[k] = {"params": params, "state": state}
@@ -220,7 +222,7 @@ class AutoRecorder:
     def _resolve_names(self, k: int) -> None:
         opt = self.opts[k]
         # + the weights DeepSpeed ZeRO-3 swaps into the param_groups for its step only (its fp32 partitions)
-        params = [p for g in opt.param_groups for p in g["params"]] + _digest.loose_state_tensors(opt)
+        params = [p for g in opt.param_groups for p in g["params"]] + _state.loose_state_tensors(opt)
         owners = []
         restored = [m for m in self.restored_objects if isinstance(m, self.torch.nn.Module)]
         for root in [*self.roots, *restored]:  # restored modules name the parameters of a process with no forward
@@ -275,7 +277,7 @@ class AutoRecorder:
         records = [None] * len(ks)
         pending = None
         if rec.spare_core:
-            pending = rec.hasher().submit(lambda: [_digest.optimizer_record(self.opts[k], _digest.NamedParams(self._names[k]))
+            pending = rec.hasher().submit(lambda: [_state.optimizer_record(self.opts[k], _state.NamedParams(self._names[k]))
                                                    for k in ks])
         tensors: dict = {}
         for k in ks:
@@ -283,7 +285,7 @@ class AutoRecorder:
         for k in ks:
             tensors.update((n, _digest.tensor_digest(b)) for n, b in self._buffers[k])
         records = pending.result() if pending is not None else [
-            _digest.optimizer_record(self.opts[k], _digest.NamedParams(self._names[k])) for k in ks]
+            _state.optimizer_record(self.opts[k], _state.NamedParams(self._names[k])) for k in ks]
         opt = _merge_records(records)
         loss, loss_value = self._loss()
         ev = _evidence.take()
@@ -291,7 +293,7 @@ class AutoRecorder:
         batch = None if not batches else (batches[0] if len(batches) == 1 else _digest.digest(list(batches)))
         self.losses = []
         row = StepRow(attempt=rec.attempt, rank=rec.rank, step=step, time=time.time(), loss=loss,
-                      loss_value=loss_value, batch=batch, rng=_digest.rng_digests(), params=_digest.combine(tensors),
+                      loss_value=loss_value, batch=batch, rng=_state.rng_digests(), params=_digest.combine(tensors),
                       params_tensors=tensors, optimizer=opt["digest"], optimizer_groups=opt["groups"],
                       optimizer_state=opt["state"], extra={}, **ev)
         with rec.lock:
@@ -419,7 +421,7 @@ class AutoRecorder:
             ks = [self._index(o) for o in restored]
             for k in ks:
                 self.first_pre[k] = {"params": self._params_digests(k),
-                                     "state": _digest.optimizer_record(self.opts[k], _digest.NamedParams(self._names[k]))["state"]}
+                                     "state": _state.optimizer_record(self.opts[k], _state.NamedParams(self._names[k]))["state"]}
             self.step = self._resume_step(ks)
         stepped = {id(p) for k in range(len(self.opts)) for _, p in self._names[k]}
         owners = []
@@ -430,14 +432,14 @@ class AutoRecorder:
                 owners.append(inner)
         tree: dict = {}
         if len(owners) == 1:
-            tree["model"] = _digest.model_state_dict(owners[0])
+            tree["model"] = _state.model_state_dict(owners[0])
         elif owners:
-            tree["model"] = {f"root{i}": _digest.model_state_dict(m) for i, m in enumerate(owners)}
+            tree["model"] = {f"root{i}": _state.model_state_dict(m) for i, m in enumerate(owners)}
         owned = {id(p) for m in owners for p in m.parameters()}
         loose = {n: p for k in range(len(self.opts)) for n, p in self._names[k] if id(p) not in owned}
         if loose:
             tree["params" if owners else "model"] = loose
-        sds = [_digest.optimizer_state_dict(o) for o in self.opts]
+        sds = [_state.optimizer_state_dict(o) for o in self.opts]
         tree["optimizer"] = sds[0] if len(sds) == 1 else sds
         averaged = averaged_models_state()
         if averaged:
@@ -671,7 +673,7 @@ def _track_averaged_models(swa_utils) -> None:
 
 def averaged_models_state() -> dict:
     """``{"0": state_dict, ...}`` of the AveragedModels of this process (``n_averaged`` included)."""
-    return {str(k): _digest.model_state_dict(m) for k, m in enumerate(_AVERAGED)}
+    return {str(k): _state.model_state_dict(m) for k, m in enumerate(_AVERAGED)}
 
 
 def _outermost(modules: list) -> list:

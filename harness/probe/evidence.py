@@ -76,8 +76,6 @@ class Evidence:
 
     def take(self) -> dict:
         """The evidence since the previous row (``backward``, ``fetched``, ``hyper``), then reset."""
-        from harness.probe import digest as _digest
-
         out = {"backward": self.backward, "fetched": None, "samples": None, "hyper": None}
         if self.fetched:
             out["fetched"] = list(self.fetched)  # per micro-batch: a cut accumulation window shows as a shifted list
@@ -93,12 +91,13 @@ class Evidence:
 def hyperparameters(opt) -> list[dict]:
     """Per param group, its hyperparameters (everything but ``params``) as exact JSON leaves."""
     from harness.probe import digest as _digest
+    from harness.probe import state_digest as _state
 
     out = []
     for group in getattr(opt, "param_groups", None) or []:
         rest = {k: v for k, v in group.items() if k != "params"}
         try:
-            out.append({path: _digest._json_hyper(leaf) for path, leaf in _digest.leaves(rest)})
+            out.append({path: _state.json_hyper(leaf) for path, leaf in _digest.leaves(rest)})
         except Exception:
             out.append({})
     return out

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import fields
 
+from harness import run_env
 from harness.trace_schema import SCHEMA_VERSION, FaultRow, Row, StartRow, rank_trace_file
 
 
@@ -45,8 +46,8 @@ class Recorder:
         self.trace_dir = trace_dir
         self.rank = int(env.get("RANK", "0"))
         self.world_size = int(env.get("WORLD_SIZE", "1"))
-        self.attempt = int(env.get("HARNESS_ATTEMPT", "0"))
-        fault_json = env.get("HARNESS_FAULT")
+        self.attempt = int(env.get(run_env.ATTEMPT, "0"))
+        fault_json = env.get(run_env.FAULT)
         fault = Fault.from_json(fault_json) if fault_json else None
         self.fault = fault if fault is not None and fault.applies_to(self.rank) else None
         self.pid = os.getpid()
@@ -123,7 +124,7 @@ def get() -> Recorder | None:
     global _recorder
     rec = _recorder
     if rec is None:
-        trace_dir = os.environ.get("HARNESS_TRACE_DIR")
+        trace_dir = os.environ.get(run_env.TRACE_DIR)
         rec = _recorder = Recorder(trace_dir) if trace_dir else False
     if rec is False or rec.pid != os.getpid():
         return None

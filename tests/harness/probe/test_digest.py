@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.probe import digest as D
-from harness.probe.digest import Empty, digest, format_path, from_json_leaf, json_leaf, leaves, parse_path
+from harness.probe import state_digest as S
+from harness.probe.digest import Empty, digest, format_path, leaves, parse_path
+from harness.probe.json_leaf import from_json_leaf, json_leaf
 
 
 def nan_with(payload: int, sign: int = 0) -> float:
@@ -275,24 +277,24 @@ def adam_after_one_step(lr=1e-3):
 
 def test_optimizer_record_groups_hold_hyperparameters_exactly():
     model, opt = adam_after_one_step(lr=1e-3)
-    rec = D.optimizer_record(opt, model)
-    assert rec["digest"] == D.optimizer_digest(opt) == digest(opt.state_dict())
+    rec = S.optimizer_record(opt, model)
+    assert rec["digest"] == S.optimizer_digest(opt) == digest(opt.state_dict())
     (group,) = rec["groups"]
     assert type(group["lr"]) is float and bits(group["lr"]) == bits(1e-3)
     assert group["betas/(0)"] == 0.9 and group["betas/(1)"] == 0.95 and group["amsgrad"] is False
     assert "params" not in group and not any(k.startswith("params") for k in group)
     assert json.loads(json.dumps(rec)) == rec
     opt.param_groups[0]["lr"] = 5e-4
-    assert D.optimizer_record(opt, model)["groups"][0]["lr"] == 5e-4
+    assert S.optimizer_record(opt, model)["groups"][0]["lr"] == 5e-4
 
 
 def test_optimizer_record_state_entries_by_parameter_name():
     model, opt = adam_after_one_step()
-    rec = D.optimizer_record(opt, model)
+    rec = S.optimizer_record(opt, model)
     assert set(rec["state"]) == {f"{p} {k}" for p in ("0.weight", "0.bias", "1.weight", "1.bias")
                                  for k in ("step", "exp_avg", "exp_avg_sq")}
     opt.state[model[1].weight]["exp_avg"][0, 1] += 1e-3
-    after = D.optimizer_record(opt, model)
+    after = S.optimizer_record(opt, model)
     assert {k for k in rec["state"] if rec["state"][k] != after["state"][k]} == {"1.weight exp_avg"}
     assert after["digest"] != rec["digest"]
     assert after["groups"] == rec["groups"]
@@ -300,10 +302,10 @@ def test_optimizer_record_state_entries_by_parameter_name():
 
 def test_optimizer_record_without_a_model_uses_the_state_keys():
     model, opt = adam_after_one_step()
-    rec = D.optimizer_record(opt)
+    rec = S.optimizer_record(opt)
     assert "#3 exp_avg" in rec["state"] and "#0 step" in rec["state"] and len(rec["state"]) == 12
     other = torch.nn.Linear(1, 1)  # a model that holds none of the optimizer's parameters
-    assert D.optimizer_record(opt, other)["state"] == rec["state"]
+    assert S.optimizer_record(opt, other)["state"] == rec["state"]
 
 
 def test_optimizer_record_state_entries_are_the_records_of_their_leaves():
@@ -326,9 +328,9 @@ def test_optimizer_record_state_entries_are_the_records_of_their_leaves():
     model = torch.nn.Module()
     model.layer = torch.nn.Module()
     model.layer.weight = p
-    rec = D.optimizer_record(Opt(), model)
+    rec = S.optimizer_record(Opt(), model)
     assert rec["digest"] == digest(Opt().state_dict())
-    assert D.optimizer_record(Opt(), model) == rec  # again, with the cached key orders and int lists
+    assert S.optimizer_record(Opt(), model) == rec  # again, with the cached key orders and int lists
     by_entry: dict = {}
     for path, hpath, leaf in D._walk(Opt().state_dict()):
         parts = path.split("/")
@@ -344,7 +346,7 @@ def test_optimizer_record_state_entries_are_the_records_of_their_leaves():
 def test_optimizer_record_before_any_step_and_with_a_tensor_lr():
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.25))
-    rec = D.optimizer_record(opt, model)
+    rec = S.optimizer_record(opt, model)
     assert rec["state"] == {} and rec["digest"] == digest(opt.state_dict())
     assert rec["groups"][0]["lr"] == {"dtype": "float32", "shape": [], "hex": struct.pack("<f", 0.25).hex(),
                                       "value": 0.25}
@@ -369,8 +371,8 @@ class NamedStateOptimizer:
 def test_optimizer_record_with_name_keyed_state():
     model, opt = adam_after_one_step()
     named = NamedStateOptimizer(opt, model)
-    assert "0.weight exp_avg" in D.optimizer_record(named)["state"]
-    assert set(D.optimizer_record(named, model)["state"]) == set(D.optimizer_record(opt, model)["state"])
+    assert "0.weight exp_avg" in S.optimizer_record(named)["state"]
+    assert set(S.optimizer_record(named, model)["state"]) == set(S.optimizer_record(opt, model)["state"])
     assert "state/0.weight/exp_avg" in dict(leaves(named.state_dict()))
 
 
@@ -385,15 +387,15 @@ def test_optimizer_state_held_for_tensors_outside_its_param_groups_is_recorded()
     opt.param_groups[0]["params"] = [listed]  # what ZeRO-3 leaves between steps (it leaves [])
     with pytest.raises(KeyError):
         opt.state_dict()
-    assert D.loose_state_tensors(opt) == [flat]
-    sd = D.optimizer_state_dict(opt)
+    assert S.loose_state_tensors(opt) == [flat]
+    sd = S.optimizer_state_dict(opt)
     assert sd["param_groups"][0]["params"] == [0] and list(sd["state"]) == [1]  # numbered after the listed
     assert torch.equal(sd["state"][1]["exp_avg"], opt.state[flat]["exp_avg"])
-    rec = D.optimizer_record(opt)
-    assert rec["digest"] == D.optimizer_digest(opt) == digest(sd) and "#1 exp_avg" in rec["state"]
+    rec = S.optimizer_record(opt)
+    assert rec["digest"] == S.optimizer_digest(opt) == digest(sd) and "#1 exp_avg" in rec["state"]
     before = rec["state"]["#1 exp_avg"]
     opt.state[flat]["exp_avg"].add_(1)
-    assert D.optimizer_record(opt)["state"]["#1 exp_avg"] != before  # the loose state is compared
+    assert S.optimizer_record(opt)["state"]["#1 exp_avg"] != before  # the loose state is compared
 
 
 def test_a_zero3_parameter_is_digested_as_its_partition():
@@ -401,11 +403,11 @@ def test_a_zero3_parameter_is_digested_as_its_partition():
     full.ds_tensor = part  # DeepSpeed ZeRO-3: empty outside forward, this rank's slice in ds_tensor
     model = torch.nn.Module()
     model.w = full
-    sd = D.model_state_dict(model)
+    sd = S.model_state_dict(model)
     assert torch.equal(sd["w"], part)
     assert digest({"w": full}) == digest({"w": part}) != digest({"w": torch.empty(0)})
     part[0] = 7.0
-    assert digest(D.model_state_dict(model)) != digest(sd | {"w": torch.arange(3.0)})
+    assert digest(S.model_state_dict(model)) != digest(sd | {"w": torch.arange(3.0)})
 
 
 def test_a_model_whose_state_dict_takes_no_arguments_is_digested_through_it():
@@ -417,7 +419,7 @@ def test_a_model_whose_state_dict_takes_no_arguments_is_digested_through_it():
         def state_dict(self):
             return {"full": torch.arange(4.0)}
 
-    assert list(D.model_state_dict(Gathered())) == ["full"]
+    assert list(S.model_state_dict(Gathered())) == ["full"]
 
 
 def test_old_names_are_still_importable():

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from harness import probe
-from harness.probe import digest, recorder
+from harness.probe import digest, recorder, state_digest
 
 
 @pytest.fixture
@@ -89,13 +89,13 @@ def test_python_float_loss_is_float64_bits(trace_dir):
 
 
 def test_rng_digests_follow_each_stream():
-    before = digest.rng_digests()
+    before = state_digest.rng_digests()
     random.random()
-    after_python = digest.rng_digests()
+    after_python = state_digest.rng_digests()
     np.random.random()
-    after_numpy = digest.rng_digests()
+    after_numpy = state_digest.rng_digests()
     torch.rand(1)
-    after_torch = digest.rng_digests()
+    after_torch = state_digest.rng_digests()
     changed = lambda a, b: {k for k in a if a[k] != b[k]}  # noqa: E731
     assert changed(before, after_python) == {"python"}
     assert changed(after_python, after_numpy) == {"numpy"}
@@ -103,7 +103,7 @@ def test_rng_digests_follow_each_stream():
     state = torch.get_rng_state()
     torch.rand(1)
     torch.set_rng_state(state)
-    assert digest.rng_digests()["torch"] == after_torch["torch"]
+    assert state_digest.rng_digests()["torch"] == after_torch["torch"]
 
 
 def test_wrapped_models_digest_like_the_plain_module():
@@ -119,9 +119,9 @@ def test_wrapped_models_digest_like_the_plain_module():
             super().__init__()
             self._orig_mod = mod
 
-    plain = digest.params_digests(model)
-    assert digest.params_digests(DistributedDataParallel(model)) == plain
-    assert digest.params_digests(Compiled(DistributedDataParallel(model))) == plain
+    plain = state_digest.params_digests(model)
+    assert state_digest.params_digests(DistributedDataParallel(model)) == plain
+    assert state_digest.params_digests(Compiled(DistributedDataParallel(model))) == plain
     assert list(plain[1]) == ["weight", "bias"]
 
 
