@@ -1,4 +1,8 @@
-"""The environment fingerprint of a certificate: library versions, hardware, determinism flags, commit."""
+"""The environment fingerprint: library versions, hardware, determinism flags, commit.
+
+One description of the machine a run used, in two sizes: `versions()`, the part a cached baseline
+depends on (its cache key), and `fingerprint()`, everything a certificate states about where it was made.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,15 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def versions() -> dict:
+    """Python, torch, numpy and harness versions: what a cached baseline's bits depend on besides the code.
+    Reads no module that is not yet imported (torch is read from its package metadata)."""
+    from harness import __version__
+
+    return {"python": sys.version.split()[0], "torch": _version("torch") or "-", "numpy": _version("numpy") or "-",
+            "harness": __version__}
 
 
 def _cpu_model() -> str:
@@ -76,4 +89,4 @@ def fingerprint() -> dict:
     }
 
 
-__all__ = ["fingerprint"]
+__all__ = ["fingerprint", "versions"]

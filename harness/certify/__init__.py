@@ -7,10 +7,9 @@ scenarios x fault classes x world sizes, with a report in JSON, Markdown and HTM
     curves.py       loss curves of a trial as data; plots.py draws them (matplotlib, Agg)
     report_json.py  the certificate and its schema (version 1); report_md.py, report_html.py (+ templates/)
     report_view.py  what both readable reports show; junit.py: JUnit XML
-    env.py          the environment fingerprint
     shard.py        --shard i/N slices and merge
     pytest_cells.py every cell as a pytest item (pytest-xdist spreads a campaign)
-    cli.py          harness certify [merge]
+    (the command line: harness/cli/certify.py)
 """
 
 from harness.certify.campaign import run_campaign, write_reports

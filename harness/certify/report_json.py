@@ -7,7 +7,7 @@ Top level (every key always present)::
     campaign     {id: hash of spec + harness version, spec: {sut, strategy, backend, world_sizes, trials, seed,
                   scenarios: [{label, target, args}], classes: [...]}, shard: {index, count} | null,
                   shards: [{index, count, cells}], created: ISO time, command: str}
-    environment  harness.certify.env.fingerprint() (torch, deepspeed, python, CUDA, CPU/GPU, determinism
+    environment  harness.fingerprint.fingerprint() (torch, deepspeed, python, CUDA, CPU/GPU, determinism
                  flags, harness version, git commit)
     summary      {verdict: pass|fail|error, exit_code: 0|1|2, complete: bool, trials, passed, failed, errors,
                   cells, cells_passed, cells_failed, cells_error, cells_na, cells_not_run, wall_s, trials_per_min}
