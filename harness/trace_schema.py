@@ -23,6 +23,38 @@ from typing import Any, Union
 #: Version of the row format; written in every ``start`` row.
 SCHEMA_VERSION = 2
 
+
+
+class Point:
+    """The names of the points (``probe.point``) the harness itself knows: the checkpointer's save and load.
+
+    A save calls, in order: ``BEGIN``; per file ``WRITE`` (and ``CHUNK`` every 16 MiB inside a large file),
+    ``FSYNC``; ``MANIFEST``; ``COMMIT`` (just before the atomic rename); ``COMMITTED`` (after it, with the
+    step); ``ROTATE`` (removing old checkpoints). A load calls ``LOADED`` with the step it resumed from,
+    and an elastic load ``ELASTIC`` / ``NOT_ELASTIC`` / ``CANNOT_RESHARD``. Auto mode and the
+    third-party adapters (``scenarios/sut``) name the save calls they see with the same ``BEGIN``,
+    ``WRITE``, ``COMMITTED``.
+    """
+
+    BEGIN = "checkpoint.begin"
+    WRITE = "checkpoint.write"
+    CHUNK = "checkpoint.chunk"
+    FSYNC = "checkpoint.fsync"
+    MANIFEST = "checkpoint.manifest"
+    COMMIT = "checkpoint.commit"
+    COMMITTED = "checkpoint.committed"
+    ROTATE = "checkpoint.rotate"
+    LOADED = "checkpoint.loaded"
+    ELASTIC = "checkpoint.elastic"
+    NOT_ELASTIC = "checkpoint.not_elastic"
+    CANNOT_RESHARD = "checkpoint.cannot_reshard"
+
+
+#: The points inside a save where a kill lands mid-save, in save order (``COMMITTED`` is after it).
+SAVE_POINTS = (Point.BEGIN, Point.WRITE, Point.CHUNK, Point.FSYNC, Point.MANIFEST, Point.COMMIT, Point.ROTATE)
+#: The save calls auto mode sees in a plain script, each a point just before the call.
+AUTO_SAVE_POINTS = ("torch.save", "safetensors.save_file", "dcp.save", "deepspeed.save_checkpoint")
+
 RANK_TRACE_RE = re.compile(r"^rank(\d+)\.jsonl$")
 FINAL_DIR = "final"
 

@@ -95,7 +95,7 @@ from harness.probe import state_digest as _state
 from harness.probe import evidence as _evidence
 from harness.probe.recorder import get as _get
 from harness.tensors import tensor_bytes, unwrap_model
-from harness.trace_schema import EventRow, StepRow
+from harness.trace_schema import EventRow, Point, StepRow
 
 BUFFER_SUFFIX = " (buffer)"
 INDEX_ENV = run_env.BASELINE_INDEX
@@ -199,7 +199,7 @@ class AutoRecorder:
             return orig(*args, **kwargs)
         api.point(name, path=path)
         out = orig(*args, **kwargs)
-        api.point("checkpoint.committed", step=self.rec.last_step, via=name, path=path)
+        api.point(Point.COMMITTED, step=self.rec.last_step, via=name, path=path)
         return out
 
     def loaded(self, obj, optimizer: bool = False):
@@ -368,7 +368,7 @@ class AutoRecorder:
                       "under the working directory (a relative path) or harness.probe.run_dir(), which are fresh "
                       "for every run")
         if chosen >= 1:
-            self.event("checkpoint.loaded", step=chosen, via="auto", path=self.last_load)
+            self.event(Point.LOADED, step=chosen, via="auto", path=self.last_load)
         return chosen
 
     def _prior_max(self) -> int:
