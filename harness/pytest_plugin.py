@@ -123,7 +123,9 @@ def result_class():
 
         def assert_pass(self) -> None:
             """Raise AssertionError with the full report unless the verdict is pass."""
-            if self.verdict != "pass":
+            from harness.oracle import VerdictKind
+
+            if self.verdict != VerdictKind.PASS:
                 raise AssertionError(f"resume-harness trial did not pass: {self.outcome}\n{self.report()}")
 
         def assert_outcome(self, outcome: str) -> None:
@@ -175,13 +177,10 @@ def render_report(result, width: int = 200) -> str:
 @pytest.fixture(scope="session")
 def resume_harness_launcher():
     """The fork-server launcher shared by every trial of this pytest process."""
-    from harness.launch.forkserver import ForkServerLauncher
+    from harness.launch.factory import borrowed
 
-    launcher = ForkServerLauncher()
-    try:
+    with borrowed() as launcher:  # a pool of our own, closed at the end of the session
         yield launcher
-    finally:
-        launcher.close()
 
 
 def _in_hypothesis_test() -> bool:
@@ -283,7 +282,9 @@ def resume_results(request, resume_harness_launcher, tmp_path):
 @pytest.fixture
 def resume_result(resume_results):
     """The trial of the test's marker that did not pass (the first such), else the last trial."""
-    return next((r for r in resume_results if r.verdict != "pass"), resume_results[-1])
+    from harness.oracle import VerdictKind
+
+    return next((r for r in resume_results if r.verdict != VerdictKind.PASS), resume_results[-1])
 
 
 # ----------------------------------------------------------------------------------------------- hooks

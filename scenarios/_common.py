@@ -61,20 +61,20 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from harness import probe
+from harness import probe, run_env
 from harness.checkpoint import Checkpointer, ProjectConfiguration
 
 # CUDA determinism needs this before cuBLAS initializes; harmless on CPU.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-STRATEGIES = ("ddp", "fsdp", "deepspeed-zero0", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3")
+from harness.settings import STRATEGIES  # noqa: E402  (harness run --strategy's names, defined once)
 
 
 def strategy_name() -> str:
     """``$HARNESS_STRATEGY``, default ddp; an unknown name is refused."""
-    name = os.environ.get("HARNESS_STRATEGY") or "ddp"
+    name = os.environ.get(run_env.STRATEGY) or "ddp"
     if name not in STRATEGIES:
-        raise SystemExit(f"HARNESS_STRATEGY={name!r} is not one of {', '.join(STRATEGIES)}")
+        raise SystemExit(f"{run_env.STRATEGY}={name!r} is not one of {', '.join(STRATEGIES)}")
     return name
 
 
@@ -337,7 +337,7 @@ class Scenario:
     # -- process setup ----------------------------------------------------------------------------
 
     def setup(self, args) -> Run:
-        backend = os.environ.get("HARNESS_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+        backend = os.environ.get(run_env.BACKEND) or ("nccl" if torch.cuda.is_available() else "gloo")
         strategy = strategy_name()
         if not dist.is_initialized():
             dist.init_process_group(backend)

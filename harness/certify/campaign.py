@@ -24,14 +24,14 @@ What is no resume bug, and what certifies nothing (``conclude`` sets the summary
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import os
 import re
 import shlex
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack
 
 from harness.certify import report_json
 from harness.certify.curves import baseline_curve, trial_curves
@@ -75,23 +75,6 @@ def prepare_out(out_dir: str, *, force: bool) -> str:
     return out
 
 
-@contextmanager
-def _strategy_env(strategy: str, passes_strategy: bool):
-    """Without ``run(strategy=...)``, the built-in scenarios read ``$HARNESS_STRATEGY``: set it for the campaign."""
-    if passes_strategy or strategy == "ddp":
-        yield
-        return
-    old = os.environ.get("HARNESS_STRATEGY")
-    os.environ["HARNESS_STRATEGY"] = strategy
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HARNESS_STRATEGY", None)
-        else:
-            os.environ["HARNESS_STRATEGY"] = old
-
-
 class _Progress:
     """A rich progress bar on stderr (plain lines when stderr is not a terminal)."""
 
@@ -132,6 +115,17 @@ class _Progress:
             self._bar.stop()
 
 
+def trial_spec(spec: CampaignSpec, scenario, ws: int):
+    """The TrialSpec of every trial of ``scenario`` at world size ``ws`` (each trial replaces its plan): the
+    campaign's backend, strategy and seed; the strategy reaches the ranks through it (the attempt's
+    HARNESS_STRATEGY), never through this process's environment."""
+    from harness.engine.spec import TrialSpec
+
+    return TrialSpec(target=scenario.target, nproc=ws, backend=spec.backend, seed=spec.seed, strategy=spec.strategy,
+                     script_args=tuple(scenario.args), timeout_s=TRIAL_TIMEOUT_S,
+                     auto=True if scenario.auto else None)
+
+
 def _baseline(spec: CampaignSpec, scenario, ws: int, launcher, scratch: str, say=None):
     from harness.engine.baseline import AUTO_MODE_LINE, baseline_with_mode
     from harness.engine.target import resolve_target
@@ -140,11 +134,10 @@ def _baseline(spec: CampaignSpec, scenario, ws: int, launcher, scratch: str, say
     tgt = resolve_target(scenario.target)
     # harness run's rule and the same cache key as harness.engine.run's own lookup, so every trial finds this
     # baseline; a script with no probe calls is certified in auto mode (said once, plainly)
-    b, auto = baseline_with_mode(tgt, auto=True if scenario.auto else None, nproc=ws, backend=spec.backend,
-                                 script_args=tuple(scenario.args), runs=1 if tgt.builtin else 2, launcher=launcher,
-                                 timeout_s=TRIAL_TIMEOUT_S, use_cache=True, scratch=scratch,
+    b, auto = baseline_with_mode(tgt, trial_spec(spec, scenario, ws), runs=1 if tgt.builtin else 2,
+                                 launcher=launcher, use_cache=True, scratch=scratch,
                                  progress=lambda line: say(f"{scenario.label}: {line}") if say and line == AUTO_MODE_LINE
-                                 else None, strategy=spec.strategy)
+                                 else None)
     if b.error is not None:
         return None, None, f"the baseline failed: {b.error}", None
     trace = load_trace(b.trace_dir)
@@ -189,19 +182,13 @@ class CellRunner:
     def __init__(self, spec: CampaignSpec, out: str, *, launcher=None, on_trial=None, on_note=None,
                  stall_retries: int = DEFAULT_STALL_RETRIES):
         from harness.engine import run
+        from harness.launch.factory import borrowed
 
         self.spec, self.out = spec, out
         self.stall_retries = stall_retries
         self._run = run
-        self.passes_strategy = "strategy" in inspect.signature(run).parameters
-        self._env = _strategy_env(spec.strategy, self.passes_strategy)
-        self._env.__enter__()
-        self._own = launcher is None
-        if launcher is None:
-            from harness.launch.forkserver import ForkServerLauncher
-
-            launcher = ForkServerLauncher()
-        self.launcher = launcher
+        self._stack = ExitStack()
+        self.launcher = self._stack.enter_context(borrowed(launcher))
         self.on_trial = on_trial or (lambda cell, verdict: None)
         self.on_note = on_note or (lambda text: None)
         self.baselines: dict = {}  # "label|ws" -> {last_step, committed, curve}
@@ -215,11 +202,7 @@ class CellRunner:
             self.on_note(text)
 
     def close(self) -> None:
-        try:
-            if self._own:
-                self.launcher.close()
-        finally:
-            self._env.__exit__(None, None, None)
+        self._stack.close()
 
     def __enter__(self):
         return self
@@ -256,7 +239,7 @@ class CellRunner:
 
     def run_cell(self, cell: Cell) -> tuple[dict, list[dict]]:
         from harness.engine.target import UsageError
-        from harness.oracle import load_trace
+        from harness.oracle import VerdictKind, load_trace
 
         spec = self.spec
         scenario = spec.scenario(cell.scenario)
@@ -271,8 +254,8 @@ class CellRunner:
             plans = plans_for(cell, profile, seed=spec.seed, trials=spec.trials)
         except NotApplicable as e:
             return report_json.cell_record(cell, status="n/a", reason=str(e)), []
-        run_kw = {"strategy": spec.strategy} if self.passes_strategy else {}
-        run_kw["auto"] = profile.auto  # the mode the baseline was recorded in (no detection per trial)
+        # the mode the baseline was recorded in (no detection per trial)
+        base = trial_spec(spec, scenario, cell.world_size).replace(auto=profile.auto)
         records = []
         group = (cell.scenario, cell.world_size)
         for k, plan in enumerate(plans, 1):
@@ -281,9 +264,7 @@ class CellRunner:
             retries = 0
             try:
                 while True:
-                    result = self._run(scenario.target, nproc=cell.world_size, plan=plan, seed=spec.seed,
-                                       backend=spec.backend, out_dir=tdir, script_args=scenario.args,
-                                       launcher=self.launcher, timeout_s=TRIAL_TIMEOUT_S, **run_kw)
+                    result = self._run(dataclasses.replace(base, plan=plan), out_dir=tdir, launcher=self.launcher)
                     if not is_stall(result.verdict, result.outcome) or retries >= self.stall_retries:
                         break
                     retries += 1  # load, not the resume: run it again
@@ -295,7 +276,7 @@ class CellRunner:
                 self.on_trial(cell, "error")
                 continue
             curves = None
-            if result.verdict != "pass" or group not in self._examples:
+            if result.verdict != VerdictKind.PASS or group not in self._examples:
                 try:
                     d = result.first_divergence
                     curves = trial_curves(base_trace, load_trace(os.path.join(tdir, "trace")),
@@ -303,20 +284,21 @@ class CellRunner:
                                           divergence_step=d.step if d is not None else None)
                 except Exception:  # noqa: BLE001 - a trial without a readable trace has no plot
                     curves = None
-                if result.verdict == "pass" and curves is not None:
+                if result.verdict == VerdictKind.PASS and curves is not None:
                     self._examples.add(group)
             records.append({**_trial_record(cell, k, result, wall_s=time.monotonic() - t1, curves=curves),
                             "retries": retries})
-            if result.verdict == "pass":
+            if result.verdict == VerdictKind.PASS:
                 shutil.rmtree(os.path.join(tdir, "run"), ignore_errors=True)
             self.on_trial(cell, result.verdict)
         return report_json.cell_record(cell), records
 
 
 def assemble(spec: CampaignSpec, cell_recs: list[dict], trials: list[dict], baselines: dict, *, wall_s: float,
-             shard: tuple[int, int] | None, n_cells: int, command: str | None, passes_strategy: bool) -> dict:
-    """The certificate of the cells that ran (harness.certify.report_json)."""
-    from harness.certify.env import fingerprint
+             shard: tuple[int, int] | None, n_cells: int, command: str | None, passes_strategy: bool = True) -> dict:
+    """The certificate of the cells that ran (harness.certify.report_json). ``passes_strategy``: kept for its
+    callers; every trial takes the strategy from its TrialSpec (``strategy_passed_as``: run(strategy=...))."""
+    from harness.fingerprint import fingerprint
 
     cert = {
         "schema": report_json.SCHEMA, "version": report_json.VERSION,
@@ -326,7 +308,7 @@ def assemble(spec: CampaignSpec, cell_recs: list[dict], trials: list[dict], base
                                  "cells": n_cells}],
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "command": command or "harness certify",
-                     "strategy_passed_as": "run(strategy=...)" if passes_strategy else "$HARNESS_STRATEGY"},
+                     "strategy_passed_as": "run(strategy=...)"},
         "environment": fingerprint(), "summary": {"wall_s": round(wall_s, 3)},
         "cells": cell_recs, "trials": trials, "baselines": baselines,
     }
@@ -337,6 +319,8 @@ def conclude(cert: dict) -> dict:
     """The summary's ``outcome`` and ``message`` (and ``stalled``, ``stall_retries``) on top of the verdict that
     ``report_json.finish_certificate`` counted; the verdict and exit code change where the outcome says so
     (see the module docstring). Call it again after anything that recounts the summary (a merge)."""
+    from harness.oracle import VerdictKind
+
     s, trials = cert["summary"], cert["trials"]
     stalled = [t for t in trials if is_stall(t["verdict"], t["outcome"])]
     s["stalled"] = len(stalled)
@@ -354,14 +338,14 @@ def conclude(cert: dict) -> dict:
                    f"ran ({nondet[0]['message'].removeprefix('no trial ran: ')})")
         if nondet[0].get("hint"):
             message += f"; hint: {nondet[0]['hint']}"
-    elif s["verdict"] == "pass" and s["passed"] == 0:
+    elif s["verdict"] == VerdictKind.PASS and s["passed"] == 0:
         na = [c for c in cert["cells"] if c["status"] == "n/a"]
         reasons = "; ".join(dict.fromkeys(f"{c['fault_class']} at world size {c['world_size']}: {c['reason']}"
                                           for c in na[:3]))
         outcome, s["verdict"] = "nothing_certified", "error"
         message = (f"nothing was certified: no trial ran ({len(na)} of {s['cells']} cell(s) n/a"
                    + (f": {reasons}" + (", ..." if len(na) > 3 else "") if na else "") + ")")
-    elif s["verdict"] == "error" and stalled and s["errors"] == len(stalled) and not s["cells_not_run"]:
+    elif s["verdict"] == VerdictKind.ERROR and stalled and s["errors"] == len(stalled) and not s["cells_not_run"]:
         outcome = "stall"
         message = (f"stalled: {len(stalled)} trial(s), retried ({s['stall_retries']} run(s) again), stalled every "
                    f"time: the machine was too loaded to judge them (not failures); rerun on a quieter machine")
@@ -403,7 +387,7 @@ def run_campaign(spec: CampaignSpec, out_dir: str, *, shard: tuple[int, int] | N
     finally:
         bar.close()
     return assemble(spec, cell_recs, trials, runner.baselines, wall_s=time.monotonic() - t0, shard=shard,
-                    n_cells=len(cells), command=command, passes_strategy=runner.passes_strategy)
+                    n_cells=len(cells), command=command)
 
 
 def write_reports(cert: dict, out_dir: str) -> dict[str, str]:
@@ -424,5 +408,5 @@ def command_line(argv) -> str:
     return shlex.join(["harness", "certify", *argv]) if argv is not None else shlex.join(["harness", *sys.argv[1:]])
 
 
-__all__ = ["run_campaign", "write_reports", "CellRunner", "assemble", "conclude", "prepare_out", "cell_slug",
+__all__ = ["run_campaign", "write_reports", "CellRunner", "assemble", "conclude", "prepare_out", "cell_slug", "trial_spec",
            "REPORT_FILES", "TRIAL_TIMEOUT_S", "DEFAULT_STALL_RETRIES"]

@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 
 
 def render(cert: dict) -> str:
+    from harness.oracle import VerdictKind
+
     trials: dict[str, list] = {}
     for t in cert["trials"]:
         trials.setdefault(t["cell"], []).append(t)
@@ -21,7 +23,7 @@ def render(cert: dict) -> str:
         ts = trials.get(cell["id"], [])
         case = ET.SubElement(suite, "testcase", classname=f"certify.{cell['scenario']}.ws{cell['world_size']}",
                              name=cell["fault_class"], time=f"{sum(t['wall_s'] or 0 for t in ts):.3f}")
-        bad = [t for t in ts if t["verdict"] != "pass"]
+        bad = [t for t in ts if t["verdict"] != VerdictKind.PASS]
         text = "\n".join(f"trial {t['index']} plan {t['plan']}: {t['verdict']} ({t['outcome']}) {t['message']}"
                          + (f"\n  replay: {t['replay']}" if t["replay"] else "") for t in bad)
         if cell["status"] == "fail":

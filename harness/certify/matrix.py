@@ -22,14 +22,13 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from harness.certify.errors import CertifyError
-
-#: Strategies of the reference checkpointer's scenarios (``$HARNESS_STRATEGY``; scenarios/_common.py).
-STRATEGIES = ("ddp", "fsdp", "deepspeed-zero0", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3")
+from harness.settings import STRATEGIES  # the scenarios' strategies ($HARNESS_STRATEGY), defined once
+from harness.trace_schema import Point
 
 #: The checkpoint fault points where a mid-save kill lands (docs/design.md section 4), in save order.
 #: ``checkpoint.chunk`` is reached only inside files above 16 MiB: its cells are n/a for small models.
-CHECKPOINT_POINTS = ("checkpoint.begin", "checkpoint.write", "checkpoint.chunk", "checkpoint.fsync",
-                     "checkpoint.manifest", "checkpoint.commit", "checkpoint.committed", "checkpoint.rotate")
+CHECKPOINT_POINTS = (Point.BEGIN, Point.WRITE, Point.CHUNK, Point.FSYNC,
+                     Point.MANIFEST, Point.COMMIT, Point.COMMITTED, Point.ROTATE)
 
 #: Fault class -> what its trials do (harness.certify.schedule draws their plans).
 FAULT_CLASSES: dict[str, str] = {
@@ -100,14 +99,14 @@ class ScenarioSpec:
         return self.target.endswith(".py") or os.path.isfile(self.target)
 
     def auto_mode(self) -> bool:
-        """Whether it is certified in auto mode, as far as its source tells (``harness.engine.trial.imports_probe``);
+        """Whether it is certified in auto mode, as far as its source tells (``harness.engine.baseline.imports_probe``);
         a script that imports the probe but records nothing goes to auto mode at its baseline too."""
         if self.auto:
             return True
         if not self.is_script:
             return False
         from harness.engine.target import UsageError, resolve_target
-        from harness.engine.trial import imports_probe
+        from harness.engine.baseline import imports_probe
 
         try:
             return not imports_probe(resolve_target(self.target))

@@ -76,7 +76,9 @@ class CellItem(pytest.Item):
         del config
         if rec["status"] == "n/a":
             pytest.skip(rec["reason"])
-        bad = [t for t in trials if t["verdict"] != "pass"]
+        from harness.oracle import VerdictKind
+
+        bad = [t for t in trials if t["verdict"] != VerdictKind.PASS]
         if bad:
             raise CellFailure(self.cell.id, bad)
 

@@ -93,7 +93,9 @@ def view(cert: dict, *, max_failures: int | None = None) -> dict:
                     row.append({**cell, "mark": STATUS_MARK[cell["status"]],
                                 "text": f"{cell['passed']}/{cell['trials']}" if cell["trials"] else ""})
             rows.append({"scenario": s["label"], "world_size": ws, "cells": row})
-    failures = [t for t in cert["trials"] if t["verdict"] != "pass"]
+    from harness.oracle import VerdictKind
+
+    failures = [t for t in cert["trials"] if t["verdict"] != VerdictKind.PASS]
     shown = failures if max_failures is None else failures[:max_failures]
     groups = failure_groups(failures, cells)
     shown_groups = groups if max_failures is None else groups[:max_failures]
@@ -105,7 +107,7 @@ def view(cert: dict, *, max_failures: int | None = None) -> dict:
         "failures": shown, "more_failures": len(failures) - len(shown), "n_failures": len(failures),
         "groups": shown_groups, "more_groups": len(groups) - len(shown_groups),
         "env": env, "git": (git.get("commit", "")[:12] + (" (dirty)" if git.get("dirty") else "")) if git else "n/a",
-        "examples": [t for t in cert["trials"] if t["verdict"] == "pass" and t.get("curves")],
+        "examples": [t for t in cert["trials"] if t["verdict"] == VerdictKind.PASS and t.get("curves")],
         "na_cells": [c for c in cert["cells"] if c["status"] == "n/a"],
     }
 

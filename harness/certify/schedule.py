@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from harness.certify.matrix import CHECKPOINT_POINTS, SAVE_CALL_CLASS, Cell
 from harness.engine.baseline import AUTO_SAVE_POINTS, BaselineProfile
 from harness.faults import Fault, FaultPlan
+from harness.trace_schema import Point
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def plans_for(cell: Cell, profile: Profile, *, seed: int, trials: int) -> list[F
             faults = [first]
             # auto mode records checkpoint.loaded as an event, with no fault point: a later step instead
             if not profile.auto and (i % 2 == 0 or not later):
-                faults.append(Fault(point="checkpoint.loaded", rank=rng.choice([0, "all"])))
+                faults.append(Fault(point=Point.LOADED, rank=rng.choice([0, "all"])))
             if later:
                 faults.append(Fault(step=rng.choice(later), rank=rng.choice([0, "all"])))
             out.append(FaultPlan(tuple(faults)))

@@ -25,39 +25,33 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
-import sys
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from harness import run_env
 from harness.engine.jobs import RunFolder, attempt_spec, failure_message
 from harness.engine.monitor import AttemptMonitor
+from harness.engine.spec import TrialSpec
 from harness.engine.target import Target
+from harness.fingerprint import versions
 from harness.launch import Launcher
 from harness.launch.spec import base_env, log_tail
+from harness.trace_schema import Point
 
 KEY_ENV = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
 # HARNESS_* variables that name places or are set per run by the harness: not part of the key.
-NOT_KEY_ENV = {"HARNESS_TRACE_DIR", "HARNESS_RUN_DIR", "HARNESS_CACHE_DIR", "HARNESS_ATTEMPT", "HARNESS_FAULT",
-               "HARNESS_ROLE", "HARNESS_BACKEND", "HARNESS_LAUNCH_ID"}
+NOT_KEY_ENV = run_env.PER_LAUNCH
 CACHE_FORMAT = 2  # 2: artefacts.json (the run folder's artefact index)
 ARTEFACTS_FILE = "artefacts.json"
 
 
 def cache_root() -> str:
-    return os.environ.get("HARNESS_CACHE_DIR") or os.path.join(
+    return os.environ.get(run_env.CACHE_DIR) or os.path.join(
         os.path.expanduser("~"), ".cache", "resume-harness", "baselines")
-
-
-def _version(dist: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "-"
 
 
 def _harness_sources() -> list[tuple[str, str]]:
@@ -73,8 +67,6 @@ def _harness_sources() -> list[tuple[str, str]]:
 def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: int, auto: bool = False,
                strategy: str | None = None) -> dict:
     """Everything the cache key covers, as a JSON object (stored in meta.json for inspection)."""
-    import harness
-
     env = base_env()
     return {
         "format": CACHE_FORMAT,
@@ -88,8 +80,7 @@ def key_inputs(target: Target, *, nproc: int, backend: str, script_args, runs: i
         "env": {k: env.get(k) for k in KEY_ENV}
                | {k: v for k, v in sorted(os.environ.items())
                   if k.startswith("HARNESS_") and k not in NOT_KEY_ENV and not k.endswith(("_DIR", "_PATH"))},
-        "versions": {"python": sys.version.split()[0], "torch": _version("torch"), "numpy": _version("numpy"),
-                     "harness": harness.__version__},
+        "versions": versions(),
     }
 
 
@@ -130,6 +121,22 @@ class Baseline:
         return self.trace_dirs[0]
 
 
+_PROBE_IMPORT = re.compile(r"^\s*(from\s+harness(\.\w+)*\s+import\s[^\n]*\bprobe\b|import\s+harness\.probe"
+                           r"|from\s+harness\.probe\s+import|from\s+harness\.checkpoint)", re.M)
+
+
+def imports_probe(target: Target) -> bool:
+    """Whether a target may record through harness.probe: a built-in scenario, or a script that imports the
+    probe or the reference checkpointer. Any other script goes to auto mode without a first plain run."""
+    if target.builtin:
+        return True
+    try:
+        with open(target.script, encoding="utf-8", errors="replace") as f:
+            return bool(_PROBE_IMPORT.search(f.read()))
+    except OSError:
+        return True
+
+
 @contextmanager
 def _locked(path: str):
     with open(path, "a") as f:
@@ -159,10 +166,9 @@ def _load(root: str) -> Baseline | None:
     return baseline
 
 
-def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, script_args, runs: int,
-                   launcher: Launcher, timeout_s: float, progress, auto: bool = False,
-                   strategy: str | None = None) -> Baseline:
-    """Run the uninterrupted baseline ``runs`` times under ``root`` and check they agree."""
+def _run_baselines(root: str, target: Target, spec: TrialSpec, *, runs: int, auto: bool, launcher: Launcher,
+                   progress) -> Baseline:
+    """Run the uninterrupted baseline of ``spec`` ``runs`` times under ``root`` and check they agree."""
     from harness.oracle import compare_runs, load_trace
 
     t0 = time.monotonic()
@@ -172,15 +178,13 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
     for i in range(runs):
         folder = RunFolder(os.path.join(root, f"baseline{i}"))
         progress(f"baseline run {i + 1}/{runs} ...")
-        monitor = AttemptMonitor(folder.trace_dir, nproc, 0, stall_s=timeout_s,
+        monitor = AttemptMonitor(folder.trace_dir, spec.nproc, 0, stall_s=spec.timeout_s,
                                  say=lambda line, i=i: progress(f"baseline run {i + 1}/{runs}: {line}"))
-        spec = attempt_spec(target, folder, nproc=nproc, backend=backend, script_args=script_args,
-                            role="baseline", attempt=0, fault=None, timeout_s=timeout_s, watch=monitor.watch,
-                            auto=auto, strategy=strategy)
-        result = launcher.launch(spec)
+        result = launcher.launch(attempt_spec(target, folder, spec, role="baseline", attempt=0, fault=None,
+                                              watch=monitor.watch, auto=auto))
         indexes.append(_index_run(folder.run_dir))  # what it left there, before it goes
         shutil.rmtree(folder.run_dir, ignore_errors=True)  # its checkpoints are not needed
-        why = failure_message(result, timeout_s)
+        why = failure_message(result, spec.timeout_s)
         trace = load_trace(folder.trace_dir)
         auto_errors = [e.info.get("message") for e in trace.events("auto.error") if isinstance(e.info, dict)]
         no_steps = not any(trace.steps(r) or trace.finished(r) for r in trace.ranks)
@@ -192,7 +196,7 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
         elif why is None and no_steps:
             baseline.no_probe = True  # the caller may retry in auto mode
         if why is None:
-            missing = [r for r in range(nproc) if not trace.finished(r)]
+            missing = [r for r in range(spec.nproc) if not trace.finished(r)]
             if no_steps:
                 why = ("recorded no trace: does the script call harness.probe (probe.step after each optimizer "
                        "step, probe.finish at the end)?")
@@ -216,18 +220,19 @@ def _run_baselines(root: str, target: Target, *, nproc: int, backend: str, scrip
     return baseline
 
 
-def get_baseline(target: Target, *, nproc: int, backend: str, script_args, runs: int, launcher: Launcher,
-                 timeout_s: float, use_cache: bool, scratch: str, progress, auto: bool = False,
-                 strategy: str | None = None) -> Baseline:
-    """The cached baseline, or a new one (cached when it succeeded and ``use_cache``).
+def get_baseline(target: Target, spec: TrialSpec, *, runs: int, auto: bool, launcher: Launcher, use_cache: bool,
+                 scratch: str, progress) -> Baseline:
+    """The cached baseline of ``spec`` (its world size, backend, strategy, script arguments and timeout), or a
+    new one (cached when it succeeded and ``use_cache``).
 
     Without the cache the baselines are run under ``scratch``. auto: record in auto mode (part of the
     key). A script that records nothing through the probe gets ``no_probe`` (remembered in the cache
     as ``<key>.noprobe``, so the next run goes to auto mode at once).
     """
-    kwargs = dict(nproc=nproc, backend=backend, script_args=script_args, runs=runs, auto=auto, strategy=strategy)
+    kwargs = dict(nproc=spec.nproc, backend=spec.backend, script_args=spec.script_args, runs=runs, auto=auto,
+                  strategy=spec.strategy)
     if not use_cache:
-        return _run_baselines(scratch, target, launcher=launcher, timeout_s=timeout_s, progress=progress, **kwargs)
+        return _run_baselines(scratch, target, spec, runs=runs, auto=auto, launcher=launcher, progress=progress)
     key = baseline_key(target, **kwargs)
     root = cache_root()
     final = os.path.join(root, key)
@@ -244,8 +249,8 @@ def get_baseline(target: Target, *, nproc: int, backend: str, script_args, runs:
             _unlink(lock)
             return cached
         try:
-            built = _build(final, key, target, scratch=scratch, launcher=launcher, timeout_s=timeout_s,
-                           progress=progress, kwargs=kwargs)
+            built = _build(final, key, target, spec, scratch=scratch, launcher=launcher, progress=progress,
+                           kwargs=kwargs)
             if built.no_probe:
                 open(final + ".noprobe", "w").close()
             return built
@@ -262,12 +267,13 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _build(final: str, key: str, target: Target, *, scratch, launcher, timeout_s, progress, kwargs) -> Baseline:
+def _build(final: str, key: str, target: Target, spec: TrialSpec, *, scratch, launcher, progress,
+           kwargs) -> Baseline:
     root = os.path.dirname(final)
     tmp = os.path.join(root, f".tmp-{key}-{uuid.uuid4().hex[:8]}")
     try:
-        baseline = _run_baselines(tmp, target, launcher=launcher, timeout_s=timeout_s, progress=progress,
-                                  **kwargs)
+        baseline = _run_baselines(tmp, target, spec, runs=kwargs["runs"], auto=kwargs["auto"], launcher=launcher,
+                                  progress=progress)
     except BaseException:  # interrupted or broken: leave no half entry behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -348,27 +354,25 @@ AUTO_MODE_LINE = "no probe calls: testing in auto mode (as harness run --auto)"
 #: ``checkpoint.committed`` event with ``info.via`` follows each one that returned.
 AUTO_SAVE_POINTS = ("torch.save", "safetensors.save_file", "dcp.save", "deepspeed.save_checkpoint")
 #: Events no fault can fire at: recorded by auto mode itself, or only after a resume.
-_NOT_POINTS = ("checkpoint.loaded",)
+_NOT_POINTS = (Point.LOADED,)
 _NOT_POINT_PREFIXES = ("auto.",)
 
 
-def baseline_with_mode(target: Target, *, auto: bool | None, nproc: int, backend: str, script_args, runs: int,
-                       launcher: Launcher, timeout_s: float, use_cache: bool, scratch: str, progress,
-                       strategy: str | None = None) -> tuple[Baseline, bool]:
-    """The baseline of ``target`` and whether it is recorded in auto mode, by ``harness run``'s rule.
+def baseline_with_mode(target: Target, spec: TrialSpec, *, runs: int, launcher: Launcher, use_cache: bool,
+                       scratch: str, progress) -> tuple[Baseline, bool]:
+    """The baseline of ``spec`` (on ``target``, resolved) and whether it is recorded in auto mode, by
+    ``harness run``'s rule; ``harness run``, ``harness fuzz`` and ``harness certify`` all take it from here.
 
-    auto=True: auto mode (``--auto``); False: the probe only; None: a script that does not import the
-    probe goes to auto mode at once (``harness.engine.trial.imports_probe``, so no probe-mode run writes
-    into the user's folder), one that imports it but records nothing through it after its first
-    baseline run. ``harness fuzz`` and ``harness certify`` use it before their first trial and then pass
-    the mode to every trial, so all of them judge the script as ``harness run`` would.
+    spec.auto=True: auto mode (``--auto``); False: the probe only; None: a script that does not import the
+    probe goes to auto mode at once (``imports_probe``, so no probe-mode run writes into the user's folder),
+    one that imports it but records nothing through it after its first baseline run. Fuzz and certify
+    then pass the mode to every trial, so all of them judge the script as ``harness run`` would.
     """
-    from harness.engine.trial import imports_probe
+    auto = spec.auto
 
     def of(mode: bool, say=None) -> Baseline:
-        return get_baseline(target, nproc=nproc, backend=backend, script_args=script_args, runs=runs,
-                            launcher=launcher, timeout_s=timeout_s, use_cache=use_cache, scratch=scratch,
-                            progress=say or progress, auto=mode, strategy=strategy)
+        return get_baseline(target, spec, runs=runs, auto=mode, launcher=launcher, use_cache=use_cache,
+                            scratch=scratch, progress=say or progress)
 
     if auto is None and not imports_probe(target):
         progress(AUTO_MODE_LINE)  # said plainly: it is no error that the script has no probe calls
@@ -452,7 +456,7 @@ class BaselineProfile:
         from harness.trace_schema import EventRow, FinishRow, StepRow
 
         # the oracle's rule, without the steps only the harness's own final-state write "saved"
-        saved = {e.event_step for e in trace.events("checkpoint.committed") if e.attempt == 0 and not _harness_own_file(e)}
+        saved = {e.event_step for e in trace.events(Point.COMMITTED) if e.attempt == 0 and not _harness_own_file(e)}
         complete = tuple(sorted(s for s in trace.complete_checkpoints(0) if isinstance(s, int) and s in saved))
         first = min(complete, default=None)
         points: dict = {}
@@ -470,7 +474,7 @@ class BaselineProfile:
                         row.name.startswith(_NOT_POINT_PREFIXES) or _harness_own_file(row):
                     continue
                 via = row.info.get("via") if isinstance(row.info, dict) else None
-                if (first is not None and not done and row.name == "checkpoint.committed" and via is None
+                if (first is not None and not done and row.name == Point.COMMITTED and via is None
                         and row.event_step == first):
                     done = True  # the reference checkpointer's own atomic commit: complete once it returned
                 points.setdefault(row.name, {}).setdefault(rank, []).append(row.event_step)

@@ -61,8 +61,10 @@ def is_stall(verdict, outcome) -> bool:
     """Whether a trial's verdict is one that machine load alone can cause, never a resume bug: a stall
     (no rank recorded anything for the stall limit), or a hang before any resume (``timeout`` with
     verdict error: attempt 0 ran past --timeout). A hang after a resume (``timeout``, fail) is not."""
+    from harness.oracle import Outcome, VerdictKind
+
     outcome = str(outcome)
-    return outcome == "stall" or (outcome == "timeout" and str(verdict) == "error")
+    return outcome == Outcome.STALL or (outcome == Outcome.TIMEOUT and str(verdict) == VerdictKind.ERROR)
 
 
 def available_cpus() -> int:

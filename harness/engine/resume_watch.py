@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 
-from harness.trace_schema import rank_trace_file
+from harness.trace_schema import Point, rank_trace_file
+
+_LOADED = f'"{Point.LOADED}"'.encode()  # a cheap test before a row is parsed
 
 class ResumeWatch:
     """``check()`` returns a reason to stop the attempt once two ranks restored different steps.
@@ -38,7 +40,7 @@ class ResumeWatch:
         lines = (self.partial[rank] + data).split(b"\n")
         self.partial[rank] = lines.pop()
         for line in lines:
-            if b'"checkpoint.loaded"' not in line and b'"kind":"step"' not in line:
+            if _LOADED not in line and b'"kind":"step"' not in line:
                 continue
             try:
                 row = json.loads(line)
@@ -48,7 +50,7 @@ class ResumeWatch:
                 continue
             if row.get("kind") == "step" and isinstance(row.get("step"), int):
                 self.loaded.setdefault(rank, row["step"] - 1)  # loaded nothing before its first step
-            elif row.get("name") == "checkpoint.loaded":
+            elif row.get("name") == Point.LOADED:
                 info = row.get("info") if isinstance(row.get("info"), dict) else {}
                 step = info.get("step", row.get("step"))
                 if isinstance(step, int):

@@ -20,7 +20,14 @@ _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*([./][A-Za-z][A-Za-z0-9_]*)*\Z")
 
 
 class UsageError(ValueError):
-    """Bad input from the user (unknown target, bad plan, bad option): exit code 2, no traceback."""
+    """Bad input from the user (unknown target, bad plan, bad option): exit code 2, no traceback.
+
+    ``field``: the ``TrialSpec`` field at fault where there is one (``harness.engine.spec.FLAGS`` maps it
+    to its command-line flag), else None."""
+
+    def __init__(self, message: str = "", *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ and ``fuzz.json`` (the campaign's result).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import json
@@ -68,6 +69,7 @@ from harness.engine.monitor import is_stall
 from harness.faults import SIGNALS, FaultPlan
 from harness.fuzz.coverage import Coverage, CoverageCounter
 from harness.fuzz.space import FaultSpace
+from harness.settings import DEFAULT_TIMEOUT_S
 
 #: Outcomes of a trial that did not exercise what the plan asked for: not bugs, rejected and counted.
 EXERCISE_ERRORS = frozenset({"fault_not_fired", "fault_survived", "not_resumed", "fault_not_armed"})
@@ -110,7 +112,11 @@ class StopReason(str, enum.Enum):
 
 @dataclass(frozen=True)
 class CampaignConfig:
-    """What to fuzz and for how long. ``db``: Hypothesis's example database folder (None: no database)."""
+    """What to fuzz and for how long. ``db``: Hypothesis's example database folder (None: no database).
+
+    target, nproc, seed, backend, timeout_s, stall_s, script_args and auto are the trials' settings:
+    ``spec`` is their TrialSpec (checked by its rules), and every trial runs
+    ``dataclasses.replace(spec, plan=...)`` (with the backend resolved and the baseline's mode)."""
 
     target: str = "default"
     nproc: int = 2
@@ -119,7 +125,7 @@ class CampaignConfig:
     time_s: float | None = None
     max_faults: int = 3
     backend: str = "auto"
-    timeout_s: float = 300.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
     stall_s: float | None = None
     script_args: tuple[str, ...] = ()
     db: str | None = None
@@ -131,6 +137,14 @@ class CampaignConfig:
     def __post_init__(self):
         object.__setattr__(self, "script_args", tuple(self.script_args))
         object.__setattr__(self, "signals", tuple(self.signals))
+
+    @property
+    def spec(self):
+        """The trials' TrialSpec (plan: random until each trial replaces it); UsageError names a bad field."""
+        from harness.engine.spec import TrialSpec
+
+        return TrialSpec(target=self.target, nproc=self.nproc, seed=self.seed, backend=self.backend,
+                         timeout_s=self.timeout_s, stall_s=self.stall_s, script_args=self.script_args, auto=self.auto)
 
 
 @dataclass(frozen=True)
@@ -323,15 +337,12 @@ class Campaign:
             raise UsageError(f"--time must be > 0, got {c.time_s!r} s")
         if not isinstance(c.max_faults, int) or c.max_faults < 1:
             raise UsageError(f"--max-faults must be an integer >= 1, got {c.max_faults!r}")
-        if not isinstance(c.nproc, int) or c.nproc < 1:
-            raise UsageError(f"--nproc must be an integer >= 1, got {c.nproc!r}")
-        if c.timeout_s <= 0:
-            raise UsageError(f"--timeout must be > 0 seconds, got {c.timeout_s}")
-        if c.stall_s is not None and c.stall_s <= 0:
-            raise UsageError(f"--stall must be > 0 seconds, got {c.stall_s}")
         if not isinstance(c.stall_retries, int) or isinstance(c.stall_retries, bool) or c.stall_retries < 0:
             raise UsageError(f"stall_retries must be an integer >= 0, got {c.stall_retries!r}")
-        return resolve_target(c.target), resolve_backend(c.backend)
+        spec = c.spec  # the trial settings' own rules (UsageError names the field)
+        target = resolve_target(spec.target)
+        self._spec = spec.replace(target=target.name, backend=resolve_backend(spec.backend))
+        return target, self._spec.backend
 
     # -- the campaign ---------------------------------------------------------------------------
     def run(self) -> CampaignResult:
@@ -340,15 +351,12 @@ class Campaign:
         c = self.config
         os.makedirs(c.out_dir, exist_ok=True)
         t0 = time.monotonic()
-        own = self._launcher is None
-        if own:
-            from harness.launch.forkserver import ForkServerLauncher
-
-            self._launcher = ForkServerLauncher()
         self.counter = CoverageCounter()
         space = None
         stop, message, log_tail, hint = StopReason.EXHAUSTED, "", None, None
-        try:
+        from harness.launch.factory import borrowed
+
+        with borrowed(self._launcher) as self._launcher:
             try:
                 baseline, space = self._baseline(target, backend)
                 if baseline.error is not None:
@@ -368,22 +376,21 @@ class Campaign:
                 stop, message = StopReason.INTERRUPTED, "interrupted (Ctrl-C); every process was stopped"
             except _Stop as s:
                 stop, message = s.reason, s.message
-        finally:
-            if own:
-                self._launcher.close()
         failures = self._failures(stop)
         if failures and stop not in (StopReason.INTERRUPTED, StopReason.SHRINK_LIMIT):
             stop = StopReason.FAILURE
         self._cleanup(failures)
         elapsed = time.monotonic() - t0
         fuzz_s = time.monotonic() - self._t_first if self._t_first is not None else 0.0
+        from harness.oracle import VerdictKind
+
         stalled = [r for r in self.records if is_stall(r.verdict, r.outcome)]  # reported apart, not rejected
         outcomes = Counter(r.outcome for r in self.records
-                           if r.verdict == "error" and not is_stall(r.verdict, r.outcome))
+                           if r.verdict == VerdictKind.ERROR and not is_stall(r.verdict, r.outcome))
         result = CampaignResult(
             target=target.name, nproc=c.nproc, backend=backend, seed=c.seed, stop=stop, trials=len(self.records),
-            passes=sum(r.verdict == "pass" for r in self.records),
-            failed_trials=sum(r.verdict == "fail" for r in self.records), rejected=tuple(sorted(outcomes.items())),
+            passes=sum(r.verdict == VerdictKind.PASS for r in self.records),
+            failed_trials=sum(r.verdict == VerdictKind.FAIL for r in self.records), rejected=tuple(sorted(outcomes.items())),
             failures=failures, coverage=self.counter.snapshot(), space=space, elapsed_s=elapsed, fuzz_s=fuzz_s,
             message=message, log_tail=log_tail, out_dir=os.path.abspath(c.out_dir), db=c.db,
             shrink_trials=sum(r.phase == "shrink" for r in self.records),
@@ -405,9 +412,9 @@ class Campaign:
         c = self.config
         self.say("baseline ...")
         baseline, self.auto = baseline_with_mode(
-            target, auto=c.auto, nproc=c.nproc, backend=backend, script_args=c.script_args,
-            runs=1 if target.builtin else 2, launcher=self._launcher, timeout_s=c.timeout_s, use_cache=True,
+            target, self._spec, runs=1 if target.builtin else 2, launcher=self._launcher, use_cache=True,
             scratch=os.path.join(os.path.abspath(c.out_dir), "baseline"), progress=self.say)
+        self._spec = self._spec.replace(auto=self.auto)  # every trial in the baseline's mode
         if baseline.error is not None or (baseline.repro is not None and baseline.repro.first is not None):
             return baseline, None
         space = FaultSpace.from_trace(load_trace(baseline.trace_dir), nproc=c.nproc, max_faults=c.max_faults,
@@ -442,24 +449,26 @@ class Campaign:
         """The condition Hypothesis searches for: this plan's trial fails."""
         from hypothesis import reject
 
+        from harness.oracle import VerdictKind
+
         if self._space.unreachable(plan) is not None:  # would end as fault_not_fired: not worth a trial
             self._unreachable += 1
             reject()
         early = self._early_class(plan)
-        if early is not None and plan.format() not in self._cache and self._early.get(early) == "error":
+        if early is not None and plan.format() not in self._cache and self._early.get(early) == VerdictKind.ERROR:
             self._skipped_early += 1  # its class already gave "no resume tested": another one would too
             reject()
         result = self._trial(plan)
         if early is not None and result is not None:
             # an error (not_resumed; a stall too, which is retried already) closes the class: one trial each
-            self._early.setdefault(early, "error" if is_stall(result.verdict, result.outcome) else result.verdict)
+            self._early.setdefault(early, VerdictKind.ERROR if is_stall(result.verdict, result.outcome) else result.verdict)
         if result is None:  # the engine refused the plan before running it
             reject()
         if is_stall(result.verdict, result.outcome):  # load, not the plan: never a failure, never shrunk to
             reject()
-        if result.verdict == "fail":  # every failing outcome: divergence, rng_only, lost_progress, ...
+        if result.verdict == VerdictKind.FAIL:  # every failing outcome: divergence, rng_only, lost_progress, ...
             return True
-        if result.verdict == "pass":
+        if result.verdict == VerdictKind.PASS:
             return False
         if str(result.outcome) in REJECTED_OUTCOMES:
             reject()
@@ -475,6 +484,7 @@ class Campaign:
 
     def _trial(self, plan: FaultPlan):
         from harness.engine import UsageError, run
+        from harness.oracle import VerdictKind
 
         key = plan.format()
         if key in self._cache:
@@ -497,9 +507,8 @@ class Campaign:
         while True:
             shutil.rmtree(out, ignore_errors=True)
             try:
-                result = run(c.target, nproc=c.nproc, plan=plan, seed=c.seed, backend=self.backend, out_dir=out,
-                             script_args=c.script_args, use_cache=True, launcher=self._launcher,
-                             timeout_s=c.timeout_s, stall_s=c.stall_s, auto=self.auto)
+                result = run(dataclasses.replace(self._spec, plan=plan), out_dir=out, use_cache=True,
+                             launcher=self._launcher)
             except UsageError:
                 shutil.rmtree(out, ignore_errors=True)
                 self._record(key, INVALID_PLAN, "error", now, phase, plan, retries)
@@ -517,7 +526,7 @@ class Campaign:
             self.say(f"plan {key}: {result.outcome} ({result.message}); running it again "
                      f"({retries}/{c.stall_retries})")
         self._cache[key] = result
-        if result.verdict == "fail":
+        if result.verdict == VerdictKind.FAIL:
             if self._found is None:
                 self._found = result
             if self._best is not None:
@@ -529,12 +538,14 @@ class Campaign:
         return result
 
     def _record(self, key, outcome, verdict, t, phase, plan, retries=0):
+        from harness.oracle import VerdictKind
+
         self.records.append(TrialRecord(len(self.records) + 1, key, verdict, outcome,
                                         round(time.monotonic() - t, 3), phase, retries))
         self.counter.add(plan)
         trials, time_s = self._budget
         self.on_trial(Progress(trials=len(self.records), failures=int(self._found is not None),
-                               rejected=sum(r.verdict == "error" and not is_stall(r.verdict, r.outcome)
+                               rejected=sum(r.verdict == VerdictKind.ERROR and not is_stall(r.verdict, r.outcome)
                                             for r in self.records),
                                elapsed_s=time.monotonic() - self._t_first, phase=phase, plan=key,
                                budget_trials=trials, budget_s=time_s))
@@ -547,8 +558,7 @@ class Campaign:
         repro = None
         try:
             c = self.config
-            repro = self._write_repro(best, os.path.join(c.out_dir, "repro"), script_args=c.script_args,
-                                      timeout_s=c.timeout_s, stall_s=c.stall_s)
+            repro = self._write_repro(best, os.path.join(c.out_dir, "repro"))
         except OSError as e:
             self.say(f"could not write the repro file: {e}")
         d = best.first_divergence
@@ -585,8 +595,8 @@ def describe_space(space: FaultSpace) -> str:
     return line
 
 
-def write_repro_file(result, stem: str, *, script_args=(), timeout_s=None, stall_s=None) -> str:
-    """Write the bug report of a failing RunResult (``harness.repro``, TOML) and return its path.
+def write_repro_file(result, stem: str) -> str:
+    """Write the bug report of a failing RunResult (``harness.repro``, TOML: the trial's spec) and return its path.
 
     ``harness repro <path>`` reruns it. Where ``harness.repro`` cannot write it (e.g. the target is
     gone), a JSON file with the RunResult (plan, replay command, first divergence) is written instead.
@@ -594,8 +604,7 @@ def write_repro_file(result, stem: str, *, script_args=(), timeout_s=None, stall
     from harness.repro import Repro, ReproError
 
     try:
-        return Repro.from_result(result, script_args=tuple(script_args), timeout_s=timeout_s,
-                                 stall_s=stall_s).dump(stem + ".toml")
+        return Repro.from_result(result).dump(stem + ".toml")
     except ReproError:
         path = stem + ".json"
         with open(path, "w") as f:

@@ -49,7 +49,7 @@ def json_float(x: float | None):
     return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TensorDiff:
     name: str
     dtype: str | None = None
@@ -66,7 +66,7 @@ class TensorDiff:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Divergence:
     step: int | None
     rank: int
@@ -105,7 +105,7 @@ def training_fields(d: Divergence) -> list[str]:
     return [f for f in d.fields if not is_rng_field(f)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Comparison:
     first: Divergence | None
     divergences: list[Divergence]

@@ -24,19 +24,25 @@ max absolute deviation is reported, not judged.
 
 Outcomes: ``elastic_pass`` (verdict pass; never called bit-exact), ``not_elastic`` (the data order is
 not elastic: the checkpointer refused the resume (error), or the global sample order changed (fail)),
-``divergence`` (an exact claim failed, or the loss is beyond the tolerance), and the run outcomes of
-the bit-exact oracle (crash_on_resume, fault_not_fired, ...).
+``divergence`` (an exact claim failed, or the loss is beyond the tolerance), and the lifecycle outcomes
+(crash_on_resume, fault_not_fired, not_resumed, exit_unknown, ...), found by the same checks as in the
+bit-exact oracle (harness.oracle.lifecycle), with the same messages: the faults, resumes and exit codes
+first, before anything is compared; an unknown exit status last.
 """
 
 from __future__ import annotations
 
 import math
 
-from harness.trace_schema import RestoredRow
+from harness.trace_schema import Point, RestoredRow
 
 from .compare import Divergence, TensorDiff, _named_diffs, _optimizer_notes, compare_step, same, unused_rng_streams
+from .lifecycle import (BEFORE_COMPARISON, Lifecycle, RankEnd, check_exit_codes, check_exits_known, check_resumed,
+                        first_finding)
+from .outcome import Finding, Outcome, Verdict, VerdictKind
 from .trace import Trace, load_trace
-from .verdict import Outcome, RankEnd, Verdict
+
+PASS, FAIL, ERROR = VerdictKind.PASS, VerdictKind.FAIL, VerdictKind.ERROR
 
 #: The default relative tolerance of the global loss after an elastic resume.
 DEFAULT_LOSS_RTOL = 1e-3
@@ -125,73 +131,55 @@ def _fmt(x: float | None) -> str:
 
 def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
                    last_exits: list[RankEnd] | None = None, launched: int | None = None,
-                   loss_rtol: float = DEFAULT_LOSS_RTOL) -> Verdict:
+                   loss_rtol: float = DEFAULT_LOSS_RTOL, log_tail: str | None = None) -> Verdict:
     """Judge a trial whose attempt 0 ran on ``nproc`` ranks (as the baseline) and later attempts on
-    ``resume_nproc``. See the module docstring for what is exact and what is measured."""
+    ``resume_nproc``. See the module docstring for what is exact and what is measured. The lifecycle of
+    the trial (faults fired and ended their attempts, every attempt resumed, exit codes) is checked as
+    the bit-exact oracle checks it (harness.oracle.lifecycle), each attempt on its own world size.
+    log_tail: the verdict's log tail where no check names a rank's own."""
     base, trial = load_trace(base), load_trace(trial)
     warnings = [f"baseline: {w}" for w in base.warnings] + [f"trial: {w}" for w in trial.warnings]
     world = {0: nproc}
     summary = tuple(trial.attempt_summary())
     compared: dict = {"elastic": {"world_sizes": [nproc, resume_nproc], "loss_rtol": loss_rtol}}
-    ends = {e.rank: e for e in last_exits or []}
 
     def size(a: int) -> int:
         return world.get(a, resume_nproc)
 
     def done(verdict, outcome, message, **kw) -> Verdict:
+        if log_tail:
+            kw.setdefault("log_tail", log_tail)
         return Verdict(verdict, outcome, message, compared=compared, attempts=summary, warnings=tuple(warnings), **kw)
 
-    refused = trial.events("checkpoint.not_elastic")
+    def found(finding: Finding) -> Verdict:
+        return done(**finding.verdict_fields())
+
+    refused = trial.events(Point.NOT_ELASTIC)
     if refused:
         e = refused[0]
         info = e.info if isinstance(e.info, dict) else {}
-        return done("error", Outcome.NOT_ELASTIC,
+        return done(ERROR, Outcome.NOT_ELASTIC,
                     f"not elastic: the resume on {resume_nproc} rank(s) (attempt {e.attempt}) was refused by the "
                     f"checkpointer: data loader {info.get('loader')}: {info.get('reason')}; nothing of the elastic "
                     "resume could be checked, and nothing is claimed exact",
                     hint="build the loader with harness.checkpoint.elastic.elastic_loader(dataset, global_batch_size, "
                          "seed=...) (one global order cut into fixed global batches), or resume with --resume-nproc "
                          f"{nproc}")
-    for e in trial.events("checkpoint.cannot_reshard")[:1]:
+    for e in trial.events(Point.CANNOT_RESHARD)[:1]:
         info = e.info if isinstance(e.info, dict) else {}
-        return done("error", Outcome.ERROR,
+        return done(ERROR, Outcome.ERROR,
                     f"the checkpointer refused the resume on {resume_nproc} rank(s) (attempt {e.attempt}): strategy "
                     f"{info.get('strategy')!r} cannot reshard a checkpoint saved by {info.get('saved_world')} rank(s) "
                     f"({info.get('reason')}); nothing of the elastic resume could be checked",
                     hint=f"resume with --resume-nproc {nproc} (the same world size), or use a strategy that reshards "
                          "(ddp, fsdp, deepspeed-zero1/2)")
-    attempts = trial.attempts()
-    if not attempts:
-        return done("error", Outcome.ERROR, "the trial recorded no trace row: did its ranks start? See attempt0/rank*.log")
-
-    def finished(a: int) -> bool:
-        return all(trial.finished(r, a) for r in range(size(a)))
-
-    for a in range(min(n_faults, max(attempts) + 1)):
-        fired = [row for row in trial.faults() if row.attempt == a]
-        if not fired and finished(a):
-            return done("error", Outcome.FAULT_NOT_FIRED, f"fault {a + 1} of the plan never fired: attempt {a} finished "
-                                                          "without reaching it")
-        if fired and finished(a):
-            return done("error", Outcome.FAULT_SURVIVED, f"fault {a + 1} fired, but attempt {a} ran to the end: "
-                                                         "no resume was tested")
-    last = max(attempts)
-    crashed = sorted((e for e in ends.values() if not e.torn_down and e.returncode not in (0, None)), key=lambda e: e.rank)
-    if (launched or 0) - 1 > last:
-        e = crashed[0] if crashed else None
-        how = f" (rank {e.rank}, exit code {e.returncode})" if e else ""
-        return done("fail", Outcome.CRASH_ON_RESUME,
-                    f"attempt {last + 1} on {resume_nproc} rank(s) crashed before it recorded anything{how} (while "
-                    "loading the checkpoint?)", log_tail=e.log_tail if e else None)
-    if last < n_faults:
-        return done("error", Outcome.FAULT_NOT_ARMED, f"the trial ended after {last + 1} attempt(s); the plan has "
-                                                      f"{n_faults} fault(s)")
-    if not finished(last) or crashed:
-        e = crashed[0] if crashed else None
-        unfinished = [r for r in range(size(last)) if not trial.finished(r, last)]
-        who = f"rank {e.rank} (exit code {e.returncode})" if e else f"rank(s) {unfinished}"
-        return done("fail", Outcome.CRASH_ON_RESUME, f"{who} of attempt {last}, on {size(last)} rank(s), did not "
-                                                     "finish cleanly after the resume", log_tail=e.log_tail if e else None)
+    life = Lifecycle.of(trial, n_faults=n_faults, last_exits=last_exits, launched=launched,
+                        world=lambda a: range(size(a)))
+    # a crash after the resume is told before any comparison: its state is not the run's to judge
+    finding = first_finding(life, (*BEFORE_COMPARISON, check_exit_codes, check_resumed))
+    if finding is not None:
+        return found(finding)
+    last = life.last.attempt
 
     # -- exact: before the resume, at the resume point, the sample order -----------------------------
     index = {}
@@ -204,14 +192,14 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
         for row in trial.steps(r, 0):
             b = index.get((r, row.step))
             if b is None:
-                return done("fail", Outcome.DIVERGENCE, f"step {row.step} of rank {r} (attempt 0) is not in the baseline",
+                return done(FAIL, Outcome.DIVERGENCE, f"step {row.step} of rank {r} (attempt 0) is not in the baseline",
                             first_divergence=Divergence(row.step, r, 0, ["extra"]))
             fields, tensors, note, _ = compare_step(b, row, unused)
             rows0 += 1
             if fields:
                 d = Divergence(row.step, r, 0, fields, tensors, note=note)
-                return done("fail", Outcome.DIVERGENCE, f"before the resume (attempt 0, {nproc} rank(s), as the "
-                                                        f"baseline): step {row.step}, rank {r}: {', '.join(fields)} differ",
+                return done(FAIL, Outcome.DIVERGENCE, f"before the resume (attempt 0, {nproc} rank(s), as the "
+                                                      f"baseline): step {row.step}, rank {r}: {', '.join(fields)} differ",
                             first_divergence=d)
 
     restored_checks, samples_n, steps_n = 0, 0, 0
@@ -221,17 +209,17 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
     for a in range(1, last + 1):
         ranks = range(size(a))
         restored = _restored_rows(trial, a, ranks)
-        loaded = [e for e in trial.events("checkpoint.loaded") if e.attempt == a]
-        if not restored and not loaded:
+        loaded = [e for e in trial.events(Point.LOADED) if e.attempt == a]
+        if not restored and not loaded:  # began past step 1 (check_resumed took restarts) with nothing restored
             prev = summary[a - 1] if a - 1 < len(summary) else None
             committed = list(prev.committed_steps) if prev else []
-            return done("fail" if committed else "error", Outcome.NOT_RESUMED,
+            return done(FAIL if committed else ERROR, Outcome.NOT_RESUMED,
                         f"attempt {a} did not resume (no checkpoint loaded)"
                         + (f" although checkpoint(s) at step(s) {committed} were committed" if committed else
                            ": no checkpoint existed before the kill; this plan did not test resumption"))
         missing = [r for r in ranks if r not in restored]
         if missing:
-            return done("error", Outcome.ERROR,
+            return done(ERROR, Outcome.ERROR,
                         f"attempt {a}: rank(s) {missing} recorded no restored state: the elastic oracle compares the "
                         "state at the resume point, which the script records with probe.restored(step, model=..., "
                         "optimizer=..., **values) right after loading (see the elastic scenario)")
@@ -245,23 +233,23 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
             if b is None or b.attempt == 0:
                 b, whose = index.get((0, row.step)), f"the baseline's at step {row.step}"
             if b is None:
-                return done("fail", Outcome.DIVERGENCE, f"attempt {a}, rank {r} restored step {row.step}, which the "
-                                                        "baseline never had", first_divergence=Divergence(row.step, r, a, ["step"]))
+                return done(FAIL, Outcome.DIVERGENCE, f"attempt {a}, rank {r} restored step {row.step}, which the "
+                                                      "baseline never had", first_divergence=Divergence(row.step, r, a, ["step"]))
             fields, tensors, note, n = compare_restored(b, row)
             if n == 0:  # a restored row that holds nothing: "state at resume exact" would rest on no value
-                return done("error", Outcome.NO_EVIDENCE,
+                return done(ERROR, Outcome.NO_EVIDENCE,
                             f"attempt {a}, rank {r}: probe.restored(step {row.step}) recorded no state (no model, "
                             "optimizer or value), so nothing at the resume point could be compared",
                             hint="pass what was restored: probe.restored(step, model=..., optimizer=..., **values)")
             restored_checks = max(restored_checks, n)
             if fields:
                 d = Divergence(row.step, r, a, fields, tensors, note=f"restored state vs {whose}: {note}".rstrip(": "))
-                return done("fail", Outcome.DIVERGENCE,
+                return done(FAIL, Outcome.DIVERGENCE,
                             f"the state restored at the resume point differs: attempt {a} on {size(a)} rank(s), rank "
                             f"{r}, checkpoint of step {row.step}: {', '.join(fields)} differ from {whose}",
                             first_divergence=d)
         resume_steps.append(restored[0].step)
-        for e in trial.events("checkpoint.elastic"):
+        for e in trial.events(Point.ELASTIC):
             if e.attempt == a and isinstance(e.info, dict):
                 (rng_rederived if e.info.get("rng") == "re-derived" else rng_restored).add(e.rank)
                 dropped |= set(e.info.get("dropped_ranks") or [])
@@ -272,23 +260,23 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
         for step in sorted(by_step):
             rows = by_step[step]
             if sorted(rows) != list(ranks):
-                return done("fail", Outcome.DIVERGENCE, f"attempt {a}: step {step} was recorded by rank(s) "
-                                                        f"{sorted(rows)} of {size(a)}")
+                return done(FAIL, Outcome.DIVERGENCE, f"attempt {a}: step {step} was recorded by rank(s) "
+                                                      f"{sorted(rows)} of {size(a)}")
             base_rows = [index.get((r, step)) for r in range(nproc)]
             if any(x is None for x in base_rows):
-                return done("fail", Outcome.DIVERGENCE, f"attempt {a} ran step {step}, which the baseline never had",
+                return done(FAIL, Outcome.DIVERGENCE, f"attempt {a} ran step {step}, which the baseline never had",
                             first_divergence=Divergence(step, 0, a, ["extra"]))
             seq_t, loss_t = _global([rows[r] for r in ranks])
             seq_b, loss_b = _global(base_rows)
             if seq_t is None or seq_b is None:
-                return done("error", Outcome.ERROR,
+                return done(ERROR, Outcome.ERROR,
                             f"step {step}: the {'trial' if seq_t is None else 'baseline'} recorded no per-sample ids "
                             f"(probe.step(..., {SAMPLES_KEY}='<ids of this rank's samples, space-separated, micro-batches "
                             "separated by ;>'), the same number of micro-batches on every rank): the "
                             "elastic oracle cannot check the global sample order")
             if seq_t != seq_b:
                 k = next((i for i, (x, y) in enumerate(zip(seq_t, seq_b)) if x != y), min(len(seq_t), len(seq_b)))
-                return done("fail", Outcome.NOT_ELASTIC,
+                return done(FAIL, Outcome.NOT_ELASTIC,
                             f"not elastic: the global sample order after the resume on {size(a)} rank(s) differs from "
                             f"the baseline's on {nproc}: step {step}, attempt {a}, position {k} of {len(seq_b)} "
                             f"(sample {seq_t[k] if k < len(seq_t) else '-'} vs {seq_b[k] if k < len(seq_b) else '-'})",
@@ -307,20 +295,18 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
                 dev_rel, worst_step = rel, step
         last_base = max((s for (_, s) in index), default=0)
         if a == last and max(by_step, default=0) < last_base:
-            return done("fail", Outcome.DIVERGENCE, f"the resumed run never reached step {last_base} (its last step "
-                                                    f"was {max(by_step, default=None)})")
+            return done(FAIL, Outcome.DIVERGENCE, f"the resumed run never reached step {last_base} (its last step "
+                                                  f"was {max(by_step, default=None)})")
     if no_loss:
         warnings.append(f"no finite scalar loss recorded at step(s) {no_loss[:8]}: not in the loss deviation")
     if steps_n and len(no_loss) == steps_n:
-        return done("error", Outcome.NO_EVIDENCE,
+        return done(ERROR, Outcome.NO_EVIDENCE,
                     f"no step after the resume recorded a finite scalar loss ({steps_n} step(s)), so the loss after "
                     "the resume was never compared: an ELASTIC PASS would rest on the sample order alone",
                     hint="record the loss: probe.step(step, loss=loss, ...)")
-    unknown = sorted(e.rank for e in ends.values() if e.returncode is None and not e.torn_down)
-    if unknown:
-        return done("error", Outcome.EXIT_UNKNOWN,
-                    f"the exit status of rank(s) {unknown} in attempt {last} is unknown (no exit record), so the end "
-                    "of the run cannot be judged")
+    finding = check_exits_known(life)
+    if finding is not None:
+        return found(finding)
     final_dev, final_n = _final_deviation(base, trial)
     rng = []
     if rng_restored:
@@ -341,14 +327,14 @@ def assess_elastic(base, trial, *, nproc: int, resume_nproc: int, n_faults: int,
                  f"{f', at step {worst_step}' if worst_step is not None else ''})")
     if dev_rel > loss_rtol:
         d = Divergence(worst_step, 0, last, ["loss"], note=f"global loss deviates by {dev_rel:.3g} relative")
-        return done("fail", Outcome.DIVERGENCE,
+        return done(FAIL, Outcome.DIVERGENCE,
                     f"elastic: state at resume exact; sample order exact; but the loss after the resume deviates by up "
                     f"to {_fmt(dev_rel)} relative (max abs {_fmt(dev_abs)}, step {worst_step}), beyond rtol {loss_rtol:g}",
                     first_divergence=d, hint="more than reduction-order noise: per-rank randomness in the training "
                                              "(dropout, augmentation drawn from a rank's RNG), or a loss that is not "
                                              "the mean over the global batch")
     final = f"; final weights max abs deviation {_fmt(final_dev)} (reported, not judged)" if final_dev is not None else ""
-    return done("pass", Outcome.ELASTIC_PASS,
+    return done(PASS, Outcome.ELASTIC_PASS,
                    f"ELASTIC PASS ({nproc} -> {resume_nproc} ranks, resumed at step(s) {resume_steps}): "
                    f"{rows0} step rows before the resume exact; state at resume exact ({restored_checks} values per "
                    f"rank); sample order exact ({steps_n} steps, {samples_n} samples); {loss_text}{final}"

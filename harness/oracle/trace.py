@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.trace_schema import (RANK_TRACE_RE, EventRow, FaultRow, FinishRow, Row, RowError, StepRow,
+from harness.trace_schema import (RANK_TRACE_RE, EventRow, FaultRow, FinishRow, Point, Row, RowError, StepRow,
                                   final_leaves_file, final_tensors_file, parse_row)
 
 
@@ -189,7 +189,7 @@ class Trace:
         steps: set[int] = set()
         auto: dict[int, list] = {}
         for e in events:
-            if e.name != "checkpoint.committed" or not isinstance(e.event_step, int):
+            if e.name != Point.COMMITTED or not isinstance(e.event_step, int):
                 continue
             via = e.info.get("via") if isinstance(e.info, dict) else None
             if via is None or via == "auto":
@@ -227,7 +227,7 @@ class Trace:
                 fault=faults[0] if faults else None,
                 finished=bool(self.ranks) and len(finished) == len(self.ranks), finished_ranks=finished,
                 committed_steps=tuple(sorted(s for s in committed if isinstance(s, int))),
-                loaded=tuple(e for e in events if e.name == "checkpoint.loaded")))
+                loaded=tuple(e for e in events if e.name == Point.LOADED)))
         return out
 
 

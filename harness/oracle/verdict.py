@@ -1,7 +1,10 @@
-"""The verdict of one trial: `Verdict` (frozen, produced once by `assess`) and `RunResult` (it, plus context).
+"""The bit-exact judgement of one trial: `assess` makes its `Verdict` (harness.oracle.outcome: frozen, its
+verdict and outcome enums) once; `RunResult` is a Verdict with its trial's context. The lifecycle rows
+of the table below (crash, fault_*, not_resumed, exit codes, stall/timeout) are the checks of
+harness.oracle.lifecycle, shared with the elastic oracle; the others judge the training comparison.
 
 Outcomes and their verdicts, in the order `assess` checks them (exit codes: harness.report.outcomes,
-generated from OUTCOME_EXIT_CODES; the README's table is that one):
+generated from OUTCOME_EXIT_CODES; the documentation's table is that one):
 
 | outcome                    | verdict | when |
 |----------------------------|---------|------|
@@ -42,59 +45,18 @@ attempt finished on every rank with a known exit code 0, and no divergence.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .compare import Comparison, Divergence, json_float
 from .diagnosis import Diagnosis, diagnose, diagnose_rng
-from .trace import AttemptSummary, Trace
+from .lifecycle import (BEFORE_COMPARISON, Lifecycle, RankEnd, check_exit_codes, check_exits_known, check_ranks_apart,
+                        check_resumed, fault_where, first_finding, restart_warnings, split_resumes, timeout_verdict)
+from .outcome import (EXIT_CODES, OUTCOME_EXIT_CODES, OUTCOMES, PASSING, VERDICTS, Finding, Outcome, Verdict,
+                      VerdictKind, exit_code_of)
+from .trace import Trace
+from harness.trace_schema import Point
 
-
-class Outcome(str, enum.Enum):
-    """Why a trial got its verdict (compares equal to its string value)."""
-
-    BIT_EXACT = "bit_exact"
-    ELASTIC_PASS = "elastic_pass"  # a resume on another world size: what can be exact is (harness.oracle.elastic)
-    RNG_ACCEPTED = "rng_accepted"  # training bit-exact; only RNG streams the user accepted (--accept-rng) differ
-    NOT_ELASTIC = "not_elastic"
-    DIVERGENCE = "divergence"
-    RNG_ONLY = "rng_only"  # training bit-exact through the end, but an RNG stream differs (exit 3)
-    LOST_PROGRESS = "lost_progress"  # resumed from an older checkpoint than the newest committed before the kill
-    RANKS_RESUMED_APART = "ranks_resumed_apart"  # the ranks of one attempt restored different steps
-    NO_EVIDENCE = "no_evidence"  # nothing was compared that a PASS could rest on
-    EXIT_UNKNOWN = "exit_unknown"  # a rank's exit status of the last attempt is unknown
-    STALL = "stall"  # no rank recorded anything for the stall limit (exit 4): not a resume bug
-    NONDETERMINISTIC_BASELINE = "nondeterministic_baseline"
-    NOT_RESUMED = "not_resumed"
-    UNKNOWN_RESUME_STATE = "unknown_resume_state"
-    CRASH_ON_RESUME = "crash_on_resume"
-    CRASH = "crash"
-    FAULT_NOT_FIRED = "fault_not_fired"
-    FAULT_SURVIVED = "fault_survived"
-    FAULT_NOT_ARMED = "fault_not_armed"
-    TIMEOUT = "timeout"
-    BASELINE_FAILED = "baseline_failed"
-    ERROR = "error"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-OUTCOMES = tuple(o.value for o in Outcome)
-VERDICTS = ("pass", "fail", "error")
-EXIT_CODES = {"pass": 0, "fail": 1, "error": 2}
-#: Outcomes with an exit code of their own (else the verdict's): an RNG-only difference and a stall are
-#: told apart from a training divergence (1) and from a harness error (2) by scripts and CI.
-OUTCOME_EXIT_CODES = {Outcome.RNG_ONLY: 3, Outcome.STALL: 4}
-PASSING = (Outcome.BIT_EXACT, Outcome.ELASTIC_PASS, Outcome.RNG_ACCEPTED)
-
-
-def exit_code_of(verdict: str, outcome) -> int:
-    """The process exit code of a trial: its outcome's own (OUTCOME_EXIT_CODES), else its verdict's."""
-    try:
-        outcome = Outcome(outcome)
-    except ValueError:
-        return EXIT_CODES.get(verdict, 2)
-    return OUTCOME_EXIT_CODES.get(outcome, EXIT_CODES.get(verdict, 2))
+PASS, FAIL, ERROR = VerdictKind.PASS, VerdictKind.FAIL, VerdictKind.ERROR
 
 
 def jsonable(x):
@@ -117,38 +79,6 @@ def jsonable(x):
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """The judgement of one trial, made once by `assess` (or by the engine for a run that could not be
-    judged) and never edited afterwards."""
-
-    verdict: str  # "pass" | "fail" | "error"
-    outcome: Outcome
-    message: str
-    first_divergence: Divergence | None = None
-    compared: dict = field(default_factory=dict)
-    attempts: tuple[AttemptSummary, ...] = ()
-    log_tail: str | None = None
-    warnings: tuple[str, ...] = ()
-    hint: str | None = None  # what the user should check
-    diagnosis: Diagnosis | None = None  # the likely cause of a failure, with its evidence
-    # The first divergence of an RNG stream, and its cause, reported apart from the training divergence
-    # (first_divergence), which it never hides; the RNG streams a PASS accepted (--accept-rng).
-    rng_divergence: Divergence | None = None
-    rng_diagnosis: Diagnosis | None = None
-    accepted: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
-        object.__setattr__(self, "outcome", Outcome(self.outcome))
-        object.__setattr__(self, "attempts", tuple(self.attempts))
-        object.__setattr__(self, "warnings", tuple(self.warnings))
-        object.__setattr__(self, "accepted", tuple(self.accepted))
-        if self.verdict == "pass" and self.outcome not in PASSING:
-            raise ValueError(f"only {', '.join(o.value for o in PASSING)} pass, not {self.outcome}")
-
-
-@dataclass(frozen=True)
 class RunResult:
     """A Verdict with the context of its trial (target, plan, replay command, files, timings)."""
 
@@ -162,6 +92,7 @@ class RunResult:
     out_dir: str = ""
     timings: dict = field(default_factory=dict)
     launches: tuple = ()  # per attempt: {"attempt", "wall_s", "exits": [{"rank", "returncode", "signal", "torn_down"}]}
+    spec: dict = field(default_factory=dict)  # the trial's TrialSpec as JSON (harness.engine.spec; {}: none known)
 
     verdict = property(lambda self: self.verdict_.verdict)
     outcome = property(lambda self: self.verdict_.outcome)
@@ -217,16 +148,6 @@ class RunResult:
         return out
 
 
-@dataclass(frozen=True)
-class RankEnd:
-    """How one rank of the trial's last attempt ended (what the launcher saw)."""
-
-    rank: int
-    returncode: int | None
-    torn_down: bool = False
-    log_tail: str | None = None
-
-
 def describe(d: Divergence) -> str:
     """One line naming a divergence: where, and which fields."""
     fields = ", ".join(d.fields)
@@ -244,35 +165,6 @@ def describe(d: Divergence) -> str:
     return f"step {d.step}, rank {d.rank}, attempt {d.attempt}: {fields} differ{'s' if len(d.fields) == 1 else ''}"
 
 
-def _crashed_rank(trial: Trace, attempt: int, ends: dict[int, RankEnd]) -> int | None:
-    """A rank of `attempt` that did not finish; the one that failed by itself when exit codes say so."""
-    unfinished = [r for r in trial.ranks if not trial.finished(r, attempt)]
-    if not unfinished:
-        return None
-    for test in (lambda e: e is not None and not e.torn_down and (e.returncode or 0) > 0,
-                 lambda e: e is not None and not e.torn_down and e.returncode not in (None, 0)):
-        hit = [r for r in unfinished if test(ends.get(r))]
-        if hit:
-            return hit[0]
-    return unfinished[0]
-
-
-def _fault_text(row) -> str:
-    f = row.fault if isinstance(row.fault, dict) else {}
-    sig = f.get("signal", "fault")
-    at = f"point {row.point}" if row.point else f"step {row.step}"
-    return f"{sig} on rank {row.rank} at {at}"
-
-
-_SURVIVED_HINT = {
-    "SIGTERM": "the script handles or ignores SIGTERM (signal.signal(signal.SIGTERM, ...)) and keeps training; "
-               "a job manager's SIGTERM means 'stop': save and exit, or let the signal end the process",
-    "exception": "the script catches harness.probe.InjectedFault (an `except Exception` around the training "
-                 "step, or a retry loop) and keeps training; let it propagate, or re-raise it",
-    "SIGKILL": "the process survived SIGKILL, which cannot be caught: was the probe called from a child process?",
-}
-
-
 def assess(
     comparison: Comparison | None,
     trial: Trace | None,
@@ -285,6 +177,8 @@ def assess(
     artefacts=None,
     accept_rng=(),
     accept_lost_progress: bool = False,
+    not_recorded=None,
+    log_tail: str | None = None,
 ) -> Verdict:
     """Judge a trial. See the module docstring for the rules, in the order they are checked.
 
@@ -297,116 +191,46 @@ def assess(
     divergences are training divergences. accept_rng: RNG streams ("torch", "numpy"... or "all") whose
     difference the user accepts knowingly (``rng_accepted``). accept_lost_progress: a resume from an older
     checkpoint than the newest committed is accepted (a script that keeps one checkpoint, or resumes
-    from an older one on purpose).
+    from an older one on purpose). not_recorded: auto mode's kinds of state it cannot record
+    (``compared["not_recorded"]``). log_tail: the verdict's log tail where no check names a rank's own
+    (the baseline's log, when it failed). The exported files' counts go into ``compared["artefacts"]``.
     """
+    comparison = _with_inputs(comparison, not_recorded, artefacts)
     comparison = _with_artefacts(comparison, artefacts)
     warnings = list(comparison.warnings) if comparison else []
     base = dict(first_divergence=comparison.first if comparison else None,
                 compared=dict(comparison.compared) if comparison else {},
                 attempts=tuple(trial.attempt_summary()) if trial else ())
-    ends = {e.rank: e for e in last_exits or []}
+    if log_tail:
+        base["log_tail"] = log_tail
 
     def done(verdict, outcome, message, **kw) -> Verdict:
         return Verdict(**{**base, "verdict": verdict, "outcome": outcome, "message": message,
                           "warnings": tuple(warnings), **kw})
 
+    def found(finding: Finding, **kw) -> Verdict:
+        return done(**{**finding.verdict_fields(), **kw})
+
     if baseline_error is not None:
-        return done("error", Outcome.BASELINE_FAILED, f"the baseline run failed: {baseline_error}")
+        return done(ERROR, Outcome.BASELINE_FAILED, f"the baseline run failed: {baseline_error}")
     if baseline_repro is not None and baseline_repro.first is not None:
         d = baseline_repro.first
         where = f"first at step {d.step}, rank {d.rank}" if d.where == "trace" else f"in the final state of rank {d.rank}"
-        return done("fail", Outcome.NONDETERMINISTIC_BASELINE,
+        return done(FAIL, Outcome.NONDETERMINISTIC_BASELINE,
                     f"the training is nondeterministic even without faults: two uninterrupted runs differ "
                     f"{where} ({', '.join(d.fields)})", first_divergence=d, hint=_nondeterminism_hint(d.fields),
                     diagnosis=diagnose(None, None, baseline_repro=baseline_repro))
     if comparison is None or trial is None:
-        return done("error", Outcome.ERROR, "no trial trace to judge")
+        return done(ERROR, Outcome.ERROR, "no trial trace to judge")
     auto = _auto_verdict(trial, done, warnings)  # auto mode's own findings (harness.probe.auto)
     if auto is not None:
         return auto
-    n_faults = n_faults or 0
-    if n_faults < 1:
-        return done("error", Outcome.FAULT_NOT_ARMED, "the plan has no fault, so no resume was tested",
-                    hint="give a fault plan (--kill STEP, or --kill random)")
-
-    summary = base["attempts"]
-    if not summary:
-        return done("error", Outcome.ERROR, "the trial recorded no trace row: did its ranks start? See attempt0/rank*.log")
-    recorded = {s.attempt for s in summary}
-    silent = (launched or 0) - 1
-    if silent > max(recorded):
-        crashed = sorted((e for e in ends.values() if not e.torn_down and e.returncode not in (0, None)),
-                         key=lambda e: e.rank)
-        if crashed:
-            e = crashed[0]
-            how = f"was killed by signal {-e.returncode}" if e.returncode < 0 else f"exited with code {e.returncode}"
-            return done("fail", Outcome.CRASH_ON_RESUME,
-                        f"rank {e.rank} {how} in attempt {silent}, after the resume, before it recorded anything "
-                        f"(while loading the checkpoint?)", log_tail=e.log_tail)
-        return done("error", Outcome.ERROR, f"attempt {silent} recorded no trace row: did its ranks start? "
-                                            f"See attempt{silent}/rank*.log")
-    for a in range(max(recorded) + 1):
-        if a not in recorded:
-            return done("error", Outcome.ERROR, f"attempt {a} recorded no trace row: did its ranks start? "
-                                                f"See attempt{a}/rank*.log")
-    last = summary[-1]
-    if not last.finished and last.fault is None:
-        a = last.attempt
-        r = _crashed_rank(trial, a, ends)
-        end = ends.get(r)
-        steps = [row.step for row in trial.steps(r, a)] if r is not None else []
-        at = f"its last step was {max(steps)}" if steps else "it recorded no step"
-        how = f" (exit code {end.returncode})" if end is not None and end.returncode is not None else ""
-        tail = end.log_tail if end is not None else None
-        if a > 0:
-            return done("fail", Outcome.CRASH_ON_RESUME,
-                        f"rank {r} crashed in attempt {a}, after the resume{how}; {at}", log_tail=tail)
-        return done("error", Outcome.CRASH, f"rank {r} crashed in attempt 0, before any fault fired{how}; {at}",
-                    log_tail=tail)
-
-    for s in summary:
-        if s.attempt >= n_faults:
-            break
-        if s.fault is None and s.finished:
-            return done("error", Outcome.FAULT_NOT_FIRED,
-                        f"fault {s.attempt + 1} of the plan never fired: attempt {s.attempt} finished "
-                        f"at step {s.last_step} without reaching it",
-                        hint="check the step is within the run and the point name is one the script reaches")
-        fired_on = {row.rank for row in trial.faults() if row.attempt == s.attempt}
-        survived = sorted(fired_on & set(s.finished_ranks))
-        if s.fault is not None and survived:
-            sig = s.fault.fault.get("signal", "SIGKILL") if isinstance(s.fault.fault, dict) else "SIGKILL"
-            later = n_faults - s.attempt - 1
-            never = f"; {later} later fault(s) of the plan were never armed" if later else ""
-            return done("error", Outcome.FAULT_SURVIVED,
-                        f"fault {s.attempt + 1} ({_fault_text(s.fault)}) fired, but rank(s) {survived} ran to the "
-                        f"end of attempt {s.attempt}: the process survived it, so no resume was tested{never}",
-                        hint=_SURVIVED_HINT.get(sig))
-    if len(summary) < n_faults + 1:
-        return done("error", Outcome.FAULT_NOT_ARMED,
-                    f"the trial ended after {len(summary)} attempt(s); fault(s) {len(summary) + 1}..{n_faults} of "
-                    f"the plan were never armed")
-
-    apart = _ranks_apart(trial)
-    if apart is not None:
-        a, steps = apart
-        each = ", ".join(f"rank {r} step {st}" for r, st in sorted(steps.items()))
-        return done("fail", Outcome.RANKS_RESUMED_APART,
-                    f"the ranks of attempt {a} resumed from different checkpoints: {each}",
-                    hint=_APART_HINT)
-
-    restarts, resumes = [], []  # (attempt after a fault, the attempt with the fault)
-    for prev, nxt in zip(summary, summary[1:]):
-        if prev.fault is None:
-            continue
-        if not nxt.loaded and (nxt.first_step is None or nxt.first_step <= 1):
-            restarts.append((nxt, prev))
-        else:
-            resumes.append((nxt, prev))
-    for nxt, prev in restarts:
-        if prev.committed_steps:
-            warnings.append(f"attempt {nxt.attempt} restarted from step 1 although checkpoint(s) at step(s) "
-                            f"{list(prev.committed_steps)} were committed before the kill")
+    life = Lifecycle.of(trial, n_faults=n_faults, last_exits=last_exits, launched=launched)
+    finding = first_finding(life, (*BEFORE_COMPARISON, check_ranks_apart))
+    if finding is not None:
+        return found(finding)
+    restarts, resumes = split_resumes(life.summary)
+    warnings += restart_warnings(restarts)
 
     sizes = {row.world_size for r in trial.ranks for row in trial.rows(r) if row.kind == "start"}
     world = max(sizes, default=None)
@@ -427,27 +251,19 @@ def assess(
         if rng_first is not None and rng_first is not training:
             also = f"; RNG: {', '.join(f for f in rng_first.fields if f.startswith('rng:'))} first differ at " \
                    f"{_at(rng_first)}"
-        return done("fail", Outcome.DIVERGENCE, describe(training) + also, first_divergence=training,
+        return done(FAIL, Outcome.DIVERGENCE, describe(training) + also, first_divergence=training,
                     diagnosis=diag, **rng_kw)
-    for nxt, prev in restarts:
-        kill = _fault_where(prev.fault)
-        if prev.committed_steps:
-            return done("fail", Outcome.NOT_RESUMED,
-                        f"checkpoint(s) at step(s) {list(prev.committed_steps)} were committed before the kill {kill}, "
-                        f"but attempt {nxt.attempt} restarted from step 1 without loading one", **rng_kw)
-        return done("error", Outcome.NOT_RESUMED,
-                    f"no resume tested: no checkpoint was complete before the kill {kill}, so attempt "
-                    f"{nxt.attempt} restarted from scratch; this plan did not test resumption",
-                    hint="kill after the first complete checkpoint (--kill random draws such a step); a script "
-                         "that saves nothing never resumes", **rng_kw)
+    finding = check_resumed(life)
+    if finding is not None:
+        return found(finding, **rng_kw)
     if not accept_lost_progress:
         for nxt, prev in lost:
             newest = max(prev.committed_steps)
             got = nxt.resumed_from
             also = "; the files it exported differ too" if training is not None else ""
-            return done("fail", Outcome.LOST_PROGRESS,
+            return done(FAIL, Outcome.LOST_PROGRESS,
                         f"attempt {nxt.attempt} resumed from step {got}, but the newest checkpoint committed before "
-                        f"the kill {_fault_where(prev.fault)} was step {newest}: {newest - got} step(s) of progress "
+                        f"the kill {fault_where(prev.fault)} was step {newest}: {newest - got} step(s) of progress "
                         f"lost (a load that picks an older checkpoint, or a rotation that deleted the newest){also}",
                         diagnosis=Diagnosis(
                             "lost_progress",
@@ -459,25 +275,13 @@ def assess(
                         hint="if the script keeps only an older checkpoint or resumes from one on purpose, accept "
                              "it knowingly with --accept-lost-progress", **rng_kw)
 
-    failed = [e for e in ends.values() if not e.torn_down and e.returncode not in (0, None)]
-    if failed:
-        e = min(failed, key=lambda e: e.rank)
-        how = f"was killed by signal {-e.returncode}" if e.returncode < 0 else f"exited with code {e.returncode}"
-        return done("fail" if last.attempt > 0 else "error",
-                    Outcome.CRASH_ON_RESUME if last.attempt > 0 else Outcome.CRASH,
-                    f"rank {e.rank} {how} after probe.finish in attempt {last.attempt}"
-                    f"{', after the resume' if last.attempt > 0 else ''}; the baseline exited 0", log_tail=e.log_tail,
-                    hint="the script failed at its end: a check at exit (duplicated log or metric rows after a "
-                         "resume are the classic), or a teardown error", **rng_kw)
-    unknown = sorted(e.rank for e in ends.values() if e.returncode is None and not e.torn_down)
-    if unknown:
-        return done("error", Outcome.EXIT_UNKNOWN,
-                    f"the exit status of rank(s) {unknown} in attempt {last.attempt} is unknown (no exit record: a "
-                    f"crash after probe.finish?), so the end of the run cannot be judged", **rng_kw)
+    finding = first_finding(life, (check_exit_codes, check_exits_known))
+    if finding is not None:
+        return found(finding, **rng_kw)
 
     c = base["compared"]
     if not c.get("rows"):
-        return done("error", Outcome.NO_EVIDENCE,
+        return done(ERROR, Outcome.NO_EVIDENCE,
                     "nothing to judge: no step row was compared (the script records no step, or the trial ran none "
                     "that the baseline has), so a PASS would rest on no evidence",
                     hint="call harness.probe.step after each optimizer step, or let auto mode record the script "
@@ -510,52 +314,22 @@ def assess(
                 f"training stayed bit-exact")
         # The RNG state inside an exported checkpoint (rng:artefact) is a copy of the streams: accepted with them.
         if "rng:all" in accept or (accept and all(st in accept or st == "rng:artefact" for st in streams)):
-            return done("pass", Outcome.RNG_ACCEPTED,
+            return done(PASS, Outcome.RNG_ACCEPTED,
                         f"training bit-exact: {rows}{note}{accepted_note}; accepted: {what} (--accept-rng)",
                         accepted=tuple(streams), **rng_kw)
-        return done("fail", Outcome.RNG_ONLY,
+        return done(FAIL, Outcome.RNG_ONLY,
                     f"{what}: {rows}, but a model drawing from {'that stream' if len(streams) == 1 else 'those streams'} "
                     f"(dropout, augmentation, sampling) would diverge{note}",
                     first_divergence=rng_first, diagnosis=rng_diag,
                     hint=f"restore the RNG state at the resume, or accept the difference knowingly with "
                          f"{' '.join('--accept-rng ' + st[4:] for st in streams)}", **rng_kw)
-    return done("pass", Outcome.BIT_EXACT, f"{rows}{note}{accepted_note}")
+    return done(PASS, Outcome.BIT_EXACT, f"{rows}{note}{accepted_note}")
 
 
 def _at(d: Divergence) -> str:
     if d.where != "trace":
         return f"the {d.where} state of rank {d.rank}"
     return f"step {d.step}, rank {d.rank} (attempt {d.attempt})"
-
-
-def _fault_where(row) -> str:
-    if row is None:
-        return ""
-    return f"at point {row.point}" if row.point else f"after step {row.step}"
-
-
-_APART_HINT = ("the ranks' checkpoint files were written without a commit protocol (a kill during a save left them "
-               "at different steps): save every rank's files, then mark the step complete once all are written (a "
-               "barrier and a marker or rename by one rank), and load only a complete step")
-
-
-def _ranks_apart(trial: Trace) -> tuple[int, dict[int, int]] | None:
-    """(attempt, {rank: restored step}) of the first resumed attempt whose ranks restored different steps: a
-    rank's ``checkpoint.loaded`` step, else (it loaded nothing) the step before its first step row."""
-    for a in trial.attempts():
-        if a == 0:
-            continue
-        steps = {}
-        for e in trial.events("checkpoint.loaded"):
-            if e.attempt == a and isinstance(e.event_step, int):
-                steps.setdefault(e.rank, e.event_step)
-        for r in trial.ranks:
-            rows = trial.steps(r, a)
-            if r not in steps and rows:
-                steps[r] = rows[0].step - 1
-        if len(set(steps.values())) > 1:
-            return a, steps
-    return None
 
 
 def _unseen(trial: Trace) -> str:
@@ -572,13 +346,24 @@ def _unseen(trial: Trace) -> str:
             "through the files the script exports")
 
 
+def _with_inputs(comparison: Comparison | None, not_recorded, artefacts) -> Comparison | None:
+    """The comparison with what the engine knows beside the traces in ``compared``: the kinds of state auto
+    mode does not record, and the exported files' counts (``judged``)."""
+    extra = {}
+    if not_recorded is not None:
+        extra["not_recorded"] = list(not_recorded)
+    if artefacts is not None and hasattr(artefacts, "to_json"):
+        extra["artefacts"] = artefacts.to_json().get("judged")
+    if comparison is None or not extra:
+        return comparison
+    return replace(comparison, compared={**comparison.compared, **extra})
+
+
 def _with_artefacts(comparison: Comparison | None, artefacts) -> Comparison | None:
     """The comparison with the exported artefacts' divergences added (training state, after the final state)."""
     divs = list(getattr(artefacts, "divergences", None) or [])
     if comparison is None or not divs:
         return comparison
-    from dataclasses import replace
-
     merged = sorted([*comparison.divergences, *divs], key=Divergence.sort_key)
     compared = {**comparison.compared, "divergences": len(merged)}
     return replace(comparison, first=merged[0], divergences=merged, compared=compared)
@@ -594,7 +379,7 @@ def _auto_verdict(trial: Trace, done, warnings: list) -> Verdict | None:
                         f"not beyond step {info.get('before')}, where the earlier attempts stopped)")
     for e in trial.events("auto.error"):
         info = e.info if isinstance(e.info, dict) else {}
-        return done("error", Outcome.ERROR, f"auto mode, attempt {e.attempt}, rank {e.rank}: {info.get('message')}")
+        return done(ERROR, Outcome.ERROR, f"auto mode, attempt {e.attempt}, rank {e.rank}: {info.get('message')}")
     for e in trial.events("auto.unknown_state"):
         info = e.info if isinstance(e.info, dict) else {}
         closest = info.get("closest")
@@ -613,7 +398,7 @@ def _auto_verdict(trial: Trace, done, warnings: list) -> Verdict | None:
             d = Divergence(None, e.rank, e.attempt, ["params"],
                            note=f"the state restored before the first step matches no step of the baseline ({near}); "
                                 "the resume point is unknown")
-        return done("fail", Outcome.UNKNOWN_RESUME_STATE,
+        return done(FAIL, Outcome.UNKNOWN_RESUME_STATE,
                     f"attempt {e.attempt} resumed into a state the uninterrupted run never had: on rank {e.rank}, the "
                     f"parameters before its first step match no step of the baseline ({near}; {resume}; "
                     f"restored: {restored})",
@@ -632,7 +417,7 @@ def _loaded_checkpoint_step(trial: Trace, attempt: int, path) -> tuple[int, str]
 
     target = os.path.normpath(str(path))
     found = None
-    for e in sorted(trial.events("checkpoint.committed"), key=lambda e: (e.attempt, e.time or 0.0)):
+    for e in sorted(trial.events(Point.COMMITTED), key=lambda e: (e.attempt, e.time or 0.0)):
         info = e.info if isinstance(e.info, dict) else {}
         p = info.get("path")
         if e.attempt < attempt and p and isinstance(e.event_step, int):
@@ -643,39 +428,9 @@ def _loaded_checkpoint_step(trial: Trace, attempt: int, path) -> tuple[int, str]
     return found
 
 
-def timeout_verdict(trial: Trace | None, attempt: int, reason: str, last_steps: dict[int, int | None],
-                    log_tail: str | None, *, stalled: bool = False) -> Verdict:
-    """An attempt that was stopped: its ranks resumed from different checkpoints (``ranks_resumed_apart``),
-    or it hung. ``stalled``: stopped by the stall limit (no rank recorded anything for that long), which
-    machine load alone can cause: outcome ``stall`` (exit 4), never counted as a resume bug. Else it ran
-    past ``--timeout``: ``timeout``, a fail after a resume."""
-    attempts = tuple(trial.attempt_summary()) if trial else ()
-    apart = _ranks_apart(trial) if trial is not None else None
-    if apart is not None:
-        a, steps = apart
-        each = ", ".join(f"rank {r} step {st}" for r, st in sorted(steps.items()))
-        return Verdict("fail", Outcome.RANKS_RESUMED_APART,
-                       f"the ranks of attempt {a} resumed from different checkpoints: {each}; the attempt was "
-                       f"stopped at once", attempts=attempts, log_tail=log_tail,
-                       hint=_APART_HINT)
-    where = ", ".join(f"rank {r} at step {s}" if s is not None else f"rank {r} before step 1"
-                      for r, s in sorted(last_steps.items()))
-    after = ", after the resume" if attempt > 0 else ""
-    hint = ("a collective that not every rank reaches (a rank that skips a step or a save after the resume) is the "
-            "common cause; py-spy dump --pid PID shows where a rank waits")
-    if stalled:
-        why = reason.removeprefix("stalled: ")
-        return Verdict("error", Outcome.STALL, f"attempt {attempt} stalled{after}: {why}; last recorded: {where}",
-                       attempts=attempts, log_tail=log_tail,
-                       hint=hint + "; on a heavily loaded machine, a longer --stall rules load out")
-    verdict = "fail" if attempt > 0 else "error"
-    return Verdict(verdict, Outcome.TIMEOUT, f"attempt {attempt} hung{after}: {reason}; last recorded: {where}",
-                   attempts=attempts, log_tail=log_tail, hint=hint)
-
-
 def error_verdict(message: str, outcome: Outcome = Outcome.ERROR, **kw) -> Verdict:
     """A run that could not be judged (bad plan, launcher failure, ...)."""
-    return Verdict("error", outcome, message, **kw)
+    return Verdict(ERROR, outcome, message, **kw)
 
 
 _UNSEEDED = {"rng:python": "python's random is not seeded (random.seed)",
@@ -692,3 +447,10 @@ def _nondeterminism_hint(fields: list[str]) -> str:
             "uninitialized memory in the state (torch.empty; DeepSpeed ZeRO-3 pads its partitions so): "
             "torch.use_deterministic_algorithms(True) makes kernels deterministic and fills torch.empty; "
             "or data order (a sampler without a seed)")
+
+
+__all__ = [  # the judgement, and the outcome table and lifecycle names it was the home of (re-exported)
+    "assess", "describe", "error_verdict", "RunResult", "jsonable",
+    "EXIT_CODES", "OUTCOME_EXIT_CODES", "OUTCOMES", "PASSING", "VERDICTS", "Finding", "Outcome", "Verdict",
+    "VerdictKind", "exit_code_of", "RankEnd", "timeout_verdict",
+]

@@ -102,7 +102,7 @@ INDEX_ENV = run_env.BASELINE_INDEX
 SIDE_DIR = "auto"  # trace/auto/rank{r}.json: the initial state of a baseline rank (step 0 of the index)
 
 #: What auto mode does not record that the probe would (listed in ``compared["not_recorded"]``).
-NOT_RECORDED = (  # the same list as harness.engine.jobs.AUTO_NOT_RECORDED (a test checks)
+NOT_RECORDED = (  # the same list as harness.engine.auto_mode.AUTO_NOT_RECORDED (a test checks)
     "extra values (probe.step(**extra): an EMA, counters, a scheduler's own state)",
     "parameters no optimizer steps (frozen ones), per step; they are in the final state",
     "final state outside the model, the optimizers and torch.optim.swa_utils.AveragedModel instances "

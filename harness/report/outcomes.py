@@ -1,12 +1,12 @@
 """The outcomes of a trial with their verdicts and exit codes, as one table for --help and the docs.
 
-Generated from ``harness.oracle.verdict`` (the outcome enum and its exit codes), so the help text and
-the documentation cannot drift from the code.
+Generated from ``harness.oracle.outcome`` (the outcome and verdict enums and their exit codes), so the
+help text and the documentation cannot drift from the code.
 """
 
 from __future__ import annotations
 
-from harness.oracle.verdict import EXIT_CODES, OUTCOME_EXIT_CODES, Outcome
+from harness.oracle.outcome import EXIT_CODES, OUTCOME_EXIT_CODES, Outcome, VerdictKind
 
 #: What each outcome means, in one line; its verdict(s) in parentheses when it has several.
 MEANING = {
@@ -38,7 +38,7 @@ MEANING = {
 def exit_codes(outcome: Outcome) -> str:
     verdicts = MEANING[outcome][0].split("/")
     own = OUTCOME_EXIT_CODES.get(outcome)
-    return str(own) if own is not None else "/".join(str(EXIT_CODES[v]) for v in verdicts)
+    return str(own) if own is not None else "/".join(str(EXIT_CODES[VerdictKind(v)]) for v in verdicts)
 
 
 def outcome_rows() -> list[tuple[str, str, str, str]]:

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from harness.oracle.outcome import VerdictKind
 
-STYLES = {"pass": "bold green", "fail": "bold red", "error": "bold yellow"}
+STYLES = {VerdictKind.PASS: "bold green", VerdictKind.FAIL: "bold red", VerdictKind.ERROR: "bold yellow"}
 MAX_TENSORS = 10
 MAX_LOG_LINES = 40
 

@@ -10,9 +10,10 @@ target's path is read relative to the current folder, as the run took it)::
     Repro.from_result(result).dump("bug.toml")                  # script by path (with its sha256)
     Repro.from_result(result, inline=True).dump("bug.toml")     # script text embedded
 
-Script arguments, --timeout and --stall come from ``result.replay`` unless passed
-(``script_args=``, ``timeout_s=``, ``stall_s=``); ``launcher=`` names the launcher kind
-(default "pool"). ``Repro.from_result`` raises ``ReproError`` when the target no longer exists.
+The trial is the result's spec (``RunResult.spec``, a ``harness.engine.TrialSpec``: script arguments,
+limits, launcher, plan, ...); keyword arguments (``script_args=``, ``timeout_s=``, ``stall_s=``,
+``launcher=``, ...) replace its fields. ``Repro.from_result`` raises ``ReproError`` when the target no
+longer exists.
 
 Read and rerun::
 
@@ -21,8 +22,14 @@ Read and rerun::
     outcome.status, outcome.exit_code         # "reproduces" 0 | "reproduces_differently" 1 |
                                               # "does_not_reproduce" 1 | "environment_differs" 2
 
-    schema.py   Repro (frozen) and its parts, TOML load/dump, validation (the schema is its docstring)
-    rerun.py    rerun(), compare(), ReproOutcome, statuses and exit codes
+    schema.py       Repro (frozen; its [run] is a harness.engine.TrialSpec), TOML load/dump, validation (the
+                    schema is its docstring)
+    script.py       Script: what runs (a path, inline text or a scenario) and its sha256
+    expected.py     Expected, ExpectedDivergence: what the reported run ended with
+    environment.py  Environment: versions and variables, compared on rerun
+    reading.py      typed access to the file's tables (errors name the file and the field)
+    errors.py       ReproError, SCHEMA_VERSION
+    rerun.py        rerun(), compare(), ReproOutcome, statuses and exit codes
 """
 
 from .rerun import (DOES_NOT_REPRODUCE, ENVIRONMENT_DIFFERS, EXIT_CODES, REPRODUCES, REPRODUCES_DIFFERENTLY,

@@ -17,12 +17,14 @@ oracle's outcome (``elastic_pass``, ``not_elastic``, ...) the same way.
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 
-from .schema import Environment, Expected, ExpectedDivergence, Repro, ReproError, scenario_file, sha256_file, \
-    sha256_text
+from .environment import Environment
+from .errors import ReproError
+from .expected import Expected, ExpectedDivergence
+from .schema import Repro
+from .script import scenario_file, sha256_file, sha256_text
 
 REPRODUCES = "reproduces"
 REPRODUCES_DIFFERENTLY = "reproduces_differently"
@@ -70,7 +72,9 @@ def compare(expected: Expected, result) -> tuple[str, str]:
     same_div = (want is None and got is None) or (want is not None and want.same_as(got))
     if outcome == expected.outcome and same_div:
         return REPRODUCES, f"same outcome and first divergence: {now}"
-    if result.verdict == "pass":
+    from harness.oracle import VerdictKind
+
+    if result.verdict == VerdictKind.PASS:
         return DOES_NOT_REPRODUCE, f"the run now passes ({outcome}); the report had {was}"
     return REPRODUCES_DIFFERENTLY, f"now {now}; the report had {was}"
 
@@ -117,32 +121,19 @@ def _check_hash(recorded: str, actual: str, path: str, where: str, ignore_hash: 
                          f"run it as it is now (e.g. to check a fix), or get the script the report was made with")
 
 
-def run_supports(name: str) -> bool:
-    """Whether ``harness.engine.run`` takes the keyword ``name`` (e.g. ``strategy``, added later)."""
-    from harness.engine import run
-
-    return name in inspect.signature(run).parameters
-
-
 def rerun(repro: Repro, *, repro_path: str | None = None, out_dir: str | None = None, ignore_hash: bool = False,
           use_cache: bool = True, launcher=None, progress=None) -> ReproOutcome:
     """Run the report's trial again and compare it with what the report expected.
 
-    launcher: a ``harness.launch.Launcher`` to reuse; by default one of the report's kind is made and
-    closed. Raises ReproError (a bad or stale file) and ``harness.engine.UsageError`` (a plan the
-    baseline refuses) before the trial; everything else is in the outcome.
+    The trial is the report's spec (``repro.spec``) on the script as found here. launcher: a
+    ``harness.launch.Launcher`` to reuse; by default the engine makes one of the spec's kind and closes
+    it. Raises ReproError (a bad or stale file) and ``harness.engine.UsageError`` (a plan the baseline
+    refuses) before the trial; everything else is in the outcome.
     """
     from harness.engine import run
 
-    kwargs = repro.run_kwargs()
-    for name in ("strategy", "auto", "resume_nproc", "loss_rtol"):
-        if name in kwargs and not run_supports(name):
-            raise ReproError(f"{repro_path or 'the repro file'}: field run.{name}: the report ran with {name} = "
-                             f"{kwargs[name]!r}, which this harness does not know; use the resume-harness version "
-                             f"that wrote it (environment.harness = {repro.environment.harness!r})")
     here = Environment.current()
     differences = tuple(repro.environment.differences(here))
-    own_launcher = launcher is None
     if out_dir is None:
         from harness.engine.target import Target
         from harness.engine.trial import default_out_dir
@@ -152,15 +143,8 @@ def rerun(repro: Repro, *, repro_path: str | None = None, out_dir: str | None = 
     # An inline script is written into the output folder, so the files and the replay command stay valid.
     target = resolve_script(repro, repro_path=repro_path, workdir=os.path.join(out_dir, "script"),
                             ignore_hash=ignore_hash)
-    if own_launcher:
-        from harness.launch import make_launcher
-
-        launcher = make_launcher(repro.launcher)
-    try:
-        result = run(target, out_dir=out_dir, use_cache=use_cache, launcher=launcher, progress=progress, **kwargs)
-    finally:
-        if own_launcher:
-            launcher.close()
+    result = run(repro.spec.replace(target=target), out_dir=out_dir, use_cache=use_cache, launcher=launcher,
+                 progress=progress)
     rerun_status, message = compare(repro.expected, result)
     status = ENVIRONMENT_DIFFERS if differences else rerun_status
     if differences:

@@ -1,4 +1,5 @@
-"""The bug-report file: a frozen ``Repro`` and its TOML form (schema version 1).
+"""The bug-report file: a frozen ``Repro`` and its TOML form (schema version 1); its parts live beside it
+(``script.py``, ``expected.py``, ``environment.py``; ``reading.py`` the typed table access; ``errors.py``).
 
 A repro file says what ran (the script, by path or inline, with its sha256; its arguments; world size,
 backend, strategy, launcher, the concrete fault plan and seed), in which environment (python, torch,
@@ -27,6 +28,10 @@ Schema 1 (every field is checked on load; an unknown field is refused, so a typo
     seed = 0                                    # required
     plan = "7"                                  # required: the concrete fault plan (README grammar)
     launcher = "pool"                           # pool | subprocess | torchrun (default pool)
+    launch_prefix = ["srun", "-N", "2"]         # optional, torchrun only: words put before torchrun
+    nnodes = 2                                  # optional, torchrun only (default 1)
+    rdzv_endpoint = "node0:29400"               # optional, torchrun only
+    rdzv_timeout_s = 45.0                       # optional, torchrun only (default 20)
     strategy = "..."                            # optional: only when the run had one
     auto = true                                 # optional: the run recorded in auto mode (--auto)
     timeout_s = 300.0                           # default 300
@@ -34,6 +39,8 @@ Schema 1 (every field is checked on load; an unknown field is refused, so a typo
     baseline_runs = 2                           # optional
     resume_nproc = 1                            # optional: an elastic trial, resumed on this many ranks
     loss_rtol = 0.001                           # optional, with resume_nproc: the elastic loss tolerance
+    accept_rng = ["numpy"]                      # optional: RNG streams whose difference the run accepted
+    accept_lost_progress = true                 # optional: the run accepted a resume from an older checkpoint
 
     [environment]                               # required, compared on rerun
     python = "3.11.9"
@@ -56,170 +63,39 @@ Schema 1 (every field is checked on load; an unknown field is refused, so a typo
     attempt = 1                                 # optional
     fields = ["rng:python", "rng:numpy"]
     where = "trace"                             # trace | final
+
+The ``[run]`` table is the trial's ``harness.engine.spec.TrialSpec`` (its fields but the target and the
+script's arguments, which ``[script]`` holds); every rule of TrialSpec applies to it on load.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
-import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from harness.engine.spec import TrialSpec
+from harness.engine.target import UsageError
+from harness.oracle import VERDICTS
+from harness.settings import DEFAULT_TIMEOUT_S, LAUNCHERS
+
+from .environment import Environment
+from .errors import SCHEMA_VERSION, ReproError
+from .expected import WHERE, Expected, ExpectedDivergence
+from .reading import _Table
+from .script import Script, _script_for, check_inline_target, scenario_file, sha256_file, sha256_text
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - python 3.10
     import tomli as tomllib
 
-SCHEMA_VERSION = 1
-VERDICTS = ("pass", "fail", "error")
-WHERE = ("trace", "final")
-LAUNCHERS = ("pool", "subprocess", "torchrun")
-DEFAULT_TIMEOUT_S = 300.0
-
-
-class ReproError(ValueError):
-    """A repro file that cannot be used (malformed, a bad field, a script that changed or is missing).
-
-    The message names the file and the field, and says what to do."""
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------- parts
-
-
-@dataclass(frozen=True)
-class Script:
-    """What runs: a script path, an inline script (text + file name) or a built-in scenario."""
-
-    sha256: str
-    path: str | None = None
-    text: str | None = None
-    name: str | None = None
-    scenario: str | None = None
-    args: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        object.__setattr__(self, "args", tuple(self.args))
-
-    @property
-    def kind(self) -> str:
-        return "scenario" if self.scenario is not None else "inline" if self.text is not None else "path"
-
-    @property
-    def label(self) -> str:
-        return self.scenario or self.path or self.name or "?"
-
-
-@dataclass(frozen=True)
-class ExpectedDivergence:
-    """The first divergence a report expects (what ``harness.oracle.Divergence`` says, without tensors)."""
-
-    rank: int
-    fields: tuple[str, ...]
-    where: str = "trace"
-    step: int | None = None
-    attempt: int | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "fields", tuple(self.fields))
-
-    @classmethod
-    def from_divergence(cls, d) -> ExpectedDivergence | None:
-        if d is None:
-            return None
-        return cls(rank=d.rank, fields=tuple(d.fields), where=d.where, step=d.step, attempt=d.attempt)
-
-    def same_as(self, other: ExpectedDivergence | None) -> bool:
-        """Same step, rank, fields and place (the attempt may differ: a rerun may resume elsewhere)."""
-        return other is not None and (self.step, self.rank, self.fields, self.where) == (
-            other.step, other.rank, other.fields, other.where)
-
-    def describe(self) -> str:
-        at = "final state" if self.where == "final" else f"step {self.step}"
-        attempt = f", attempt {self.attempt}" if self.attempt is not None else ""
-        return f"{at}, rank {self.rank}{attempt}: {', '.join(self.fields)}"
-
-    def to_json(self) -> dict:
-        return {"step": self.step, "rank": self.rank, "attempt": self.attempt, "fields": list(self.fields),
-                "where": self.where}
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What the reported run ended with."""
-
-    verdict: str
-    outcome: str
-    message: str = ""
-    hint: str | None = None
-    first_divergence: ExpectedDivergence | None = None
-    cause: str | None = None  # the diagnosis's likely cause, where the result had one
-
-    @classmethod
-    def from_result(cls, result) -> Expected:
-        diagnosis = getattr(result, "diagnosis", None)
-        return cls(verdict=result.verdict, outcome=str(result.outcome), message=result.message or "",
-                   hint=getattr(result, "hint", None),
-                   first_divergence=ExpectedDivergence.from_divergence(result.first_divergence),
-                   cause=getattr(diagnosis, "cause", None))
-
-    def to_json(self) -> dict:
-        return {"verdict": self.verdict, "outcome": self.outcome, "message": self.message, "hint": self.hint,
-                "cause": self.cause,
-                "first_divergence": self.first_divergence.to_json() if self.first_divergence else None}
-
-
-@dataclass(frozen=True)
-class Environment:
-    """Library versions and determinism-relevant variables (the baseline cache key's environment)."""
-
-    python: str
-    torch: str
-    numpy: str
-    harness: str
-    variables: dict = field(default_factory=dict)
-
-    @classmethod
-    def current(cls) -> Environment:
-        """This process's environment, as the baseline cache key sees it (``baseline.key_inputs``)."""
-        from harness.engine.baseline import key_inputs
-        from harness.engine.target import Target
-
-        inputs = key_inputs(Target(name="-", module="-"), nproc=1, backend="-", script_args=(), runs=1)
-        v = inputs["versions"]
-        variables = {k: str(val) for k, val in sorted(inputs["env"].items()) if val is not None}
-        return cls(python=v["python"], torch=v["torch"], numpy=v["numpy"], harness=v["harness"], variables=variables)
-
-    def differences(self, here: Environment) -> list[str]:
-        """One line per field that differs: ``environment.torch: recorded '2.4.0', here '2.13.0'``."""
-        out = []
-        for name in ("python", "torch", "numpy", "harness"):
-            a, b = getattr(self, name), getattr(here, name)
-            if a != b:
-                out.append(f"environment.{name}: recorded {a!r}, here {b!r}")
-        for k in sorted(self.variables.keys() | here.variables.keys()):
-            a, b = self.variables.get(k), here.variables.get(k)
-            if a != b:
-                show = lambda x: "(unset)" if x is None else repr(x)  # noqa: E731
-                out.append(f"environment.variables.{k}: recorded {show(a)}, here {show(b)}")
-        return out
-
-    def to_json(self) -> dict:
-        return {"python": self.python, "torch": self.torch, "numpy": self.numpy, "harness": self.harness,
-                "variables": dict(self.variables)}
+#: The keys of ``[run]`` (TrialSpec fields), in the file's order; RUN_ALWAYS are written even at their default.
+RUN_KEYS = ("nproc", "backend", "seed", "plan", "launcher", "launch_prefix", "nnodes", "rdzv_endpoint", "rdzv_timeout_s",
+            "strategy", "timeout_s", "stall_s", "baseline_runs", "auto", "resume_nproc", "loss_rtol", "accept_rng",
+            "accept_lost_progress")
+RUN_ALWAYS = ("nproc", "backend", "seed", "plan", "launcher", "timeout_s")
 
 
 # ----------------------------------------------------------------------------------------------- Repro
@@ -230,78 +106,82 @@ class Repro:
     """One bug report. Write one from a run with ``Repro.from_result(result).dump(path)``."""
 
     script: Script
-    nproc: int
-    backend: str
-    seed: int
-    plan: str
+    spec: TrialSpec  # the trial: [run], with the target and the script's arguments of [script]
     environment: Environment
     expected: Expected
-    launcher: str = "pool"
-    strategy: str | None = None
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    stall_s: float | None = None
-    baseline_runs: int | None = None
-    auto: bool = False
-    resume_nproc: int | None = None  # an elastic trial: the attempts after the first fault on this many ranks
-    loss_rtol: float | None = None  # the elastic oracle's loss tolerance (with resume_nproc)
     created: str = ""
     replay: str = ""
     schema: int = SCHEMA_VERSION
 
+    def __post_init__(self):
+        # the file has no "never auto": the spec a file reads back as (auto True or undecided)
+        spec = self.spec.replace(target=self.script.label, script_args=self.script.args,
+                                 auto=True if self.spec.auto else None)
+        object.__setattr__(self, "spec", spec)
+
+    nproc = property(lambda self: self.spec.nproc)
+    backend = property(lambda self: self.spec.backend)
+    seed = property(lambda self: self.spec.seed)
+    plan = property(lambda self: self.spec.plan)
+    launcher = property(lambda self: self.spec.launcher)
+    strategy = property(lambda self: self.spec.strategy)
+    timeout_s = property(lambda self: self.spec.timeout_s)
+    stall_s = property(lambda self: self.spec.stall_s)
+    baseline_runs = property(lambda self: self.spec.baseline_runs)
+    auto = property(lambda self: bool(self.spec.auto))
+    resume_nproc = property(lambda self: self.spec.resume_nproc)  # an elastic trial: attempts after the first fault
+    loss_rtol = property(lambda self: self.spec.loss_rtol)  # the elastic oracle's loss tolerance (with resume_nproc)
+
     # ------------------------------------------------------------------ from a run
 
     @classmethod
-    def from_result(cls, result, *, inline: bool = False, script_args=None, launcher: str = "pool",
+    def from_result(cls, result, *, inline: bool = False, script_args=None, launcher: str | None = None,
                     strategy: str | None = None, timeout_s: float | None = None, stall_s: float | None = None,
                     baseline_runs: int | None = None, resume_nproc: int | None = None,
                     loss_rtol: float | None = None) -> Repro:
         """The report of ``result`` (a ``harness.oracle.RunResult``), pass or fail.
 
-        The target (``result.target``) must still exist: a script path is read (relative to the
-        current folder, as the run took it) and hashed; ``inline=True`` embeds its text. The script
-        arguments, ``--timeout``, ``--stall`` and ``--strategy`` are taken from the arguments when
-        given, else from ``result.replay``; the strategy also from ``result.strategy`` where the result
-        has one. The environment is this process's (the one the run used).
+        The trial is the result's spec (``RunResult.spec``: the TrialSpec the engine ran, concrete); the
+        keyword arguments given replace its fields. The target (``result.target``) must still exist: a
+        script path is read (relative to the current folder, as the run took it) and hashed;
+        ``inline=True`` embeds its text. The environment is this process's (the one the run used).
 
-        An elastic trial (``resume_nproc``, ``loss_rtol``): from the arguments when given, else from the
-        elastic oracle's ``result.compared["elastic"]`` (the exact tolerance it applied), else from the
-        replay command.
+        An elastic trial whose resume_nproc or loss_rtol is not given: the elastic oracle's record
+        (``result.compared["elastic"]``, the exact tolerance it applied) where there is one.
+
+        A result without a spec (made by a harness before the spec, or by hand) is read through its replay
+        command, by ``TrialSpec.from_argv`` (the one parser of ``harness run``'s arguments); ReproError when
+        that fails, naming what to do.
         """
-        from harness.engine.target import UsageError, resolve_target
+        from harness.engine.target import resolve_target
 
-        replay = _parse_replay(result.replay or "")
+        spec = _spec_of_result(result)
         try:
             target = resolve_target(result.target)
         except UsageError as e:
             raise ReproError(f"cannot write a repro of target {result.target!r}: {e}") from None
-        args = tuple(replay["args"] if script_args is None else script_args)
+        args = tuple(spec.script_args if script_args is None else script_args)
         script = _script_for(target, args, inline=inline)
-        strategy = strategy or getattr(result, "strategy", None) or replay.get("strategy")
-        if timeout_s is None:
-            timeout_s = replay.get("timeout_s", DEFAULT_TIMEOUT_S)
-        if stall_s is None:
-            stall_s = replay.get("stall_s")
-        auto = bool(getattr(result, "auto", False) or replay.get("auto"))
         elastic = (getattr(result, "compared", None) or {}).get("elastic") or {}
         sizes = elastic.get("world_sizes") or []
         if resume_nproc is None:
-            resume_nproc = sizes[1] if len(sizes) == 2 else replay.get("resume_nproc")
-        if resume_nproc == result.nproc:
-            resume_nproc = None  # the same world size: an ordinary trial
-        if resume_nproc is None:
-            loss_rtol = None
+            resume_nproc = sizes[1] if len(sizes) == 2 else spec.resume_nproc
+        if resume_nproc is None or resume_nproc == spec.nproc:
+            loss_rtol = None  # an ordinary trial
         elif loss_rtol is None:
-            loss_rtol = elastic.get("loss_rtol", replay.get("loss_rtol"))
-        if launcher not in LAUNCHERS:
+            loss_rtol = elastic.get("loss_rtol", spec.loss_rtol)
+        if launcher is not None and launcher not in LAUNCHERS:
             raise ReproError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+        given = dict(launcher=launcher, strategy=strategy, timeout_s=timeout_s, stall_s=stall_s,
+                     baseline_runs=baseline_runs)
+        try:
+            spec = spec.replace(**{k: v for k, v in given.items() if v is not None}, resume_nproc=resume_nproc,
+                                loss_rtol=loss_rtol)
+        except UsageError as e:
+            raise ReproError(f"cannot write a repro of this run: {e}") from None
         created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return cls(script=script, nproc=result.nproc, backend=result.backend,
-                   seed=result.seed if result.seed is not None else 0, plan=result.plan or "random",
-                   environment=Environment.current(), expected=Expected.from_result(result), launcher=launcher,
-                   strategy=strategy or None, timeout_s=float(timeout_s), stall_s=stall_s,
-                   baseline_runs=baseline_runs, auto=auto, resume_nproc=resume_nproc,
-                   loss_rtol=None if loss_rtol is None else float(loss_rtol), created=created,
-                   replay=result.replay or "")
+        return cls(script=script, spec=spec, environment=Environment.current(), expected=Expected.from_result(result),
+                   created=created, replay=result.replay or "")
 
     # ------------------------------------------------------------------ TOML
 
@@ -310,11 +190,9 @@ class Repro:
         s = self.script
         script = {"path": s.path, "text": s.text, "name": s.name, "scenario": s.scenario, "sha256": s.sha256,
                   "args": list(s.args)}
-        run = {"nproc": self.nproc, "backend": self.backend, "seed": self.seed, "plan": self.plan,
-               "launcher": self.launcher, "strategy": self.strategy, "timeout_s": float(self.timeout_s),
-               "stall_s": None if self.stall_s is None else float(self.stall_s), "baseline_runs": self.baseline_runs,
-               "auto": True if self.auto else None, "resume_nproc": self.resume_nproc,
-               "loss_rtol": None if self.loss_rtol is None else float(self.loss_rtol)}
+        full, changed = self.spec.to_json(), self.spec.to_json(defaults=False)
+        run = {k: full[k] for k in RUN_KEYS if k in RUN_ALWAYS or k in changed}
+        run["auto"] = True if self.auto else None
         env = self.environment
         environment = {"python": env.python, "torch": env.torch, "numpy": env.numpy, "harness": env.harness,
                        "variables": dict(env.variables)}
@@ -385,18 +263,15 @@ class Repro:
     # ------------------------------------------------------------------ rerun
 
     def run_kwargs(self) -> dict:
-        """Keyword arguments of ``harness.engine.run`` for a rerun (the target and launcher excluded)."""
-        kw = dict(nproc=self.nproc, backend=self.backend, seed=self.seed, plan=self.plan,
-                  script_args=self.script.args, timeout_s=self.timeout_s, stall_s=self.stall_s,
-                  baseline_runs=self.baseline_runs)
-        if self.strategy is not None:
-            kw["strategy"] = self.strategy
-        if self.auto:
-            kw["auto"] = True
-        if self.resume_nproc is not None:
-            kw["resume_nproc"] = self.resume_nproc
-            if self.loss_rtol is not None:
-                kw["loss_rtol"] = self.loss_rtol
+        """Keyword arguments of ``harness.engine.run`` for a rerun (the target and launcher excluded); a rerun
+        passes ``self.spec`` itself."""
+        s = self.spec
+        kw = dict(nproc=s.nproc, backend=s.backend, seed=s.seed, plan=s.plan, script_args=s.script_args,
+                  timeout_s=s.timeout_s, stall_s=s.stall_s, baseline_runs=s.baseline_runs)
+        changed = s.to_json(defaults=False)
+        for name in ("strategy", "auto", "resume_nproc", "loss_rtol", "accept_rng", "accept_lost_progress"):
+            if name in changed:
+                kw[name] = getattr(s, name)
         return kw
 
 
@@ -409,162 +284,30 @@ def _drop_none(x):
     return x
 
 
-def _parse_replay(replay: str) -> dict:
-    """Script args, --timeout, --stall, --strategy, --resume-nproc and --loss-rtol from a ``harness run`` replay
-    command."""
-    try:
-        parts = shlex.split(replay)
-    except ValueError:
-        return {"args": []}
-    out: dict = {"args": []}
-    if "--" in parts:
-        i = parts.index("--")
-        parts, out["args"] = parts[:i], parts[i + 1:]
-    if "--auto" in parts:
-        out["auto"] = True
-    for flag, key, conv in (("--timeout", "timeout_s", float), ("--stall", "stall_s", float),
-                            ("--strategy", "strategy", str), ("--resume-nproc", "resume_nproc", int),
-                            ("--loss-rtol", "loss_rtol", float)):
-        for i, p in enumerate(parts[:-1]):
-            if p == flag:
-                try:
-                    out[key] = conv(parts[i + 1])
-                except ValueError:
-                    pass
-        for p in parts:
-            if p.startswith(flag + "="):
-                try:
-                    out[key] = conv(p.split("=", 1)[1])
-                except ValueError:
-                    pass
-    return out
-
-
-def _display_path(path: str) -> str:
-    """Relative to the current folder when the script is under it (a report travels with a checkout)."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith(os.pardir) else rel
-
-
-def _script_for(target, args: tuple[str, ...], *, inline: bool) -> Script:
-    if target.builtin:
-        if inline:
-            raise ReproError(f"--inline embeds a script file, but the target {target.name!r} is a built-in scenario; "
-                             f"it is recorded by name (drop --inline)")
-        return Script(sha256=sha256_file(scenario_file(target.module)), scenario=target.name, args=args)
-    if inline:
-        with open(target.script, "rb") as f:
-            data = f.read()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ReproError(f"--inline: {target.script} is not UTF-8 text; record it by path (drop --inline)") \
-                from None
-        return Script(sha256=hashlib.sha256(data).hexdigest(), text=text, name=os.path.basename(target.script),
-                      args=args)
-    return Script(sha256=sha256_file(target.script), path=_display_path(target.script), args=args)
-
-
-def scenario_file(module: str) -> str:
-    import importlib.util
-
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin:
-        raise ReproError(f"built-in scenario module {module} is not installed")
-    return spec.origin
-
-
-def check_inline_target(target_name: str, inline: bool) -> None:
-    """Refuse, before a run, a --save-repro that could not be written (--inline of a scenario)."""
-    if not inline:
-        return
-    from harness.engine.target import UsageError, resolve_target
+def _spec_of_result(result) -> TrialSpec:
+    """The TrialSpec a RunResult carries; for one without (an older harness's, or made by hand), the spec of
+    its replay command through ``TrialSpec.from_argv``."""
+    import shlex
 
     try:
-        target = resolve_target(target_name)
-    except UsageError:
-        return  # the run reports it
-    if target.builtin:
-        raise ReproError(f"--inline embeds a script file, but the target {target.name!r} is a built-in scenario; "
-                         f"it is recorded by name (drop --inline)")
+        spec = TrialSpec.of_result(result)
+    except UsageError as e:
+        raise ReproError(f"cannot write a repro of this run: its spec is not valid here: {e}") from None
+    if spec is not None:
+        return spec
+    replay = result.replay or ""
+    try:
+        words = shlex.split(replay)
+        if words[:2] != ["harness", "run"]:
+            raise ValueError("it does not start with 'harness run'")
+        return TrialSpec.from_argv(words[2:])
+    except (ValueError, IndexError) as e:  # UsageError included
+        raise ReproError(f"cannot write a repro of this run: the result has no spec and its replay command "
+                         f"{replay!r} cannot be read ({e}); run it again with this harness, which records the spec "
+                         f"in the result") from None
 
 
 # ----------------------------------------------------------------------------------------------- reading
-
-
-_MISSING = object()
-
-
-class _Table:
-    """Typed access to one table of the document; every error names the file and the field."""
-
-    def __init__(self, data, name: str, source: str):
-        self.name, self.source = name, source
-        if not isinstance(data, dict):
-            raise self.error(None, f"must be a table ([{name}]), got {_type(data)}")
-        self.data = data
-
-    def field(self, key: str) -> str:
-        return f"{self.name}.{key}" if self.name else key
-
-    def error(self, key, why: str) -> ReproError:
-        where = f"field {self.field(key)}" if key else f"[{self.name}]"
-        return ReproError(f"{self.source}: {where} {why}; fix it in the file, or write the file again with "
-                          f"harness run --save-repro")
-
-    def get(self, key, kind, *, required=True, default=None, check=None, what=None):
-        value = self.data.get(key, _MISSING)
-        if value is _MISSING:
-            if required:
-                raise self.error(key, "is missing")
-            return default
-        ok = isinstance(value, kind) and not (kind in (int, (int, float)) and isinstance(value, bool))
-        if not ok:
-            raise self.error(key, f"must be {what or _kind_name(kind)}, got {_type(value)} {value!r}")
-        if check is not None:
-            why = check(value)
-            if why:
-                raise self.error(key, why)
-        return value
-
-    def str_list(self, key, *, required=True) -> tuple[str, ...]:
-        value = self.get(key, list, required=required, default=[], what="a list of strings")
-        for i, v in enumerate(value):
-            if not isinstance(v, str):
-                raise self.error(key, f"must be a list of strings; item {i} is {_type(v)} {v!r}")
-        return tuple(value)
-
-    def str_dict(self, key) -> dict:
-        value = self.get(key, dict, required=False, default={}, what="a table of strings")
-        for k, v in value.items():
-            if not isinstance(v, str):
-                raise ReproError(f"{self.source}: field {self.field(key)}.{k} must be a string, got {_type(v)} "
-                                 f"{v!r}; fix it in the file")
-        return dict(value)
-
-    def table(self, key, *, required=True):
-        value = self.data.get(key, _MISSING)
-        if value is _MISSING:
-            if required:
-                raise self.error(key, "is missing (a table)")
-            return None
-        return _Table(value, self.field(key), self.source)
-
-    def only(self, *known):
-        unknown = sorted(set(self.data) - set(known))
-        if unknown:
-            raise self.error(unknown[0], f"is unknown in schema {SCHEMA_VERSION} (known here: {', '.join(known)})")
-
-
-def _type(v) -> str:
-    return {str: "a string", bool: "a boolean", int: "an integer", float: "a float", list: "a list",
-            dict: "a table"}.get(type(v), type(v).__name__)
-
-
-def _kind_name(kind) -> str:
-    if kind == (int, float):
-        return "a number"
-    return _type(kind()) if isinstance(kind, type) else str(kind)
 
 
 def _from_doc(doc: dict, source: str) -> Repro:
@@ -599,8 +342,7 @@ def _from_doc(doc: dict, source: str) -> Repro:
         raise s.error("name", "is only for an inline script (with text)")
 
     r = top.table("run")
-    r.only("nproc", "backend", "seed", "plan", "launcher", "strategy", "timeout_s", "stall_s", "baseline_runs",
-           "auto", "resume_nproc", "loss_rtol")
+    r.only(*RUN_KEYS)
     positive = lambda v: None if v > 0 else f"must be > 0, got {v}"  # noqa: E731
     run = dict(
         nproc=r.get("nproc", int, check=lambda v: None if v >= 1 else f"must be >= 1, got {v}"),
@@ -620,6 +362,12 @@ def _from_doc(doc: dict, source: str) -> Repro:
                            check=lambda v: None if v >= 1 else f"must be >= 1, got {v}"),
         loss_rtol=r.get("loss_rtol", (int, float), required=False,
                         check=lambda v: None if v >= 0 else f"must be >= 0, got {v}"),
+        accept_rng=r.str_list("accept_rng", required=False),
+        accept_lost_progress=r.get("accept_lost_progress", bool, required=False, default=False),
+        launch_prefix=r.str_list("launch_prefix", required=False),
+        nnodes=r.get("nnodes", int, required=False, default=1),
+        rdzv_endpoint=r.get("rdzv_endpoint", str, required=False),
+        rdzv_timeout_s=r.get("rdzv_timeout_s", (int, float), required=False, default=20.0),
     )
     if run["loss_rtol"] is not None:
         if run["resume_nproc"] is None:
@@ -628,6 +376,12 @@ def _from_doc(doc: dict, source: str) -> Repro:
     if run["resume_nproc"] is not None and run["auto"]:
         raise r.error("resume_nproc", "cannot be combined with run.auto (the elastic oracle needs the probe's "
                       "restored rows)")
+
+    try:  # every rule of a trial's settings (the checks above name the file's types)
+        spec = TrialSpec(target=script.label, script_args=script.args, **run)
+    except UsageError as err:
+        raise ReproError(f"{source}: field run.{err.field or 'plan'}: {err}; fix it in the file, or write the file "
+                         f"again with harness run --save-repro") from None
 
     e = top.table("environment")
     e.only("python", "torch", "numpy", "harness", "variables")
@@ -657,9 +411,9 @@ def _from_doc(doc: dict, source: str) -> Repro:
                         hint=x.get("hint", str, required=False), first_divergence=div,
                         cause=x.get("cause", str, required=False))
 
-    return Repro(script=script, environment=environment, expected=expected,
+    return Repro(script=script, spec=spec, environment=environment, expected=expected,
                  created=top.get("created", str, required=False, default=""),
-                 replay=top.get("replay", str, required=False, default=""), schema=schema, **run)
+                 replay=top.get("replay", str, required=False, default=""), schema=schema)
 
 
 def _plan_check(value: str):
@@ -672,3 +426,7 @@ def _plan_check(value: str):
     if not plan:
         return "is empty: a repro needs the run's fault plan"
     return None
+
+
+__all__ = ["Repro", "RUN_KEYS", "RUN_ALWAYS", "SCHEMA_VERSION", "ReproError", "Script", "Expected", "ExpectedDivergence",
+           "Environment", "WHERE", "check_inline_target", "scenario_file", "sha256_file", "sha256_text"]

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from harness import probe
+from harness import probe, run_env
 from harness.scenarios._common import MLP, NoisyBlobs, Run, Scenario, warmup_decay
 from harness.scenarios.sut._points import save_points
 
@@ -34,10 +34,10 @@ def main(argv=None) -> None:
 
     scenario = Scenario()
     args = scenario.parser().parse_args(argv)
-    strategy = os.environ.get("HARNESS_STRATEGY") or "deepspeed-zero0"
+    strategy = os.environ.get(run_env.STRATEGY) or "deepspeed-zero0"
     stage = int(strategy[-1]) if strategy.startswith("deepspeed-zero") else 0
     if not dist.is_initialized():
-        dist.init_process_group(os.environ.get("HARNESS_BACKEND") or "gloo")
+        dist.init_process_group(os.environ.get(run_env.BACKEND) or "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)

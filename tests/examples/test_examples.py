@@ -17,12 +17,14 @@ def test_readme_example_resumes_bit_exact(resume_harness, plan):
     assert any(a.loaded for a in result.attempts)
 
 
-def test_readme_example_matches_the_file():
-    """The script shown in the README is examples/train_ddp.py, line for line (docstring aside)."""
-    readme = open(os.path.join(ROOT, "README.md")).read()
+@pytest.mark.parametrize("page", ["README.md", os.path.join("docs", "getting-started.md")])
+def test_readme_example_matches_the_file(page):
+    """The script shown in the README and in the docs' Getting started is examples/train_ddp.py, line for line
+    (docstring aside)."""
+    text = open(os.path.join(ROOT, page)).read()
     code = open(os.path.join(ROOT, "examples", "train_ddp.py")).read()
     body = code[code.index('"""', 3) + 3:].strip()
-    assert f"```python\n{body}\n```" in readme
+    assert f"```python\n{body}\n```" in text
 
 
 def test_ci_runs_the_readme_test_command():

@@ -19,6 +19,10 @@ ROOT = os.path.join(REPO, "harness")
 FORBIDDEN = {
     "trace_schema": {"*"},
     "tensors": {"*"},
+    "settings": {"*"},
+    "run_env": {"*"},
+    "fingerprint": {"probe", "oracle", "engine", "report", "checkpoint", "cli", "pytest_plugin", "scenarios", "fuzz",
+                    "certify", "repro"},
     "faults": {"*"},
     "launch": {"probe", "oracle", "engine", "report", "checkpoint", "cli", "pytest_plugin", "scenarios"},
     "probe": {"launch", "oracle", "engine", "report", "checkpoint", "cli", "pytest_plugin", "scenarios"},
@@ -29,7 +33,7 @@ FORBIDDEN = {
     "fuzz": {"cli", "pytest_plugin", "certify", "probe", "checkpoint"},
     "strategies": {"cli", "pytest_plugin", "engine", "fuzz", "certify", "launch", "probe", "checkpoint", "oracle"},
 }
-ALLOWED_SELF = {"faults": {"faults"}, "trace_schema": set(), "tensors": set()}
+ALLOWED_SELF = {"faults": {"faults"}, "trace_schema": set(), "tensors": set(), "settings": set(), "run_env": set()}
 
 
 def _modules():

@@ -349,7 +349,7 @@ def _junit_outcomes(path) -> dict[str, str]:
 @pytest.mark.slow  # ~2 min: the user's pytest file, three times in a row, in pytest subprocesses
 def test_a_newcomers_test_file_with_hypothesis_passes_every_time(tmp_path, shared_cache):
     """/work/shared/cases/newcomer/test_resume.py as its author runs it: `pytest` in the folder of their
-    unmodified scripts. The fixture, the marker (trials=3) and the README's Hypothesis pattern
+    unmodified scripts. The fixture, the marker (trials=3) and the Hypothesis pattern of docs/pytest.md
     (assume(verdict != "error")) pass, and never flakily: three runs in a row, each the same."""
     import subprocess
     import sys
@@ -373,7 +373,7 @@ def test_a_newcomers_test_file_with_hypothesis_passes_every_time(tmp_path, share
     assert not (tmp_path / "ckpt").exists()  # the scripts' relative checkpoints went under each trial's run folder
 
 
-def test_the_readme_documents_every_attribute_of_the_result_the_marker_and_the_options():
+def test_the_docs_document_every_attribute_of_the_result_the_marker_and_the_options():
     import dataclasses
     import inspect
 
@@ -381,8 +381,7 @@ def test_the_readme_documents_every_attribute_of_the_result_the_marker_and_the_o
     from harness.pytest_plugin import result_class
     from support import REPO
 
-    readme = open(os.path.join(REPO, "README.md")).read()
-    section = readme[readme.index("## In pytest\n"):readme.index("## Bug reports\n")]
+    section = open(os.path.join(REPO, "docs", "pytest.md")).read()  # the plugin's page of the docs site
     from harness import pytest_plugin
 
     cls = result_class()
@@ -391,7 +390,7 @@ def test_the_readme_documents_every_attribute_of_the_result_the_marker_and_the_o
     names |= {n for n, v in inspect.getmembers(cls) if not n.startswith("_") and n != "of"
               and (isinstance(inspect.getattr_static(cls, n), property) or callable(v))}
     missing = sorted(n for n in names if f"| `{n}` |" not in section and f"| `{n}(" not in section)
-    assert not missing, f"README.md, section 'In pytest', does not document: {missing}"
+    assert not missing, f"docs/pytest.md does not document: {missing}"
     for thing in ("--harness-nproc", "--harness-backend", "--harness-seed", "--harness-trials", "--harness-auto",
                   "@pytest.mark.resume(target", "resume_result", "resume_results", "expect="):
         assert thing in section, thing

@@ -92,7 +92,7 @@ def test_boundary_occurrences_are_drawn_more_often():
 
 
 def test_a_user_suite_gets_shrinking_through_given():
-    """The README's pattern: a property over plans; Hypothesis reports the minimal failing plan."""
+    """The pattern of docs/pytest.md: a property over plans; Hypothesis reports the minimal failing plan."""
     tried = []
 
     @settings(max_examples=200, database=None)

@@ -67,5 +67,5 @@ def test_a_third_party_sut_is_certified(tmp_path, pool, sut):
     spec = CampaignSpec.make(sut=sut, classes=["step_kill"], world_sizes="2", trials=1)
     cert = run_campaign(spec, str(tmp_path), progress=False, launcher=pool)
     assert cert["summary"]["trials"] == len(spec.scenarios)
-    for t in cert["trials"]:  # each trial was judged (no harness error); the facts are in the README
+    for t in cert["trials"]:  # each trial was judged (no harness error); the facts are in docs/cli/certify.md
         assert t["verdict"] in ("pass", "fail"), t["message"]

@@ -97,10 +97,10 @@ def fake_runner(tmp_path, judge, **kw):
     runner._profiles[("default", 3)] = (default_profile(3), None, None, None)
     calls = []
 
-    def run(target, *, out_dir, plan, **_):
-        calls.append(plan.format())
+    def run(trial, *, out_dir, **_):  # harness.engine.run(spec, ...)
+        calls.append(trial.plan)
         verdict, outcome = judge(len(calls))
-        return _result(verdict, outcome, out_dir, plan.format())
+        return _result(verdict, outcome, out_dir, trial.plan)
 
     runner._run = run
     return sp, runner, calls
@@ -138,3 +138,28 @@ def test_failing_outcomes_are_failures_never_retried(tmp_path, outcome):
         {**certificate(sp), "cells": [rec], "trials": trials}, sp.to_json()))
     assert (cert["summary"]["verdict"], cert["summary"]["exit_code"], cert["cells"][0]["status"]) == ("fail", 1, "fail")
     assert f"({outcome.value})" in report_md.render(cert)
+
+
+def test_certify_passes_the_strategy_in_each_trials_spec_and_sets_no_process_env(tmp_path):
+    """Each trial is dataclasses.replace(the cell's spec, plan=...): the strategy reaches the ranks through the
+    spec (the attempt's HARNESS_STRATEGY), never through this process's environment."""
+    import dataclasses
+
+    from harness.certify.campaign import trial_spec
+
+    sp = CampaignSpec.make(strategy="fsdp", scenarios=["default"], world_sizes=(3,), classes=["step_kill"], trials=3)
+    before = dict(os.environ)
+    seen = []
+    with CellRunner(sp, str(tmp_path), launcher=object()) as runner:
+        runner._profiles[("default", 3)] = (default_profile(3), None, None, None)
+
+        def run(trial, *, out_dir, **_):
+            seen.append((trial, dict(os.environ)))
+            return _result("pass", Outcome.BIT_EXACT, out_dir, trial.plan)
+
+        runner._run = run
+        runner.run_cell(sp.cells()[0])
+    assert dict(os.environ) == before and all(env == before for _, env in seen)
+    base = trial_spec(sp, sp.scenario("default"), 3)
+    assert len(seen) == 3 and all(t == dataclasses.replace(base, plan=t.plan, auto=False) for t, _ in seen)
+    assert all(t.strategy == "fsdp" and "--strategy fsdp" in t.replay() for t, _ in seen)

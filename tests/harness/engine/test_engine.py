@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from harness.engine import UsageError, list_scenarios, replay_command, resolve_target, run
+from harness.engine import TrialSpec, UsageError, list_scenarios, replay_command, resolve_target, run
 from harness.engine.baseline import baseline_key, cache_root
 from harness.faults import FaultPlan
 from harness.launch import make_launcher
@@ -40,6 +40,10 @@ def test_correct_resume_is_bit_exact(trial, tmp_path):
     assert result.replay == f"harness run {MLP} --nproc 2 --backend gloo --seed 0 --kill 10 --timeout 120"
     out = tmp_path / "out"
     assert json.loads((out / "result.json").read_text())["verdict"] == "pass"
+    # the result carries its concrete spec (result.json too): the replay is made from it
+    spec = TrialSpec.of_result(json.loads((out / "result.json").read_text()))
+    assert spec == TrialSpec.of_result(result) == TrialSpec(MLP, backend="gloo", plan="10", timeout_s=120)
+    assert spec.replay() == result.replay
     assert sorted(os.listdir(out)) == ["attempt0", "attempt1", "result.json", "run", "trace"]
     assert sorted(os.listdir(out / "attempt1")) == ["rank0.log", "rank1.log"]
     assert "resumed from step 8" in (out / "attempt1" / "rank0.log").read_text()

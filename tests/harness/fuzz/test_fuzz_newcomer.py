@@ -109,20 +109,20 @@ dist.destroy_process_group()
 def test_a_script_that_imports_the_probe_but_never_calls_it_goes_to_auto_mode(pool, tmp_path):
     """The rule fuzz and certify share with harness run: a first baseline run in probe mode records nothing,
     so the script is recorded in auto mode, said plainly, and that probe-mode run's failure is not shown."""
+    from harness.engine import TrialSpec
     from harness.engine.baseline import AUTO_MODE_LINE, baseline_with_mode
     from harness.engine.target import resolve_target
 
     script = tmp_path / "train.py"
     script.write_text(IMPORTS_THE_PROBE_ONLY)
     lines: list[str] = []
-    baseline, auto = baseline_with_mode(resolve_target(str(script)), auto=None, nproc=1, backend="gloo",
-                                        script_args=(), runs=2, launcher=pool, timeout_s=120, use_cache=False,
+    spec = TrialSpec(str(script), nproc=1, backend="gloo", timeout_s=120)
+    baseline, auto = baseline_with_mode(resolve_target(str(script)), spec, runs=2, launcher=pool, use_cache=False,
                                         scratch=str(tmp_path / "scratch"), progress=lines.append)
     assert auto is True and baseline.error is None and baseline.last_step == 3, (baseline.error, lines)
     assert AUTO_MODE_LINE in lines and not any(line.endswith(": failed") for line in lines), lines
     # --auto: no probe-mode run at all
     lines.clear()
-    _, auto = baseline_with_mode(resolve_target(str(script)), auto=True, nproc=1, backend="gloo", script_args=(),
-                                 runs=1, launcher=pool, timeout_s=120, use_cache=False,
-                                 scratch=str(tmp_path / "scratch2"), progress=lines.append)
+    _, auto = baseline_with_mode(resolve_target(str(script)), spec.replace(auto=True), runs=1, launcher=pool,
+                                 use_cache=False, scratch=str(tmp_path / "scratch2"), progress=lines.append)
     assert auto is True and lines[0] == "baseline run 1/1 ...", lines

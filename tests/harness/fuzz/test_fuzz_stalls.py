@@ -4,6 +4,7 @@ is a failure, named by its outcome."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -63,10 +64,12 @@ class FakeRun:
     """harness.engine.run without processes: ``judge(plan, call)`` gives (verdict, outcome) of the call-th run."""
 
     def __init__(self, judge):
-        self.judge, self.calls = judge, {}
+        self.judge, self.calls, self.specs = judge, {}, []
 
-    def __call__(self, target, *, plan, out_dir, **kw):
-        key = plan.format()
+    def __call__(self, spec, *, out_dir, **kw):
+        self.specs.append(spec)
+        target, key = spec.target, spec.plan  # the campaign's spec with this trial's plan (dataclasses.replace)
+        plan = spec.fault_plan
         self.calls[key] = self.calls.get(key, 0) + 1
         verdict, outcome = self.judge(plan, self.calls[key])
         return RunResult(Verdict(verdict, outcome, f"{outcome} (fake)"), target=target, plan=key,
@@ -148,3 +151,16 @@ def test_a_kill_before_the_first_complete_checkpoint_runs_once_per_class(monkeyp
     assert result.skipped_early > 0 and result.to_json()["skipped_early"] == result.skipped_early
     assert dict(result.rejected) == {"not_resumed": len(ran_early)}
     assert "a kill before the first complete checkpoint whose class was tried" in text_of(result)
+
+
+def test_every_trial_is_the_campaigns_spec_with_its_plan(monkeypatch, pool, tmp_path):
+    """Fuzz derives each trial by dataclasses.replace(base, plan=...): the same target, world size, seed, limits and
+    mode (the baseline's) for every plan."""
+    result, fake = fake_campaign(monkeypatch, pool, tmp_path, lambda plan, call: ("pass", Outcome.BIT_EXACT),
+                                 trials=4, timeout_s=77)
+    assert result.exit_code == 0 and len(fake.specs) == 4
+    base = fake.specs[0]
+    assert (base.target, base.nproc, base.seed, base.timeout_s, base.auto) == ("default", 2, 0, 77.0, False)
+    assert base.backend in ("gloo", "nccl")  # resolved once for the campaign
+    assert all(s == dataclasses.replace(base, plan=s.plan) for s in fake.specs)
+    assert len({s.plan for s in fake.specs}) == 4

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from harness.engine.jobs import AUTO_NOT_RECORDED
+from harness.engine.auto_mode import AUTO_NOT_RECORDED
 from harness.launch.rank import AUTO_INSTALLER
 from harness.probe import auto
 

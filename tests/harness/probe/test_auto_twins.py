@@ -46,8 +46,8 @@ RNG = {"rng:torch", "rng:numpy", "loss"}
     # that its param_groups list only during a step; deterministic mode fills the partitions' padding
     pytest.param("plain_deepspeed.py", ["--stage", "3", "--save-rng", "--deterministic"], 3, None, marks=DS),
     pytest.param("plain_deepspeed.py", ["--stage", "3", "--deterministic"], 2, RNG, marks=DS),
-    # DDP at 3 ranks: the restarted job's gradient buckets sum in another order (README, "What the SUTs
-    # showed"): the same weights and data, other bits after the first step (in the moments at least: a step's
+    # DDP at 3 ranks: the restarted job's gradient buckets sum in another order (docs/cli/certify.md, "What the
+    # certificates showed"): the same weights and data, other bits after the first step (in the moments at least: a step's
     # update may round to the same parameters).
     pytest.param("plain_accelerate.py", [], 3, {"optimizer"}, marks=ACC),
     ("plain_fsdp.py", [], 2, None),

@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from harness.cli import main
+from harness.engine import TrialSpec
 from harness.oracle import Divergence, RunResult, Verdict
 from harness.repro import (DOES_NOT_REPRODUCE, EXIT_CODES, REPRODUCES, REPRODUCES_DIFFERENTLY, Environment,
                            Repro, ReproError, compare, resolve_script)
@@ -74,15 +75,33 @@ def test_the_file_is_toml_with_a_header_and_the_documented_tables(saved):
     assert doc["expected"]["first_divergence"]["fields"] == ["rng:python", "loss"]
 
 
-def test_strategy_is_kept_when_the_result_has_one(script, tmp_path):
-    @dataclasses.dataclass(frozen=True)
-    class WithStrategy(RunResult):
-        strategy: str = ""
-
-    r = fake_result(target=script)
-    result = WithStrategy(**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)}, strategy="ddp")
-    back = Repro.load(Repro.from_result(result).dump(tmp_path / "s.toml"))
+def test_the_report_stores_the_results_spec_and_never_reads_its_replay(script, tmp_path):
+    """The result's spec (RunResult.spec, as the engine ran it) is the report's [run]: every field of it."""
+    spec = TrialSpec(script, nproc=2, backend="gloo", seed=3, plan="7", strategy="ddp", accept_rng=("numpy",),
+                     accept_lost_progress=True, timeout_s=60.5, stall_s=9, script_args=("--steps", "12"))
+    result = dataclasses.replace(fake_result(target=script, replay="(not read)"), spec=spec.to_json())
+    repro = Repro.from_result(result)
+    path = repro.dump(tmp_path / "s.toml")
+    back = Repro.load(path)
+    assert back == repro and back.spec == spec.replace(target=back.script.label)
     assert back.strategy == "ddp" and back.run_kwargs()["strategy"] == "ddp"
+    assert back.run_kwargs()["accept_rng"] == ("numpy",) and back.run_kwargs()["accept_lost_progress"] is True
+    assert 'accept_rng = [\n    "numpy",\n]' in open(path).read() or 'accept_rng = ["numpy"]' in open(path).read()
+
+
+def test_a_result_without_a_spec_or_a_readable_replay_is_refused_naming_what_to_do(script):
+    with pytest.raises(ReproError, match="the result has no spec and its replay command 'harness fuzz' cannot be "
+                                         "read .*run it again with this harness"):
+        Repro.from_result(fake_result(target=script, replay="harness fuzz"))
+
+
+def test_a_bad_spec_field_in_the_file_names_it(saved):
+    _edit(saved, "nproc = 2\n", "nproc = 2\nnnodes = 2\n")  # not torchrun: reset; torchrun needs an endpoint
+    assert Repro.load(saved).spec.nnodes == 1
+    _edit(saved, 'launcher = "pool"', 'launcher = "torchrun"')
+    with pytest.raises(ReproError) as e:
+        Repro.load(saved)
+    assert str(e.value).startswith(saved + ": field run.rdzv_endpoint: several nodes need a rendezvous endpoint")
 
 
 def test_auto_mode_is_kept_from_the_replay(script, tmp_path):
@@ -321,14 +340,40 @@ def test_cli_usage_errors(capsys, tmp_path):
     assert not (tmp_path / "x.toml").exists()
 
 
-def test_the_readme_gives_every_status_with_its_exit_code_and_the_schema():
+def test_the_docs_give_every_status_with_its_exit_code_and_the_schema():
+    """docs/cli/repro.md (the command) and docs/repro-format.md (the file: its schema is generated from
+    harness/repro/schema.py when the site is built, by docs/hooks.py, loaded here by path)."""
+    import importlib.util
+
     from harness.repro import STATUSES
     from support import REPO
 
-    readme = open(os.path.join(REPO, "README.md")).read()
-    section = readme[readme.index("## Bug reports\n"):]
+    spec = importlib.util.spec_from_file_location("docs_hooks", os.path.join(REPO, "docs", "hooks.py"))
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    section = hooks.render("cli/repro.md") + hooks.render("repro-format.md")
     for status in STATUSES:
         assert f"| `{status}` | {EXIT_CODES[status]} |" in section, status
     for field in ("schema = 1", "[script]", "sha256", "[run]", "[environment]", "[environment.variables]",
                   "[expected]", "[expected.first_divergence]", "--ignore-hash", "--save-repro", "--inline"):
         assert field in section, field
+
+
+def test_a_rerun_runs_the_files_spec(saved, script, tmp_path, monkeypatch):
+    """harness repro runs the spec the file stores ([run] + [script]), on the script as found here."""
+    import harness.engine
+    from harness.repro import rerun
+
+    _edit(saved, "nproc = 2\n", 'nproc = 2\naccept_rng = ["numpy"]\nstrategy = "ddp"\n')
+    repro = Repro.load(saved)
+    ran = []
+
+    def fake_run(spec, *, out_dir, use_cache, launcher, progress):
+        ran.append(spec)
+        return fake_result(target=spec.target)
+
+    monkeypatch.setattr(harness.engine, "run", fake_run)
+    outcome = rerun(repro, repro_path=saved, out_dir=str(tmp_path / "rerun"))
+    assert outcome.status in (REPRODUCES, "environment_differs")
+    assert ran == [repro.spec.replace(target=script)]
+    assert (ran[0].accept_rng, ran[0].strategy, ran[0].plan, ran[0].seed) == (("numpy",), "ddp", "7", 3)
