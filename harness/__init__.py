@@ -8,7 +8,7 @@ Data flow, one folder per step:
     oracle/      offline comparison of recorded traces -> Divergence
     report/      human and JSON output
     engine/      baseline cache + trial loop that ties the above together
-    cli.py, pytest_plugin.py on top
+    cli/, pytest_plugin.py on top
 """
 
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@
     model.py     CheckpointContents, TensorEntry, FileCheck; the listing order
     diff.py      TensorDiff, TreeDiff, ContentsDiff
     render.py    text and JSON output
-    cli.py       the subcommands (harness.cli adds them)
+    (the commands: harness/cli/inspect.py)
 
 Re-exports are lazy, so that building the CLI's parser does not import torch.
 """

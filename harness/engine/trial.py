@@ -161,7 +161,7 @@ def run(spec: TrialSpec | str = "default", *, out_dir: str | None = None, use_ca
     result = RunResult(verdict, target=s.target, nproc=s.nproc, backend=s.backend, seed=s.seed, out_dir=out,
                        timings=timings, **context)
     with open(os.path.join(out, "result.json"), "w") as f:
-        json.dump({**result.to_json(), "spec": result.spec}, f, indent=1)
+        json.dump(result.to_json(), f, indent=1)
     return result
 
 

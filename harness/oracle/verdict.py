@@ -131,9 +131,8 @@ class RunResult:
             "compared": v.compared, "attempts": self._attempts_json(), "replay": self.replay,
             "out_dir": str(self.out_dir), "timings": self.timings, "warnings": v.warnings,
             "target": self.target, "nproc": self.nproc, "backend": self.backend, "seed": self.seed,
-            "plan": self.plan, "log_tail": v.log_tail,
+            "plan": self.plan, "log_tail": v.log_tail, "spec": self.spec,
         })
-
 
     def _attempts_json(self) -> list:
         """Each attempt's summary, with how its launch ended (wall time, exit codes) where known."""

@@ -71,14 +71,15 @@ def test_help_documents_the_fault_grammar(capsys):
     assert all(line in plan.__doc__ for line in KILL_GRAMMAR.splitlines())
 
 
-def test_readme_holds_the_fault_grammar_and_every_outcome():
+def test_the_docs_hold_the_fault_grammar_and_every_outcome():
     from harness.faults import KILL_GRAMMAR
     from harness.oracle import OUTCOMES
 
-    readme = open(os.path.join(REPO, "README.md")).read()
-    assert KILL_GRAMMAR in readme
-    missing = [o for o in OUTCOMES if f"`{o}`" not in readme]
-    assert not missing, f"README.md does not document outcome(s) {missing}"
+    run_page = open(os.path.join(REPO, "docs", "cli", "run.md")).read()
+    assert KILL_GRAMMAR in run_page, "docs/cli/run.md lost the --kill grammar of harness.faults.KILL_GRAMMAR"
+    outcomes_page = open(os.path.join(REPO, "docs", "outcomes.md")).read()
+    missing = [o for o in OUTCOMES if f"`{o}`" not in outcomes_page]
+    assert not missing, f"docs/outcomes.md does not document outcome(s) {missing}"
 
 
 def test_scenarios_lists_builtins(capsys):
@@ -170,3 +171,87 @@ def test_a_job_that_never_resumes_is_not_a_pass(shared_cache, tmp_path):
     out = json.loads(r.stdout)
     assert (r.returncode, out["verdict"], out["outcome"]) == (2, "error", "not_resumed"), r.stdout + r.stderr
     assert "no resume tested" in out["message"]
+
+
+# -- the CLI package's shared pieces: one parser, one envelope, one guard ------------------------------------
+
+
+@pytest.mark.parametrize("argv, shape", [
+    (["run", "no_such_scenario", "--json"], {"verdict", "outcome", "message", "first_divergence"}),
+    (["fuzz", "--trials", "0", "--json"], {"verdict", "outcome", "message", "first_divergence"}),
+    (["repro", "no/such/report.toml", "--json"], {"status", "exit_code", "message"}),
+    (["inspect", "no/such/ckpt", "--json"], {"error"}),
+    (["diff", "no/such/a", "no/such/b", "--json"], {"error"}),
+])
+def test_each_command_family_keeps_its_json_error_shape(capsys, argv, shape):
+    assert main(argv) == 2
+    out = capsys.readouterr().out
+    assert set(json.loads(out)) == shape and len(out.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["certify", "--no-such-flag"], "harness certify: error: unrecognized arguments: --no-such-flag "
+                                    "(see harness certify --help)"),
+    (["certify", "merge", "a", "--no-such-flag", "--out", "m"],
+     "harness certify: error: unrecognized arguments: --no-such-flag (see harness certify merge --help)"),
+    (["certify", "merge"], "harness certify: error: the following arguments are required: OUT, --out "
+                           "(see harness certify merge --help)"),
+    (["run", "--no-such-flag"], "harness: error: unrecognized arguments: --no-such-flag (see harness --help)"),
+    (["inspect"], "harness: error: the following arguments are required: CKPT (see harness inspect --help)"),
+])
+def test_subcommand_usage_errors_name_their_command(capsys, argv, line):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == line
+
+
+def test_certify_merge_help_is_its_own(capsys):
+    assert main(["certify", "merge", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: harness certify merge ")
+
+
+@pytest.mark.parametrize("raised, code, text", [
+    (RuntimeError("boom"), 2, "harness: error: internal error: RuntimeError: boom"),
+    (KeyboardInterrupt(), 130, "harness: interrupted; all processes were stopped"),
+    (OSError("disk full"), 2, "harness: error: disk full"),
+])
+def test_the_guard_maps_every_exception_to_an_exit_code(capsys, monkeypatch, raised, code, text):
+    from harness.checkpoint import from_accelerate
+
+    def convert(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(from_accelerate, "convert", convert)
+    assert main(["convert", "src", "dst"]) == code
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == text
+    assert ("Traceback" in err) == isinstance(raised, RuntimeError)  # a bug of the harness shows where it is
+
+
+def test_error_flag_hook_names_the_flag_only_when_asked():
+    from harness.cli.common import error_message, flag_of
+
+    class UsageError(ValueError):  # as harness.engine's, which names the TrialSpec field at fault
+        def __init__(self, message, field):
+            super().__init__(message)
+            self.field = field
+
+    e = UsageError("bad fault '12@x': rank 'x' must be an integer >= 0 or 'all'", field="plan")
+    assert flag_of(e) == "--kill" and error_message(e) == str(e)
+    assert error_message(e, name_flag=True) == "--kill: " + str(e)
+    named = UsageError("--nproc must be an integer >= 1, got 0", field="nproc")
+    assert error_message(named, name_flag=True) == str(named)
+    assert flag_of(ValueError("x")) is None
+
+
+def test_certify_records_its_command_line_as_given(capsys, monkeypatch, tmp_path):
+    from harness.certify import campaign
+    from harness.certify.errors import CertifyError
+
+    def run_campaign(spec, out, *, command, **kwargs):
+        raise CertifyError(f"would run {command}")
+
+    monkeypatch.setattr(campaign, "run_campaign", run_campaign)
+    out = str(tmp_path / "o")
+    assert main(["certify", MLP, "--world-sizes", "1", "--out", out, "--", "--steps", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"harness certify: error: would run harness certify {MLP} --world-sizes 1 --out {out} -- --steps 8"

@@ -1,4 +1,4 @@
-"""``harness inspect CKPT`` and ``harness diff CKPT_A CKPT_B``.
+"""``harness inspect CKPT`` and ``harness diff CKPT_A CKPT_B`` (the reading and comparing: ``harness.contents``).
 
     harness inspect CKPT [--json]     exit 0: every file intact; 1: a file failed its checksum, is missing or
                                       cannot be read (named); 2: bad input (not a checkpoint)
@@ -8,15 +8,16 @@
 
 from __future__ import annotations
 
-import sys
+from .common import CommandError, add_shared, guarded
 
-EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_DIFFERENT = 0, 1
 FORMATS_HELP = ("native resume-harness checkpoints (also FSDP2/DCP and DeepSpeed inside them), plain DCP folders, "
                 "DeepSpeed save_checkpoint folders or tag folders, HF Accelerate save_state folders, plain torch.save "
                 "and safetensors files and folders of them (per-rank files: rank<N> in the path)")
 
 
-def add_parsers(sub) -> None:
+def add_parser(sub) -> None:
+    """Both commands: ``inspect`` and ``diff``."""
     inspect = sub.add_parser(
         "inspect", help="show what is inside a checkpoint, per rank, with its checksums verified",
         description="Show what is inside a checkpoint, per rank: tensors (name, dtype, shape, bytes, xxh3-128 of "
@@ -24,7 +25,8 @@ def add_parsers(sub) -> None:
                     f"Reads {FORMATS_HELP}; never executes code from a checkpoint. Exit codes: 0 every file intact; "
                     "1 a file failed its checksum, is missing, or cannot be read; 2 bad input.")
     inspect.add_argument("ckpt", metavar="CKPT", help="the checkpoint folder or file")
-    inspect.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_shared(inspect, "--json")
+    inspect.set_defaults(handler=inspect_command)
     diff = sub.add_parser(
         "diff", help="compare two checkpoints tensor by tensor (bit-exact)",
         description="Compare two checkpoints tensor by tensor (raw bytes) and their non-tensor state leaf by leaf: "
@@ -34,51 +36,46 @@ def add_parsers(sub) -> None:
                     "damaged file.")
     diff.add_argument("a", metavar="CKPT_A", help="the first checkpoint folder or file")
     diff.add_argument("b", metavar="CKPT_B", help="the second checkpoint folder or file")
-    diff.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_shared(diff, "--json")
+    diff.set_defaults(handler=diff_command)
 
 
-def main(args) -> int:
-    return inspect(args) if args.command == "inspect" else diff(args)
+def _errors() -> tuple:
+    from harness.contents.readers import ContentsError
+
+    return ContentsError, OSError
 
 
-def _error(message: str, as_json: bool) -> int:
-    if as_json:
-        import json
+@guarded(shape="contents", errors=_errors)
+def inspect_command(args, script_args: list[str]) -> int:
+    from harness.contents.readers import read_checkpoint
+    from harness.contents.render import inspect_json, inspect_text
 
-        print(json.dumps({"error": message}))
-    else:
-        print(f"harness: error: {message}", file=sys.stderr)
-    return EXIT_ERROR
-
-
-def inspect(args) -> int:
-    from .readers import ContentsError, read_checkpoint
-    from .render import inspect_json, inspect_text
-
-    try:
-        contents = read_checkpoint(args.ckpt)
-    except (ContentsError, OSError) as e:
-        return _error(str(e), args.json)
+    contents = read_checkpoint(args.ckpt)
     print(inspect_json(contents) if args.json else inspect_text(contents))
     return EXIT_OK if contents.ok else EXIT_DIFFERENT
 
 
-def diff(args) -> int:
-    from .diff import diff_contents
-    from .readers import ContentsError, read_checkpoint
-    from .render import diff_json, diff_text
+@guarded(shape="contents", errors=_errors)
+def diff_command(args, script_args: list[str]) -> int:
+    from harness.contents.diff import diff_contents
+    from harness.contents.readers import ContentsError, read_checkpoint
+    from harness.contents.render import diff_json, diff_text
 
     sides = []
     for label, path in (("A", args.a), ("B", args.b)):
         try:
             contents = read_checkpoint(path)
         except (ContentsError, OSError) as e:
-            return _error(f"{label}: {e}", args.json)
+            raise CommandError(f"{label}: {e}") from None
         if not contents.ok:
             bad = "; ".join(f"{f.path}: {f.status}: {f.detail}" for f in contents.failed_files)
-            return _error(f"{label}: {path}: damaged, so it cannot be compared ({bad}); see harness inspect {path}",
-                          args.json)
+            raise CommandError(f"{label}: {path}: damaged, so it cannot be compared ({bad}); "
+                               f"see harness inspect {path}")
         sides.append(contents)
     result = diff_contents(*sides)
     print(diff_json(result) if args.json else diff_text(result))
     return result.exit_code
+
+
+__all__ = ["add_parser", "inspect_command", "diff_command", "FORMATS_HELP"]

@@ -1,4 +1,4 @@
-"""``harness certify`` and ``harness certify merge`` (harness/cli.py hands its arguments here).
+"""``harness certify`` and ``harness certify merge`` (the campaign itself: ``harness.certify``).
 
     harness certify [SCRIPT.py] [--sut NAME] [--strategy S] [--backend B] [--world-sizes 1,2,3] [--trials N]
                     [--seed S] [--scenarios A,B] [--classes C,D] [--auto] [--out DIR] [--force] [--shard i/N]
@@ -17,49 +17,59 @@ nothing else went wrong.
 from __future__ import annotations
 
 import argparse
-import sys
+import textwrap
 
-from harness.certify.errors import CertifyError
-from harness.certify.matrix import (AUTO_FAULT_CLASSES, DEFAULT_SEED, DEFAULT_TRIALS, SUT_DEFAULT_TRIALS, DEFAULT_WORLD_SIZES,
-                                    FAULT_CLASSES, STRATEGIES, SUTS)
+from .common import HarnessParser, guarded
 
-EXIT_ERROR = 2
+WHO = "harness certify"  # its errors start with "harness certify: error:"
+
+_DESCRIPTION = (
+    "Certify resume determinism: run a matrix of scenarios x fault classes x world sizes "
+    "(kill/resume trials, each compared bit for bit with the uninterrupted run) and write "
+    "certificate.json, certificate.md and certificate.html. `harness certify merge OUT1 "
+    "OUT2 ... --out DIR` joins the certificates of --shard slices.",
+    "Your own script: `harness certify path/to/train.py [-- SCRIPT_ARGS]` (or --scenarios "
+    "path/to/train.py,...), shown by its file name. A script with no probe calls is certified as it "
+    "is, in auto mode, as harness run tests it ('no probe calls: testing in auto mode'; --auto "
+    "forces it); its fault points are then its own save calls (class save_call: torch.save:N, "
+    "safetensors.save_file:N, dcp.save:N, deepspeed.save_checkpoint:N) and checkpoint.committed:N "
+    "after each.")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(EXIT_ERROR, f"harness certify: error: {message} (see {self.prog} --help)\n")
+def build_merge_parser() -> argparse.ArgumentParser:
+    p = HarnessParser(prog="harness certify merge", who=WHO, own_extras=True,
+                      description="Join the certificates of the shards of one campaign.")
+    p.add_argument("folders", nargs="+", metavar="OUT", help="--out folders of harness certify --shard i/N")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of the merged certificate")
+    p.add_argument("--force", action="store_true", help="replace a certificate already in --out")
+    p.add_argument("--junit", default=None, metavar="FILE", help="also write a JUnit XML")
+    p.set_defaults(handler=merge_command)
+    return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_parser(sub) -> None:
     from harness.certify.campaign import DEFAULT_STALL_RETRIES
+    from harness.settings import BACKENDS
+    from harness.certify.matrix import (AUTO_FAULT_CLASSES, DEFAULT_SEED, DEFAULT_TRIALS, DEFAULT_WORLD_SIZES,
+                                        FAULT_CLASSES, STRATEGIES, SUT_DEFAULT_TRIALS, SUTS)
 
-    import textwrap
-
-    p = _Parser(prog="harness certify", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="\n\n".join(textwrap.fill(t, 100) for t in (
-                    "Certify resume determinism: run a matrix of scenarios x fault classes x world sizes "
-                    "(kill/resume trials, each compared bit for bit with the uninterrupted run) and write "
-                    "certificate.json, certificate.md and certificate.html. `harness certify merge OUT1 "
-                    "OUT2 ... --out DIR` joins the certificates of --shard slices.",
-                    "Your own script: `harness certify path/to/train.py [-- SCRIPT_ARGS]` (or --scenarios "
-                    "path/to/train.py,...), shown by its file name. A script with no probe calls is certified as it "
-                    "is, in auto mode, as harness run tests it ('no probe calls: testing in auto mode'; --auto "
-                    "forces it); its fault points are then its own save calls (class save_call: torch.save:N, "
-                    "safetensors.save_file:N, dcp.save:N, deepspeed.save_checkpoint:N) and checkpoint.committed:N "
-                    "after each.")),
-                epilog="\n".join(textwrap.fill(t, 100, subsequent_indent="  ") for t in [
-                    "fault classes (built-in scenarios, scripts with probe calls): " + ", ".join(FAULT_CLASSES),
-                    "fault classes (scripts in auto mode): " + ", ".join(AUTO_FAULT_CLASSES),
-                    "exit codes: 0 every trial bit-exact; 1 a trial failed (or a baseline is not reproducible); "
-                    "2 a trial errored, a cell not run, nothing certified, or bad input; 4 only stalls"]))
+    p = sub.add_parser(
+        "certify", who=WHO, own_extras=True, nested={"merge": build_merge_parser()},
+        help="certify resume determinism over a matrix of scenarios x faults x world sizes (harness certify --help)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n\n".join(textwrap.fill(t, 100) for t in _DESCRIPTION),
+        epilog="\n".join(textwrap.fill(t, 100, subsequent_indent="  ") for t in [
+            "fault classes (built-in scenarios, scripts with probe calls): " + ", ".join(FAULT_CLASSES),
+            "fault classes (scripts in auto mode): " + ", ".join(AUTO_FAULT_CLASSES),
+            "exit codes: 0 every trial bit-exact; 1 a trial failed (or a baseline is not reproducible); "
+            "2 a trial errored, a cell not run, nothing certified, or bad input; 4 only stalls"]))
     p.add_argument("script", nargs="?", default=None, metavar="SCRIPT.py",
                    help="a training script to certify, unmodified or with probe calls (the same as --scenarios "
                         "SCRIPT.py; with --sut reference)")
     p.add_argument("--sut", default="reference", metavar="NAME",
                    help=f"system under test: {', '.join(SUTS)} (default reference: the reference checkpointer)")
     p.add_argument("--strategy", default="ddp", metavar="S", help=f"{', '.join(STRATEGIES)} (default ddp)")
-    p.add_argument("--backend", default="auto", choices=("auto", "gloo", "nccl"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="process group backend (default auto: nccl with CUDA, else gloo)")
     p.add_argument("--world-sizes", default=",".join(map(str, DEFAULT_WORLD_SIZES)), metavar="LIST",
                    help="comma-separated world sizes (default 1,2,3: at 2 ranks float addition is commutative and "
@@ -75,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto", action="store_true",
                    help="record the scripts with auto mode (torch hooks, no probe calls needed); the default for a "
                         "script that records nothing through harness.probe")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default harness-out/certify-<sut>-<strategy>)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default harness-out/certify-<sut>-<strategy>)")
     p.add_argument("--force", action="store_true", help="replace a certificate already in --out")
     p.add_argument("--shard", default=None, metavar="i/N", help="run only slice i of N (1-based) of the matrix")
     p.add_argument("--junit", default=None, metavar="FILE", help="also write a JUnit XML (one testcase per cell)")
@@ -83,66 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-retries", type=int, default=DEFAULT_STALL_RETRIES, metavar="N",
                    help="run a trial that stalled (no rank recorded anything for the stall limit: machine load) "
                         f"again, up to N times, before it counts as stalled (default {DEFAULT_STALL_RETRIES})")
-    return p
+    p.set_defaults(handler=command)
 
 
-def build_merge_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="harness certify merge", description="Join the certificates of the shards of one campaign.")
-    p.add_argument("folders", nargs="+", metavar="OUT", help="--out folders of harness certify --shard i/N")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder of the merged certificate")
-    p.add_argument("--force", action="store_true", help="replace a certificate already in --out")
-    p.add_argument("--junit", default=None, metavar="FILE", help="also write a JUnit XML")
-    return p
+def _errors() -> tuple:
+    from harness.certify.errors import CertifyError
+    from harness.engine.target import UsageError
+
+    return CertifyError, UsageError
 
 
-def _say(cert: dict, paths: dict, junit: str | None) -> None:
-    s = cert["summary"]
-    outcome = s.get("outcome")
-    head = s["verdict"].upper() + (f" ({outcome})" if outcome not in (None, "certified", "failed", "error") else "")
-    line = (f"{head}: {s['passed']}/{s['trials']} trials bit-exact, {s['failed']} failed, "
-            f"{s['errors']} errors; cells {s['cells_passed']} pass, {s['cells_failed']} fail, {s['cells_error']} error, "
-            f"{s['cells_na']} n/a" + (f", {s['cells_not_run']} not run" if s["cells_not_run"] else "")
-            + f"; {s['wall_s']:.1f} s" + (f" ({s['trials_per_min']} trials/min)" if s["trials_per_min"] else ""))
-    print(line)
-    if s.get("message"):
-        print(s["message"])
-    for kind in ("html", "md", "json"):
-        print(f"  {kind:5} {paths[kind]}")
-    if junit:
-        print(f"  junit {junit}")
-
-
-def main(argv: list[str]) -> int:
-    argv = list(argv)
-    try:
-        if argv and argv[0] == "merge":
-            return _merge(argv[1:])
-        return _certify(argv)
-    except CertifyError as e:
-        print(f"harness certify: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except SystemExit as e:
-        return int(e.code or 0) if isinstance(e.code, int) else EXIT_ERROR
-
-
-def _certify(argv: list[str]) -> int:
+@guarded(who=WHO, errors=_errors)
+def command(args, script_args: list[str]) -> int:
     from harness.certify.campaign import command_line, prepare_out, run_campaign, write_reports
+    from harness.certify.errors import CertifyError
     from harness.certify.matrix import CampaignSpec
     from harness.certify.shard import parse_shard
     from harness.engine import resolve_backend
-    from harness.engine.target import UsageError
 
-    full, script_args = list(argv), []
-    if "--" in argv:  # the scripts' own arguments
-        i = argv.index("--")
-        argv, script_args = argv[:i], argv[i + 1:]
-    args = build_parser().parse_args(argv)
     if args.stall_retries < 0:
         raise CertifyError(f"--stall-retries must be >= 0, got {args.stall_retries}")
-    try:
-        backend = resolve_backend(args.backend)
-    except UsageError as e:
-        raise CertifyError(str(e)) from None
+    backend = resolve_backend(args.backend)  # UsageError: exit 2
     spec = CampaignSpec.make(
         sut=args.sut, strategy=args.strategy, backend=backend, world_sizes=args.world_sizes, trials=args.trials,
         seed=args.seed, scenarios=([args.script] if args.script else []) + (args.scenarios.split(",") if args.scenarios
@@ -154,7 +126,7 @@ def _certify(argv: list[str]) -> int:
         out = args.out or f"{out}-shard{shard[0]}of{shard[1]}"
     prepare_out(out, force=args.force)  # refuse an older certificate before anything runs
     cert = run_campaign(spec, out, shard=shard, force=args.force, progress=not args.no_progress,
-                        command=command_line(full), stall_retries=args.stall_retries)
+                        command=command_line(args.argv[1:]), stall_retries=args.stall_retries)
     paths = write_reports(cert, out)
     if args.junit:
         from harness.certify import junit
@@ -164,12 +136,12 @@ def _certify(argv: list[str]) -> int:
     return cert["summary"]["exit_code"]
 
 
-def _merge(argv: list[str]) -> int:
+@guarded(who=WHO, errors=_errors)
+def merge_command(args, script_args: list[str]) -> int:
     from harness.certify import junit, report_json
     from harness.certify.campaign import conclude, prepare_out, write_reports
     from harness.certify.shard import merge
 
-    args = build_merge_parser().parse_args(argv)
     certs = [report_json.read(f) for f in args.folders]
     cert = conclude(merge(certs))  # merge recounts the summary: its outcome again (nothing certified, stalls)
     out = prepare_out(args.out, force=args.force)
@@ -180,4 +152,22 @@ def _merge(argv: list[str]) -> int:
     return cert["summary"]["exit_code"]
 
 
-__all__ = ["main", "build_parser", "build_merge_parser"]
+def _say(cert: dict, paths: dict, junit: str | None) -> None:
+    s = cert["summary"]
+    outcome = s.get("outcome")
+    head = s["verdict"].upper() + (f" ({outcome})" if outcome not in (None, "certified", "failed", "error") else "")
+    line = (f"{head}: {s['passed']}/{s['trials']} trials bit-exact, {s['failed']} failed, "
+            f"{s['errors']} errors; cells {s['cells_passed']} pass, {s['cells_failed']} fail, "
+            f"{s['cells_error']} error, "
+            f"{s['cells_na']} n/a" + (f", {s['cells_not_run']} not run" if s["cells_not_run"] else "")
+            + f"; {s['wall_s']:.1f} s" + (f" ({s['trials_per_min']} trials/min)" if s["trials_per_min"] else ""))
+    print(line)
+    if s.get("message"):
+        print(s["message"])
+    for kind in ("html", "md", "json"):
+        print(f"  {kind:5} {paths[kind]}")
+    if junit:
+        print(f"  junit {junit}")
+
+
+__all__ = ["add_parser", "build_merge_parser", "command", "merge_command"]
