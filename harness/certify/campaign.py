@@ -78,22 +78,26 @@ def prepare_out(out_dir: str, *, force: bool) -> str:
 class _Progress:
     """A rich progress bar on stderr (plain lines when stderr is not a terminal)."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.enabled, self.total, self.done = enabled, total, 0
+    def __init__(self, total: int, enabled: bool, say=None, console=None):
+        self.enabled, self.total, self.done, self.say = enabled, total, 0, say
         self.counts = {"pass": 0, "fail": 0, "error": 0}
         self._bar = None
         if enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            console = Console(stderr=True)
+            console = console or Console(stderr=True)
             self._bar = Progress(TextColumn("certify"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                  TextColumn("{task.description}"), console=console, transient=False)
             self._task = self._bar.add_task("", total=total)
             self._bar.start()
 
     def note(self, text: str) -> None:
-        if self._bar is not None:
+        if self._bar is None:
+            return
+        if self.say is not None:  # the caller's printer, on the bar's console
+            self.say(text)
+        else:
             self._bar.console.print(f"harness certify: {text}", markup=False, highlight=False)
 
     def trial(self, cell: Cell, verdict: str) -> None:
@@ -358,7 +362,7 @@ def conclude(cert: dict) -> dict:
 
 def run_campaign(spec: CampaignSpec, out_dir: str, *, shard: tuple[int, int] | None = None, force: bool = False,
                  progress: bool = True, command: str | None = None, launcher=None,
-                 stall_retries: int = DEFAULT_STALL_RETRIES) -> dict:
+                 stall_retries: int = DEFAULT_STALL_RETRIES, say=None, console=None) -> dict:
     """Run the cells of ``spec`` (those of ``shard``) under ``out_dir``; return the certificate (not yet written).
 
     Every baseline is checked before the first trial: at the first that is not reproducible the campaign
@@ -366,7 +370,7 @@ def run_campaign(spec: CampaignSpec, out_dir: str, *, shard: tuple[int, int] | N
     t0 = time.monotonic()
     out = prepare_out(out_dir, force=force)
     cells = select(spec.cells(), shard)
-    bar = _Progress(len(cells) * spec.trials, progress)
+    bar = _Progress(len(cells) * spec.trials, progress, say=say, console=console)
     cell_recs, trials = [], []
     try:
         with CellRunner(spec, out, launcher=launcher, on_trial=bar.trial, on_note=bar.note,

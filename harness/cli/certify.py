@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from .common import HarnessParser, guarded
+from .common import HarnessParser, guarded, progress_printer
 
 WHO = "harness certify"  # its errors start with "harness certify: error:"
 
@@ -107,6 +107,7 @@ def _errors() -> tuple:
 @guarded(who=WHO, errors=_errors)
 def command(args, script_args: list[str]) -> int:
     from harness.certify.campaign import command_line, prepare_out, run_campaign, write_reports
+    from harness.report import make_console
     from harness.certify.errors import CertifyError
     from harness.certify.matrix import CampaignSpec
     from harness.certify.shard import parse_shard
@@ -125,8 +126,10 @@ def command(args, script_args: list[str]) -> int:
     if shard:
         out = args.out or f"{out}-shard{shard[0]}of{shard[1]}"
     prepare_out(out, force=args.force)  # refuse an older certificate before anything runs
+    err = make_console(stderr=True)  # the progress bar's console, which the status lines share
     cert = run_campaign(spec, out, shard=shard, force=args.force, progress=not args.no_progress,
-                        command=command_line(args.argv[1:]), stall_retries=args.stall_retries)
+                        command=command_line(args.argv[1:]), stall_retries=args.stall_retries,
+                        console=err, say=progress_printer(err, prefix="harness certify"))
     paths = write_reports(cert, out)
     if args.junit:
         from harness.certify import junit
