@@ -18,8 +18,11 @@ running the variants below side by side, interleaved (their order alternating):
              OUT/profile/rank{r}.attempt{a}.jsonl (one os.write each: a SIGKILLed rank keeps its lines).
              The probes are active only in a trial's ranks (HARNESS_ROLE=trial, BENCH_TRIAL_PROFILE=1);
              its baseline runs the default scenario untouched.
-  --also-root DIR   the profiled trial again with its folder (trace, checkpoints) under DIR: /dev/shm
-             shows what the run folder's disk costs (a tmpfs's fsync returns at once)
+  plain, per-launch store   the plain trial through a ForkServerLauncher(store="per-launch"): a store
+             process forked for each launch, as before the zygote kept a store host (--no-old: left out)
+  profiled@run on tmpfs     the profiled trial with only run/ (the checkpoints) on tmpfs, in a
+             harness.launch.scratch folder symlinked as OUT/run (what `--scratch tmpfs` does; --no-scratch)
+  --also-root DIR   the profiled trial again with its whole folder (trace, checkpoints) under DIR
 
 In this process (never in the harness's files) the bench wraps the fork server's launch call to note when
 each launch of a trial begins and returns; RunResult.timings gives the baseline lookup, the attempts
@@ -51,6 +54,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 
 # The target the profiled variant launches. Without BENCH_TRIAL_PROFILE=1 in a trial's rank it is the
 # default scenario, unchanged (so its baseline is the default scenario's).
@@ -199,6 +203,24 @@ PARTS = [
 LAUNCHES: list[dict] = []  # the launches of the trial in flight: attempt, t0 (call), t1 (return), wall clock
 
 
+@contextmanager
+def run_folder_on(kind: str, out: str):
+    """OUT with OUT/run on ``kind`` ("disk": as the engine makes it; "tmpfs": a scratch folder of
+    harness.launch.scratch, symlinked as OUT/run, as the engine's --scratch tmpfs would place it)."""
+    if kind == "disk":
+        yield
+        return
+    from harness.launch.scratch import scratch_dir
+
+    with scratch_dir("tmpfs", disk_path=os.path.join(out, "run")) as scratch:
+        os.makedirs(out, exist_ok=True)
+        os.symlink(scratch.path, os.path.join(out, "run"))
+        try:
+            yield
+        finally:
+            os.unlink(os.path.join(out, "run"))
+
+
 def patch_launcher() -> None:
     """Note when each fork-server launch begins and returns (in this process only)."""
     from harness.launch import forkserver
@@ -332,6 +354,8 @@ def main() -> None:
     ap.add_argument("--root", default=".", help="where the trial folders go (default: here, the repository's disk)")
     ap.add_argument("--also-root", metavar="DIR",
                     help="a third variant, interleaved: the profiled trial with its folder under DIR (e.g. /dev/shm)")
+    ap.add_argument("--no-old", action="store_true", help="leave out the per-launch-store variant")
+    ap.add_argument("--no-scratch", action="store_true", help="leave out the run/-on-tmpfs variant")
     args = ap.parse_args()
     from harness.engine import run  # before any folder is made: fails without the harness installed
     from harness.launch import ForkServerLauncher
@@ -347,22 +371,28 @@ def main() -> None:
         f.write(WRAPPER)
 
     patch_launcher()
-    # name -> (target, folder of its trials); "profiled..." variants get the full breakdown
-    variants = {"plain": ("default", root), "profiled": (wrapper, root)}
+    # name -> (target, folder of its trials, launcher, where run/ is); "profiled..." variants get the breakdown
+    variants = {"plain": ("default", root, "kept", "disk"), "profiled": (wrapper, root, "kept", "disk")}
+    if not args.no_old:
+        variants["plain, per-launch store"] = ("default", root, "per-launch", "disk")
+    if not args.no_scratch:
+        variants["profiled@run on tmpfs"] = (wrapper, root, "kept", "tmpfs")
     if also:
-        variants[f"profiled@{args.also_root}"] = (wrapper, also)
+        variants[f"profiled@{args.also_root}"] = (wrapper, also, "kept", "disk")
     walls: dict = {v: [] for v in variants}
     coarse_parts: dict = {v: [] for v in variants}
-    parts: dict = {v: [] for v in variants if v != "plain"}
+    parts: dict = {v: [] for v in variants if v.startswith("profiled")}
     calls: dict = {}
 
     def trial(variant: str, name: str):
-        target, folder = variants[variant]
+        target, folder, store, kind = variants[variant]
         for again in range(3):
             out = os.path.join(folder, name + ("-again" * again))
             LAUNCHES.clear()
             t = time.perf_counter()
-            result = run(target, nproc=args.nproc, plan=args.kill, launcher=launcher, out_dir=out, baseline_runs=1)
+            with run_folder_on(kind, out):
+                result = run(target, nproc=args.nproc, plan=args.kill, launcher=launchers[store], out_dir=out,
+                             baseline_runs=1)
             wall = time.perf_counter() - t
             if result.verdict != "pass":
                 raise SystemExit(f"{variant} trial {name}: {result.verdict}: {result.message}\n{result.log_tail or ''}")
@@ -375,16 +405,18 @@ def main() -> None:
         raise SystemExit("the baseline keeps changing (the harness's sources are being edited); try again later")
 
     load_start = os.getloadavg()
-    launcher = None
+    launchers = {}
     try:
-        launcher = ForkServerLauncher()
+        launchers["kept"] = ForkServerLauncher()
+        if not args.no_old:
+            launchers["per-launch"] = ForkServerLauncher(store="per-launch")
         for variant in variants:  # warm-up: the baselines are cached, the zygote has forked once
-            out, _, _, _ = trial(variant, f"warm-{variant.split('@')[0]}")
+            out, _, _, _ = trial(variant, f"warm-{variant.replace('@', '-').replace(' ', '-')}")
             shutil.rmtree(out, ignore_errors=True)
         names = list(variants)
         for i in range(args.trials):
             for variant in (names if i % 2 == 0 else names[::-1]):
-                out, launches, result, wall = trial(variant, f"{variant.split('@')[0]}{i}")
+                out, launches, result, wall = trial(variant, f"{variant.replace('@', '-').replace(' ', '-')}{i}")
                 walls[variant].append(wall)
                 coarse_parts[variant].append(coarse(out, args.nproc, launches))
                 if variant in parts:
@@ -396,7 +428,7 @@ def main() -> None:
             print(f"round {i + 1}/{args.trials}: " + ", ".join(f"{v} {walls[v][-1] * 1e3:.0f} ms" for v in names),
                   flush=True)
     finally:
-        if launcher is not None:
+        for launcher in launchers.values():
             launcher.close()
         shutil.rmtree(root, ignore_errors=True)
         if also:
@@ -417,7 +449,7 @@ def report(args, variants, walls, coarse_parts, parts, calls, load_start, load_e
     total = med(walls["profiled"])
     print(f"\nbreakdown of a profiled trial, trial folder under {args.root} (median over {args.trials}; share of "
           f"the median trial, {total * 1e3:.0f} ms; min and max over the trials; ms)" +
-          "".join(f"; last column: the same, folder under {v.split('@')[1]}" for v in others) + ":")
+          "".join(f"; then the same with {v.split('@')[1]}" for v in others) + ":")
     print(f"  {'part':<66} {'median':>7} {'share':>6} {'min':>7} {'max':>7}" +
           "".join(f" {'median':>7}" for _ in others))
     for label, key in PARTS:

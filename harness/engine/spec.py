@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from harness.engine.target import UsageError
 from harness.faults import FaultPlan
+from harness.launch.scratch import KINDS as SCRATCH_KINDS
 from harness.settings import ACCEPTABLE_RNG, BACKENDS, DEFAULT_TIMEOUT_S, LAUNCHERS, STRATEGIES
 
 if sys.version_info >= (3, 11):
@@ -73,6 +74,7 @@ class TrialSpec:
     accept_rng: tuple[str, ...] = ()
     accept_lost_progress: bool = False
     baseline_runs: int | None = None  # None: 1 for a built-in scenario, 2 for a script
+    scratch: str = "tmpfs"  # where the run folder lives (harness.launch.scratch): tmpfs, or disk
     script_args: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
@@ -262,6 +264,8 @@ def _validate(s: TrialSpec) -> None:
     if s.baseline_runs is not None and (isinstance(s.baseline_runs, bool) or not isinstance(s.baseline_runs, int)
                                         or s.baseline_runs < 1):
         raise UsageError(f"--baseline-runs must be an integer >= 1, got {s.baseline_runs!r}", field="baseline_runs")
+    if s.scratch not in SCRATCH_KINDS:
+        raise UsageError(f"--scratch must be one of {', '.join(SCRATCH_KINDS)}, got {s.scratch!r}", field="scratch")
     if isinstance(s.script_args, str):
         raise UsageError(f"script_args is a list of arguments, not the string {s.script_args!r}", field="script_args")
     put("script_args", tuple(s.script_args or ()))
@@ -390,6 +394,9 @@ FLAGS: tuple[Flag, ...] = (
          kind="const", cli_default=False, has_cli_default=True),
     Flag("baseline_runs", "--baseline-runs", "uninterrupted runs compared to check reproducibility (default 2 for "
                                              "scripts, 1 for scenarios)", type=int, metavar="N"),
+    Flag("scratch", "--scratch", "where the trial's run folder (its checkpoints) lives: tmpfs (default; a process "
+                                 "kill loses no page cache, so fsync proves nothing there) or disk (the real "
+                                 "filesystem, OUT/run)", choices=SCRATCH_KINDS),
 )
 #: Field -> its flag (what a CLI names in a UsageError's message; ``target`` and ``script_args`` are positional).
 FLAG_OF = {f.field: f.flag for f in FLAGS} | {"target": "TARGET", "script_args": "-- SCRIPT_ARGS"}

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 
 from harness.engine.baseline import Baseline, baseline_with_mode, imports_probe
 from harness.engine.auto_mode import auto_not_recorded, write_auto_index
@@ -30,6 +31,7 @@ from harness.engine.target import Target, UsageError, resolve_target
 from harness.faults import FaultPlan
 from harness.launch import LaunchError, Launcher
 from harness.launch.factory import borrowed
+from harness.launch.scratch import scratch_dir
 from harness.launch.spec import log_tail
 from harness.launch.determinism import cuda_visible
 from harness.settings import ACCEPTABLE_RNG, BACKENDS, DEFAULT_TIMEOUT_S, STRATEGIES
@@ -148,12 +150,19 @@ def run(spec: TrialSpec | str = "default", *, out_dir: str | None = None, use_ca
     os.makedirs(out, exist_ok=True)
 
     # without a launcher, one of the spec's kind (the pool's zygote imports torch while the baseline is looked up)
-    with borrowed(launcher, **spec.launcher_options()) as lent:
-        trial = _Trial(spec, tgt, folder, launcher=lent, runs=runs, use_cache=use_cache, say=say)
-        try:
-            verdict, context = trial.run()
-        except LaunchError as e:
-            verdict, context = _error_verdict(f"the launcher failed: {e}"), trial.context()
+    # The checkpoints are written on tmpfs (no fsync cost; a process kill proves the same there) and copied to
+    # OUT/run when the trial ends, so a run leaves what it always left. An OUT/run already there (an --out
+    # reused after a refused trial) is written in place, as before.
+    kind = "disk" if os.path.lexists(folder.run_dir) else spec.scratch
+    with borrowed(launcher, **spec.launcher_options()) as lent, \
+            scratch_dir(kind, disk_path=folder.run_dir) as place:  # a fallback to disk is said on stderr
+        with _run_dir_at(place, folder.run_dir):
+            trial = _Trial(spec, tgt, folder, launcher=lent, runs=runs, use_cache=use_cache, say=say)
+            try:
+                verdict, context = trial.run()
+            except LaunchError as e:
+                verdict, context = _error_verdict(f"the launcher failed: {e}"), trial.context()
+        place.keep()
     from harness.oracle import RunResult
 
     timings = {**trial.timings, "total_s": round(time.monotonic() - t_start, 3)}
@@ -163,6 +172,21 @@ def run(spec: TrialSpec | str = "default", *, out_dir: str | None = None, use_ca
     with open(os.path.join(out, "result.json"), "w") as f:
         json.dump(result.to_json(), f, indent=1)
     return result
+
+
+@contextmanager
+def _run_dir_at(place, run_dir: str):
+    """While the trial runs, ``run_dir`` (OUT/run) is a link to the scratch folder on tmpfs: the ranks, the
+    trace and every message name OUT/run, wherever the bytes are. Removed before the scratch folder is
+    copied there (a failure) or deleted."""
+    if place.path == run_dir:
+        yield
+        return
+    os.symlink(place.path, run_dir)
+    try:
+        yield
+    finally:
+        os.unlink(run_dir)
 
 
 def _spec_of_call(target, fields: dict) -> TrialSpec:

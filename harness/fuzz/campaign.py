@@ -68,7 +68,7 @@ from typing import Callable
 from harness.engine.monitor import is_stall
 from harness.faults import SIGNALS, FaultPlan
 from harness.fuzz.coverage import Coverage, CoverageCounter
-from harness.fuzz.space import FaultSpace
+from harness.fuzz.space import EarlyKillGate, FaultSpace
 from harness.settings import DEFAULT_TIMEOUT_S
 
 #: Outcomes of a trial that did not exercise what the plan asked for: not bugs, rejected and counted.
@@ -323,8 +323,7 @@ class Campaign:
         self._t_first: float | None = None
         self._unreachable = 0  # plans rejected without a trial (FaultSpace.unreachable)
         self.auto = False  # the mode the baseline was recorded in (set by _baseline)
-        self._early: dict[tuple, str] = {}  # class of a fault before the first checkpoint -> its trial's verdict
-        self._skipped_early = 0
+        self._early = None  # EarlyKillGate over the space, once the space exists
 
     # -- checks before anything runs -----------------------------------------------------------
     def _check(self):
@@ -398,7 +397,7 @@ class Campaign:
             unreachable=self._unreachable,
             trial_seconds=tuple(r.seconds for r in self.records),
             stalled=tuple((r.plan, r.outcome) for r in stalled), stall_retries=sum(r.retries for r in self.records),
-            hint=hint, auto=self.auto, skipped_early=self._skipped_early)
+            hint=hint, auto=self.auto, skipped_early=self._early.skipped if self._early is not None else 0)
         with open(os.path.join(c.out_dir, "fuzz.json"), "w") as f:
             json.dump(result.to_json(), f, indent=1)
         return result
@@ -454,14 +453,14 @@ class Campaign:
         if self._space.unreachable(plan) is not None:  # would end as fault_not_fired: not worth a trial
             self._unreachable += 1
             reject()
-        early = self._early_class(plan)
-        if early is not None and plan.format() not in self._cache and self._early.get(early) == VerdictKind.ERROR:
-            self._skipped_early += 1  # its class already gave "no resume tested": another one would too
-            reject()
+        if self._early is None:
+            self._early = EarlyKillGate(self._space)
+        if plan.format() not in self._cache and not self._early.admit(plan):
+            reject()  # its class already gave "no resume tested" (before the first checkpoint): another one would too
         result = self._trial(plan)
-        if early is not None and result is not None:
+        if result is not None:
             # an error (not_resumed; a stall too, which is retried already) closes the class: one trial each
-            self._early.setdefault(early, VerdictKind.ERROR if is_stall(result.verdict, result.outcome) else result.verdict)
+            self._early.record(plan, VerdictKind.ERROR if is_stall(result.verdict, result.outcome) else result.verdict)
         if result is None:  # the engine refused the plan before running it
             reject()
         if is_stall(result.verdict, result.outcome):  # load, not the plan: never a failure, never shrunk to
@@ -474,13 +473,6 @@ class Campaign:
             reject()
         raise _Stop(StopReason.HARNESS_ERROR, f"plan {result.plan}: {result.outcome}: {result.message} "
                                               f"(replay: {result.replay})")
-
-    def _early_class(self, plan: FaultPlan) -> tuple | None:
-        """The class of the plan's first fault when it fires before the first complete checkpoint, else None."""
-        first = plan[0]
-        if not self._space.before_first_checkpoint(first):
-            return None
-        return ("step" if first.step is not None else first.point, str(first.rank), first.signal)
 
     def _trial(self, plan: FaultPlan):
         from harness.engine import UsageError, run

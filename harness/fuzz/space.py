@@ -21,7 +21,8 @@
 ``space.strategy()`` is ``harness.strategies.fault_plans`` over that space, the boundaries after the
 first complete checkpoint favoured: a kill before it has nothing to resume from (``no resume
 tested``), so those values are not weighted up (``FaultSpace.before_first_checkpoint`` tells them;
-the campaign runs at most one such plan per class).
+``EarlyKillGate`` admits one such plan per class, as the campaign runs them). A plan whose later
+fault cannot fire (``FaultSpace.unreachable``) is never drawn.
 ``space.classes(fault)`` names what a fault exercises, for the campaign's coverage.
 """
 
@@ -173,13 +174,23 @@ class FaultSpace:
                    between_files=tuple(between), auto=profile.auto, profile=profile)
 
     def strategy(self):
-        """``harness.strategies.fault_plans`` over this space, with the boundaries favoured."""
+        """``harness.strategies.fault_plans`` over this space, with the boundaries favoured; a plan with a
+        fault that cannot fire (``unreachable``: a later step fault before the checkpoint the job resumes
+        from) is never drawn."""
         from harness.strategies import fault_plans
 
         return fault_plans(max_step=self.last_step, points=dict(self.points), max_faults=self.max_faults,
                            ranks=self.ranks, signals=self.signals, boundary_steps=self.favoured_steps,
                            boundary_occurrences=self.favoured_occurrences(),
-                           boundary_share=self.boundary_share)
+                           boundary_share=self.boundary_share).filter(lambda plan: self.unreachable(plan) is None)
+
+    def early_class(self, plan) -> tuple | None:
+        """The class of ``plan``'s first fault when it fires before the first complete checkpoint (a step
+        or the point's name, its rank, its signal), else None: such a trial can only restart from scratch."""
+        first = plan[0]
+        if not self.before_first_checkpoint(first):
+            return None
+        return ("step" if first.step is not None else first.point, str(first.rank), first.signal)
 
     def classes(self, fault: Fault) -> tuple[str, ...]:
         """The boundary classes a fault exercises (for coverage)."""
@@ -271,6 +282,41 @@ class FaultSpace:
                 "between_files": {n: list(k) for n, k in self.between_files}}
 
 
+class EarlyKillGate:
+    """One trial per class for plans whose first fault fires before the first complete checkpoint.
+
+    Such a trial can only restart from scratch (``no resume tested``), so a stream of them is wasted
+    trials. ``admit(plan)``: whether to run it: plans after the first checkpoint always; an early plan
+    when its class (``FaultSpace.early_class``) was never admitted, or when its trial passed or failed
+    (``record``: the baseline's prediction was wrong for that class, a SIGTERM handler that saves, a
+    rank that resumed alone, so the class keeps being tried). A class admitted and not yet recorded, or
+    recorded as an error, is closed. ``skipped`` counts the plans refused.
+    """
+
+    def __init__(self, space: FaultSpace):
+        self.space = space
+        self.classes: dict[tuple, str | None] = {}  # class -> verdict of its trial (None: not yet recorded)
+        self.skipped = 0
+
+    def admit(self, plan) -> bool:
+        from harness.oracle import VerdictKind
+
+        cls = self.space.early_class(plan)
+        if cls is None:
+            return True
+        if cls in self.classes and self.classes[cls] not in (VerdictKind.PASS, VerdictKind.FAIL):
+            self.skipped += 1
+            return False
+        self.classes.setdefault(cls, None)
+        return True
+
+    def record(self, plan, verdict: str) -> None:
+        """The verdict of an admitted plan's trial ("pass", "fail", "error"; a stall counts as "error")."""
+        cls = self.space.early_class(plan)
+        if cls is not None and self.classes.get(cls) is None:
+            self.classes[cls] = verdict
+
+
 def _boundary_occurrences(trace, name: str) -> tuple[int, ...]:
     """Occurrences (1-based, counted per rank and attempt) that are first or last between two steps."""
     best: list = []
@@ -291,4 +337,4 @@ def _boundary_occurrences(trace, name: str) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-__all__ = ["FaultSpace", "SAVE_POINTS", "BETWEEN_FILES"]
+__all__ = ["FaultSpace", "EarlyKillGate", "SAVE_POINTS", "BETWEEN_FILES"]

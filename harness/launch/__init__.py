@@ -15,11 +15,15 @@ twice a second while the ranks run, and a string it returns stops the launch the
 share one supervision loop (``harness.launch.supervisor``) and host the rendezvous store on
 ``LaunchSpec.master_addr`` only, loopback by default (``harness.launch.store``); torchrun's stores
 listen on every interface (``harness.launch.torchrun``).
+
+``scratch_dir`` (``harness.launch.scratch``) gives a trial's run folder (its checkpoints) a place on
+tmpfs, removed however the trial ends, with what a process kill does and does not prove there.
 """
 
 from harness.launch.spec import LaunchError, LaunchResult, LaunchSpec, Launcher, RankExit
 
 from harness.launch.factory import LAUNCHERS, make_launcher
+from harness.launch.scratch import Scratch, scratch_dir
 
 
 def __getattr__(name):
@@ -39,4 +43,4 @@ def __getattr__(name):
 
 
 __all__ = ["LaunchSpec", "LaunchResult", "RankExit", "Launcher", "LaunchError", "make_launcher", "LAUNCHERS",
-           "ForkServerLauncher", "SubprocessLauncher", "TorchrunLauncher"]
+           "ForkServerLauncher", "SubprocessLauncher", "TorchrunLauncher", "Scratch", "scratch_dir"]

@@ -11,6 +11,12 @@ Launches through one launcher run one at a time (a lock serialises them); ``clos
 from another thread during a launch. ``LaunchSpec.watch`` runs here, in the harness: while the ranks
 run, the events from the zygote are read with a short timeout so that it is called about twice a
 second, and a reason it returns is sent to the zygote as ``{"op": "kill", "reason": ...}``.
+
+``store``: where each launch's rendezvous store comes from: ``"kept"`` (default), a store host the
+zygote keeps across launches, which has a fresh store ready for each; ``"per-launch"``, a store process
+forked for each launch (the old way: a fork and a store start-up more per launch, about 40 ms on a
+lightly loaded 2-core machine and 130 ms at load 12, bench/trial_speed.py; for side-by-side benchmarks). Its
+default comes from ``HARNESS_POOL_STORE`` when set, so a benchmark can choose it for a whole command.
 """
 
 from __future__ import annotations
@@ -36,13 +42,16 @@ _ZYGOTE_BOOT = ("import sys; sys.path.append(sys.argv[1]); "
                 "from harness.launch.zygote import main; main(log_path=sys.argv[2])")
 READY_TIMEOUT_S = 180.0
 REPLY_GRACE_S = 30.0  # how long past a launch's own timeout the zygote may take to answer
+STORES = ("kept", "per-launch")  # harness.launch.zygote.STORE_KEPT, STORE_PER_LAUNCH (not imported here)
+STORE_ENV = "HARNESS_POOL_STORE"  # the default of ``store`` (a benchmark's knob: bench/fuzz_throughput.py)
 CLOSE_WAIT_S = 10.0  # how long close() waits for a launch in another thread to end before stopping its zygote
 
 
 class _Zygote:
     """The harness side of one zygote process."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], store: str = "kept"):
+        self.store = store
         fd, self.log_path = tempfile.mkstemp(prefix="harness-zygote-", suffix=".log")
         try:
             self.proc = subprocess.Popen(
@@ -129,7 +138,7 @@ class _Zygote:
         self.send({"op": "launch", "nproc": spec.nproc, "script": spec.script, "module": spec.module,
                    "args": list(spec.args), "cwd": spec.cwd or os.getcwd(), "env": env,
                    "log_dir": os.path.abspath(spec.log_dir), "timeout_s": spec.timeout_s,
-                   "master_addr": spec.master_addr})
+                   "master_addr": spec.master_addr, "store": self.store})
         deadline = t0 + spec.timeout_s + REPLY_GRACE_S
         watch, next_watch = spec.watch, t0 + WATCH_INTERVAL_S
         try:
@@ -183,7 +192,12 @@ class _Zygote:
 class ForkServerLauncher(LauncherBase):
     """Launch ranks by forking them from a warm zygote (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, store: str | None = None):
+        store = store or os.environ.get(STORE_ENV) or "kept"
+        if store not in STORES:
+            raise ValueError(f"store must be one of {', '.join(STORES)}, got {store!r} (from the argument or "
+                             f"{STORE_ENV})")
+        self._store = store
         self._zygotes: dict[tuple, _Zygote] = {}
         self._fallback = None
         self._lock = threading.Lock()  # one launch at a time; close() waits for it
@@ -197,7 +211,8 @@ class ForkServerLauncher(LauncherBase):
         if zygote is None or not zygote.alive():
             if zygote is not None:
                 zygote.close()
-            zygote = self._zygotes[key] = _Zygote({k: v for k, v in env.items() if k != "HARNESS_LAUNCH_ID"})
+            zygote = self._zygotes[key] = _Zygote({k: v for k, v in env.items() if k != "HARNESS_LAUNCH_ID"},
+                                                  self._store)
         return zygote
 
     def launch(self, spec: LaunchSpec) -> LaunchResult:

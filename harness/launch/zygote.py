@@ -4,7 +4,7 @@ Started by ``ForkServerLauncher``; talks JSON lines over its stdin/stdout (moved
 stray print cannot corrupt the protocol; its stderr is a log file).
 
     harness -> zygote   {"op": "launch", "nproc", "script" | "module", "args", "cwd", "env",
-                         "log_dir", "timeout_s", "master_addr"}
+                         "log_dir", "timeout_s", "master_addr", "store"?: "kept" | "per-launch"}
                         {"op": "kill", "reason"?}   tear the running launch down ("reason": why, which
                                                     the done event reports as "stopped")
                         end of input                kill everything and exit (the harness is gone)
@@ -14,8 +14,11 @@ stray print cannot corrupt the protocol; its stderr is a log file).
                         {"event": "error", "message"}
 
 It must stay single-threaded, so a fork copies a clean process: it never runs torch ops and never
-creates a TCPStore. Each launch's rendezvous store lives in a short-lived child forked from it and
-listens on the launch's master_addr only (loopback by default; ``harness.launch.store``).
+creates a TCPStore. The rendezvous stores live in a child forked from it, the store host, started at
+the first launch and kept: it gives each launch a fresh store, made ahead while the previous launch
+ran, listening on the launch's master_addr only (loopback by default; ``harness.launch.store``).
+``"store": "per-launch"`` in a launch message forks a store process for that launch instead (the
+old way, for side-by-side benchmarks).
 
 The ranks are supervised by ``harness.launch.supervisor.RankSupervisor`` (the teardown rules are
 there): a rank that exits abnormally gets the other ranks' process groups SIGKILLed at once; a
@@ -44,6 +47,12 @@ OPTIONAL_PRELOAD = ("harness.checkpoint",)
 TORCH_LEGACY_DEFAULT_SEED = 67280421310721
 
 
+#: Where a launch's rendezvous store comes from (the launch message's "store"): the kept store host
+#: (``harness.launch.store.serve_stores``, the default), or a process forked for the launch (the old way,
+#: kept for side-by-side benchmarks).
+STORE_KEPT, STORE_PER_LAUNCH = "kept", "per-launch"
+
+
 class _Shutdown(Exception):
     pass
 
@@ -65,6 +74,7 @@ class Zygote:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the harness decides; it is in its own session
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self.private_fds = [ctl_in, ctl_out, self.wake_r, self.wake_w]
+        self.store_host: tuple[int, int, int] | None = None  # (pid, requests fd, replies fd), once started
         import torch
 
         self.torch_seed_is_fixed = torch.initial_seed() == TORCH_LEGACY_DEFAULT_SEED
@@ -134,7 +144,7 @@ class Zygote:
             for sig in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            for fd in self.private_fds:
+            for fd in self.private_fds + (list(self.store_host[1:]) if self.store_host else []):
                 os.close(fd)
             if not self.reap.die_with_parent() or os.getppid() != self.pid:
                 os._exit(1)
@@ -144,6 +154,57 @@ class Zygote:
             traceback.print_exc()
         finally:
             os._exit(code)
+
+    def kept_store(self, addr: str) -> tuple[str, int]:
+        """A fresh rendezvous store for one launch from the store host (``harness.launch.store.serve_stores``),
+        started on first use and kept across launches: (host for MASTER_ADDR, port). A store host that
+        died or does not answer is replaced once."""
+        for _ in range(2):
+            if self.store_host is None:
+                self.store_host = self.start_store_host()
+            pid, requests_w, replies_r = self.store_host
+            try:
+                os.write(requests_w, f"{addr}\n".encode())
+                readable, _, _ = select.select([replies_r], [], [], 60)
+                line = os.read(replies_r, 256) if readable else b""
+            except OSError:
+                line = b""
+            if line.startswith(b"error "):
+                raise RuntimeError(f"the rendezvous store cannot listen on {addr}: {line[6:].decode().strip()}")
+            if line.strip():
+                port, host = line.decode().split()
+                return host, int(port)
+            self.stop_store_host()
+        raise RuntimeError("the rendezvous store host did not answer (see the zygote log)")
+
+    def start_store_host(self) -> tuple[int, int, int]:
+        requests_r, requests_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+
+        def host():
+            os.close(requests_w)
+            os.close(replies_r)
+            from harness.launch.store import serve_stores
+
+            serve_stores(requests_r, replies_w)
+
+        pid = self.fork(host)
+        os.close(requests_r)
+        os.close(replies_w)
+        return pid, requests_w, replies_r
+
+    def stop_store_host(self) -> None:
+        if self.store_host is None:
+            return
+        pid, requests_w, replies_r = self.store_host
+        self.store_host = None
+        for fd in (requests_w, replies_r):
+            os.close(fd)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
     def start_store(self, addr: str) -> tuple[int, str, int, int]:
         """Fork a child hosting the rendezvous TCPStore, listening on ``addr`` only, on a port the OS
@@ -221,7 +282,11 @@ class Zygote:
         nproc = int(msg["nproc"])
         log_dir = msg["log_dir"]
         os.makedirs(log_dir, exist_ok=True)
-        store_pid, host, port, store_alive = self.start_store(msg["master_addr"])
+        if msg.get("store", STORE_KEPT) == STORE_KEPT:
+            store_pid, store_alive = None, None
+            host, port = self.kept_store(msg["master_addr"])
+        else:
+            store_pid, host, port, store_alive = self.start_store(msg["master_addr"])
         pids: list[int] = []  # rank -> pid
 
         def wait(timeout: float) -> str | None:
@@ -250,19 +315,22 @@ class Zygote:
                     pass
             raise
         finally:
-            os.close(store_alive)
-            try:
-                os.kill(store_pid, signal.SIGKILL)
-                os.waitpid(store_pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+            if store_pid is not None:
+                os.close(store_alive)
+                try:
+                    os.kill(store_pid, signal.SIGKILL)
+                    os.waitpid(store_pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
             self.reap_orphans()
         return {"timed_out": outcome.timed_out, "stopped": outcome.stopped,
                 "exits": [asdict(e) for e in outcome.exits]}
 
-    def reap_orphans(self) -> None:
-        """Kill and reap descendants of finished ranks that were re-parented to the zygote."""
-        orphans = _children(self.pid)
+    def reap_orphans(self, everything: bool = False) -> None:
+        """Kill and reap descendants of finished ranks that were re-parented to the zygote (``everything``:
+        the store host too)."""
+        kept = None if everything or self.store_host is None else self.store_host[0]
+        orphans = [pid for pid in _children(self.pid) if pid != kept]
         for pid in orphans:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -308,7 +376,7 @@ def main(log_path: str | None = None) -> None:
         # group: kill the groups, then reap_orphans kills and reaps every child.
         for pid in _children(zygote.pid):
             reap.kill_group(pid)
-        zygote.reap_orphans()
+        zygote.reap_orphans(everything=True)
         if log_path and os.path.isfile(log_path) and os.path.getsize(log_path) == 0:
             os.unlink(log_path)
     os._exit(0)

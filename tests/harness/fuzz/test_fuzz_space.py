@@ -192,3 +192,66 @@ def test_a_baseline_without_a_complete_checkpoint_has_nothing_to_favour(tmp_path
     assert space.committed == () and space.first_checkpoint is None
     assert all(space.before_first_checkpoint(Fault(step=s)) for s in (1, 6, 12))
     assert "first step" not in space.expected_classes()
+
+
+def baseline_committing_at(path, commits=(5, 10), steps=12):
+    """``steps`` steps on 2 ranks, a checkpoint committed at each of ``commits`` (one file per rank)."""
+    b = TraceBuilder(path, 2).start(0)
+    for s in range(1, steps + 1):
+        b.steps(0, s, s)
+        if s in commits:
+            b.event(0, "checkpoint.begin", s)
+            b.event(0, "checkpoint.write", s)
+            b.event(0, "checkpoint.commit", s, ranks=[0])
+            b.event(0, "checkpoint.committed", s, path=f"checkpoints/checkpoint_{s}")
+    return load_trace(b.finish(0).write())
+
+
+def draw(space, n):
+    """``n`` plans drawn from the space's strategy (duplicates included)."""
+    plans = []
+
+    @settings(max_examples=n, database=None, derandomize=True)
+    @given(plan=space.strategy())
+    def collect(plan):
+        plans.append(plan)
+
+    collect()
+    return plans
+
+
+def test_at_most_one_kill_before_the_first_checkpoint_per_class(tmp_path):
+    from harness.fuzz.space import EarlyKillGate
+
+    space = FaultSpace.from_trace(baseline_committing_at(tmp_path / "b"), nproc=2, max_faults=2)
+    assert space.first_checkpoint == 5
+    plans = draw(space, 300)
+    assert sum(space.early_class(p) is not None for p in plans) > 2 * len({space.early_class(p) for p in plans})
+    gate = EarlyKillGate(space)
+    admitted = [p for p in plans if gate.admit(p)]
+    early = [space.early_class(p) for p in admitted if space.early_class(p) is not None]
+    assert early and len(early) == len(set(early))  # one trial per class, not a stream of them
+    assert gate.skipped == sum(space.early_class(p) is not None for p in plans) - len(early)
+    assert all(gate.admit(p) for p in plans if space.early_class(p) is None)  # after the checkpoint: always
+
+
+def test_an_early_class_whose_trial_resumed_keeps_being_tried(tmp_path):
+    from harness.fuzz.space import EarlyKillGate
+
+    space = FaultSpace.from_trace(baseline_committing_at(tmp_path / "b"), nproc=2)
+    gate = EarlyKillGate(space)
+    term, kill = FaultPlan.parse("3:SIGTERM"), FaultPlan.parse("3")
+    assert space.early_class(term) != space.early_class(kill) and space.early_class(FaultPlan.parse("6")) is None
+    assert gate.admit(term) and gate.admit(kill)
+    gate.record(term, "pass")  # a SIGTERM handler saved: the baseline's prediction was wrong for the class
+    gate.record(kill, "error")  # no resume tested
+    assert gate.admit(FaultPlan.parse("2:SIGTERM")) and not gate.admit(FaultPlan.parse("4"))
+    assert gate.skipped == 1
+
+
+def test_plans_whose_later_fault_cannot_fire_are_never_drawn(tmp_path):
+    space = FaultSpace.from_trace(baseline_committing_at(tmp_path / "b"), nproc=2, max_faults=3)
+    plans = draw(space, 300)
+    multi = [p for p in plans if len(p) > 1 and all(f.step is not None for f in p)]
+    assert len(multi) > 20  # the check below has something to check
+    assert all(space.unreachable(p) is None for p in plans)
