@@ -15,6 +15,7 @@ harness did not start has none of it set, and every reader then behaves as outsi
     HARNESS_BASELINE_INDEX  the baseline's per-step digests, for auto mode's resume inference
     HARNESS_LAUNCH_ID       the launch every process of it carries, so that its leftovers can be found and reaped
     HARNESS_CACHE_DIR       the baseline cache (read by the harness itself, never by the ranks)
+    HARNESS_POOL_STORE      the pool launcher's default store (``per-launch``: a benchmark's comparison)
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ AUTO = "HARNESS_AUTO"
 BASELINE_INDEX = "HARNESS_BASELINE_INDEX"
 LAUNCH_ID = "HARNESS_LAUNCH_ID"
 CACHE_DIR = "HARNESS_CACHE_DIR"
+POOL_STORE = "HARNESS_POOL_STORE"
 
 #: Every name above: the per-launch ones never enter a baseline's cache key.
-NAMES = (TRACE_DIR, RUN_DIR, ATTEMPT, FAULT, BACKEND, ROLE, STRATEGY, AUTO, BASELINE_INDEX, LAUNCH_ID, CACHE_DIR)
+NAMES = (TRACE_DIR, RUN_DIR, ATTEMPT, FAULT, BACKEND, ROLE, STRATEGY, AUTO, BASELINE_INDEX, LAUNCH_ID, CACHE_DIR,
+         POOL_STORE)
 PER_LAUNCH = frozenset({TRACE_DIR, RUN_DIR, CACHE_DIR, ATTEMPT, FAULT, ROLE, BACKEND, LAUNCH_ID})
 
 
@@ -83,5 +86,5 @@ class RankEnv:
         return env
 
 
-__all__ = ["ATTEMPT", "AUTO", "BACKEND", "BASELINE_INDEX", "CACHE_DIR", "FAULT", "LAUNCH_ID", "NAMES", "PER_LAUNCH",
+__all__ = ["ATTEMPT", "AUTO", "BACKEND", "BASELINE_INDEX", "CACHE_DIR", "FAULT", "LAUNCH_ID", "NAMES", "PER_LAUNCH", "POOL_STORE",
            "ROLE", "RUN_DIR", "RankEnv", "STRATEGY", "TRACE_DIR"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from harness import run_env
+
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
 
@@ -29,7 +31,7 @@ def cuda_visible() -> bool:
 def wanted(env=None) -> bool:
     """Whether a rank with environment ``env`` (default: this process's) gets the settings."""
     env = os.environ if env is None else env
-    return env.get("HARNESS_BACKEND") == "nccl" or cuda_visible()
+    return env.get(run_env.BACKEND) == "nccl" or cuda_visible()
 
 
 def apply() -> dict:

@@ -32,6 +32,7 @@ import threading
 import time
 import weakref
 
+from harness import run_env
 from harness.launch import reap
 from harness.launch.spec import (LauncherBase, LaunchError, LaunchResult, LaunchSpec, RankExit, base_env, job_env,
                                  log_tail, startup_env)
@@ -43,7 +44,7 @@ _ZYGOTE_BOOT = ("import sys; sys.path.append(sys.argv[1]); "
 READY_TIMEOUT_S = 180.0
 REPLY_GRACE_S = 30.0  # how long past a launch's own timeout the zygote may take to answer
 STORES = ("kept", "per-launch")  # harness.launch.zygote.STORE_KEPT, STORE_PER_LAUNCH (not imported here)
-STORE_ENV = "HARNESS_POOL_STORE"  # the default of ``store`` (a benchmark's knob: bench/fuzz_throughput.py)
+STORE_ENV = run_env.POOL_STORE  # the default of ``store`` (a benchmark's knob: bench/fuzz_throughput.py)
 CLOSE_WAIT_S = 10.0  # how long close() waits for a launch in another thread to end before stopping its zygote
 
 
@@ -171,7 +172,7 @@ class _Zygote:
                               f"its log {self.log_path} ends:\n{self.log_tail()}")
         return LaunchResult(exits=[RankExit(**e) for e in event["exits"]], timed_out=event["timed_out"],
                             stopped=event.get("stopped"), wall_s=time.monotonic() - t0,
-                            launch_id=env["HARNESS_LAUNCH_ID"])
+                            launch_id=env[run_env.LAUNCH_ID])
 
     def abort(self) -> None:
         """Interrupted (Ctrl-C) or broken mid-launch: kill the ranks from here at once, then let the
@@ -211,7 +212,7 @@ class ForkServerLauncher(LauncherBase):
         if zygote is None or not zygote.alive():
             if zygote is not None:
                 zygote.close()
-            zygote = self._zygotes[key] = _Zygote({k: v for k, v in env.items() if k != "HARNESS_LAUNCH_ID"},
+            zygote = self._zygotes[key] = _Zygote({k: v for k, v in env.items() if k != run_env.LAUNCH_ID},
                                                   self._store)
         return zygote
 

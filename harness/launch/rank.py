@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from harness import private_apis
+from harness import private_apis, run_env
 
 private_apis.require("python")  # atexit._run_exitfuncs and others that run_and_exit uses to end a rank
 
@@ -35,7 +35,7 @@ EVIDENCE_INSTALLER = "harness.probe.evidence"
 
 
 def auto_mode() -> bool:
-    return os.environ.get("HARNESS_AUTO") == "1"
+    return os.environ.get(run_env.AUTO) == "1"
 
 
 def _auto():
@@ -58,7 +58,7 @@ def run_target(script: str | None, module: str | None, args: list[str]) -> None:
 
     if determinism.wanted():  # NCCL or a visible GPU: deterministic kernels before the script's first line
         determinism.apply()
-    if os.environ.get("HARNESS_TRACE_DIR"):
+    if os.environ.get(run_env.TRACE_DIR):
         import importlib
 
         importlib.import_module(EVIDENCE_INSTALLER).install()

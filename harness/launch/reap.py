@@ -6,6 +6,8 @@ import ctypes
 import os
 import signal
 
+from harness import run_env
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -89,7 +91,7 @@ def processes_with_env(key: str, value: str) -> list[int]:
 
 def sweep(launch_id: str, sig: int = signal.SIGKILL) -> list[int]:
     """Kill every remaining process that carries ``HARNESS_LAUNCH_ID=launch_id``; return their pids."""
-    pids = processes_with_env("HARNESS_LAUNCH_ID", launch_id)
+    pids = processes_with_env(run_env.LAUNCH_ID, launch_id)
     for pid in pids:
         try:
             os.kill(pid, sig)

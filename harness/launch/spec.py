@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from harness import run_env
+
 # Defaults that a rank gets unless the caller's environment sets them (docs/design.md, section 1).
 ENV_DEFAULTS = {"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
@@ -153,8 +155,8 @@ def job_env(spec: LaunchSpec) -> dict[str, str]:
     env = base_env()
     env.update({k: str(v) for k, v in spec.env.items()})
     env["TORCHELASTIC_RESTART_COUNT"] = str(spec.attempt)
-    env.setdefault("HARNESS_ATTEMPT", str(spec.attempt))
-    env["TORCHELASTIC_RUN_ID"] = env["HARNESS_LAUNCH_ID"] = uuid.uuid4().hex[:16]
+    env.setdefault(run_env.ATTEMPT, str(spec.attempt))
+    env["TORCHELASTIC_RUN_ID"] = env[run_env.LAUNCH_ID] = uuid.uuid4().hex[:16]
     return env
 
 

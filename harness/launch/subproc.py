@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from harness import run_env
 from harness.launch import determinism, reap
 from harness.launch.spec import LauncherBase, LaunchResult, LaunchSpec, job_env, rank_env
 from harness.launch.supervisor import RankSupervisor
@@ -45,7 +46,7 @@ class SubprocessLauncher(LauncherBase):
         try:
             # Auto mode's hooks and the GPU determinism settings are installed in the rank entry before the
             # script runs (harness.launch.rank).
-            via_entry = env.get("HARNESS_AUTO") == "1" or determinism.wanted(env)
+            via_entry = env.get(run_env.AUTO) == "1" or determinism.wanted(env)
             entry = ["-m", "harness.launch.rank", "--inherit-stdio"] if via_entry else []
             for r in range(spec.nproc):
                 with open(spec.log_path(r), "ab") as log:
@@ -73,6 +74,6 @@ class SubprocessLauncher(LauncherBase):
             for fd in pidfds.values():
                 os.close(fd)
             del store
-            reap.sweep(env["HARNESS_LAUNCH_ID"])  # descendants that left the ranks' groups
+            reap.sweep(env[run_env.LAUNCH_ID])  # descendants that left the ranks' groups
         return LaunchResult(exits=outcome.exits, timed_out=outcome.timed_out, stopped=outcome.stopped,
-                            wall_s=time.monotonic() - t0, launch_id=env["HARNESS_LAUNCH_ID"])
+                            wall_s=time.monotonic() - t0, launch_id=env[run_env.LAUNCH_ID])

@@ -48,6 +48,7 @@ import subprocess
 import sys
 import time
 
+from harness import run_env
 from harness.launch import reap
 from harness.launch.spec import LauncherBase, LaunchError, LaunchResult, LaunchSpec, RankExit, job_env, log_tail
 from harness.launch.supervisor import WATCH_INTERVAL_S
@@ -141,7 +142,7 @@ class TorchrunLauncher(LauncherBase):
     def launch(self, spec: LaunchSpec) -> LaunchResult:
         self._check_endpoint()
         env = job_env(spec)
-        launch_id = env["HARNESS_LAUNCH_ID"]
+        launch_id = env[run_env.LAUNCH_ID]
         os.makedirs(spec.log_dir, exist_ok=True)
         cmd = self.command(spec, launch_id)
         t0, started = time.monotonic(), time.time()
