@@ -56,6 +56,7 @@ def test_every_strategy_resumes_bit_exact(pool, tmp_path, strategy, nproc, plan)
 
 def test_strategy_is_in_the_baseline_key_the_env_and_the_replay(tmp_path):
     from harness.engine.baseline import baseline_key
+    from harness.engine import TrialSpec
     from harness.engine.jobs import RunFolder, attempt_spec
     from harness.engine.target import resolve_target
     from harness.engine.trial import replay_command
@@ -65,12 +66,12 @@ def test_strategy_is_in_the_baseline_key_the_env_and_the_replay(tmp_path):
     kw = dict(nproc=2, backend="gloo", script_args=(), runs=1)
     keys = {s: baseline_key(tgt, **kw, strategy=s) for s in (None, "fsdp", "deepspeed-zero2", "deepspeed-zero3")}
     assert len(set(keys.values())) == 4
-    spec = attempt_spec(tgt, RunFolder(str(tmp_path)), nproc=2, backend="gloo", script_args=(), role="trial",
-                        attempt=0, fault=None, timeout_s=10, strategy="fsdp")
+    trial = TrialSpec("default", backend="gloo", timeout_s=10)
+    spec = attempt_spec(tgt, RunFolder(str(tmp_path)), trial.replace(strategy="fsdp"), role="trial", attempt=0,
+                        fault=None)
     assert spec.env["HARNESS_STRATEGY"] == "fsdp"
-    assert "HARNESS_STRATEGY" not in attempt_spec(tgt, RunFolder(str(tmp_path)), nproc=2, backend="gloo",
-                                                  script_args=(), role="trial", attempt=0, fault=None,
-                                                  timeout_s=10).env
+    assert "HARNESS_STRATEGY" not in attempt_spec(tgt, RunFolder(str(tmp_path)), trial, role="trial", attempt=0,
+                                                  fault=None).env
     assert "--strategy deepspeed-zero3" in replay_command(tgt, nproc=2, backend="gloo", seed=0,
                                                           plan=FaultPlan.parse("12"), strategy="deepspeed-zero3")
     with pytest.raises(ValueError, match="--strategy must be one of"):
