@@ -9,7 +9,10 @@ Compares, in one run, interleaved, medians over --reps:
   load  ours (checksums verified, copied into the model)  vs  safetensors load_file + touching every byte,
         both from a cold page cache (posix_fadvise DONTNEED): a resumed job reads what an earlier process wrote
 Every save starts after os.sync(), so no run pays for the previous run's dirty pages.
-Targets (the issue): sync save >= 1.0x save_file; load >= 0.9x load_file+touch; async stall <= 0.15x sync save.
+Targets (the issue): sync save >= 1.0x save_file; load >= 0.9x load_file+touch; async stall <= 0.15x sync save;
+async total (until wait() returns) <= 1.2x a sync save. Durability: ours fsyncs (files, folders, manifest,
+rename), safetensors/torch.save do not, dd does. The async save's parts are printed too (the copy into host
+buffers, which is the stall, and the background write + commit), so its floor shows: total >= copy + write.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main() -> None:
     print(f"state: {args.tensors} x {args.dim}x{args.dim} fp32 = {size / 2**20:.0f} MiB; {args.reps} reps; dir {root}")
     ckpt = Checkpointer()
     ckpt.prepare(model)
+    parts = _time_async_parts(ckpt)
     runs: dict[str, list[float]] = {}
     n = 0
 
@@ -83,22 +87,39 @@ def main() -> None:
 
     try:
         for rep in range(args.reps):
+            # The sync and the async save alternate which goes first, and every save starts with the same page
+            # cache: what a measurement wrote and no later step reads is deleted at once (written files crowd the
+            # page cache, and the next save then pays for evicting them).
             out = fresh("ours")
-            runs.setdefault("save: ours (sync, fsync+checksums)", []).append(timed(lambda: ckpt.save_state(out)))
+
+            def sync_save():
+                runs.setdefault("save: ours (sync, fsync+checksums)", []).append(timed(lambda: ckpt.save_state(out)))
+
+            def async_save():
+                out_async = fresh("async")
+                os.sync()
+                t0 = time.perf_counter()
+                ckpt.save_state(out_async, blocking=False)
+                t1 = time.perf_counter()
+                ckpt.wait()
+                t2 = time.perf_counter()
+                runs.setdefault("async: caller stall", []).append(t1 - t0)
+                runs.setdefault("async: total until wait()", []).append(t2 - t0)
+                runs.setdefault("async: of which host copies (stall)", []).append(parts.pop("copy", 0.0))
+                runs.setdefault("async: of which background write+commit", []).append(parts.pop("write", 0.0))
+                shutil.rmtree(out_async)
+
+            for save in ((sync_save, async_save) if rep % 2 == 0 else (async_save, sync_save)):
+                save()
             st_file = fresh("st")
             runs.setdefault("save: safetensors save_file", []).append(timed(lambda: save_file(state, st_file)))
-            runs.setdefault("save: torch.save", []).append(timed(lambda: torch.save(state, fresh("pt"))))
-            dd = ["dd", "if=/dev/zero", f"of={fresh('dd')}", "bs=16M", f"count={size // 2**24}", "conv=fsync", "status=none"]
+            pt_file = fresh("pt")
+            runs.setdefault("save: torch.save", []).append(timed(lambda: torch.save(state, pt_file)))
+            os.remove(pt_file)
+            dd_file = fresh("dd")
+            dd = ["dd", "if=/dev/zero", f"of={dd_file}", "bs=16M", f"count={size // 2**24}", "conv=fsync", "status=none"]
             runs.setdefault("save: dd conv=fsync (disk limit)", []).append(timed(lambda: subprocess.run(dd, check=True)))
-            out_async = fresh("async")
-            os.sync()
-            t0 = time.perf_counter()
-            ckpt.save_state(out_async, blocking=False)
-            t1 = time.perf_counter()
-            ckpt.wait()
-            t2 = time.perf_counter()
-            runs.setdefault("async: caller stall", []).append(t1 - t0)
-            runs.setdefault("async: total until wait()", []).append(t2 - t0)
+            os.remove(dd_file)
             target = Weights(args.tensors, args.dim, seed=1)
             loader = Checkpointer()
             loader.prepare(target)
@@ -123,12 +144,36 @@ def main() -> None:
         ("sync save vs torch.save (no fsync)", med["save: torch.save"] / sync, "", None),
         ("sync save vs dd conv=fsync", med["save: dd conv=fsync (disk limit)"] / sync, "", None),
         ("load vs load_file + touch", med["load: safetensors load_file + touch"] / med["load: ours (verify + into model)"], ">= 0.9", 0.9),
-        ("async stall / sync save", med["async: caller stall"] / sync, "<= 0.15", None),
+        ("async stall / sync save", med["async: caller stall"] / sync, "<= 0.15", -0.15),
+        ("async total / sync save", med["async: total until wait()"] / sync, "<= 1.2", -1.2),
+        ("async copy + write (if not overlapped)", (med["async: of which host copies (stall)"]
+                                                + med["async: of which background write+commit"]) / sync, "", None),
     ]
-    print("ratios (speed of ours relative to the other; > 1 means ours is faster):")
+    print("ratios (speed of ours relative to the other, > 1 means ours is faster; async rows: time / sync save):")
     for name, value, target, floor in ratios:
-        ok = "" if not target else ("  PASS" if (value >= floor if floor else value <= 0.15) else "  MISS")
+        ok = "" if not target else ("  PASS" if (value >= floor if floor > 0 else value <= -floor) else "  MISS")
         print(f"  {name:<36} {value:6.2f}x  {('target ' + target) if target else ''}{ok}")
+
+
+def _time_async_parts(ckpt: Checkpointer) -> dict:
+    """Time the async save's copy into host buffers (the caller's stall) and its background write + commit, per
+    save. The two overlap (the thread writes each tensor once it is copied): total ~ max(copy, write) + the rest."""
+    parts: dict[str, float] = {}
+
+    def timed(name, fn):
+        def run(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
+        return run
+
+    from harness.checkpoint.host_copy import HostCopies
+
+    HostCopies.run = timed("copy", HostCopies.run)
+    ckpt._background = timed("write", ckpt._background)
+    return parts
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@
 #   (b) two ranks on the one GPU: whether NCCL allows it (it normally refuses two ranks on one device), and
 #       what the harness reports for the default scenario at --nproc 2 with nccl on one GPU;
 #   (c) the probe's overhead with on-device digests on a >= 100M-parameter model (bench/gpu_digest_overhead.py);
-#   (d) the GPU-only tests (they skip on CPU-only CI).
+#   (d) the GPU-only tests (they skip on CPU-only CI);
+#   (e) issue 19 part 4: DDP step time on NCCL with a >= 100M-parameter model (6 x Linear(4096, 4096), 101M
+#       parameters), DDP's default vs the bucket layout pinned in parameter order (fixed_layout) vs the
+#       recorded ready-order layout restored as in a resumed process (ready_order), interleaved reps, ratios
+#       (bench/reduction_order.py); one rank per GPU, so it needs >= 2 GPUs (skipped, saying so, on one).
 # Every step has a timeout; all output goes to $OUT (default bench/results/gpu-check), with a summary in
 # $OUT/summary.txt. It keeps going after a failed step, and exits 1 if any step failed.
 #
@@ -61,6 +65,10 @@ print("harness commands parse")
 EOF
     step dry_compile 60 "$PY" -m py_compile "$OUT/nccl_two_ranks_one_gpu.py" bench/gpu_digest_overhead.py || FAILED=1
     step dry_bench 300 "$PY" bench/gpu_digest_overhead.py --dry-run --json "$OUT/dry_bench.json" || FAILED=1
+    # (e) on the CPU, tiny: the script starts, restores the recorded layout and prints its table
+    step dry_reduction_layout 300 "$PY" bench/reduction_order.py --world 2 --width 64 --layers 2 --reps 1 \
+        --steps 1 || FAILED=1
+    grep -E "ranks|^ +2 |ready_order /" "$OUT/dry_reduction_layout.log" | tee -a "$SUMMARY"
     if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
         # without CUDA, --backend nccl must be refused up front with exit 2 naming the fix
         step dry_nccl_refused 120 "${HARNESS[@]}" run default --backend nccl --nproc 1 --kill 7 --out "$OUT/refused"
@@ -112,6 +120,18 @@ tail -n 1 "$OUT/c_digest_overhead.log" | tee -a "$SUMMARY"
 step d_gpu_tests 300 "$PY" -m pytest -q -p no:randomly -p no:cacheprovider -m "slow or not slow" \
     tests/harness/launch/test_determinism.py || FAILED=1
 tail -n 1 "$OUT/d_gpu_tests.log" | tee -a "$SUMMARY"
+
+# (e) DDP on NCCL, >= 100M parameters: default vs fixed_layout vs ready_order (one rank per GPU, up to 4)
+NGPU="$("$PY" -c 'import torch; print(torch.cuda.device_count())')"
+if [ "$NGPU" -ge 2 ]; then
+    WORLDS="$(seq 2 "$((NGPU < 4 ? NGPU : 4))" | tr '\n' ' ')"
+    # shellcheck disable=SC2086 # WORLDS: one argument per world size
+    step e_ddp_layout 500 "$PY" bench/reduction_order.py --backend nccl --device cuda --world $WORLDS \
+        --width 4096 --layers 6 --batch 64 --reps 15 --steps 4 || FAILED=1
+    grep -E "parameters|ranks|^ +[0-9] |ready_order /|layout |load average" "$OUT/e_ddp_layout.log" | tee -a "$SUMMARY"
+else
+    say "e_ddp_layout: skipped: $NGPU GPU(s) visible; DDP on NCCL needs one GPU per rank, >= 2"
+fi
 
 say "gpu check done: $([ $FAILED -eq 0 ] && echo ok || echo 'some step FAILED')"
 exit $FAILED

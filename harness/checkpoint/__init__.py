@@ -9,8 +9,9 @@ from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointErro
                      MapLocationError, NotACheckpointError, RegistrationError, UnsafeCheckpointError)
 from .manager import Checkpointer, CheckpointSkippedWarning
 from .model_files import load_checkpoint_in_model, parse_size, save_model
-from .reduction import (BucketLayoutError, CommHookConflictWarning, pin_bucket_layout,  # noqa: F401
-                        rank_ordered_allreduce_hook)
+from .reduction import (BucketLayoutError, BucketLayoutWarning, CommHookConflictWarning, bucket_layout,  # noqa: F401
+                        bucket_layout_state, pin_bucket_layout, rank_ordered_allreduce_hook, restore_bucket_layout,
+                        track_bucket_layout)
 
 __all__ = [
     "Checkpointer", "ProjectConfiguration", "ResumableDataLoader", "CheckpointSkippedWarning",

@@ -42,7 +42,6 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from harness import probe
-from harness.trace_schema import Point
 
 from .data import derive_seed
 from .errors import IncompatibleCheckpointError
@@ -150,7 +149,7 @@ def check_resume(path: str, dataloaders, saved_world: int, world_size: int, rank
         return
     for i, loader in enumerate(dataloaders):
         if not is_elastic(loader):
-            probe.point(Point.NOT_ELASTIC, loader=i, reason=_describe_order(loader), saved_world=saved_world,
+            probe.point(probe.Point.NOT_ELASTIC, loader=i, reason=_describe_order(loader), saved_world=saved_world,
                         world_size=world_size)
             raise IncompatibleCheckpointError(
                 f"{path}: {what}: rank {rank}: data loader {i} is not elastic ({_describe_order(loader)}): its data "
@@ -192,7 +191,7 @@ def after_load(path: str, generators, saved_world: int, world_size: int, rank: i
         parts.append(f"data position{' and per-rank objects' if per_rank_objects else ''} from saved rank {src}")
     if dropped and rank == 0:
         parts.append(f"the streams of saved rank(s) {dropped} are dropped")
-    probe.point(Point.ELASTIC, path=path, step=step, saved_world=saved_world, world_size=world_size,
+    probe.point(probe.Point.ELASTIC, path=path, step=step, saved_world=saved_world, world_size=world_size,
                 source_rank=src, rng="re-derived" if rank >= saved_world else "restored", dropped_ranks=dropped)
     warnings.warn(f"{path}: saved by {saved_world} rank(s), loaded on {world_size}: rank {rank}: " + "; ".join(parts),
                   ElasticResumeWarning, stacklevel=4)

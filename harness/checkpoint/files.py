@@ -2,7 +2,8 @@
 
 Writing streams each tensor's memory straight to the file (no serialized copy of the whole
 state), hashes the same bytes on the way (xxh3-128, far faster than the disk, so the checksum is nearly
-free) and fsyncs before returning. (O_DIRECT was tried and measured, see the README's benchmarks: no
+free) and fsyncs before returning, or leaves that to `fsync_all`, which syncs all of a save's files and
+folders at once. (O_DIRECT was tried and measured, see the README's benchmarks: no
 faster to write, and slower to read back, which is what a checkpoint is for.) The files are standard safetensors: `safetensors.safe_open`
 reads them, and this module reads files that `safetensors.torch.save_file` wrote.
 
@@ -53,8 +54,12 @@ class FileRecord:
 
 
 def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                  on_chunk: Callable[[], None] | None = None) -> tuple[int, str]:
-    """Write `tensors` as a safetensors file, fsync it, return (size, digest)."""
+                  on_chunk: Callable[[], None] | None = None, sync: bool = True,
+                  before_body: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """Write `tensors` as a safetensors file, fsync it (unless `sync=False`: see `fsync_all`), return (size, digest).
+
+    `before_body(name)` runs before tensor `name`'s bytes are written (an async save waits there until the
+    caller's thread has copied that tensor into the host buffer being written)."""
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     bodies: list[memoryview] = []
     offset = 0
@@ -67,13 +72,23 @@ def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[st
         offset += len(body)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    return _write(path, [struct.pack("<Q", len(raw)), raw, *bodies], on_chunk)
+    if before_body is None:
+        return _write(path, [struct.pack("<Q", len(raw)), raw, *bodies], on_chunk, sync)
+
+    def parts():
+        yield struct.pack("<Q", len(raw))
+        yield raw
+        for name, body in zip(tensors, bodies):
+            before_body(name)
+            yield body
+
+    return _write(path, parts(), on_chunk, sync)
 
 
-def write_json(path: str, obj) -> tuple[int, str]:
+def write_json(path: str, obj, sync: bool = True) -> tuple[int, str]:
     """Write `obj` as JSON (NaN refused: the tree module tags non-finite floats), fsync, return (size, digest)."""
     data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-    return _write(path, [memoryview(data)], None)
+    return _write(path, [memoryview(data)], None, sync)
 
 
 def write_bytes(path: str, data: bytes) -> tuple[int, str]:
@@ -81,7 +96,7 @@ def write_bytes(path: str, data: bytes) -> tuple[int, str]:
     return _write(path, [memoryview(data)], None)
 
 
-def _write(path: str, parts: Iterable, on_chunk: Callable[[], None] | None) -> tuple[int, str]:
+def _write(path: str, parts: Iterable, on_chunk: Callable[[], None] | None, sync: bool = True) -> tuple[int, str]:
     digest = xxhash.xxh3_128()
     size = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -97,10 +112,37 @@ def _write(path: str, parts: Iterable, on_chunk: Callable[[], None] | None) -> t
                     n = os.write(fd, chunk)
                     chunk = chunk[n:]
                     size += n
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return size, digest.hexdigest()
+
+
+def fsync_all(paths: Iterable[str], dirs: Iterable[str] = ()) -> None:
+    """fsync files and folders concurrently, returning when all are durable.
+
+    ext4 (and most journaling file systems) commits concurrent fsyncs in one journal transaction, so N files
+    synced at once cost about one sync instead of N (measured here: 6 small files 61 ms one after the other,
+    13 ms at once). Threads only wait in the kernel; no probe point fires in them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    targets = [(p, False) for p in paths] + [(d, True) for d in dirs]
+    if len(targets) <= 1:
+        for p, is_dir in targets:
+            fsync_dir(p) if is_dir else _fsync_path(p)
+        return
+    with ThreadPoolExecutor(min(16, len(targets)), thread_name_prefix="checkpoint-fsync") as pool:
+        for f in [pool.submit(fsync_dir if is_dir else _fsync_path, p) for p, is_dir in targets]:
+            f.result()  # the first error, after every fsync was tried
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str) -> None:
@@ -127,7 +169,7 @@ def map_file(path: str, expected_size: int | None = None) -> mmap.mmap | bytes:
     return data
 
 
-def _open_verified(path: str, record: FileRecord) -> mmap.mmap | bytes:
+def open_verified(path: str, record: FileRecord) -> mmap.mmap | bytes:
     """Map the file and check its size, magic and checksum against `record`."""
     try:
         data = map_file(path, record.size)
@@ -140,19 +182,28 @@ def _open_verified(path: str, record: FileRecord) -> mmap.mmap | bytes:
 
 def verify(path: str, record: FileRecord) -> None:
     """Check a file's size and checksum against the manifest without parsing it."""
-    _open_verified(path, record)
+    open_verified(path, record)
 
 
-def hash_file(path: str) -> tuple[int, str]:
-    """(size, digest) of a file written by someone else (a save hook), read in chunks, then fsynced."""
-    digest = xxhash.xxh3_128()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-        os.fsync(f.fileno())
-    return size, digest.hexdigest()
+def hash_file(path: str, sync: bool = True) -> tuple[int, str]:
+    """(size, digest) of a file written by someone else (a save hook, a backend), then fsynced (`sync`).
+
+    Hashed through a read-only mapping of the page cache, where a file just written still is: no copy into
+    a buffer (measured: reading it back in chunks cost about twice as much as the hashing itself)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as data:
+                data.madvise(mmap.MADV_SEQUENTIAL)
+                digest = xxhash.xxh3_128_hexdigest(data)
+        else:
+            digest = xxhash.xxh3_128_hexdigest(b"")
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size, digest
 
 
 def refuse_pickle(path: str, head: bytes) -> None:
@@ -165,7 +216,7 @@ def refuse_pickle(path: str, head: bytes) -> None:
 
 
 def read_json(path: str, record: FileRecord):
-    data = _open_verified(path, record)
+    data = open_verified(path, record)
     refuse_pickle(path, data[:4])
     try:
         return json.loads(bytes(data))
@@ -175,7 +226,7 @@ def read_json(path: str, record: FileRecord):
 
 def read_tensors(path: str, record: FileRecord) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Verify and parse a safetensors file. Returns (tensors viewing the mapped file, metadata)."""
-    data = _open_verified(path, record)
+    data = open_verified(path, record)
     if data[8:9] != b"{":  # every safetensors header is a JSON object
         refuse_pickle(path, data[:4])
     return parse_safetensors(path, data)

@@ -23,6 +23,7 @@ class FileJob:
     rel: str  # path inside the checkpoint folder
     payload: object  # a dict of tensors (.safetensors) or a JSON value
     metadata: dict | None = None
+    ready: object = None  # async saves: ready(name) returns once tensor `name` of the payload holds its value
 
     @property
     def is_tensors(self) -> bool:
@@ -89,13 +90,15 @@ def write_files(staging: str, jobs: list[FileJob]) -> list[FileRecord]:
         path = os.path.join(staging, job.rel)
         if job.is_tensors:
             size, digest = files.write_tensors(path, job.payload, job.metadata,
-                                               on_chunk=lambda: probe.point("checkpoint.chunk"))
+                                               on_chunk=lambda: probe.point("checkpoint.chunk"), sync=False,
+                                               before_body=job.ready)
         else:
-            size, digest = files.write_json(path, job.payload)
+            size, digest = files.write_json(path, job.payload, sync=False)
         records.append(FileRecord(job.rel, size, digest))
     probe.point("checkpoint.fsync")
-    for d in {os.path.dirname(os.path.join(staging, job.rel)) for job in jobs}:
-        files.fsync_dir(d)
+    # every file and its folder at once (one journal commit instead of one per file); all durable on return
+    files.fsync_all([os.path.join(staging, job.rel) for job in jobs],
+                    sorted({os.path.dirname(os.path.join(staging, job.rel)) for job in jobs}))
     return records
 
 
@@ -104,18 +107,21 @@ def write_manifest(staging: str, records: list[FileRecord], **fields) -> None:
     groups: dict[str, list[FileRecord]] = {}
     for rec in records:
         groups.setdefault(rec.path.split("/")[0], []).append(rec)
-    groups.setdefault(SHARED, []).extend(_unlisted_files(staging, {r.path for r in records}))
+    extra, folders = _unlisted_files(staging, {r.path for r in records})
+    groups.setdefault(SHARED, []).extend(extra)
     manifest = Manifest(files=groups, libraries=library_versions(), **fields)
-    files.write_json(os.path.join(staging, MANIFEST), manifest.to_json())
+    path = os.path.join(staging, MANIFEST)
+    files.write_json(path, manifest.to_json(), sync=False)
+    files.fsync_all([path], folders)  # the manifest and every folder (its entry included), at once
 
 
-def _unlisted_files(staging: str, listed: set) -> list[FileRecord]:
-    """Files that save hooks wrote into the staging folder: fsync and checksum them too."""
-    extra = []
+def _unlisted_files(staging: str, listed: set) -> tuple[list[FileRecord], list[str]]:
+    """Files that save hooks wrote into the staging folder, checksummed and fsynced; and every folder in it."""
+    extra, folders = [], []
     for root, _, names in os.walk(staging):
         for name in names:
             rel = os.path.relpath(os.path.join(root, name), staging).replace(os.sep, "/")
             if rel not in listed and rel != MANIFEST:
                 extra.append(FileRecord(rel, *files.hash_file(os.path.join(staging, rel))))
-        files.fsync_dir(root)
-    return extra
+        folders.append(root)
+    return extra, folders

@@ -41,6 +41,7 @@ from .config import ProjectConfiguration
 from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
                      MapLocationError, NotACheckpointError, UnsafeCheckpointError)
 from .files import FileRecord
+from .host_copy import HostCopies
 from .layout import FileJob
 from .manifest import SHARED, Manifest, rank_dir, read_manifest
 from .model_files import parse_size, save_model as _save_model
@@ -65,6 +66,7 @@ class _SaveJob:
     native: tuple[FileRecord, ...] = ()  # files the backend wrote itself (this rank's), already hashed
     writer: int = 0  # the rank that writes the shared files and the manifest into this folder, and commits it
     members: list[int] | None = None  # save_on_each_node: the ranks whose files go into this folder (else all)
+    copies: HostCopies | None = None  # blocking=False: the copies into host buffers, made while the thread writes
 
 
 class Checkpointer:
@@ -123,8 +125,9 @@ class Checkpointer:
         as Accelerate's prepare does; register custom objects with `register_for_checkpointing`. All or
         nothing: if one argument cannot be prepared, none is registered and a ValueError names each by index.
 
-        A DDP model also gets a gradient reduction whose summation order survives a restart (its bucket
-        layout pinned; see `reduction.py`), unless `deterministic_reduction=False`.
+        A DDP model also gets a gradient reduction whose summation order survives a restart (the bucket
+        layout DDP rebuilds is recorded by save_state and restored by load_state; see `reduction.py`),
+        unless `deterministic_reduction=False`.
         """
         out = tuple(self._registry.add_all(objs, prepare=True))
         for o in out:
@@ -224,6 +227,8 @@ class Checkpointer:
             self._thread_error = None
             self._thread = threading.Thread(target=self._background, args=(job,), name="checkpoint-save")
             self._thread.start()
+            if job.copies is not None:
+                job.copies.run()  # the stall: one copy of the state, each tensor written as soon as it is copied
         return final
 
     def wait(self) -> None:
@@ -351,26 +356,25 @@ class Checkpointer:
         job.jobs += layout.rank_files(rank, reg.rank_state(self.step, tensors), tensors)
         # rank - writer: the writer is "rank 0" of its folder (save_on_each_node: replicated only; else writer == 0)
         optimizers = strategy.optimizer_states(reg.optimizers, reg.models, rank - writer)
+        ddp_layouts = [reduction.bucket_layout_state(m) for m in reg.models]  # every rank: may rebuild (collective)
         if rank == writer:
             shared_tensors: dict = {}
             shared = reg.shared_state(self.step, auto_index, shared_tensors)
+            shared["ddp_bucket_layouts"] = ddp_layouts
             job.jobs += layout.shared_files(shared, shared_tensors, weights, optimizers, self.max_shard_size)
         # The backend's own files (DCP shards, DeepSpeed's), written now, on this thread, also when blocking=False.
         ctx = SaveContext(staging, rank, comm.world_size, self.step, comm.group)
         job.native = strategy.save_native(ctx, reg.models, reg.optimizers).records
-        if copy:
-            for fj in job.jobs:
-                if fj.is_tensors:
-                    fj.payload = {k: self._host_copy(f"{fj.rel}:{k}", t) for k, t in fj.payload.items()}
+        if copy:  # host buffers swapped in now, filled by save_state once the writing thread runs (host_copy.py)
+            job.copies = HostCopies.plan(job.jobs, self._host_buffer)
         return job
 
-    def _host_copy(self, key: str, t: torch.Tensor) -> torch.Tensor:
-        """Copy `t` into a host buffer reused across saves (no page faults after the first save)."""
+    def _host_buffer(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        """A host buffer for `t`, reused across saves (no page faults after the first save)."""
         buf = self._buffers.get(key)
         if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
             buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
             self._buffers[key] = buf
-        buf.copy_(t.detach())
         return buf
 
     def _write_and_commit(self, job: _SaveJob) -> None:
@@ -557,6 +561,9 @@ class Checkpointer:
             hook(models, path)
         index = [i for i, m in enumerate(reg.models) if any(m is x for x in models)]
         try:
+            layouts = loaded["shared"].get("ddp_bucket_layouts") or [None] * len(reg.models)  # absent: older format
+            for m, layout_state in zip(reg.models, layouts):
+                reduction.restore_bucket_layout(m, layout_state)  # before the first forward (collective)
             loaded["strategy"].load(path, loaded["saved"], models, index, loaded["weights"], reg.optimizers,
                                     loaded["optimizers"], self._comm.group)
             reg.apply(models, [], [], loaded["shared"], loaded["per_rank"],

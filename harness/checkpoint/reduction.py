@@ -38,7 +38,7 @@ Two ways to get every rank's contributions:
   rank), then a local sum in rank order, in the future's callback. One collective, asynchronous
   like DDP's own, but gloo's all-gather is much slower than its ring all-reduce.
 
-**What the checkpointer installs: the pinned layout.** A third fix keeps DDP's own all-reduce and
+**The parameter-order pin.** A third fix keeps DDP's own all-reduce and
 removes the cause instead: `pin_bucket_layout` makes DDP's one bucket rebuild, at the first forward,
 lay the buckets out in parameter order (`reducer._push_all_rebuilt_params()`, the call DDP's own
 `Join` hook makes for ranks that ran out of data) instead of in the order gradients became ready in
@@ -55,14 +55,56 @@ holds for gloo and for NCCL with the same configuration and topology. A job resu
 topology (other nodes, another NCCL algorithm) can need the hooks, which depend on neither:
 `Checkpointer(..., deterministic_reduction="rank_ordered")` installs `rank_ordered_allreduce_hook`.
 
+**What the checkpointer installs by default: the recorded ready-order layout.** Pinning parameter
+order costs the overlap of the all-reduce with the backward pass. `track_bucket_layout` (what
+`Checkpointer.prepare` does: `deterministic_reduction=True` or `"ready_order"`) keeps it: a fresh
+process is left alone, so DDP rebuilds its buckets once, in the order the gradients became ready in
+its first synchronizing backward, as it always does; each checkpoint records that layout
+(`bucket_layout_state`: a small JSON list of DDP parameter indices per bucket, the same list DDP
+logs as `rebuilt_per_bucket_param_indices`); and `load_state` restores it (`restore_bucket_layout`)
+before the resumed process's first forward (the same buckets; for a model of several dtypes their
+order may differ, see `_same_buckets`). So every process, fresh or resumed, sums with the
+uninterrupted process's rebuilt buckets from the first step after the resume on, and the buckets
+that hold the last layers' gradients start reducing while the backward pass still runs.
+
+How a layout is imposed: DDP's rebuild lays the buckets out in the order the parameters were listed
+for it (`compute_bucket_assignment_by_size` over that list, with the rebuild's size limits), and the
+one list that can be pushed from Python is the reducer's own parameter list, in its order
+(`reducer._push_all_rebuilt_params()`). So the restore builds DDP's reducer again over the parameters
+permuted into the recorded order (`DistributedDataParallel._ddp_init_helper`, what DDP's own
+`__setstate__` runs; the old reducer's autograd hooks removed first, the model's comm hooks registered
+again), pushes that list and runs the rebuild at once (`reducer._rebuild_buckets()`, the call DDP's
+forward makes; collective: it broadcasts rank 0's layout), then reads the buckets back and compares
+them with the recorded ones. Reading the layout: `reducer._get_zeros_like_grad_buckets()` (each
+bucket's parameters, in bucket order; a zero copy of the gradients, made once per reducer: cached).
+A checkpoint saved after the first synchronizing backward but before the rebuild (DDP runs it at the
+next forward) runs that rebuild at the save, with the same list, so the layout is on record; one
+saved before any synchronizing backward records none (`"buckets": null`), and its resume is left to
+rebuild as a fresh process does.
+
+When the recorded layout cannot be restored exactly (no layout in the checkpoint, e.g. one written
+before this existed, which pinned parameter order; the parameters changed; DDP rebuilt something
+else, e.g. another `bucket_cap_mb`; a configuration the restore does not handle: `static_graph`,
+DDP's `mixed_precision`, a built-in C++ comm hook, the Python reducer), one `BucketLayoutWarning`
+line says why and the process pins parameter order instead (the previous behaviour: resume-exact
+against any process that pinned it too, and the layout its own checkpoints then record). The layout
+depends on the parameters and the bucket size limits, not on the world size: a resume on another
+world size restores it too (bit-exactness across world sizes is not claimed anyway). A
+`load_state` after the model's first forward cannot change the layout any more: unless the current
+layout already is the recorded one, it warns (`BucketLayoutWarning`), records a `ddp.pin_failed`
+probe event and sets `model._harness_bucket_layout_pin_failed`, and the model trains on as it is.
+`deterministic_reduction="fixed_layout"` keeps the parameter-order pin of every process.
+
 Rejected alternatives, tried at 3 ranks on the default scenario: `static_graph=True` still rebuilds
 the buckets after the first iteration (diverges at the first resumed step), and fails outright with
 `no_sync` gradient accumulation; `bucket_cap_mb` and `bucket_cap_mb_list` set the sizes, not the
 order (diverge).
 
-`Checkpointer.prepare(ddp_model)` pins the layout by default (`deterministic_reduction=False`
-turns it off). Without the checkpointer, call `pin_bucket_layout(ddp_model)` before the first
-forward, or register a hook:
+`Checkpointer.prepare(ddp_model)` records and restores the ready-order layout by default
+(`deterministic_reduction="fixed_layout"`: the parameter-order pin; `False` turns both off). Without
+the checkpointer, call `pin_bucket_layout(ddp_model)` before the first forward (or save
+`bucket_layout_state(ddp_model)` with your checkpoint and call `restore_bucket_layout` on resume,
+after `track_bucket_layout`), or register a hook:
 
     from harness.checkpoint import rank_ordered_allreduce_hook
     ddp_model.register_comm_hook(None, rank_ordered_allreduce_hook)   # state: a process group or None
@@ -91,13 +133,18 @@ from harness import private_apis
 from harness import probe
 
 __all__ = ["rank_ordered_allgather_hook", "rank_ordered_allreduce_hook", "pin_bucket_layout", "install",
-           "MODES", "CommHookConflictWarning", "BucketLayoutError"]
+           "track_bucket_layout", "bucket_layout", "bucket_layout_state", "restore_bucket_layout",
+           "MODES", "CommHookConflictWarning", "BucketLayoutError", "BucketLayoutWarning"]
 
 # DDP's private reducer calls and attributes used below: a torch without them fails here, naming them.
 private_apis.require("torch.ddp")
 
-#: what `install` (and `Checkpointer(deterministic_reduction=...)`) accepts; True means "fixed_layout"
-MODES = ("fixed_layout", "rank_ordered")
+#: what `install` (and `Checkpointer(deterministic_reduction=...)`) accepts; True means "ready_order"
+MODES = ("ready_order", "fixed_layout", "rank_ordered")
+
+# The values of `model._harness_bucket_layout_pinned` (truthy: the layout is managed) and of the
+# checkpoint entry's "order".
+_READY, _PARAMETER = "ready_order", "parameter_order"
 
 
 class CommHookConflictWarning(UserWarning):
@@ -106,6 +153,10 @@ class CommHookConflictWarning(UserWarning):
 
 class BucketLayoutError(RuntimeError):
     """The DDP model's bucket layout cannot be pinned: its first forward already ran (see the module docstring)."""
+
+
+class BucketLayoutWarning(UserWarning):
+    """A recorded DDP bucket layout is not restored exactly (the message says why, and what is used instead)."""
 
 
 # torch 2.13 renamed all_gather_into_tensor (still there, deprecated); older versions have only the old name.
@@ -193,6 +244,28 @@ def _too_late(model) -> str | None:
     return None
 
 
+def _managed_ddp(model) -> bool:
+    """A DDP model whose layout can matter: more than one rank, and DDP rebuilds its buckets (it never
+    does with `find_unused_parameters=True`: its layout is fixed already)."""
+    return (isinstance(model, torch.nn.parallel.DistributedDataParallel)
+            and dist.get_world_size(model.process_group) > 1 and not model.find_unused_parameters)
+
+
+def _refuse(model, reason: str, best_effort: bool) -> bool:
+    model._harness_bucket_layout_pin_failed = reason
+    probe.point("ddp.pin_failed", reason=reason)  # a no-op outside the harness
+    message = (f"cannot pin this DDP model's bucket layout: {reason}, and the layout can only be pinned before "
+               "the first forward (any forward, also an evaluation under no_grad). Call Checkpointer.prepare(model) "
+               "or pin_bucket_layout(model) right after wrapping the model in DDP; or use "
+               "Checkpointer(deterministic_reduction='rank_ordered'), a comm hook that can be installed at any "
+               "time; or deterministic_reduction=False to accept that a resume on 3 or more ranks may differ in "
+               "the last bits.")
+    if not best_effort:
+        raise BucketLayoutError(message)
+    warnings.warn(message, CommHookConflictWarning, stacklevel=4)
+    return False
+
+
 def pin_bucket_layout(model, *, best_effort: bool = False) -> bool:
     """Make a DDP model use one bucket layout (parameter order) from its first iteration on.
 
@@ -202,34 +275,182 @@ def pin_bucket_layout(model, *, best_effort: bool = False) -> bool:
     `best_effort=True` warns (`CommHookConflictWarning`) and returns False; it never claims a pin it
     could not make (module docstring, "Only before the first forward").
     """
-    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+    if not _managed_ddp(model):
         return False
-    if dist.get_world_size(model.process_group) == 1 or model.find_unused_parameters:
-        return False
-    if getattr(model, "_harness_bucket_layout_pinned", False):
+    if getattr(model, "_harness_bucket_layout_pinned", False) == _PARAMETER:
         return True  # pushing the parameters twice would list each twice in the rebuild
     reason = _too_late(model)
     if reason is not None:
-        model._harness_bucket_layout_pin_failed = reason
-        probe.point("ddp.pin_failed", reason=reason)  # a no-op outside the harness
-        message = (f"cannot pin this DDP model's bucket layout: {reason}, and the layout can only be pinned before "
-                   "the first forward (any forward, also an evaluation under no_grad). Call Checkpointer.prepare(model) "
-                   "or pin_bucket_layout(model) right after wrapping the model in DDP; or use "
-                   "Checkpointer(deterministic_reduction='rank_ordered'), a comm hook that can be installed at any "
-                   "time; or deterministic_reduction=False to accept that a resume on 3 or more ranks may differ in "
-                   "the last bits.")
-        if not best_effort:
-            raise BucketLayoutError(message)
-        warnings.warn(message, CommHookConflictWarning, stacklevel=3)
-        return False
+        return _refuse(model, reason, best_effort)
     model.reducer._push_all_rebuilt_params()
-    model._harness_bucket_layout_pinned = True
+    model._harness_bucket_layout_pinned = _PARAMETER
     return True
 
 
+def _unsupported(model) -> str | None:
+    """Why the restore of a recorded layout cannot handle this DDP model, or None (module docstring)."""
+    if model.static_graph:
+        return "static_graph=True"
+    if model.mixed_precision is not None:
+        return "DDP's mixed_precision"
+    if model._use_python_reducer:
+        return "DDP's Python reducer"
+    if model._get_ddp_logging_data().get("comm_hook") and not model._comm_hooks:
+        return "a built-in (C++) comm hook, which cannot be registered again on a new reducer"
+    return None
+
+
+def track_bucket_layout(model, *, best_effort: bool = False) -> bool:
+    """The checkpointer's default: let DDP rebuild its buckets in readiness order, as it does, so that
+    `bucket_layout_state` records that layout and `restore_bucket_layout` restores it on a resume.
+
+    Call it before the model's first forward (the same rules as `pin_bucket_layout`; False, nothing
+    to do, where that returns False). A DDP configuration the restore does not handle pins parameter
+    order instead, saying so in one `BucketLayoutWarning` line.
+    """
+    if not _managed_ddp(model):
+        return False
+    if getattr(model, "_harness_bucket_layout_pinned", False):
+        return True
+    reason = _too_late(model)
+    if reason is not None:
+        return _refuse(model, reason, best_effort)
+    unsupported = _unsupported(model)
+    if unsupported is not None:
+        warnings.warn(f"the DDP bucket layout in readiness order cannot be restored on a resume with {unsupported}; "
+                      "pinning parameter order instead (resume-exact, without overlapping the all-reduce with the "
+                      "backward pass)", BucketLayoutWarning, stacklevel=3)
+        return pin_bucket_layout(model, best_effort=best_effort)
+    model._harness_bucket_layout_pinned = _READY
+    return True
+
+
+def bucket_layout(model) -> list[list[int]]:
+    """The DDP model's buckets now, in bucket order: each the indices, in DDP's parameter list
+    (`_build_params_for_reducer`, parameter order), of its parameters in bucket order. The format of
+    DDP's own `_get_ddp_logging_data()["rebuilt_per_bucket_param_indices"]`. Allocates a zero copy of
+    the buckets: `bucket_layout_state` caches it per reducer."""
+    index = {id(p): i for i, p in enumerate(model._build_params_for_reducer()[0])}
+    return [[index[id(t)] for t in b.parameters()] for b in model.reducer._get_zeros_like_grad_buckets()]
+
+
+def _signature(model) -> list[list]:
+    return [[str(p.dtype).removeprefix("torch."), p.numel()] for p in model._build_params_for_reducer()[0]]
+
+
+def _current_layout(model) -> list[list[int]]:
+    cached = getattr(model, "_harness_bucket_layout", None)
+    if cached is None or cached[0] is not model.reducer:
+        cached = (model.reducer, bucket_layout(model))
+        model._harness_bucket_layout = cached
+    return cached[1]
+
+
+def bucket_layout_state(model) -> dict | None:
+    """What a checkpoint records of a DDP model's layout (JSON), or None: a layout the checkpointer does
+    not manage. Collective when DDP's one rebuild is pending (a synchronizing backward ran, the next
+    forward would rebuild): it runs that rebuild now, with the same list, to have the layout on record."""
+    mode = getattr(model, "_harness_bucket_layout_pinned", False)
+    if mode not in (_READY, _PARAMETER) or not _managed_ddp(model):
+        return None
+    if not model._has_rebuilt_buckets:
+        if not model.reducer._rebuild_buckets():  # nothing listed yet: no synchronizing backward has run
+            return {"order": mode, "buckets": None}
+        model._has_rebuilt_buckets = True
+    return {"order": mode, "buckets": _current_layout(model), "params": _signature(model)}
+
+
+def _reinit_reducer(model, order: list[int]) -> None:
+    """Build DDP's reducer again over its parameters listed in `order`, push that list for the one rebuild
+    and run it (module docstring, "How a layout is imposed")."""
+    params, sparse = model._build_params_for_reducer()
+    params, sparse = [params[i] for i in order], [sparse[i] for i in order]
+    model._harness_bucket_layout = None  # the cache holds the old reducer: let it go
+    model.reducer._remove_autograd_hooks()
+    model._ddp_init_helper(params, sparse, model._build_debug_param_to_name_mapping(params), model.static_graph)
+    for hook, state in model._comm_hooks:
+        dist._register_comm_hook(model.reducer, state, hook)
+    model.reducer._push_all_rebuilt_params()
+    if not model.reducer._rebuild_buckets():
+        raise RuntimeError("DDP did not rebuild its buckets from the pushed parameters")
+    model._has_rebuilt_buckets = True
+
+
+def _fall_back(model, why: str) -> str:
+    warnings.warn(f"the recorded DDP bucket layout is not restored: {why}; pinning parameter order instead (a "
+                  "resume on 3 or more ranks can differ in the last bits from a run that used the recorded "
+                  "layout)", BucketLayoutWarning, stacklevel=4)
+    if model._has_rebuilt_buckets:  # after a restore attempt: a fresh reducer, pushed in parameter order
+        _reinit_reducer(model, list(range(len(model._build_params_for_reducer()[0]))))
+    else:
+        model.reducer._push_all_rebuilt_params()
+    model._harness_bucket_layout_pinned = _PARAMETER
+    return _PARAMETER
+
+
+def restore_bucket_layout(model, state: dict | None) -> str | None:
+    """Give a resumed process the layout `state` (`bucket_layout_state` of the saving process) records.
+
+    Collective. Returns what the model uses now: "ready_order" (the recorded layout, restored),
+    "parameter_order" (recorded, or the fallback: a `BucketLayoutWarning` line says why), "fresh" (none
+    recorded yet: DDP rebuilds as in a fresh process), or None (nothing done: not a model
+    `track_bucket_layout` manages, or too late: warned). See the module docstring.
+    """
+    if getattr(model, "_harness_bucket_layout_pinned", False) != _READY or not _managed_ddp(model):
+        return None
+    if isinstance(state, dict) and state.get("order") == _READY and state.get("buckets") is None:
+        return "fresh"
+    recorded = state.get("buckets") if isinstance(state, dict) else None
+    if model._has_rebuilt_buckets or model._lazy_init_ran:
+        if recorded is not None and model._has_rebuilt_buckets and _same_buckets(_current_layout(model), recorded):
+            return _READY  # already the recorded layout (e.g. a second load_state)
+        reason = _too_late(model)
+        model._harness_bucket_layout_pin_failed = reason
+        probe.point("ddp.pin_failed", reason=reason)
+        warnings.warn(f"cannot restore the recorded DDP bucket layout: {reason}, and the layout can only be changed "
+                      "before the first forward; call load_state before any forward (a resume on 3 or more ranks "
+                      "can differ in the last bits)", BucketLayoutWarning, stacklevel=3)
+        return None
+    if not isinstance(state, dict) or state.get("order") not in (_READY, _PARAMETER):
+        return _fall_back(model, "the checkpoint records none (saved without it, or by a version that pinned "
+                                 "parameter order)")
+    if state["order"] == _PARAMETER:
+        model.reducer._push_all_rebuilt_params()  # the saving process pinned parameter order: so does this one
+        model._harness_bucket_layout_pinned = _PARAMETER
+        return _PARAMETER
+    unsupported = _unsupported(model)
+    if unsupported is not None:
+        return _fall_back(model, f"this model uses {unsupported}")
+    n = len(model._build_params_for_reducer()[0])
+    order = [i for bucket in recorded for i in bucket] if isinstance(recorded, list) else None
+    if (order is None or not all(isinstance(i, int) for i in order) or sorted(order) != list(range(n))
+            or state.get("params") != _signature(model)):
+        return _fall_back(model, f"the model's parameters ({n}) differ from the recorded ones")
+    _reinit_reducer(model, order)
+    got = _current_layout(model)
+    if not _same_buckets(got, recorded):
+        return _fall_back(model, f"DDP rebuilt {len(got)} bucket(s) {_few(got)} from the recorded order, not the "
+                                 f"recorded {len(recorded)} {_few(recorded)} (another bucket_cap_mb?)")
+    return _READY
+
+
+def _same_buckets(got: list, recorded: list) -> bool:
+    """The same buckets, each with the same parameters in the same order (what fixes every element's sum).
+    Their order may differ for a model of several dtypes: the rebuild appends the buckets it has not
+    filled in the order of a hash map, which the pushed list (the recorded buckets, flattened) can change."""
+    return sorted(got) == sorted(recorded)
+
+
+def _few(buckets: list) -> str:
+    text = str(buckets)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def install(model, mode: "bool | str" = True, *, best_effort: bool = False) -> bool:
-    """Make `model`'s gradient reduction resume-exact: `mode` True or "fixed_layout" pins the bucket layout,
-    "rank_ordered" registers `rank_ordered_allreduce_hook`, False does nothing. Returns whether it did.
+    """Make `model`'s gradient reduction resume-exact: `mode` True or "ready_order" tracks the bucket layout
+    DDP rebuilds (`track_bucket_layout`: recorded in checkpoints, restored on a resume), "fixed_layout" pins
+    parameter order, "rank_ordered" registers `rank_ordered_allreduce_hook`, False does nothing. Returns
+    whether it did.
 
     Pinning after the model's first forward raises `BucketLayoutError` (`best_effort=True`: warns and
     returns False), see `pin_bucket_layout`.
@@ -241,7 +462,9 @@ def install(model, mode: "bool | str" = True, *, best_effort: bool = False) -> b
     """
     if mode is False:
         return False
-    if mode is True or mode == "fixed_layout":
+    if mode is True or mode == "ready_order":
+        return track_bucket_layout(model, best_effort=best_effort)
+    if mode == "fixed_layout":
         return pin_bucket_layout(model, best_effort=best_effort)
     if mode != "rank_ordered":
         raise ValueError(f"deterministic_reduction: expected True, False or one of {MODES}, got {mode!r}")

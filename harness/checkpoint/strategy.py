@@ -301,15 +301,18 @@ class FSDPStrategy(Strategy):
             return NativeFiles()
         import torch.distributed.checkpoint as dcp
 
+        from .hashing_storage import HashingFileSystemWriter
+
         folder = os.path.join(ctx.staging, DCP_DIR)
         os.makedirs(folder, exist_ok=True)
         state = self._dcp_state(models, optimizers)
         probe.point("checkpoint.write", file=f"{DCP_DIR}/")
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=ctx.group)
+        writer = HashingFileSystemWriter(folder, sync_files=True)  # checksums taken as DCP writes: no re-read
+        dcp.save(state, storage_writer=writer, process_group=ctx.group)
         # `__{r}_*.distcp` are rank r's shards; `.metadata` (a pickle) is the coordinator's, rank 0.
         mine = re.compile(rf"^__{ctx.rank}_\d+\.distcp$")
         return NativeFiles(_hash_owned(ctx.staging, DCP_DIR, lambda name: bool(mine.match(name)) or (
-            ctx.rank == 0 and not name.endswith(".distcp"))))
+            ctx.rank == 0 and not name.endswith(".distcp")), writer.fs.digests))
 
     def check_compatible(self, path, saved, saved_world, world_size):
         if saved.layout == DCP_DIR and saved.name == FSDP:
@@ -328,13 +331,20 @@ class FSDPStrategy(Strategy):
     def verify_native(self, path, records, rank, world_size, saved, models):
         if saved.layout != DCP_DIR:
             return
+        from .hashing_storage import VerifiedFiles
+
         meta = f"{DCP_DIR}/.metadata"
         by_path = {r.path: r for r in records}
         if meta not in by_path:
             raise CorruptCheckpointError(
                 f"{path}: the DCP folder {DCP_DIR}/ has no .metadata in the manifest (DCP writes it last: the save "
                 "did not finish); this checkpoint cannot be loaded, use an older one")
-        _verify_share(path, records, rank, world_size, always=(meta,))
+        # Each rank verifies the shard file it reads itself (`__{rank}_*`, on the same world size) and keeps it
+        # mapped for DCP to read from (`load`): one pass over the file. The other files are shared out.
+        self._verified = VerifiedFiles()
+        self._listed = [os.path.join(path, r.path) for r in records if r.path.startswith(f"{DCP_DIR}/")]
+        _verify_share(path, records, rank, world_size, always=(meta,), verified=self._verified,
+                      owner=_dcp_owner if saved.mesh == (world_size,) else None)
         _check_dcp_keys(path, os.path.join(path, DCP_DIR), models)
 
     def load(self, path, saved, models, model_index, weights, optimizers, optimizer_states, group):
@@ -353,8 +363,15 @@ class FSDPStrategy(Strategy):
             return
         import torch.distributed.checkpoint as dcp
 
+        from .hashing_storage import VerifiedFiles, VerifiedFileSystemReader
+
+        verified = getattr(self, "_verified", None) or VerifiedFiles()
+        reader = VerifiedFileSystemReader(os.path.join(path, DCP_DIR), verified, getattr(self, "_listed", None), path)
         state = self._dcp_state(models, optimizers, model_index)
-        dcp.load(state, storage_reader=dcp.FileSystemReader(os.path.join(path, DCP_DIR)), process_group=group)
+        try:
+            dcp.load(state, storage_reader=reader, process_group=group)
+        finally:
+            verified.release()
         for i, model in zip(model_index, models):
             set_model_state_dict(model, state[f"model_{i}"])
         for j, opt in enumerate(optimizers):
@@ -414,8 +431,21 @@ class DeepSpeedStrategy(Strategy):
         from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
                                                     UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
-        self.engine.save_checkpoint(folder, tag=DEEPSPEED_TAG, save_latest=False, client_state={
-            UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}})
+        from .hashing_storage import HashingCheckpointEngine
+
+        # Each torch.save file DeepSpeed writes is hashed right after, from the page cache (hashing_storage.py
+        # says why not while writing); whatever it writes otherwise (zero_to_fp32.py, or every file under a
+        # checkpoint engine other than torch.save's) is hashed below. All are fsynced at once in _hash_owned.
+        inner = getattr(self.engine, "checkpoint_engine", None)
+        hashing = HashingCheckpointEngine.wrap(inner)
+        if hashing is not None:
+            self.engine.checkpoint_engine = hashing
+        try:
+            self.engine.save_checkpoint(folder, tag=DEEPSPEED_TAG, save_latest=False, client_state={
+                UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}})
+        finally:
+            if hashing is not None:
+                self.engine.checkpoint_engine = inner
         extra = []
         if ctx.rank == 0:
             size, digest = files.write_bytes(os.path.join(folder, "latest"), DEEPSPEED_TAG.encode())
@@ -425,7 +455,8 @@ class DeepSpeedStrategy(Strategy):
             m = _DS_RANK.search(name)
             return int(m.group(1)) == ctx.rank if m else (ctx.rank == 0 and name != "latest")
 
-        return NativeFiles(tuple(extra) + _hash_owned(ctx.staging, DEEPSPEED_DIR, owned))
+        return NativeFiles(tuple(extra) + _hash_owned(ctx.staging, DEEPSPEED_DIR, owned,
+                                                      hashing.digests if hashing is not None else None))
 
     def check_compatible(self, path, saved, saved_world, world_size):
         if saved_world != world_size and (saved.zero_stage not in UNIVERSAL_STAGES or self.stage != saved.zero_stage):
@@ -569,9 +600,16 @@ def _ds_to_universal(src: str, out: str) -> None:
 # -- shared helpers -------------------------------------------------------------------------------
 
 
-def _hash_owned(staging: str, sub: str, owned: Callable[[str], bool]) -> tuple[FileRecord, ...]:
-    """Hash and fsync the files under `staging/sub` that this rank wrote (per `owned(basename)`)."""
-    out = []
+def _hash_owned(staging: str, sub: str, owned: Callable[[str], bool],
+                digests: dict[str, tuple[int, str]] | None = None) -> tuple[FileRecord, ...]:
+    """(size, checksum) of the files under `staging/sub` that this rank wrote (per `owned(basename)`), all fsynced.
+
+    `digests` (absolute path -> (size, digest)): files hashed while (DCP) or right after (DeepSpeed) they were
+    written; they are not read again. Any other owned file is hashed here (through a mapping of the page
+    cache), as is one whose size on disk differs from what was hashed (never trust a stale digest). Then
+    every file and folder is fsynced, all at once."""
+    digests = digests or {}
+    out, paths, folders = [], [], []
     root = os.path.join(staging, sub)
     for folder, dirs, names in os.walk(root):
         dirs.sort()
@@ -579,21 +617,44 @@ def _hash_owned(staging: str, sub: str, owned: Callable[[str], bool]) -> tuple[F
             if owned(name):
                 full = os.path.join(folder, name)
                 rel = os.path.relpath(full, staging).replace(os.sep, "/")
-                out.append(FileRecord(rel, *files.hash_file(full)))
-        files.fsync_dir(folder)
+                known = digests.get(os.path.abspath(full))
+                if known is None or os.stat(full).st_size != known[0]:
+                    known = files.hash_file(full, sync=False)
+                out.append(FileRecord(rel, *known))
+                paths.append(full)
+        folders.append(folder)
+    files.fsync_all(paths, folders)  # the files (again, where the backend synced them: then it costs nothing) at once
     return tuple(out)
 
 
-def _verify_share(path: str, records: Sequence[FileRecord], rank: int, world_size: int, always=()) -> None:
-    """Verify every `world_size`-th backend file (the ranks agree on the result before any is read)."""
+_DCP_SHARD = re.compile(r"^__(\d+)_\d+\.distcp$")
+
+
+def _dcp_owner(rec: FileRecord, world_size: int) -> int | None:
+    """The rank that reads `rec` on a load at the world size that saved it: rank r its `__{r}_*.distcp`."""
+    m = _DCP_SHARD.match(os.path.basename(rec.path))
+    return int(m.group(1)) if m and int(m.group(1)) < world_size else None
+
+
+def _verify_share(path: str, records: Sequence[FileRecord], rank: int, world_size: int, always=(),
+                  verified=None, owner: Callable[[FileRecord, int], int | None] | None = None) -> None:
+    """Verify this rank's share of the backend files (the ranks agree on the result before any is read).
+
+    A file goes to `owner(rec, world_size)` when that names a rank (the rank that will read it), else to
+    every `world_size`-th rank in path order; `always` to every rank. With `verified` (a `VerifiedFiles`),
+    the verified files stay mapped for the backend to read."""
     for i, rec in enumerate(sorted(records, key=lambda r: r.path)):
-        if i % world_size == rank or rec.path in always:
+        who = owner(rec, world_size) if owner is not None else None
+        if (i % world_size if who is None else who) == rank or rec.path in always:
             full = os.path.realpath(os.path.join(path, rec.path))
             if not full.startswith(os.path.realpath(path) + os.sep):
                 from .errors import UnsafeCheckpointError
 
                 raise UnsafeCheckpointError(f"{path}: {rec.path} resolves outside the checkpoint folder; refusing")
-            files.verify(full, rec)
+            if verified is not None:
+                verified.verify(full, rec, key=os.path.join(path, rec.path))
+            else:
+                files.verify(full, rec)
 
 
 def _incompatible(path: str, saved: StrategyInfo, now: StrategyInfo) -> IncompatibleCheckpointError:

@@ -20,5 +20,6 @@ Public API (a no-op outside the harness, so instrumented scripts still run under
 
 from harness.probe.api import enabled, finish, point, restored, run_dir, step
 from harness.probe.recorder import InjectedFault
+from harness.trace_schema import Point  # the point names the harness knows (probe.point(Point.COMMITTED, ...))
 
-__all__ = ["run_dir", "step", "point", "restored", "finish", "enabled", "InjectedFault"]
+__all__ = ["run_dir", "step", "point", "restored", "finish", "enabled", "InjectedFault", "Point"]

@@ -1,11 +1,12 @@
 """harness.checkpoint.reduction at 3 gloo ranks: the rank-ordered hooks give the same bits whatever the
-bucket layout, the pinned layout makes a fresh process reduce like one that has run for a while, and
-the checkpointer installs them as its knob says; the pinning rules (before the first forward only) at
-2 ranks too.
+bucket layout, the pinned layout makes a fresh process reduce like one that has run for a while, the
+ready-order layout the checkpointer records and restores (its default) makes a resumed process reduce
+like the uninterrupted one, and the checkpointer installs them as its knob says; the pinning rules
+(before the first forward only) at 2 ranks too, the ready-order resume at 2 and 4 ranks.
 
 One job of 3 ranks (this file run as a script by the shared warm launcher, `pool`) runs every check
-once, one job of 2 ranks the pinning checks; each test asserts its own check's outcome. A check fails
-on a rank by raising; the error names it.
+once, one job of 2 ranks the pinning checks, one of 4 ranks the ready-order resume; each test asserts
+its own check's outcome. A check fails on a rank by raising; the error names it.
 """
 
 import itertools
@@ -22,8 +23,10 @@ import torch.distributed as dist
 
 from harness.checkpoint import Checkpointer, ProjectConfiguration
 from harness.launch import LaunchSpec
-from harness.checkpoint.reduction import (BucketLayoutError, CommHookConflictWarning, install, pin_bucket_layout,
-                                          rank_ordered_allgather_hook, rank_ordered_allreduce_hook)
+from harness.checkpoint.reduction import (BucketLayoutError, BucketLayoutWarning, CommHookConflictWarning,
+                                          bucket_layout, bucket_layout_state, install, pin_bucket_layout,
+                                          rank_ordered_allgather_hook, rank_ordered_allreduce_hook,
+                                          restore_bucket_layout, track_bucket_layout)
 
 WORLD = 3
 
@@ -186,7 +189,9 @@ def check_checkpointer_knob(rank, project_dir):
         return torch.nn.parallel.DistributedDataParallel(MLP())
 
     m = Checkpointer(ProjectConfiguration(project_dir)).prepare(ddp())
-    assert m._harness_bucket_layout_pinned and not m._comm_hooks
+    assert m._harness_bucket_layout_pinned == "ready_order" and not m._comm_hooks
+    m = Checkpointer(ProjectConfiguration(project_dir), deterministic_reduction="fixed_layout").prepare(ddp())
+    assert m._harness_bucket_layout_pinned == "parameter_order" and not m._comm_hooks
     m = Checkpointer(ProjectConfiguration(project_dir), deterministic_reduction=False).prepare(ddp())
     assert not getattr(m, "_harness_bucket_layout_pinned", False) and not m._comm_hooks
     m = Checkpointer(ProjectConfiguration(project_dir), deterministic_reduction="rank_ordered").prepare(ddp())
@@ -275,6 +280,218 @@ def check_pin_only_before_the_first_forward(rank, project_dir):
         pin_bucket_layout(forward_only)
 
 
+class Reversed(torch.nn.Module):
+    """Registered first, used last, sizes far apart: DDP's readiness order (head, mid, stem) is not parameter
+    order, and with 4 KiB buckets (mid's weight alone fills one) the layout has two buckets."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(48, 3)
+        self.mid = torch.nn.Linear(24, 48)
+        self.stem = torch.nn.Linear(16, 24)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.mid(torch.tanh(self.stem(x)))))
+
+
+SMALL_BUCKETS = dict(bucket_cap_mb=0.004)
+
+
+def _ddp_reversed(seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    return torch.nn.parallel.DistributedDataParallel(Reversed(), **{**SMALL_BUCKETS, **kw})
+
+
+def _train(model, opt, rank: int, steps) -> list[bytes]:
+    """One SGD step per entry of `steps` (the step number picks the batch); the parameters' bytes after the last."""
+    for step in steps:
+        x = batches(rank, 10 + step, n=1, dim=16)[0]
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+    return [raw(p) for p in model.parameters()]
+
+
+def _sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def _logged_layout(model) -> list[list[int]]:
+    """DDP's own record of its rebuilt buckets (logged at the first sampled forward after the rebuild)."""
+    text = model._get_ddp_logging_data()["rebuilt_per_bucket_param_indices"]
+    return [[int(i) for i in bucket.split()] for bucket in text.split(", ")]
+
+
+def _resume(project_dir, path, *, drop_restore: bool = False, **ddp_kw):
+    """A resumed process: a fresh DDP model (other initial weights) and optimizer, prepared and loaded."""
+    from harness.checkpoint import manager
+
+    model = _ddp_reversed(seed=1, **ddp_kw)
+    opt = _sgd(model)
+    ckpt = Checkpointer(ProjectConfiguration(project_dir))
+    ckpt.prepare(model, opt)
+    restore = manager.reduction.restore_bucket_layout
+    if drop_restore:  # the mutant: the layout is recorded but never restored
+        manager.reduction.restore_bucket_layout = lambda m, state: None
+    try:
+        ckpt.load_state(path)
+    finally:
+        manager.reduction.restore_bucket_layout = restore
+    return model, opt
+
+
+def check_ready_order_layout_resumes_exactly(rank, project_dir):
+    """Issue 19 part 4. The checkpointer's default leaves DDP to rebuild its buckets in readiness order
+    and records that layout; a resumed process restores it before its first forward: (a) its steps are
+    bit-exact with the uninterrupted process's, (b) its layout is the one DDP itself rebuilt in an
+    uninterrupted process without the checkpointer (DDP's own log of it), not parameter order, and
+    (c) a mutant that drops the restore diverges (at 3 or more ranks). The save after step 1 finds
+    DDP's rebuild pending (it runs at the next forward) and runs it itself: the uninterrupted process's
+    steps stay those of the plain DDP twin. With DDP's gradients as bucket views too."""
+    for i, ddp_kw in enumerate(({}, {"gradient_as_bucket_view": True})):
+        _ready_order_case(rank, os.path.join(project_dir, str(i)), ddp_kw)
+
+
+def _ready_order_case(rank, project_dir, ddp_kw):
+    world = dist.get_world_size()
+    twin = _ddp_reversed(**ddp_kw)  # plain DDP, no checkpointer
+    twin_opt = _sgd(twin)
+    twin_after = [_train(twin, twin_opt, rank, [s]) for s in (1, 2, 3)]
+    ddp_layout = _logged_layout(twin)
+    assert ddp_layout == [[1, 0, 3, 2], [5, 4]], ddp_layout  # readiness order: head, mid, stem (two buckets)
+
+    model = _ddp_reversed(**ddp_kw)
+    opt = _sgd(model)
+    ckpt = Checkpointer(ProjectConfiguration(project_dir))
+    ckpt.prepare(model, opt)
+    assert model._harness_bucket_layout_pinned == "ready_order"
+    assert _train(model, opt, rank, [1]) == twin_after[0]
+    assert not model._has_rebuilt_buckets  # DDP rebuilds at the next forward...
+    path = ckpt.save_state(os.path.join(project_dir, "step1"))
+    assert model._has_rebuilt_buckets  # ...or at the save, with the same list
+    with open(os.path.join(path, "shared", "state.json")) as f:
+        recorded = json.load(f)["ddp_bucket_layouts"]
+    assert [e["buckets"] for e in recorded if e] == [ddp_layout], recorded
+    uninterrupted = [_train(model, opt, rank, [s]) for s in (2, 3)]
+    assert uninterrupted == twin_after[1:]
+    assert bucket_layout(model) == ddp_layout
+
+    resumed, resumed_opt = _resume(project_dir, path, **ddp_kw)
+    assert resumed._has_rebuilt_buckets and resumed._harness_bucket_layout_pinned == "ready_order"
+    assert bucket_layout(resumed) == ddp_layout  # (b), before its first forward
+    assert [_train(resumed, resumed_opt, rank, [s]) for s in (2, 3)] == uninterrupted  # (a)
+    assert bucket_layout(resumed) == ddp_layout and _logged_layout(resumed) == [[0, 1, 2, 3], [4, 5]]
+    # (DDP logs indices into its reducer's list, here the recorded order: the same parameters, relabelled)
+
+    mutant, mutant_opt = _resume(project_dir, path, drop_restore=True, **ddp_kw)
+    diverged = _train(mutant, mutant_opt, rank, [2]) != uninterrupted[0]
+    assert diverged == (world >= 3), (world, diverged)  # (c); at 2 ranks a + b == b + a hides it
+
+
+def check_layout_fallbacks(rank, project_dir):
+    """A recorded layout that cannot be restored exactly: one BucketLayoutWarning line naming why, and
+    parameter order pinned instead; a checkpoint saved before any synchronizing backward records none and
+    its resume rebuilds as a fresh process; a load after the first forward warns and changes nothing."""
+    x = batches(rank, 4, n=1, dim=16)[0]
+    params_layout = _ddp_reversed()
+    pin_bucket_layout(params_layout)
+    params_layout(x).square().mean().backward()
+    parameter_order = bucket_layout(params_layout)
+    assert parameter_order == [[0, 1, 2], [3, 4, 5]], parameter_order
+
+    good = {"order": "ready_order", "buckets": [[1, 0, 3, 2], [5, 4]],
+            "params": [["float32", n] for n in (144, 3, 1152, 48, 384, 24)]}
+    cases = {
+        "no layout": (None, "records none"),
+        "other parameters": ({**good, "params": good["params"][:-1] + [["float32", 25]]}, "parameters"),
+        "not a permutation": ({**good, "buckets": [[1, 0, 3, 2], [5, 5]]}, "parameters"),
+        "other bucket size": (good, "rebuilt"),
+    }
+    for name, (state, why) in cases.items():
+        m = _ddp_reversed(**(dict(bucket_cap_mb=1) if name == "other bucket size" else {}))
+        assert track_bucket_layout(m)
+        with pytest.warns(BucketLayoutWarning, match=why) as caught:
+            assert restore_bucket_layout(m, state) == "parameter_order", name
+        assert len(caught) == 1 and "\n" not in str(caught[0].message), name
+        m(x).square().mean().backward()
+        expect = [[0, 1, 2, 3, 4, 5]] if name == "other bucket size" else parameter_order
+        assert bucket_layout(m) == expect and m._harness_bucket_layout_pinned == "parameter_order", name
+        assert bucket_layout_state(m)["order"] == "parameter_order"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = _ddp_reversed()
+        assert track_bucket_layout(m)
+        assert restore_bucket_layout(m, good) == "ready_order" and bucket_layout(m) == good["buckets"]
+        assert restore_bucket_layout(m, good) == "ready_order"  # a second load: already that layout
+        fresh = _ddp_reversed()
+        assert track_bucket_layout(fresh)
+        assert bucket_layout_state(fresh) == {"order": "ready_order", "buckets": None}  # nothing listed yet
+        assert restore_bucket_layout(fresh, {"order": "ready_order", "buckets": None}) == "fresh"
+        fresh(x).square().mean().backward()
+        fresh(x).square().mean().backward()
+        assert bucket_layout(fresh) == good["buckets"]  # DDP's own rebuild
+        pinned = _ddp_reversed()
+        assert track_bucket_layout(pinned)
+        assert restore_bucket_layout(pinned, {**good, "order": "parameter_order"}) == "parameter_order"
+        pinned(x).square().mean().backward()
+        assert bucket_layout(pinned) == parameter_order
+    # a comm hook registered before the restore is registered again on the rebuilt reducer
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    calls = []
+
+    def counting_hook(state, bucket):
+        calls.append(bucket.index())
+        return allreduce_hook(state, bucket)
+
+    hooked = _ddp_reversed()
+    hooked.register_comm_hook(None, counting_hook)
+    assert track_bucket_layout(hooked)
+    assert restore_bucket_layout(hooked, good) == "ready_order"
+    hooked(x).square().mean().backward()
+    assert sorted(calls) == [0, 1], calls
+    late = _ddp_reversed()
+    assert track_bucket_layout(late)
+    late(x).square().mean().backward()
+    with pytest.warns(BucketLayoutWarning, match="before the first forward"):
+        assert restore_bucket_layout(late, good) is None
+    assert late._harness_bucket_layout_pin_failed == "the model has already run a forward pass"
+
+
+def check_mixed_dtypes_restore(rank):
+    """A model of three dtypes (a bucket per dtype): the layout recorded from a process that ran a step
+    and rebuilt, restored into a new process with the same weights, gives its first step the same
+    gradients, bit for bit, as the recording process's second step; without the restore they differ."""
+    xs1, xs2 = batches(rank, 5, n=1), batches(rank, 6, n=1)
+
+    def ddp():
+        torch.manual_seed(0)
+        return torch.nn.parallel.DistributedDataParallel(Mixed())
+
+    first = ddp()
+    assert track_bucket_layout(first)
+    first(xs1[0]).float().square().mean().backward()
+    state = bucket_layout_state(first)  # runs the pending rebuild
+    with torch.no_grad():
+        for p in first.parameters():
+            p -= 0.1 * p.grad
+            p.grad = None
+    got = {}
+    for restore in (True, False):
+        second = ddp()
+        second.module.load_state_dict(first.module.state_dict())
+        assert track_bucket_layout(second)
+        if restore:
+            assert restore_bucket_layout(second, state) == "ready_order"
+            assert sorted(bucket_layout(second)) == sorted(state["buckets"])
+        second(xs2[0]).float().square().mean().backward()
+        got[restore] = [raw(p.grad) for p in second.parameters()]
+    first(xs2[0]).float().square().mean().backward()
+    continued = [raw(p.grad) for p in first.parameters()]
+    assert got[True] == continued
+    assert got[False] != continued
+
+
 CHECKS_ALL = {
     "hooks_layout_invariant": check_hooks_layout_invariant,
     "default_allreduce_premultiplies": check_default_allreduce_premultiplies,
@@ -283,8 +500,13 @@ CHECKS_ALL = {
     "checkpointer_knob": check_checkpointer_knob,
     "pin_only_before_the_first_forward": check_pin_only_before_the_first_forward,
     "world_size_one": lambda rank, project_dir: check_world_size_one(rank, project_dir),
+    "ready_order_layout_resumes_exactly": check_ready_order_layout_resumes_exactly,
+    "layout_fallbacks": check_layout_fallbacks,
+    "mixed_dtypes_restore": check_mixed_dtypes_restore,
 }
-PIN_CHECKS = ("pinned_first_iteration_matches", "pin_only_before_the_first_forward")  # also run at 2 ranks
+# also run at 2 ranks
+PIN_CHECKS = ("pinned_first_iteration_matches", "pin_only_before_the_first_forward", "ready_order_layout_resumes_exactly")
+FOUR_RANK_CHECKS = ("ready_order_layout_resumes_exactly",)
 
 
 class FakeBucket:
@@ -367,6 +589,16 @@ def test_reduction(outcomes, check):
 @pytest.mark.parametrize("check", PIN_CHECKS)
 def test_pinning_at_two_ranks(outcomes_two_ranks, check):
     assert not outcomes_two_ranks[check], "\n".join(outcomes_two_ranks[check])
+
+
+@pytest.fixture(scope="module")
+def outcomes_four_ranks(pool, tmp_path_factory) -> dict:
+    return _launch(pool, tmp_path_factory.mktemp("reduction4"), 4, FOUR_RANK_CHECKS)
+
+
+@pytest.mark.parametrize("check", FOUR_RANK_CHECKS)
+def test_ready_order_at_four_ranks(outcomes_four_ranks, check):
+    assert not outcomes_four_ranks[check], "\n".join(outcomes_four_ranks[check])
 
 
 def test_knob_refuses_unknown_values():

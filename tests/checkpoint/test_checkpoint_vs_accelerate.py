@@ -178,10 +178,12 @@ def test_shuffled_loader_ours_exact_accelerate_skip_first_batches_is_not(pool, t
 
 def test_three_ranks_ddp_reduction_order(pool, tmp_path):
     """3 gloo ranks, the same data under both backends. DDP's first iteration in a process reduces gradients in
-    another order than later ones (it rebuilds its buckets), and with 3 ranks the sums differ in the last bits.
-    Accelerate's DDP model does that, so even its exact data recipe resumes with other optimizer bits, and its
-    training differs from ours (whose prepare pins the bucket layout) in model and optimizer only. With the layout
-    pinned by `pin_bucket_layout` too, Accelerate trains and restores exactly as ours."""
+    another order than later ones (it rebuilds its buckets in the order gradients became ready), and with 3 ranks
+    the sums differ in the last bits. An uninterrupted Accelerate run is plain DDP, as ours is (the Checkpointer
+    keeps DDP's own ready-order layout): the two train identically. Only the resume differs: ours restores the
+    recorded layout before the first forward, Accelerate's resumed process reduces its first step in parameter
+    order, so even its exact data recipe resumes with other optimizer bits. Pinned to parameter order from the
+    first step (`pin_bucket_layout`), Accelerate resumes exactly, on a layout of its own."""
     run = {name: _launch(pool, tmp_path, name, 3, backend, phase, "sampler", *extra)
            for name, backend, phase, extra in [("ours-full", "harness", "full", ()),
                                                ("ours-resume", "harness", "resume", ()),
@@ -202,20 +204,18 @@ def test_three_ranks_ddp_reduction_order(pool, tmp_path):
         assert _differing(_state(run["ours-resume"], "final-resume", rank),
                           _state(run["ours-full"], "final-full", rank)) == [], rank
 
-        # Accelerate's DDP: the same data and RNG as ours, other gradient sums.
-        acc_differs = _groups(_differing(_state(run["acc-full"], "saved", rank),
-                                         _state(run["ours-full"], "saved", rank)))
-        assert acc_differs and acc_differs <= {"model", "optimizer"}, acc_differs
+        # Accelerate's DDP, uninterrupted: the same data, RNG and gradient sums as ours.
+        assert _losses(run["acc-full"], "full", rank)["losses"] == full["losses"]
+        assert _differing(_state(run["acc-full"], "saved", rank), _state(run["ours-full"], "saved", rank)) == []
+        # Resumed, its first step reduces in parameter order: other optimizer bits.
         resumed = _differing(_state(run["acc-skip"], "final-resume", rank), _state(run["acc-full"], "final-full", rank))
         assert "optimizer" in _groups(resumed) and _groups(resumed) <= {"model", "optimizer"}, resumed
 
-        # Accelerate with the layout pinned: identical to ours, at the save, restored, and resumed.
-        assert _losses(run["pinned-full"], "full", rank)["losses"] == full["losses"]
-        assert _differing(_state(run["pinned-full"], "saved", rank), _state(run["ours-full"], "saved", rank)) == []
-        assert _differing(_state(run["pinned-skip"], "restored", rank),
-                          _state(run["ours-resume"], "restored", rank)) == []
+        # Accelerate with the layout pinned to parameter order: exact through its own resume, other sums than ours.
         assert _differing(_state(run["pinned-skip"], "final-resume", rank),
                           _state(run["pinned-full"], "final-full", rank)) == []
+        pinned = _groups(_differing(_state(run["pinned-full"], "saved", rank), _state(run["ours-full"], "saved", rank)))
+        assert pinned and pinned <= {"model", "optimizer"}, pinned
 
 
 def test_accelerate_project_configuration_is_accepted(tmp_path):

@@ -16,8 +16,8 @@ that does what Accelerate's prepare does and the Checkpointer does not (process 
                   then save_state() again (does the next automatic name follow the loaded one?)
 --load-accelerate FOLDER   (ours, resume) load Accelerate's checkpoint FOLDER (`allow_unsafe_pickle=True`),
                   dump what it restored, and stop
---pin-bucket-layout   (Accelerate only) pin the DDP model's bucket layout, as the Checkpointer's prepare does
-                  (harness.checkpoint.pin_bucket_layout), so that both reduce gradients in the same order
+--pin-bucket-layout   (Accelerate only) pin the DDP model's bucket layout to parameter order from the first step
+                  (harness.checkpoint.pin_bucket_layout, the Checkpointer's deterministic_reduction="fixed_layout")
 --skip-first-batches   (Accelerate only) the documented mid-epoch recipe: `accelerator.skip_first_batches`
                   on the resumed epoch. The Checkpointer's loader resumes mid-epoch by itself and has none.
 --data sampler    the data order is a function of (seed, epoch) under both backends: a DistributedSampler,
@@ -155,7 +155,7 @@ def main(args) -> None:
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.25, total_iters=10)
 
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if args.pin_bucket_layout:  # the Checkpointer's prepare does this to a DDP model; here for Accelerate's
+    if args.pin_bucket_layout:  # the Checkpointer's fixed_layout mode; here for Accelerate's DDP model
         from harness.checkpoint import pin_bucket_layout
         assert pin_bucket_layout(model), "the DDP bucket layout was not pinned"
     train_state = TrainState()
@@ -222,7 +222,7 @@ if __name__ == "__main__":
     if args.load_accelerate and (args.backend != "harness" or args.phase != "resume"):
         parser.error("--load-accelerate is for --backend harness --phase resume")
     if args.pin_bucket_layout and args.backend != "accelerate":
-        parser.error("--pin-bucket-layout is for Accelerate's DDP model; the Checkpointer's prepare pins it itself")
+        parser.error("--pin-bucket-layout is for Accelerate's DDP model; the Checkpointer restores its own layout")
     if os.environ.get("WORLD_SIZE") == "1":
         # One rank runs as plain `python accel_twin.py` would: a launcher sets torchrun's variables even for one
         # process, and Accelerate then starts a process group and wraps the model in DDP.
