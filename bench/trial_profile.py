@@ -205,20 +205,12 @@ LAUNCHES: list[dict] = []  # the launches of the trial in flight: attempt, t0 (c
 
 @contextmanager
 def run_folder_on(kind: str, out: str):
-    """OUT with OUT/run on ``kind`` ("disk": as the engine makes it; "tmpfs": a scratch folder of
-    harness.launch.scratch, symlinked as OUT/run, as the engine's --scratch tmpfs would place it)."""
+    """OUT with OUT/run on ``kind``: "tmpfs", the engine's default (``--scratch tmpfs``: the checkpoints on
+    tmpfs, copied to OUT/run when the trial ends); "disk", OUT/run made first on disk, which the engine then
+    writes in place (as ``--scratch disk`` does)."""
     if kind == "disk":
-        yield
-        return
-    from harness.launch.scratch import scratch_dir
-
-    with scratch_dir("tmpfs", disk_path=os.path.join(out, "run")) as scratch:
-        os.makedirs(out, exist_ok=True)
-        os.symlink(scratch.path, os.path.join(out, "run"))
-        try:
-            yield
-        finally:
-            os.unlink(os.path.join(out, "run"))
+        os.makedirs(os.path.join(out, "run"), exist_ok=True)
+    yield
 
 
 def patch_launcher() -> None:

@@ -13,11 +13,8 @@ Measured side by side, interleaved (the order rotating every rep), in one run (m
      old        ForkServerLauncher(store="per-launch"): a store process forked per launch; run/ on disk
      kept store ForkServerLauncher() (store="kept", the default): the zygote's store host has a fresh
                 store ready for each launch; run/ on disk
-     new        the kept store, and run/ (the checkpoints) on tmpfs: harness.launch.scratch.scratch_dir
-                ("tmpfs"), which this bench puts in place of OUT/run by a symlink (the engine's --scratch
-                option does it without one); its fsyncs return at once
-  The copy of a tmpfs run/ to disk that a failed trial pays (Scratch.keep()) is timed apart, after each
-  "new" trial, outside its wall time.
+     new        the kept store, and run/ (the checkpoints) on tmpfs, the engine's default (--scratch tmpfs):
+                its fsyncs return at once; the copy of run/ to OUT/run when the trial ends is in its time
   empty launch  (--launches N, default 20 per launcher, interleaved) a launch of N ranks of a script that
                 only runs init_process_group("gloo"), a barrier and destroy_process_group, through each
                 launcher: the rendezvous's own cost, old (a store process forked per launch) vs kept store
@@ -56,20 +53,13 @@ def wall(cmd: list[str], env: dict) -> float:
 
 
 @contextmanager
-def run_folder_on(kind: str, out: str, copies: list | None = None):
-    """OUT with OUT/run on ``kind`` ("disk": as the engine makes it; "tmpfs": a scratch folder, symlinked)."""
-    from harness.launch.scratch import copy_tree, scratch_dir
-
+def run_folder_on(kind: str, out: str):
+    """OUT with OUT/run on ``kind``: "tmpfs", the engine's default (``--scratch tmpfs``: the checkpoints on
+    tmpfs, copied to OUT/run when the trial ends); "disk", OUT/run made first on disk, which the engine then
+    writes in place (as ``--scratch disk`` does)."""
     if kind == "disk":
-        yield
-        return
-    with scratch_dir("tmpfs", disk_path=os.path.join(out, "run")) as scratch:
-        os.makedirs(out, exist_ok=True)
-        os.symlink(scratch.path, os.path.join(out, "run"))
-        yield
-        os.unlink(os.path.join(out, "run"))
-        if copies is not None:  # what a failed trial would pay to keep its checkpoints
-            copies.append(copy_tree(scratch.path, os.path.join(out, "run-kept")))
+        os.makedirs(os.path.join(out, "run"), exist_ok=True)
+    yield
 
 
 def main() -> None:
@@ -100,7 +90,7 @@ def main() -> None:
     def warm_trial(name: str, out: str) -> float:
         store, kind = warm[name]
         t = time.perf_counter()
-        with run_folder_on(kind, out, copies if name == NEW else None):
+        with run_folder_on(kind, out):
             result = run("default", nproc=args.nproc, plan=args.kill, launcher=launchers[store], out_dir=out)
         dt = time.perf_counter() - t
         assert result.verdict == "pass", result.message

@@ -136,6 +136,11 @@ APIS: tuple[PrivateAPI, ...] = (
                ("harness.checkpoint.strategy",)),
     PrivateAPI("deepspeed", "deepspeed", "deepspeed.checkpoint.ds_to_universal", "main", "attr",
                "the conversion itself (above)", ("harness.checkpoint.strategy",)),
+    PrivateAPI("deepspeed", "deepspeed", "deepspeed.runtime.engine:DeepSpeedEngine", "checkpoint_engine", "code",
+               "hash each file of save_checkpoint as it is written: the engine's TorchCheckpointEngine is wrapped for "
+               "one save (harness.checkpoint.hashing_storage.HashingCheckpointEngine)",
+               ("harness.checkpoint.strategy", "harness.checkpoint.hashing_storage"),
+               fallback="another checkpoint engine is left alone and its files are hashed after the save"),
     PrivateAPI("deepspeed.zero3", "deepspeed", "deepspeed.runtime.zero.partition_parameters:Init", "ds_tensor", "code",
                "ZeRO-3: a parameter's local partition (the parameter itself is empty outside forward); "
                "digested and saved in its place", ("harness.probe.digest",)),

@@ -27,9 +27,9 @@ import random
 from dataclasses import dataclass, field
 
 from harness.certify.matrix import CHECKPOINT_POINTS, SAVE_CALL_CLASS, Cell
-from harness.engine.baseline import AUTO_SAVE_POINTS, BaselineProfile
+from harness.engine.baseline import BaselineProfile
 from harness.faults import Fault, FaultPlan
-from harness.trace_schema import Point
+from harness.trace_schema import AUTO_SAVE_POINTS, Point
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from .errors import (CheckpointError, CheckpointSaveError, CorruptCheckpointErro
                      MapLocationError, NotACheckpointError, RegistrationError, UnsafeCheckpointError)
 from .manager import Checkpointer, CheckpointSkippedWarning
 from .model_files import load_checkpoint_in_model, parse_size, save_model
-from .reduction import (BucketLayoutError, BucketLayoutWarning, CommHookConflictWarning, bucket_layout,  # noqa: F401
+from .reduction import (BucketLayoutError, BucketLayoutWarning, CommHookConflictWarning, bucket_layout,
                         bucket_layout_state, pin_bucket_layout, rank_ordered_allreduce_hook, restore_bucket_layout,
                         track_bucket_layout)
 
@@ -18,4 +18,6 @@ __all__ = [
     "CheckpointError", "CheckpointSaveError", "CorruptCheckpointError", "IncompatibleCheckpointError",
     "MapLocationError", "NotACheckpointError", "RegistrationError", "UnsafeCheckpointError",
     "save_model", "load_checkpoint_in_model", "parse_size",
+    "BucketLayoutError", "BucketLayoutWarning", "CommHookConflictWarning", "bucket_layout", "bucket_layout_state",
+    "pin_bucket_layout", "rank_ordered_allreduce_hook", "restore_bucket_layout", "track_bucket_layout",
 ]

@@ -86,16 +86,16 @@ def write_files(staging: str, jobs: list[FileJob]) -> list[FileRecord]:
     """Write, hash and fsync `jobs` into the staging folder (probe points: write, chunk, fsync)."""
     records = []
     for job in jobs:
-        probe.point("checkpoint.write", file=job.rel)
+        probe.point(probe.Point.WRITE, file=job.rel)
         path = os.path.join(staging, job.rel)
         if job.is_tensors:
             size, digest = files.write_tensors(path, job.payload, job.metadata,
-                                               on_chunk=lambda: probe.point("checkpoint.chunk"), sync=False,
+                                               on_chunk=lambda: probe.point(probe.Point.CHUNK), sync=False,
                                                before_body=job.ready)
         else:
             size, digest = files.write_json(path, job.payload, sync=False)
         records.append(FileRecord(job.rel, size, digest))
-    probe.point("checkpoint.fsync")
+    probe.point(probe.Point.FSYNC)
     # every file and its folder at once (one journal commit instead of one per file); all durable on return
     files.fsync_all([os.path.join(staging, job.rel) for job in jobs],
                     sorted({os.path.dirname(os.path.join(staging, job.rel)) for job in jobs}))

@@ -212,7 +212,7 @@ class Checkpointer:
         comm = self._comm
         comm.setup()
         final, auto_index, writer, members = self._target(output_dir)
-        probe.point("checkpoint.begin", path=final, step=self.step)
+        probe.point(probe.Point.BEGIN, path=final, step=self.step)
         staging = self._create_staging(final, auto_index, writer)
         try:
             job = self._snapshot(final, staging, auto_index, copy=not blocking, writer=writer)
@@ -405,24 +405,24 @@ class Checkpointer:
         if failed:
             raise CheckpointSaveError("; ".join(f"rank {r} could not commit {job.final} (previous checkpoints are "
                                                 f"untouched): {e}" for r, e in failed))
-        probe.point("checkpoint.committed", path=job.final, step=job.step)
+        probe.point(probe.Point.COMMITTED, path=job.final, step=job.step)
         cfg = self.project_configuration
         if rank == job.writer and job.iteration is not None and cfg.total_limit is not None:
-            probe.point("checkpoint.rotate")
+            probe.point(probe.Point.ROTATE)
             try:
                 storage.rotate(cfg.checkpoints_dir, cfg.total_limit, keep=job.final)
             except OSError as e:
                 warnings.warn(f"total_limit rotation failed after committing {job.final}: {e}", stacklevel=2)
 
     def _commit(self, job: _SaveJob, reports: list[dict]) -> None:
-        probe.point("checkpoint.manifest")
+        probe.point(probe.Point.MANIFEST)
         records = [FileRecord(r["path"], r["size"], r[files.HASH]) for rep in reports for r in rep["files"]]
         storage.remove_token(job.staging)
         _check_present(job.staging, records)
         layout.write_manifest(job.staging, records, world_size=self._comm.world_size, step=job.step,
                               iteration=job.iteration, contents=job.contents, backend=job.strategy.name,
                               strategy=job.strategy.to_json(), ranks=job.members)
-        probe.point("checkpoint.commit")
+        probe.point(probe.Point.COMMIT)
         storage.commit(job.staging, job.final)
 
     # -- load -------------------------------------------------------------------------------------
@@ -577,7 +577,7 @@ class Checkpointer:
             self.project_configuration.iteration = loaded["shared"]["iteration"] + 1
         elastic.after_load(path, reg.generators, loaded["saved_world"], self._comm.world_size, self._comm.rank,
                            self.step, len(loaded["per_rank"].get("custom") or {}) + len(reg.scalers))
-        probe.point("checkpoint.loaded", path=path, step=self.step)
+        probe.point(probe.Point.LOADED, path=path, step=self.step)
 
 
     def _map_location(self, map_location) -> torch.device | None:

@@ -306,7 +306,7 @@ class FSDPStrategy(Strategy):
         folder = os.path.join(ctx.staging, DCP_DIR)
         os.makedirs(folder, exist_ok=True)
         state = self._dcp_state(models, optimizers)
-        probe.point("checkpoint.write", file=f"{DCP_DIR}/")
+        probe.point(probe.Point.WRITE, file=f"{DCP_DIR}/")
         writer = HashingFileSystemWriter(folder, sync_files=True)  # checksums taken as DCP writes: no re-read
         dcp.save(state, storage_writer=writer, process_group=ctx.group)
         # `__{r}_*.distcp` are rank r's shards; `.metadata` (a pickle) is the coordinator's, rank 0.
@@ -424,7 +424,7 @@ class DeepSpeedStrategy(Strategy):
     def save_native(self, ctx, models, optimizers):
         folder = os.path.join(ctx.staging, DEEPSPEED_DIR)
         os.makedirs(folder, exist_ok=True)
-        probe.point("checkpoint.write", file=f"{DEEPSPEED_DIR}/")
+        probe.point(probe.Point.WRITE, file=f"{DEEPSPEED_DIR}/")
         # save_latest=False: DeepSpeed's own `latest` is written without a barrier and could name a
         # half-written tag; ours is written below, inside the staging folder, committed with the rest.
         # universal_checkpoint_info: what ds_to_universal needs to convert it on another world size.
@@ -460,7 +460,7 @@ class DeepSpeedStrategy(Strategy):
 
     def check_compatible(self, path, saved, saved_world, world_size):
         if saved_world != world_size and (saved.zero_stage not in UNIVERSAL_STAGES or self.stage != saved.zero_stage):
-            probe.point("checkpoint.cannot_reshard", strategy=DEEPSPEED, saved_world=saved_world, world_size=world_size,
+            probe.point(probe.Point.CANNOT_RESHARD, strategy=DEEPSPEED, saved_world=saved_world, world_size=world_size,
                         reason=f"ZeRO stage {saved.zero_stage} loaded with stage {self.stage}; the harness converts to "
                                f"DeepSpeed's universal checkpoint only for stages {UNIVERSAL_STAGES}, unchanged")
             raise IncompatibleCheckpointError(

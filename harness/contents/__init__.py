@@ -4,14 +4,14 @@
                  files and folders of them) -> CheckpointContents
     pickles.py   reading pickle-based files without executing code
     model.py     CheckpointContents, TensorEntry, FileCheck; the listing order
-    diff.py      TensorDiff, TreeDiff, ContentsDiff
+    diff.py      EntryDiff, TreeDiff, ContentsDiff
     render.py    text and JSON output
     (the commands: harness/cli/inspect.py)
 
 Re-exports are lazy, so that building the CLI's parser does not import torch.
 """
 
-__all__ = ["CheckpointContents", "FileCheck", "TensorEntry", "ContentsDiff", "TensorDiff", "TreeDiff",
+__all__ = ["CheckpointContents", "FileCheck", "TensorEntry", "ContentsDiff", "EntryDiff", "TreeDiff",
            "diff_contents", "read_checkpoint", "ContentsError"]
 
 
@@ -19,7 +19,7 @@ def __getattr__(name):
     import importlib
 
     where = {"CheckpointContents": "model", "FileCheck": "model", "TensorEntry": "model", "ContentsDiff": "diff",
-             "TensorDiff": "diff", "TreeDiff": "diff", "diff_contents": "diff", "read_checkpoint": "readers",
+             "EntryDiff": "diff", "TreeDiff": "diff", "diff_contents": "diff", "read_checkpoint": "readers",
              "ContentsError": "readers"}
     if name in where:
         return getattr(importlib.import_module(f"{__name__}.{where[name]}"), name)

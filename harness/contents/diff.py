@@ -8,11 +8,11 @@ code-point order); `ContentsDiff.first` is the first differing tensor in that or
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.oracle.compare import json_float
 from harness.oracle.ulp import diff_stats
 
 from .model import CheckpointContents, TensorEntry, entry_order, plural
@@ -21,7 +21,10 @@ _ABSENT = object()
 
 
 @dataclass(frozen=True)
-class TensorDiff:
+class EntryDiff:
+    """How one tensor entry differs between two checkpoints (``harness diff``; a trial's divergence is
+    ``harness.oracle.TensorDiff``)."""
+
     group: str
     name: str
     kind: str  # "values" (same dtype and shape, different bytes) | "dtype" | "shape"
@@ -38,7 +41,7 @@ class TensorDiff:
     def to_json(self) -> dict:
         return {"group": self.group, "name": self.name, "kind": self.kind, "dtype_a": self.dtype_a, "dtype_b": self.dtype_b,
                 "shape_a": list(self.shape_a), "shape_b": list(self.shape_b), "numel": self.numel, "n_diff": self.n_diff,
-                "max_abs_diff": _json_float(self.max_abs_diff), "max_ulp": self.max_ulp, "note": self.note}
+                "max_abs_diff": json_float(self.max_abs_diff), "max_ulp": self.max_ulp, "note": self.note}
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class ContentsDiff:
     a: CheckpointContents
     b: CheckpointContents
     compared: int = 0  # tensors present on both sides
-    tensors: list[TensorDiff] = field(default_factory=list)
+    tensors: list[EntryDiff] = field(default_factory=list)
     only_a: list[tuple[str, str]] = field(default_factory=list)  # tensors only in A (missing in B)
     only_b: list[tuple[str, str]] = field(default_factory=list)
     trees: list[TreeDiff] = field(default_factory=list)
@@ -71,7 +74,7 @@ class ContentsDiff:
         return not (self.tensors or self.only_a or self.only_b or self.trees)
 
     @property
-    def first(self) -> TensorDiff | None:
+    def first(self) -> EntryDiff | None:
         return self.tensors[0] if self.tensors else None
 
     @property
@@ -99,18 +102,18 @@ def diff_contents(a: CheckpointContents, b: CheckpointContents) -> ContentsDiff:
     return out
 
 
-def diff_tensor(a: TensorEntry, b: TensorEntry) -> TensorDiff | None:
+def diff_tensor(a: TensorEntry, b: TensorEntry) -> EntryDiff | None:
     """None when dtype, shape and raw bytes are equal."""
     base = dict(group=a.group, name=a.name, dtype_a=a.dtype, dtype_b=b.dtype, shape_a=a.shape, shape_b=b.shape,
                 numel=a.tensor.numel())
     if a.dtype != b.dtype:
-        return TensorDiff(kind="dtype", **base)
+        return EntryDiff(kind="dtype", **base)
     if a.shape != b.shape:
-        return TensorDiff(kind="shape", **base)
+        return EntryDiff(kind="shape", **base)
     stats = diff_stats(a.dtype, memoryview(a.raw()).cast("B"), memoryview(b.raw()).cast("B"))
     if stats is None:
         return None
-    return TensorDiff(kind="values", n_diff=stats["n_diff"], max_abs_diff=stats["max_abs_diff"],
+    return EntryDiff(kind="values", n_diff=stats["n_diff"], max_abs_diff=stats["max_abs_diff"],
                       max_ulp=stats["max_ulp"], note=stats["note"], **base)
 
 
@@ -140,9 +143,3 @@ def _diff_tree(group: str, tree: str, path: str, x, y, out: list[TreeDiff]) -> N
         return
     if not _same_leaf(x, y):
         out.append(TreeDiff(group, tree, path, x, y))
-
-
-def _json_float(x: float | None):
-    if x is None or math.isfinite(x):
-        return x
-    return repr(x)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .diff import ContentsDiff, TensorDiff
+from .diff import ContentsDiff, EntryDiff
 from .model import OK, UNVERIFIED, CheckpointContents, entry_order, summarize
 
 FORMAT_NAMES = {"native": "resume-harness checkpoint", "dcp": "torch.distributed.checkpoint (DCP) folder",
@@ -76,7 +76,7 @@ def inspect_json(c: CheckpointContents) -> str:
     return json.dumps(doc, indent=1, default=str)
 
 
-def _tensor_line(d: TensorDiff) -> list[str]:
+def _tensor_line(d: EntryDiff) -> list[str]:
     where = f"{d.group}: {d.name}"
     if d.kind == "dtype":
         return [where, f"dtype {d.dtype_a} vs {d.dtype_b}", "", "", ""]

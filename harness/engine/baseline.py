@@ -40,7 +40,7 @@ from harness.engine.target import Target
 from harness.fingerprint import versions
 from harness.launch import Launcher
 from harness.launch.spec import base_env, log_tail
-from harness.trace_schema import Point
+from harness.trace_schema import AUTO_SAVE_POINTS, Point
 
 KEY_ENV = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
 # HARNESS_* variables that name places or are set per run by the harness: not part of the key.
@@ -352,7 +352,6 @@ def _load_artefacts(baseline: Baseline) -> None:
 AUTO_MODE_LINE = "no probe calls: testing in auto mode (as harness run --auto)"
 #: The save calls auto mode records as fault points, each before the call (harness.probe.auto); a
 #: ``checkpoint.committed`` event with ``info.via`` follows each one that returned.
-AUTO_SAVE_POINTS = ("torch.save", "safetensors.save_file", "dcp.save", "deepspeed.save_checkpoint")
 #: Events no fault can fire at: recorded by auto mode itself, or only after a resume.
 _NOT_POINTS = (Point.LOADED,)
 _NOT_POINT_PREFIXES = ("auto.",)

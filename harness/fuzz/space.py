@@ -31,12 +31,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from harness.engine.baseline import AUTO_SAVE_POINTS, BaselineProfile, _harness_own_file
+from harness.engine.baseline import BaselineProfile, _harness_own_file
 from harness.faults import SIGNALS, Fault
+from harness.trace_schema import AUTO_SAVE_POINTS, Point, SAVE_POINTS as CHECKPOINTER_SAVE_POINTS
 
 #: Points inside a save: the reference checkpointer's, and the save calls auto mode sees (before each call).
-SAVE_POINTS = ("checkpoint.begin", "checkpoint.write", "checkpoint.chunk", "checkpoint.fsync",
-               "checkpoint.manifest", "checkpoint.commit", "checkpoint.rotate", *AUTO_SAVE_POINTS)
+SAVE_POINTS = (*CHECKPOINTER_SAVE_POINTS, *AUTO_SAVE_POINTS)
 #: Step extras whose change marks an epoch boundary.
 EPOCH_KEYS = ("epoch",)
 #: Step extras holding the size of the step's accumulation window.
@@ -217,9 +217,9 @@ class FaultSpace:
                 out.append(MID_SAVE)
                 if fault.occurrence in dict(self.between_files).get(name, ()):
                     out.append(BETWEEN_FILES)
-            elif name == "checkpoint.committed":
+            elif name == Point.COMMITTED:
                 out.append(AFTER_COMMIT)
-            elif name == "checkpoint.loaded":
+            elif name == Point.LOADED:
                 out.append(AFTER_LOAD)
             elif _is_micro(name):
                 out.append(MID_ACCUM)
@@ -266,7 +266,7 @@ class FaultSpace:
             out.append(MID_SAVE)
         if self.between_files:
             out.append(BETWEEN_FILES)
-        if "checkpoint.committed" in names:
+        if Point.COMMITTED in names:
             out.append(AFTER_COMMIT)
         if any(_is_micro(n) for n in names):
             out.append(MID_ACCUM)
