@@ -236,18 +236,45 @@ class FaultSpace:
     def unreachable(self, plan) -> int | None:
         """The index of a fault of ``plan`` that cannot fire, as far as the baseline tells, else None.
 
-        Attempt i arms fault i after fault i-1 ended attempt i-1. When fault i-1 is a step fault at
-        step p, attempt i resumes from the last checkpoint committed before p and re-runs the steps
-        after it: a step fault i at a step no later than that checkpoint is never reached (the trial
-        would end as fault_not_fired). Point faults and faults after them are not predicted.
+        Attempt i arms fault i after fault i-1 ended attempt i-1, resumes from the last checkpoint
+        committed before fault i-1 fired, re-runs the steps after it and counts point occurrences from 1
+        again. So a later step fault at a step no later than that checkpoint is never reached, nor a later
+        point fault whose occurrence is beyond what the baseline made from that checkpoint on (the trial
+        would end as fault_not_fired). Where a fault could fire, the earliest resume is assumed (a later
+        one only leaves less to run), so no plan that could fire is called unreachable. Without the
+        baseline's profile, faults after a point fault are not predicted.
         """
-        for i in range(1, len(plan)):
-            prev, fault = plan[i - 1], plan[i]
-            if prev.step is None:
-                return None
-            if fault.step is not None and fault.step <= self.resumes_from(prev.step):
-                return i
+        start = 0  # the step the current attempt resumed from (0: from scratch)
+        for i, fault in enumerate(plan):
+            if fault.step is not None:
+                if i and fault.step <= start:
+                    return i
+                fired = fault.step
+            else:
+                steps = self._occurrence_steps(fault.point, fault.rank, start)
+                if steps is None:
+                    return None
+                if i and fault.occurrence > len(steps):
+                    return i
+                if fault.occurrence > len(steps):
+                    return None  # the first fault: the engine checks it against the baseline itself
+                fired = steps[fault.occurrence - 1]
+            start = self.resumes_from(fired)
         return None
+
+    def _occurrence_steps(self, point: str, rank, start: int) -> list[int] | None:
+        """The steps of the occurrences of ``point`` an attempt resuming from ``start`` can reach on ``rank``
+        (``"all"``: the rank reaching each first), in order (None: not known)."""
+        if self.profile is None:
+            return None
+        per_rank = self.profile.points.get(point)
+        if not per_rank:
+            return None
+        ranks = per_rank.values() if rank == "all" or rank not in per_rank else [per_rank[rank]]
+        seqs = [[step for step in occ if step >= start] for occ in ranks]
+        longest = max(map(len, seqs))
+        # occurrence k fires on whichever rank reaches it first: the earliest step among the ranks that have it
+        return [min(seq[k] for seq in seqs if len(seq) > k) for k in range(longest)]
 
     def expected_classes(self) -> tuple[str, ...]:
         """The classes this space can produce: a campaign that never tried one of them warns."""

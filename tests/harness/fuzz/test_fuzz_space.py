@@ -133,7 +133,9 @@ def test_later_step_faults_before_the_resumed_checkpoint_cannot_fire(tmp_path):
     assert space.unreachable(FaultPlan.parse("10,8")) == 1  # resumes from 8: step 8 is never re-run
     assert space.unreachable(FaultPlan.parse("10,9@all")) is None  # steps 9.. are re-run
     assert space.unreachable(FaultPlan.parse("6,5,4")) == 2  # 6 -> from 4, 5 fires -> from 4, 4 never
-    assert space.unreachable(FaultPlan.parse("10,checkpoint.write,1")) is None  # after a point: not predicted
+    # 10 -> from 8; the write fires in a save after that, so attempt 2 resumes from 4 at the earliest: 1 never
+    assert space.unreachable(FaultPlan.parse("10,checkpoint.write,1")) == 2
+    assert space.unreachable(FaultPlan.parse("10,checkpoint.write,5")) is None
     assert space.unreachable(FaultPlan.parse("3")) is None
 
 
@@ -255,3 +257,22 @@ def test_plans_whose_later_fault_cannot_fire_are_never_drawn(tmp_path):
     multi = [p for p in plans if len(p) > 1 and all(f.step is not None for f in p)]
     assert len(multi) > 20  # the check below has something to check
     assert all(space.unreachable(p) is None for p in plans)
+
+
+def test_a_later_point_fault_beyond_the_resumed_attempts_occurrences_is_unreachable():
+    """Attempt 2 counts a point's occurrences from 1 again and re-runs only the steps after the checkpoint it
+    resumes from: occurrence k of a point the baseline made fewer than k times from there on never fires."""
+    from harness.engine.baseline import BaselineProfile
+    from harness.faults import FaultPlan
+
+    micro = {r: [s for s in range(24) for _ in range(4)] for r in (0, 1)}  # 4 per step, 96 in all, per rank
+    profile = BaselineProfile(auto=False, last_step=24, complete=(5, 10, 15, 20), points={"micro": micro})
+    space = FaultSpace(nproc=2, last_step=24, points=(("micro", 96),), committed=(5, 10, 15, 20), profile=profile)
+    # a kill at micro 63 (step 15): the job resumes from step 10 at the earliest, and makes 4 * 14 = 56 more
+    assert space.unreachable(FaultPlan.parse(["micro:63@all", "micro:63"])) == 1
+    assert space.unreachable(FaultPlan.parse(["micro:63@all", "micro:56"])) is None
+    assert space.unreachable(FaultPlan.parse(["12", "micro:56"])) is None  # resumes from 10: 56 left
+    assert space.unreachable(FaultPlan.parse(["12", "micro:57"])) == 1
+    # without the profile nothing about points is predicted
+    bare = FaultSpace(nproc=2, last_step=24, points=(("micro", 96),), committed=(5, 10, 15, 20))
+    assert bare.unreachable(FaultPlan.parse(["12", "micro:90"])) is None
