@@ -31,7 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+
+from _folders import run_folder_on  # bench/, the script's own folder
 
 
 def fuzz_rate(target: str, nproc: int, time_arg: str, seed: int, root: str, env: dict, rep: int, tag: str) -> dict:
@@ -50,16 +51,6 @@ def fuzz_rate(target: str, nproc: int, time_arg: str, seed: int, root: str, env:
                  f"{proc.stderr[-2000:]}")
     shutil.rmtree(out, ignore_errors=True)
     return res
-
-
-@contextmanager
-def run_folder_on(kind: str, out: str):
-    """OUT with OUT/run on ``kind``: "tmpfs", the engine's default (``--scratch tmpfs``: the checkpoints on
-    tmpfs, copied to OUT/run when the trial ends); "disk", OUT/run made first on disk, which the engine then
-    writes in place (as ``--scratch disk`` does)."""
-    if kind == "disk":
-        os.makedirs(os.path.join(out, "run"), exist_ok=True)
-    yield
 
 
 def warm_rate(target: str, nproc: int, seconds: float, launcher, kind: str, root: str, rep: int) -> float:

@@ -51,10 +51,10 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
-from contextlib import contextmanager
+
+from _folders import run_folder_on  # bench/, the script's own folder
 
 # The target the profiled variant launches. Without BENCH_TRIAL_PROFILE=1 in a trial's rank it is the
 # default scenario, unchanged (so its baseline is the default scenario's).
@@ -68,6 +68,7 @@ import os  # noqa: E402
 
 from harness import probe  # noqa: E402  (an instrumented target: the harness records through the probe)
 from harness.scenarios.default import main  # noqa: E402
+
 
 IMPORTED = time.time()
 
@@ -201,16 +202,6 @@ PARTS = [
 ]
 
 LAUNCHES: list[dict] = []  # the launches of the trial in flight: attempt, t0 (call), t1 (return), wall clock
-
-
-@contextmanager
-def run_folder_on(kind: str, out: str):
-    """OUT with OUT/run on ``kind``: "tmpfs", the engine's default (``--scratch tmpfs``: the checkpoints on
-    tmpfs, copied to OUT/run when the trial ends); "disk", OUT/run made first on disk, which the engine then
-    writes in place (as ``--scratch disk`` does)."""
-    if kind == "disk":
-        os.makedirs(os.path.join(out, "run"), exist_ok=True)
-    yield
 
 
 def patch_launcher() -> None:

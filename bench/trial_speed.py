@@ -32,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+
+from _folders import run_folder_on  # bench/, the script's own folder
 
 OLD, KEPT, NEW = "warm trial, old (per-launch store, disk)", "warm trial, kept store, disk", \
     "warm trial, new (kept store, tmpfs)"
@@ -50,16 +51,6 @@ def wall(cmd: list[str], env: dict) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t
-
-
-@contextmanager
-def run_folder_on(kind: str, out: str):
-    """OUT with OUT/run on ``kind``: "tmpfs", the engine's default (``--scratch tmpfs``: the checkpoints on
-    tmpfs, copied to OUT/run when the trial ends); "disk", OUT/run made first on disk, which the engine then
-    writes in place (as ``--scratch disk`` does)."""
-    if kind == "disk":
-        os.makedirs(os.path.join(out, "run"), exist_ok=True)
-    yield
 
 
 def main() -> None:

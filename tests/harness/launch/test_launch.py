@@ -9,9 +9,10 @@ import time
 import pytest
 
 from harness.launch import LaunchSpec, make_launcher
-from harness.launch.reap import alive, group_members
+from harness.launch.reap import group_members
 
 from support import SCRIPTS  # noqa: E402
+from support.processes import wait_gone
 
 
 def script(name):
@@ -28,15 +29,6 @@ def launcher(request, pool):
         sub = make_launcher("subprocess")
         yield sub
         sub.close()
-
-
-def wait_gone(pids, within=5.0):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not any(alive(p) for p in pids):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def read_pids(folder, prefix):

@@ -3,14 +3,13 @@
 import os
 import signal
 import textwrap
-import time
 
 import pytest
 
 from harness.launch import LaunchSpec
 from harness.launch.forkserver import ForkServerLauncher
-from harness.launch.reap import alive
 from harness.launch.spec import base_env, startup_env
+from support.processes import wait_gone
 
 # Rank 0 reports whether a key that an earlier launch set is in this launch's store, then sets it.
 STALE_KEY = textwrap.dedent("""
@@ -35,15 +34,6 @@ def children(pid):
             return [int(p) for p in f.read().split()]
     except OSError:
         return []
-
-
-def wait_gone(pids, within=10.0):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not any(alive(p) for p in pids):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def zygote_pid(launcher):
@@ -73,7 +63,7 @@ def test_each_launch_gets_a_fresh_store_from_one_kept_host_that_dies_with_the_zy
         assert len(seen) == 3  # three stores, three ports
         assert all((tmp_path / name).read_text() == "0" for name in seen)  # no key of an earlier launch
         os.kill(zygote_pid(launcher), signal.SIGKILL)  # a zygote killed outright: its store host goes too
-        assert wait_gone(hosts[0])
+        assert wait_gone(hosts[0], within=10)
     finally:
         launcher.close()
 
@@ -100,7 +90,7 @@ def test_a_dead_store_host_is_replaced(pool, tmp_path, target):
                                   timeout_s=60)).ok
     (host,) = children(zygote_pid(pool))
     os.kill(host, signal.SIGKILL)
-    assert wait_gone([host])
+    assert wait_gone([host], within=10)
     result = pool.launch(LaunchSpec(nproc=2, log_dir=str(tmp_path / "b"), script=target, args=(str(tmp_path),),
                                     timeout_s=60))
     assert result.ok, [e.describe() for e in result.exits]
