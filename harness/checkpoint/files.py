@@ -137,8 +137,8 @@ def fsync_all(paths: Iterable[str], dirs: Iterable[str] = ()) -> None:
             f.result()  # the first error, after every fsync was tried
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+def _fsync_path(path: str, flags: int = getattr(os, "O_CLOEXEC", 0)) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
@@ -146,11 +146,7 @@ def _fsync_path(path: str) -> None:
 
 
 def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_path(path, getattr(os, "O_DIRECTORY", 0))
 
 
 def map_file(path: str, expected_size: int | None = None) -> mmap.mmap | bytes:

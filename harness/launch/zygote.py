@@ -53,6 +53,15 @@ TORCH_LEGACY_DEFAULT_SEED = 67280421310721
 STORE_KEPT, STORE_PER_LAUNCH = "kept", "per-launch"
 
 
+def _kill_and_reap(pid: int) -> None:
+    """SIGKILL a child of this process and wait for it (gone already: nothing to do)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
 class _Shutdown(Exception):
     pass
 
@@ -200,11 +209,7 @@ class Zygote:
         self.store_host = None
         for fd in (requests_w, replies_r):
             os.close(fd)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        _kill_and_reap(pid)
 
     def start_store(self, addr: str) -> tuple[int, str, int, int]:
         """Fork a child hosting the rendezvous TCPStore, listening on ``addr`` only, on a port the OS
@@ -317,11 +322,7 @@ class Zygote:
         finally:
             if store_pid is not None:
                 os.close(store_alive)
-                try:
-                    os.kill(store_pid, signal.SIGKILL)
-                    os.waitpid(store_pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
+                _kill_and_reap(store_pid)
             self.reap_orphans()
         return {"timed_out": outcome.timed_out, "stopped": outcome.stopped,
                 "exits": [asdict(e) for e in outcome.exits]}
