@@ -169,7 +169,7 @@ class MappedStream(io.RawIOBase):
         self._pos = max(self._pos, end)
         return data
 
-    def readline(self, size: int = -1) -> bytes:  # pickle.load asks for it
+    def readline(self, size: int = -1) -> bytes:  # DCP's .metadata reader asks for it
         limit = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
         end = self._data.find(b"\n", self._pos, limit)
         return self.read((limit if end < 0 else end + 1) - self._pos)
