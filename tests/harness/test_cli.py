@@ -142,12 +142,13 @@ def test_ctrl_c_stops_everything(shared_cache, tmp_path):
     import uuid
 
     from harness.launch.reap import alive, processes_with_env
+    from support.processes import sigint_delivered
 
     marker = uuid.uuid4().hex
     env = {**os.environ, "HARNESS_CACHE_DIR": str(tmp_path / "cache"), "CTRL_C_MARKER": marker}
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", MLP, "--kill", "10", "--baseline-runs", "1",
                              "--out", str(tmp_path / "o"), "--", "--sleep", "0.5"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_delivered)
     deadline = time.monotonic() + 120
     while len(processes_with_env("CTRL_C_MARKER", marker)) < 5:  # harness, zygote, store, 2 ranks
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()

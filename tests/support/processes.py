@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 from harness.launch.reap import alive
@@ -15,3 +16,10 @@ def wait_gone(pids, within: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def sigint_delivered() -> None:
+    """``preexec_fn`` of a child a test interrupts with SIGINT: Ctrl-C's default disposition, even when the
+    test run itself was started with SIGINT ignored (a background job of a shell without job control,
+    ``nohup``), which a child would inherit and Python would then leave ignored (no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

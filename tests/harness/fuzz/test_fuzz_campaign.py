@@ -17,6 +17,7 @@ from harness.engine import list_scenarios
 from harness.fuzz import Campaign, CampaignConfig, StopReason
 
 from support import SCRIPTS
+from support.processes import sigint_delivered
 
 MLP = os.path.join(SCRIPTS, "ddp_mlp.py")
 needs_scenarios = pytest.mark.skipif("default" not in list_scenarios(),
@@ -120,7 +121,7 @@ def test_ctrl_c_in_the_first_trial_stops_cleanly_and_reports_coverage(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "fuzz", MLP, "--time", "60s", "--json",
                              "--db", str(tmp_path / "db"), "--out", str(out),
                              "--", "--steps", "8", "--save-every", "2", "--sleep", "0.2"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_delivered)
     try:
         deadline = time.monotonic() + 90
         first = out / "trials" / "t0001" / "trace" / "rank1.jsonl"

@@ -12,7 +12,7 @@ from harness.launch import LaunchSpec, make_launcher
 from harness.launch.reap import group_members
 
 from support import SCRIPTS  # noqa: E402
-from support.processes import wait_gone
+from support.processes import sigint_delivered, wait_gone
 
 
 def script(name):
@@ -183,7 +183,7 @@ def start_driver(tmp_path, kind):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     proc = subprocess.Popen([sys.executable, str(driver), kind, str(tmp_path), script("hang.py")],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, preexec_fn=sigint_delivered)
     zygote = proc.stdout.readline().split()[1]
     deadline = time.monotonic() + 60
     while len(read_pids(tmp_path, "pids")) < 4:
