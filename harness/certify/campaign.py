@@ -130,7 +130,7 @@ def trial_spec(spec: CampaignSpec, scenario, ws: int):
                      auto=True if scenario.auto else None)
 
 
-def _baseline(spec: CampaignSpec, scenario, ws: int, launcher, scratch: str, say=None):
+def _baseline(spec: CampaignSpec, scenario, ws: int, launcher, runs_dir: str, say=None):
     from harness.engine.baseline import AUTO_MODE_LINE, baseline_with_mode
     from harness.engine.target import resolve_target
     from harness.oracle import load_trace
@@ -139,7 +139,7 @@ def _baseline(spec: CampaignSpec, scenario, ws: int, launcher, scratch: str, say
     # harness run's rule and the same cache key as harness.engine.run's own lookup, so every trial finds this
     # baseline; a script with no probe calls is certified in auto mode (said once, plainly)
     b, auto = baseline_with_mode(tgt, trial_spec(spec, scenario, ws), runs=1 if tgt.builtin else 2,
-                                 launcher=launcher, use_cache=True, scratch=scratch,
+                                 launcher=launcher, use_cache=True, runs_dir=runs_dir,
                                  progress=lambda line: say(f"{scenario.label}: {line}") if say and line == AUTO_MODE_LINE
                                  else None)
     if b.error is not None:
@@ -184,12 +184,13 @@ class CellRunner:
     """
 
     def __init__(self, spec: CampaignSpec, out: str, *, launcher=None, on_trial=None, on_note=None,
-                 stall_retries: int = DEFAULT_STALL_RETRIES):
+                 stall_retries: int = DEFAULT_STALL_RETRIES, scratch: str = "tmpfs"):
         from harness.engine import run
         from harness.launch.factory import borrowed
 
         self.spec, self.out = spec, out
         self.stall_retries = stall_retries
+        self.scratch = scratch  # where each trial's run folder lives (TrialSpec.scratch)
         self._run = run
         self._stack = ExitStack()
         self.launcher = self._stack.enter_context(borrowed(launcher))
@@ -259,7 +260,7 @@ class CellRunner:
         except NotApplicable as e:
             return report_json.cell_record(cell, status="n/a", reason=str(e)), []
         # the mode the baseline was recorded in (no detection per trial)
-        base = trial_spec(spec, scenario, cell.world_size).replace(auto=profile.auto)
+        base = trial_spec(spec, scenario, cell.world_size).replace(auto=profile.auto, scratch=self.scratch)
         records = []
         group = (cell.scenario, cell.world_size)
         for k, plan in enumerate(plans, 1):
@@ -362,7 +363,7 @@ def conclude(cert: dict) -> dict:
 
 def run_campaign(spec: CampaignSpec, out_dir: str, *, shard: tuple[int, int] | None = None, force: bool = False,
                  progress: bool = True, command: str | None = None, launcher=None,
-                 stall_retries: int = DEFAULT_STALL_RETRIES, say=None, console=None) -> dict:
+                 stall_retries: int = DEFAULT_STALL_RETRIES, say=None, console=None, scratch: str = "tmpfs") -> dict:
     """Run the cells of ``spec`` (those of ``shard``) under ``out_dir``; return the certificate (not yet written).
 
     Every baseline is checked before the first trial: at the first that is not reproducible the campaign
@@ -374,7 +375,7 @@ def run_campaign(spec: CampaignSpec, out_dir: str, *, shard: tuple[int, int] | N
     cell_recs, trials = [], []
     try:
         with CellRunner(spec, out, launcher=launcher, on_trial=bar.trial, on_note=bar.note,
-                        stall_retries=stall_retries) as runner:
+                        stall_retries=stall_retries, scratch=scratch) as runner:
             stop = runner.nondeterministic(cells)
             for cell in cells:
                 if stop is not None and (cell.scenario, cell.world_size) != stop[:2]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from .common import HarnessParser, guarded, progress_printer
+from .common import HarnessParser, add_shared, guarded, progress_printer
 
 WHO = "harness certify"  # its errors start with "harness certify: error:"
 
@@ -78,6 +78,7 @@ def add_parser(sub) -> None:
                    help=f"trials per cell (default {DEFAULT_TRIALS} for the reference SUT; "
                         + ", ".join(f"{k} {v}" for k, v in SUT_DEFAULT_TRIALS.items() if k != "reference") + ")")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the fault schedule (default 0)")
+    add_shared(p, "--scratch")
     p.add_argument("--scenarios", default=None, metavar="LIST",
                    help="built-in scenarios and script paths to certify with --sut reference (default: default)")
     p.add_argument("--classes", default=None, metavar="LIST",
@@ -129,7 +130,7 @@ def command(args, script_args: list[str]) -> int:
     err = make_console(stderr=True)  # the progress bar's console, which the status lines share
     cert = run_campaign(spec, out, shard=shard, force=args.force, progress=not args.no_progress,
                         command=command_line(args.argv[1:]), stall_retries=args.stall_retries,
-                        console=err, say=progress_printer(err, prefix="harness certify"))
+                        console=err, say=progress_printer(err, prefix="harness certify"), scratch=args.scratch)
     paths = write_reports(cert, out)
     if args.junit:
         from harness.certify import junit

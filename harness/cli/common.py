@@ -70,12 +70,24 @@ def _shared_options() -> dict[str, dict]:
         "--timeout": dict(type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                           help=f"timeout of each launch in seconds (default {DEFAULT_TIMEOUT_S:g})"),
         "script_args": dict(nargs="*", metavar="-- SCRIPT_ARGS", help="arguments for the script, after --"),
+        "--scratch": _spec_flag("scratch"),
     }
+
+
+def _spec_flag(field: str) -> dict:
+    """The argparse options of a TrialSpec field's own flag (its help and choices defined once, in the spec)."""
+    import dataclasses
+
+    from harness.engine.spec import FLAGS, TrialSpec
+
+    flag = next(f for f in FLAGS if f.field == field)
+    default = next(f.default for f in dataclasses.fields(TrialSpec) if f.name == field)
+    return dict(choices=flag.choices, default=default, help=flag.help)
 
 
 def add_shared(parser: argparse.ArgumentParser, *names: str) -> None:
     """Add the shared options ``names`` (``--nproc``, ``--backend``, ``--json``, ``--no-cache``, ``--auto``,
-    ``--timeout``, ``script_args``) to ``parser`` in the order given, with one spelling of each everywhere."""
+    ``--timeout``, ``--scratch``, ``script_args``) to ``parser`` in the order given, with one spelling of each everywhere."""
     options = _shared_options()
     for name in names:
         parser.add_argument(name, **options[name])

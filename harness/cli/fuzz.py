@@ -69,7 +69,7 @@ def add_parser(sub) -> None:
     add_shared(fuzz, "--json", "--timeout")
     fuzz.add_argument("--stall", type=float, default=None, metavar="S",
                       help="stop an attempt when no rank records anything for S seconds (default: from the baseline)")
-    add_shared(fuzz, "--auto")
+    add_shared(fuzz, "--auto", "--scratch")
     fuzz.add_argument("--save-repro", default=None, metavar="FILE",
                       help="also write the minimal failing plan's bug report to FILE (TOML; rerun it with harness "
                            "repro FILE); it is always written to OUT/repro.toml")
@@ -109,7 +109,8 @@ def command(args, script_args: list[str]) -> int:
     config = CampaignConfig(target=target, nproc=args.nproc, seed=args.seed, trials=args.trials, time_s=time_s,
                             max_faults=args.max_faults, backend=args.backend, timeout_s=args.timeout,
                             stall_s=args.stall, script_args=tuple(script_args), out_dir=out,
-                            db=None if args.db.lower() == "none" else args.db, auto=True if args.auto else None)
+                            db=None if args.db.lower() == "none" else args.db, auto=True if args.auto else None,
+                            scratch=args.scratch)
     if args.json:
         result = Campaign(config).run()
     else:

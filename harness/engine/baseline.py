@@ -221,18 +221,18 @@ def _run_baselines(root: str, target: Target, spec: TrialSpec, *, runs: int, aut
 
 
 def get_baseline(target: Target, spec: TrialSpec, *, runs: int, auto: bool, launcher: Launcher, use_cache: bool,
-                 scratch: str, progress) -> Baseline:
+                 runs_dir: str, progress) -> Baseline:
     """The cached baseline of ``spec`` (its world size, backend, strategy, script arguments and timeout), or a
     new one (cached when it succeeded and ``use_cache``).
 
-    Without the cache the baselines are run under ``scratch``. auto: record in auto mode (part of the
+    Without the cache the baselines are run under ``runs_dir``. auto: record in auto mode (part of the
     key). A script that records nothing through the probe gets ``no_probe`` (remembered in the cache
     as ``<key>.noprobe``, so the next run goes to auto mode at once).
     """
     kwargs = dict(nproc=spec.nproc, backend=spec.backend, script_args=spec.script_args, runs=runs, auto=auto,
                   strategy=spec.strategy)
     if not use_cache:
-        return _run_baselines(scratch, target, spec, runs=runs, auto=auto, launcher=launcher, progress=progress)
+        return _run_baselines(runs_dir, target, spec, runs=runs, auto=auto, launcher=launcher, progress=progress)
     key = baseline_key(target, **kwargs)
     root = cache_root()
     final = os.path.join(root, key)
@@ -249,13 +249,13 @@ def get_baseline(target: Target, spec: TrialSpec, *, runs: int, auto: bool, laun
             _unlink(lock)
             return cached
         try:
-            built = _build(final, key, target, spec, scratch=scratch, launcher=launcher, progress=progress,
+            built = _build(final, key, target, spec, runs_dir=runs_dir, launcher=launcher, progress=progress,
                            kwargs=kwargs)
             if built.no_probe:
                 open(final + ".noprobe", "w").close()
             return built
         finally:
-            # The entry exists (or failed and was moved to scratch): the lock has done its job. A process
+            # The entry exists (or failed and was moved to runs_dir): the lock has done its job. A process
             # still waiting on the unlinked file finds the entry when it gets the lock.
             _unlink(lock)
 
@@ -267,7 +267,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _build(final: str, key: str, target: Target, spec: TrialSpec, *, scratch, launcher, progress,
+def _build(final: str, key: str, target: Target, spec: TrialSpec, *, runs_dir, launcher, progress,
            kwargs) -> Baseline:
     root = os.path.dirname(final)
     tmp = os.path.join(root, f".tmp-{key}-{uuid.uuid4().hex[:8]}")
@@ -278,12 +278,12 @@ def _build(final: str, key: str, target: Target, spec: TrialSpec, *, scratch, la
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if baseline.error is not None:
-        # Keep the failed run's files where the user can read them: move them to scratch.
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.move(tmp, scratch)
-        baseline.trace_dirs = [d.replace(tmp, scratch, 1) for d in baseline.trace_dirs]
-        baseline.error = baseline.error.replace(tmp, scratch)  # its log path: where the log is now
-        baseline.root = scratch
+        # Keep the failed run's files where the user can read them: move them to runs_dir.
+        shutil.rmtree(runs_dir, ignore_errors=True)
+        shutil.move(tmp, runs_dir)
+        baseline.trace_dirs = [d.replace(tmp, runs_dir, 1) for d in baseline.trace_dirs]
+        baseline.error = baseline.error.replace(tmp, runs_dir)  # its log path: where the log is now
+        baseline.root = runs_dir
         return baseline
     meta = {"key": key, "inputs": key_inputs(target, **kwargs), "runs": kwargs["runs"], "last_step": baseline.last_step,
             "reproducible": baseline.repro is None or baseline.repro.first is None,
@@ -358,7 +358,7 @@ _NOT_POINT_PREFIXES = ("auto.",)
 
 
 def baseline_with_mode(target: Target, spec: TrialSpec, *, runs: int, launcher: Launcher, use_cache: bool,
-                       scratch: str, progress) -> tuple[Baseline, bool]:
+                       runs_dir: str, progress) -> tuple[Baseline, bool]:
     """The baseline of ``spec`` (on ``target``, resolved) and whether it is recorded in auto mode, by
     ``harness run``'s rule; ``harness run``, ``harness fuzz`` and ``harness certify`` all take it from here.
 
@@ -371,7 +371,7 @@ def baseline_with_mode(target: Target, spec: TrialSpec, *, runs: int, launcher: 
 
     def of(mode: bool, say=None) -> Baseline:
         return get_baseline(target, spec, runs=runs, auto=mode, launcher=launcher, use_cache=use_cache,
-                            scratch=scratch, progress=say or progress)
+                            runs_dir=runs_dir, progress=say or progress)
 
     if auto is None and not imports_probe(target):
         progress(AUTO_MODE_LINE)  # said plainly: it is no error that the script has no probe calls

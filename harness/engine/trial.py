@@ -235,7 +235,7 @@ class _Trial:
         t0 = time.monotonic()
         baseline, auto = baseline_with_mode(self.tgt, spec, runs=self.runs, launcher=self.launcher,
                                             use_cache=self.use_cache,
-                                            scratch=os.path.join(self.folder.root, "baseline"), progress=self.say)
+                                            runs_dir=os.path.join(self.folder.root, "baseline"), progress=self.say)
         if auto:
             self.spec = spec = spec.replace(auto=True)  # the replay says --auto
         self.timings.update(baseline_s=round(time.monotonic() - t0, 3), baseline_cached=baseline.cached)

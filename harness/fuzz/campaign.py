@@ -133,6 +133,7 @@ class CampaignConfig:
     signals: tuple[str, ...] = SIGNALS
     stall_retries: int = DEFAULT_STALL_RETRIES  # runs again of a trial that stalled (is_stall)
     auto: bool | None = None  # auto mode: True (--auto), False (never), None (harness run's rule)
+    scratch: str = "tmpfs"  # where each trial's run folder lives (TrialSpec.scratch: tmpfs or disk)
 
     def __post_init__(self):
         object.__setattr__(self, "script_args", tuple(self.script_args))
@@ -144,7 +145,8 @@ class CampaignConfig:
         from harness.engine.spec import TrialSpec
 
         return TrialSpec(target=self.target, nproc=self.nproc, seed=self.seed, backend=self.backend,
-                         timeout_s=self.timeout_s, stall_s=self.stall_s, script_args=self.script_args, auto=self.auto)
+                         timeout_s=self.timeout_s, stall_s=self.stall_s, script_args=self.script_args, auto=self.auto,
+                         scratch=self.scratch)
 
 
 @dataclass(frozen=True)
@@ -412,7 +414,7 @@ class Campaign:
         self.say("baseline ...")
         baseline, self.auto = baseline_with_mode(
             target, self._spec, runs=1 if target.builtin else 2, launcher=self._launcher, use_cache=True,
-            scratch=os.path.join(os.path.abspath(c.out_dir), "baseline"), progress=self.say)
+            runs_dir=os.path.join(os.path.abspath(c.out_dir), "baseline"), progress=self.say)
         self._spec = self._spec.replace(auto=self.auto)  # every trial in the baseline's mode
         if baseline.error is not None or (baseline.repro is not None and baseline.repro.first is not None):
             return baseline, None

@@ -256,3 +256,16 @@ def test_certify_records_its_command_line_as_given(capsys, monkeypatch, tmp_path
     assert main(["certify", MLP, "--world-sizes", "1", "--out", out, "--", "--steps", "8"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"harness certify: error: would run harness certify {MLP} --world-sizes 1 --out {out} -- --steps 8"
+
+
+def test_fuzz_and_certify_take_the_trial_specs_scratch_flag():
+    """--scratch is the TrialSpec's flag, spelled and checked the same in run, fuzz and certify."""
+    from harness.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["run", "--scratch", "disk"], ["fuzz", "--scratch", "disk"], ["certify", "--scratch", "disk"]):
+        assert parser.parse_known_args(argv)[0].scratch == "disk", argv
+    assert parser.parse_known_args(["fuzz"])[0].scratch == "tmpfs"
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "fuzz", "--scratch", "ram"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "--scratch" in proc.stderr and "ram" in proc.stderr

@@ -118,11 +118,11 @@ def test_a_script_that_imports_the_probe_but_never_calls_it_goes_to_auto_mode(po
     lines: list[str] = []
     spec = TrialSpec(str(script), nproc=1, backend="gloo", timeout_s=120)
     baseline, auto = baseline_with_mode(resolve_target(str(script)), spec, runs=2, launcher=pool, use_cache=False,
-                                        scratch=str(tmp_path / "scratch"), progress=lines.append)
+                                        runs_dir=str(tmp_path / "baseline"), progress=lines.append)
     assert auto is True and baseline.error is None and baseline.last_step == 3, (baseline.error, lines)
     assert AUTO_MODE_LINE in lines and not any(line.endswith(": failed") for line in lines), lines
     # --auto: no probe-mode run at all
     lines.clear()
     _, auto = baseline_with_mode(resolve_target(str(script)), spec.replace(auto=True), runs=1, launcher=pool,
-                                 use_cache=False, scratch=str(tmp_path / "scratch2"), progress=lines.append)
+                                 use_cache=False, runs_dir=str(tmp_path / "baseline2"), progress=lines.append)
     assert auto is True and lines[0] == "baseline run 1/1 ...", lines
