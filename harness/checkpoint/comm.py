@@ -16,6 +16,11 @@ import torch
 import torch.distributed as dist
 
 
+# A document up to this size travels in the one collective that also carries its length.
+INLINE_BYTES = 8192
+_HEADER = 8
+
+
 class Comm:
     def __init__(self, timeout_s: float = 1800.0) -> None:
         self._group = None
@@ -44,19 +49,31 @@ class Comm:
             self._group = dist.new_group(backend="gloo", timeout=self._timeout)
 
     def all_gather_json(self, obj) -> list:
-        """Every rank contributes one JSON value; every rank gets the list, indexed by rank."""
+        """Every rank contributes one JSON value; every rank gets the list, indexed by rank.
+
+        One collective when every document fits `INLINE_BYTES` (the usual case: errors, tokens, file
+        lists): each rank sends its length and its bytes in one fixed-size buffer. Only when one does
+        not fit do all ranks (they all see the lengths) gather again at the longest length.
+        """
         if not self.distributed:
             return [obj]
         self.setup()
-        data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
-        dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64), group=self._group)
-        longest = max(int(s) for s in sizes)
+        data = json.dumps(obj).encode()
+        buf = torch.zeros(_HEADER + INLINE_BYTES, dtype=torch.uint8)
+        buf[:_HEADER] = torch.frombuffer(bytearray(len(data).to_bytes(_HEADER, "little")), dtype=torch.uint8)
+        if len(data) <= INLINE_BYTES:
+            buf[_HEADER:_HEADER + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        out = [torch.empty_like(buf) for _ in range(self.world_size)]
+        dist.all_gather(out, buf, group=self._group)
+        sizes = [int.from_bytes(bytes(o[:_HEADER].numpy()), "little") for o in out]
+        if max(sizes) <= INLINE_BYTES:
+            return [json.loads(bytes(o[_HEADER:_HEADER + n].numpy())) for o, n in zip(out, sizes)]
+        longest = max(sizes)
         padded = torch.zeros(longest, dtype=torch.uint8)
-        padded[: data.numel()] = data
+        padded[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         out = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world_size)]
         dist.all_gather(out, padded, group=self._group)
-        return [json.loads(bytes(o[: int(s)].numpy())) for o, s in zip(out, sizes)]
+        return [json.loads(bytes(o[:n].numpy())) for o, n in zip(out, sizes)]
 
     def broadcast_json(self, obj, src: int = 0):
         """Rank `src`'s value, on every rank."""

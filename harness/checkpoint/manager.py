@@ -213,7 +213,7 @@ class Checkpointer:
         comm.setup()
         final, auto_index, writer, members = self._target(output_dir)
         probe.point(probe.Point.BEGIN, path=final, step=self.step)
-        staging = self._create_staging(final, auto_index, writer)
+        staging = self._create_staging(final, auto_index, writer, several_writers=members is not None)
         try:
             job = self._snapshot(final, staging, auto_index, copy=not blocking, writer=writer)
         except Exception as e:  # reported through the same agreement, so no rank is left waiting
@@ -263,14 +263,24 @@ class Checkpointer:
             if not cfg.automatic_checkpoint_naming:
                 raise ValueError("save_state() needs a folder: pass output_dir, or use "
                                  "ProjectConfiguration(project_dir=..., automatic_checkpoint_naming=True)")
-            auto_index = max(comm.all_gather_json(self._auto_index()))
-            final = os.path.join(os.path.abspath(cfg.checkpoints_dir), f"checkpoint_{auto_index}")
+            auto_index = self._auto_index()
+            final = os.path.abspath(cfg.checkpoints_dir)  # the folder's parent until the ranks agree on the index
         if cfg.save_on_each_node and self.strategy.info().name != "replicated":
             raise ValueError(f"save_on_each_node=True supports replicated models (DDP, a plain module), not "
                              f"{self.strategy.info().name}: its files need one coordinator; save to a shared folder")
-        reports = comm.all_gather_json({"final": final, "error": error,
+        # One agreement: the automatic index (every rank proposes one), the folder, errors, the node.
+        reports = comm.all_gather_json({"final": final, "error": error, "auto_index": auto_index,
                                         "node": _local_rank_env() if cfg.save_on_each_node else None})
         _raise_failures([r["error"] for r in reports], "cannot save")
+        named = [r for r, rep in enumerate(reports) if rep["auto_index"] is None]
+        if named and len(named) < len(reports):
+            raise CheckpointSaveError(f"ranks {named} passed save_state(output_dir) and the others used automatic "
+                                      "naming; nothing was written. Every rank must call save_state the same way")
+        if output_dir is None:
+            auto_index = max(r["auto_index"] for r in reports)
+            for r in reports:
+                r["final"] = os.path.join(r["final"], f"checkpoint_{auto_index}")
+            final = reports[comm.rank]["final"]
         finals = [r["final"] for r in reports]
         if not cfg.save_on_each_node:
             if len(set(finals)) > 1:
@@ -293,7 +303,7 @@ class Checkpointer:
                 "rank 0 and send its path to the others)")
         return final, auto_index, members[0], members
 
-    def _create_staging(self, final: str, auto_index: int | None, writer: int) -> str:
+    def _create_staging(self, final: str, auto_index: int | None, writer: int, several_writers: bool = False) -> str:
         """The writer creates `.staging-<name>`; every rank checks that it sees that very folder, before writing."""
         comm = self._comm
         staging = storage.staging_path(final)
@@ -304,9 +314,10 @@ class Checkpointer:
                 storage.clean_staging(final, clean_siblings=auto_index is not None)
             except OSError as e:
                 error = f"{type(e).__name__}: {e}"
-        _raise_failures(comm.all_gather_json(error), f"could not create the staging folder for {final}")
+        if several_writers:  # one node's cleaning must not remove the staging folder another node just created
+            _raise_failures(comm.all_gather_json(error), f"could not create the staging folder for {final}")
         token = None
-        if is_writer:
+        if is_writer and error is None:
             try:
                 token = storage.create_staging(final)
                 os.makedirs(os.path.join(staging, SHARED))
@@ -449,7 +460,9 @@ class Checkpointer:
                           "passes them to torch.load or DeepSpeed; this checkpointer never unpickles)", stacklevel=2)
         self.wait()
         self._comm.setup()
-        device = self._map_location(map_location)
+        # One agreement before anything is read: the device on every rank, and every rank's checkpoints.
+        checkpoints_dir = os.path.abspath(self.project_configuration.checkpoints_dir) if input_dir is None else None
+        device, found = self._map_location(map_location, checkpoints_dir)
         if input_dir is not None and allow_unsafe_pickle and from_accelerate.is_accelerate_folder(os.fspath(input_dir)):
             with tempfile.TemporaryDirectory(prefix="harness-from-accelerate-") as tmp:
                 native = from_accelerate.convert(os.fspath(input_dir), os.path.join(tmp, "native"),
@@ -459,8 +472,6 @@ class Checkpointer:
         if input_dir is not None:
             candidates = [os.path.abspath(os.fspath(input_dir))]
         else:  # every rank's checkpoints, newest first (node-local folders may differ; a rank lacking one skips it)
-            checkpoints_dir = os.path.abspath(self.project_configuration.checkpoints_dir)
-            found = self._comm.all_gather_json([n for n, _ in storage.auto_checkpoints(checkpoints_dir)])
             candidates = [os.path.join(checkpoints_dir, f"checkpoint_{n}")
                           for n in sorted({n for per_rank in found for n in per_rank}, reverse=True)]
             if not candidates:
@@ -580,17 +591,20 @@ class Checkpointer:
         probe.point(probe.Point.LOADED, path=path, step=self.step)
 
 
-    def _map_location(self, map_location) -> torch.device | None:
-        """The device `map_location` names (None for the CPU), checked on every rank before anything is read."""
+    def _map_location(self, map_location, checkpoints_dir: str | None) -> tuple[torch.device | None, list[list[int]]]:
+        """The device `map_location` names (None for the CPU), checked on every rank before anything is read;
+        and, in the same agreement, the automatic checkpoints each rank sees in `checkpoints_dir` (when given)."""
         device, error = None, None
         try:
             device = _resolve_device(map_location, self._registry.models)
         except ValueError as e:
             error = str(e)
-        failed = [(r, e) for r, e in enumerate(self._comm.all_gather_json(error)) if e]
+        mine = [n for n, _ in storage.auto_checkpoints(checkpoints_dir)] if checkpoints_dir is not None else []
+        reports = self._comm.all_gather_json({"error": error, "found": mine})
+        failed = [(r, rep["error"]) for r, rep in enumerate(reports) if rep["error"]]
         if failed:
             raise MapLocationError("load_state: " + "; ".join(f"rank {r}: {e}" for r, e in failed))
-        return device
+        return device, [rep["found"] for rep in reports]
 
 
 _ERRORS = {cls.__name__: cls for cls in (CorruptCheckpointError, NotACheckpointError, IncompatibleCheckpointError,

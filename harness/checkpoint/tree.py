@@ -103,9 +103,9 @@ def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.device):
         return {"__device__": str(obj)}
     if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, f"{path}/#{i}", tensors) for i, v in enumerate(obj)]}
+        return {"__tuple__": _encode_items(obj, path, tensors)}
     if isinstance(obj, list):
-        return [_encode(v, f"{path}/#{i}", tensors) for i, v in enumerate(obj)]
+        return _encode_items(obj, path, tensors)
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj) and not any(k in _TAGS for k in obj):
             return {k: _encode(v, f"{path}/{component(k, i)}", tensors) for i, (k, v) in enumerate(obj.items())}
@@ -117,6 +117,13 @@ def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         f"{path}: cannot checkpoint a value of type {type(obj).__module__}.{type(obj).__qualname__} "
         "without pickle; make state_dict() return tensors, numbers, strings, lists and dicts"
     )
+
+
+def _encode_items(items: list | tuple, path: str, tensors: dict[str, torch.Tensor]) -> list:
+    # RNG states are long sequences of plain ints (Python's random: 625 of them): JSON as they are
+    if all(type(v) is int for v in items):
+        return list(items)
+    return [_encode(v, f"{path}/#{i}", tensors) for i, v in enumerate(items)]
 
 
 def decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
