@@ -90,13 +90,29 @@ def baseline_key(target: Target, *, nproc: int, backend: str, script_args, runs:
     h.update(json.dumps(key_inputs(target, nproc=nproc, backend=backend, script_args=script_args, runs=runs,
                                    auto=auto, strategy=strategy),
                         sort_keys=True).encode())
-    for group, files in (("target", target.source_files()), ("harness", _harness_sources())):
-        for name, path in files:
-            with open(path, "rb") as f:
-                data = f.read()
-            h.update(f"\0{group}:{name}:{len(data)}\0".encode())
-            h.update(data)
+    _hash_files(h, "target", target.source_files())  # read each time: users edit their script between runs
+    h.update(_harness_digest())
     return h.hexdigest()[:32]
+
+
+def _hash_files(h, group: str, files) -> None:
+    for name, path in files:
+        with open(path, "rb") as f:
+            data = f.read()
+        h.update(f"\0{group}:{name}:{len(data)}\0".encode())
+        h.update(data)
+
+
+_HARNESS_DIGEST: list[bytes] = []
+
+
+def _harness_digest() -> bytes:
+    """The harness's own sources, hashed once per process (fuzz and certify ask once per trial)."""
+    if not _HARNESS_DIGEST:
+        h = hashlib.sha256()
+        _hash_files(h, "harness", _harness_sources())
+        _HARNESS_DIGEST.append(h.digest())
+    return _HARNESS_DIGEST[0]
 
 
 @dataclass
@@ -115,10 +131,19 @@ class Baseline:
     artefacts: dict | None = None
     artefacts_unstable: frozenset = frozenset()  # unstable_between the two runs: "<path>" or "<path>::<key>"
     artefacts_note: str | None = None
+    _trace: object = field(default=None, repr=False, compare=False)
 
     @property
     def trace_dir(self) -> str:
         return self.trace_dirs[0]
+
+    def trace(self):
+        """The first run's Trace, read once (a cached entry is shared by the trials of one process)."""
+        if self._trace is None:
+            from harness.oracle import load_trace
+
+            self._trace = load_trace(self.trace_dir)
+        return self._trace
 
 
 _PROBE_IMPORT = re.compile(r"^\s*(from\s+harness(\.\w+)*\s+import\s[^\n]*\bprobe\b|import\s+harness\.probe"
@@ -147,8 +172,23 @@ def _locked(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# Complete cache entries read by this process: an entry never changes once renamed into place, so
+# fuzz and certify read its files and its trace once, not once per trial.
+_LOADED: dict[str, Baseline] = {}
+
+
 def _load(root: str) -> Baseline | None:
     """A complete cache entry, or None."""
+    known = _LOADED.get(root)
+    if known is not None and os.path.isfile(os.path.join(root, "meta.json")):  # not deleted since
+        return known
+    baseline = _read_entry(root)
+    if baseline is not None:
+        _LOADED[root] = baseline
+    return baseline
+
+
+def _read_entry(root: str) -> Baseline | None:
     try:
         with open(os.path.join(root, "meta.json")) as f:
             meta = json.load(f)

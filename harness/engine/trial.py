@@ -26,6 +26,7 @@ from harness.engine.auto_mode import auto_not_recorded, write_auto_index
 from harness.engine.jobs import RunFolder, attempt_spec, exits_summary, failure_message
 from harness.engine.monitor import AttemptMonitor, stall_limit
 from harness.engine.resume_watch import ResumeWatch
+from harness.engine.prefetch import import_torch_in_background
 from harness.engine.spec import TrialSpec, check_plan_ranks
 from harness.engine.target import Target, UsageError, resolve_target
 from harness.faults import FaultPlan
@@ -154,6 +155,7 @@ def run(spec: TrialSpec | str = "default", *, out_dir: str | None = None, use_ca
     # OUT/run when the trial ends, so a run leaves what it always left. An OUT/run already there (an --out
     # reused after a refused trial) is written in place, as before.
     kind = "disk" if os.path.lexists(folder.run_dir) else spec.scratch
+    import_torch_in_background()  # the oracle needs it at the end; imported now, beside the ranks' start-up
     with borrowed(launcher, **spec.launcher_options()) as lent, \
             scratch_dir(kind, disk_path=folder.run_dir) as place:  # a fallback to disk is said on stderr
         with _run_dir_at(place, folder.run_dir):
@@ -246,7 +248,7 @@ class _Trial:
                              log_tail=baseline.log_tail)
             return verdict, self.context()
         self.say(f"baseline: {'cached' if baseline.cached else 'ran'}, {baseline.last_step} steps ({baseline.root})")
-        base_trace = load_trace(baseline.trace_dir)
+        base_trace = baseline.trace()
         plan = self.plan
         committed = [row.event_step for row in base_trace.events(Point.COMMITTED)]
         try:

@@ -408,7 +408,6 @@ class Campaign:
         """The cached baseline (run once if missing, twice for a script: its reproducibility is checked)
         and the space derived from its trace."""
         from harness.engine.baseline import baseline_with_mode
-        from harness.oracle import load_trace
 
         c = self.config
         self.say("baseline ...")
@@ -418,7 +417,7 @@ class Campaign:
         self._spec = self._spec.replace(auto=self.auto)  # every trial in the baseline's mode
         if baseline.error is not None or (baseline.repro is not None and baseline.repro.first is not None):
             return baseline, None
-        space = FaultSpace.from_trace(load_trace(baseline.trace_dir), nproc=c.nproc, max_faults=c.max_faults,
+        space = FaultSpace.from_trace(baseline.trace(), nproc=c.nproc, max_faults=c.max_faults,
                                       signals=c.signals, auto=self.auto)
         self.say(describe_space(space))
         return baseline, space
