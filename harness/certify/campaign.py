@@ -269,7 +269,8 @@ class CellRunner:
             retries = 0
             try:
                 while True:
-                    result = self._run(dataclasses.replace(base, plan=plan), out_dir=tdir, launcher=self.launcher)
+                    result = self._run(dataclasses.replace(base, plan=plan), out_dir=tdir, launcher=self.launcher,
+                                       keep_run=False)
                     if not is_stall(result.verdict, result.outcome) or retries >= self.stall_retries:
                         break
                     retries += 1  # load, not the resume: run it again

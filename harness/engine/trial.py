@@ -100,7 +100,7 @@ def check_plan_against_baseline(plan: FaultPlan, last_step: int, points: dict[st
 
 
 def run(spec: TrialSpec | str = "default", *, out_dir: str | None = None, use_cache: bool = True,
-        launcher: Launcher | None = None, progress=None, **fields):
+        launcher: Launcher | None = None, progress=None, keep_run: bool = True, **fields):
     """Run one trial and judge it against the baseline; ``harness.oracle.RunResult`` (its ``spec``: the trial's
     TrialSpec as JSON, concrete: resolved backend and plan, the mode it recorded in).
 
@@ -126,7 +126,8 @@ def run(spec: TrialSpec | str = "default", *, out_dir: str | None = None, use_ca
 
     launcher: reuse one (e.g. a ForkServerLauncher shared by many trials; the spec's launcher fields then
     become the ones it replays as); by default one of the spec's ``launcher`` kind is made and closed.
-    progress: a callable taking one line of status.
+    progress: a callable taking one line of status. keep_run=False: a passing trial's run folder (its
+    checkpoints, on tmpfs) is dropped instead of copied to OUT/run (fuzz and certify keep only failures').
 
     Raises UsageError for bad arguments (``field`` names the spec's field where one is at fault), found before
     anything runs where possible; everything that happens once processes run is in the returned result.
@@ -164,7 +165,8 @@ def run(spec: TrialSpec | str = "default", *, out_dir: str | None = None, use_ca
                 verdict, context = trial.run()
             except LaunchError as e:
                 verdict, context = _error_verdict(f"the launcher failed: {e}"), trial.context()
-        place.keep()
+        if keep_run or verdict.verdict != "pass":  # VerdictKind.PASS (a StrEnum)
+            place.keep()
     from harness.oracle import RunResult
 
     timings = {**trial.timings, "total_s": round(time.monotonic() - t_start, 3)}

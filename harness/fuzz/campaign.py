@@ -501,7 +501,7 @@ class Campaign:
             shutil.rmtree(out, ignore_errors=True)
             try:
                 result = run(dataclasses.replace(self._spec, plan=plan), out_dir=out, use_cache=True,
-                             launcher=self._launcher)
+                             launcher=self._launcher, keep_run=False)
             except UsageError:
                 shutil.rmtree(out, ignore_errors=True)
                 self._record(key, INVALID_PLAN, "error", now, phase, plan, retries)

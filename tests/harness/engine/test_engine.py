@@ -49,6 +49,15 @@ def test_correct_resume_is_bit_exact(trial, tmp_path):
     assert "resumed from step 8" in (out / "attempt1" / "rank0.log").read_text()
 
 
+def test_keep_run_false_drops_only_a_passing_trials_run_folder(trial, tmp_path):
+    """Fuzz and certify keep the checkpoints of failures only: a pass's tmpfs folder is never copied out."""
+    passed = trial(plan="10", out_dir=str(tmp_path / "pass"), keep_run=False)
+    failed = trial(BUGGY, plan="10", out_dir=str(tmp_path / "fail"), keep_run=False)
+    assert (passed.verdict, failed.verdict) == ("pass", "fail")
+    assert not os.path.lexists(tmp_path / "pass" / "run") and os.path.isdir(tmp_path / "pass" / "trace")
+    assert any((tmp_path / "fail" / "run").iterdir())
+
+
 def test_reseed_on_resume_diverges(trial):
     result = trial(BUGGY, plan="10")
     assert (result.verdict, result.outcome) == ("fail", "divergence")
