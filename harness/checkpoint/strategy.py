@@ -300,6 +300,7 @@ class FSDPStrategy(Strategy):
         if self.state_dict != "sharded":
             return NativeFiles()
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
 
         from .hashing_storage import HashingFileSystemWriter
 
@@ -308,7 +309,10 @@ class FSDPStrategy(Strategy):
         state = self._dcp_state(models, optimizers)
         probe.point(probe.Point.WRITE, file=f"{DCP_DIR}/")
         writer = HashingFileSystemWriter(folder, sync_files=True)  # checksums taken as DCP writes: no re-read
-        dcp.save(state, storage_writer=writer, process_group=ctx.group)
+        try:
+            dcp.save(state, storage_writer=writer, process_group=ctx.group)
+        except CheckpointException as e:  # as an Exception, so that save_state reports it through its agreement
+            raise RuntimeError(f"torch.distributed.checkpoint could not save {DCP_DIR}/: {dcp_failures(e)}") from None
         # `__{r}_*.distcp` are rank r's shards; `.metadata` (a pickle) is the coordinator's, rank 0.
         mine = re.compile(rf"^__{ctx.rank}_\d+\.distcp$")
         return NativeFiles(_hash_owned(ctx.staging, DCP_DIR, lambda name: bool(mine.match(name)) or (
@@ -362,6 +366,7 @@ class FSDPStrategy(Strategy):
                     live.update({k: v for k, v in saved_group.items() if k != "params"})  # tuples stay tuples
             return
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
 
         from .hashing_storage import VerifiedFiles, VerifiedFileSystemReader
 
@@ -370,12 +375,25 @@ class FSDPStrategy(Strategy):
         state = self._dcp_state(models, optimizers, model_index)
         try:
             dcp.load(state, storage_reader=reader, process_group=group)
+        except CheckpointException as e:  # a BaseException: it would pass every `except Exception`
+            raise IncompatibleCheckpointError(f"{path}: torch.distributed.checkpoint could not load {DCP_DIR}/ into "
+                                              f"the registered models and optimizers: {dcp_failures(e)}") from None
         finally:
             verified.release()
         for i, model in zip(model_index, models):
             set_model_state_dict(model, state[f"model_{i}"])
         for j, opt in enumerate(optimizers):
             set_optimizer_state_dict(models[_owner(models, opt)], opt, state[f"optimizer_{j}"])
+
+
+def dcp_failures(e) -> str:
+    """Each rank's reason in DCP's CheckpointException, one line each (its str() holds whole tracebacks)."""
+    failures = getattr(e, "failures", None) or {}
+    parts = []
+    for r, failure in sorted(failures.items()):
+        exc = failure[0] if isinstance(failure, tuple) else failure
+        parts.append(f"rank {r}: {type(exc).__name__}: {str(exc).strip()}")
+    return "; ".join(parts) or str(e).strip().splitlines()[0]
 
 
 def _check_dcp_keys(path: str, folder: str, models: Sequence) -> None:

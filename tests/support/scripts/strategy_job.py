@@ -172,6 +172,18 @@ def _fsdp_worker(rank, world, tmp):
             lambda: ckpt.load_state(os.path.join(tmp, "nometa")))
     assert _model_opt_bytes(model, opt) == before  # nothing changed
 
+    # what DCP itself refuses (an optimizer whose state the checkpoint lacks) is a checkpoint error naming the
+    # folder and each rank's reason, not DCP's CheckpointException (a BaseException, past `except Exception`)
+    torch.manual_seed(0)
+    other = fully_shard(torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.GELU(), torch.nn.Linear(7, 3)), mesh=mesh)
+    sgd = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
+    _steps(other, sgd, 1, rank)
+    s_ckpt = Checkpointer(ProjectConfiguration(os.path.join(tmp, "proj")))
+    s_ckpt.prepare(other, sgd)
+    msg = _raises(IncompatibleCheckpointError, rf"{sharded}: torch.distributed.checkpoint could not load dcp/",
+                  lambda: s_ckpt.load_state(sharded))
+    assert "rank 0:" in msg and "momentum_buffer" in msg, msg
+
 
 
 # -- DeepSpeed ---------------------------------------------------------------------------------------
