@@ -204,6 +204,9 @@ def row_to_json(row: Row) -> dict:
     return {"kind": data.pop("kind"), **data}
 
 
+_INIT_NAMES: dict[type, frozenset] = {}
+
+
 def parse_row(obj: Any) -> Row:
     """A typed row from a parsed JSON object. Raises RowError naming what is wrong."""
     if not isinstance(obj, dict):
@@ -211,7 +214,9 @@ def parse_row(obj: Any) -> Row:
     cls = ROW_TYPES.get(obj.get("kind"))
     if cls is None:
         raise RowError(f"unknown row kind {obj.get('kind')!r}")
-    names = {f.name for f in fields(cls) if f.init}
+    names = _INIT_NAMES.get(cls)
+    if names is None:  # once per row type: a trace has thousands of rows
+        names = _INIT_NAMES[cls] = frozenset(f.name for f in fields(cls) if f.init)
     kwargs = {k: v for k, v in obj.items() if k in names}
     kwargs.setdefault("attempt", 0)
     try:
