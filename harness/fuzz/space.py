@@ -186,11 +186,14 @@ class FaultSpace:
 
     def early_class(self, plan) -> tuple | None:
         """The class of ``plan``'s first fault when it fires before the first complete checkpoint (a step
-        or the point's name, its rank, its signal), else None: such a trial can only restart from scratch."""
+        or the point's name, one rank or all, its signal), else None: such a trial can only restart from
+        scratch. Which single rank is killed is no class of its own: with nothing to resume, the ranks
+        start over alike (the gate reopens a class whose trial did resume)."""
         first = plan[0]
         if not self.before_first_checkpoint(first):
             return None
-        return ("step" if first.step is not None else first.point, str(first.rank), first.signal)
+        return ("step" if first.step is not None else first.point, "all" if first.rank == "all" else "one",
+                first.signal)
 
     def classes(self, fault: Fault) -> tuple[str, ...]:
         """The boundary classes a fault exercises (for coverage)."""

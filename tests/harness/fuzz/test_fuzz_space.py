@@ -248,6 +248,9 @@ def test_an_early_class_whose_trial_resumed_keeps_being_tried(tmp_path):
     gate.record(term, "pass")  # a SIGTERM handler saved: the baseline's prediction was wrong for the class
     gate.record(kill, "error")  # no resume tested
     assert gate.admit(FaultPlan.parse("2:SIGTERM")) and not gate.admit(FaultPlan.parse("4"))
+    # with nothing to resume, which one rank dies makes no class of its own; one rank or all does
+    one, other, every = (space.early_class(FaultPlan.parse(p)) for p in ("3@0", "4@1", "3@all"))
+    assert one == other != every
     assert gate.skipped == 1
 
 
