@@ -254,6 +254,8 @@ class FaultSpace:
                     return i
                 fired = fault.step
             else:
+                if self._never_on(fault.point, fault.rank):
+                    return i  # the point is one other ranks reach (the writer's commit): a sure fault_not_fired
                 steps = self._occurrence_steps(fault.point, fault.rank, start)
                 if steps is None:
                     return None
@@ -264,6 +266,13 @@ class FaultSpace:
                 fired = steps[fault.occurrence - 1]
             start = self.resumes_from(fired)
         return None
+
+    def _never_on(self, point: str, rank) -> bool:
+        """Whether the baseline shows ``point`` on some ranks and never on ``rank`` (a rank number)."""
+        if self.profile is None or rank == "all":
+            return False
+        per_rank = self.profile.points.get(point)
+        return bool(per_rank) and rank not in per_rank
 
     def _occurrence_steps(self, point: str, rank, start: int) -> list[int] | None:
         """The steps of the occurrences of ``point`` an attempt resuming from ``start`` can reach on ``rank``

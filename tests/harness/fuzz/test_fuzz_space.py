@@ -262,6 +262,20 @@ def test_plans_whose_later_fault_cannot_fire_are_never_drawn(tmp_path):
     assert all(space.unreachable(p) is None for p in plans)
 
 
+def test_a_point_fault_on_a_rank_that_never_reaches_the_point_is_never_drawn(tmp_path):
+    """Only the writer (rank 0) commits: checkpoint.commit on rank 1 would end as fault_not_fired."""
+    from harness.faults import FaultPlan
+
+    space = FaultSpace.from_trace(baseline_committing_at(tmp_path / "b"), nproc=2, max_faults=2)
+    assert space.unreachable(FaultPlan.parse("checkpoint.commit:1@1")) == 0
+    assert space.unreachable(FaultPlan.parse("7,checkpoint.commit@1")) == 1
+    for fine in ("checkpoint.commit:1@0", "checkpoint.commit:1@all", "checkpoint.write:1@1"):
+        assert space.unreachable(FaultPlan.parse(fine)) is None, fine
+    plans = draw(space, 300)
+    on_rank_1 = [f for p in plans for f in p if f.point == "checkpoint.commit" and f.rank == 1]
+    assert not on_rank_1 and any(f.point == "checkpoint.commit" for p in plans for f in p)
+
+
 def test_a_later_point_fault_beyond_the_resumed_attempts_occurrences_is_unreachable():
     """Attempt 2 counts a point's occurrences from 1 again and re-runs only the steps after the checkpoint it
     resumes from: occurrence k of a point the baseline made fewer than k times from there on never fires."""
