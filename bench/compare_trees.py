@@ -1,6 +1,6 @@
 """Benchmark: the harness of another commit against this working tree, on the same trials, in one run.
 
-    python bench/compare_trees.py OLD_REV [--rounds 3] [--trials 4] [--kill 12] [--cli]
+    python bench/compare_trees.py OLD_REV [--rounds 3] [--trials 4] [--kill 12] [--cli] [--certify]
 
 OLD_REV (e.g. ``HEAD~5`` or a commit) is exported with ``git archive`` into a temporary folder; each round
 runs, for each tree in turn (the order alternating every round), one fresh Python process with that tree
@@ -8,8 +8,9 @@ first on ``PYTHONPATH`` and its own baseline cache. The process starts a ``ForkS
 trial to make its baseline and warm the pool (not timed), then times ``--trials`` warm trials of the
 default scenario (``harness.engine.run(plan=KILL)`` with that launcher, as fuzz and certify run them).
 ``--cli`` also times, per round and tree, one whole ``harness run default --kill KILL`` command (its
-baseline cached by a run before the rounds). Rank 0 of nothing: every figure is the harness process's
-wall time. Prints medians per tree and the ratio this tree / OLD_REV; ``uptime``'s load before and after.
+baseline cached by a run before the rounds); ``--certify`` one whole ``harness certify --strategy ddp
+--scenarios default`` (the default matrix; its baselines cached before the rounds). Every figure is the
+harness process's wall time. Prints medians per tree and the ratio this tree / OLD_REV; ``uptime``'s load before and after.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def cli_run(tree: str, cache: str, kill: str, out: str) -> float:
     return time.perf_counter() - t
 
 
+def certify_run(tree: str, cache: str, out: str, extra: tuple[str, ...] = ()) -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", CLI, "certify", "--strategy", "ddp", "--scenarios", "default",
+                    "--out", out, "--no-progress", *extra], env=env_for(tree, cache), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir())
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("old", help="the commit to compare this working tree with (git rev)")
@@ -85,6 +94,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=4, help="warm trials per process")
     ap.add_argument("--kill", default="12")
     ap.add_argument("--cli", action="store_true", help="also time one whole `harness run` per round and tree")
+    ap.add_argument("--certify", action="store_true", help="also time one whole `harness certify` per round and tree")
     args = ap.parse_args()
     print(f"load before: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="harness-bench-trees-") as tmp:
@@ -92,9 +102,12 @@ def main() -> None:
         caches = {name: os.path.join(tmp, f"cache-{name}") for name in trees}
         warm: dict[str, list[float]] = {name: [] for name in trees}
         cli: dict[str, list[float]] = {name: [] for name in trees}
-        if args.cli:  # the baselines, cached before anything is timed
-            for name, tree in trees.items():
+        cert: dict[str, list[float]] = {name: [] for name in trees}
+        for name, tree in trees.items():  # the baselines, cached before anything is timed
+            if args.cli:
                 cli_run(tree, caches[name], args.kill, os.path.join(tmp, f"cli-warm-{name}"))
+            if args.certify:
+                certify_run(tree, caches[name], os.path.join(tmp, f"certify-warm-{name}"), ("--trials", "1"))
         for rnd in range(args.rounds):
             order = list(trees) if rnd % 2 == 0 else list(reversed(trees))
             for name in order:
@@ -103,10 +116,15 @@ def main() -> None:
                     out = os.path.join(tmp, f"cli-{name}-{rnd}")
                     cli[name].append(cli_run(trees[name], caches[name], args.kill, out))
                     shutil.rmtree(out, ignore_errors=True)
+                if args.certify:
+                    out = os.path.join(tmp, f"certify-{name}-{rnd}")
+                    cert[name].append(certify_run(trees[name], caches[name], out))
+                    shutil.rmtree(out, ignore_errors=True)
             print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
     print(f"load after: {os.getloadavg()[0]:.2f}")
     print(f"old = {args.old}, new = this working tree; {args.rounds} rounds x {args.trials} warm trials per tree")
-    rows = [("warm trial (s)", warm)] + ([("harness run, whole command (s)", cli)] if args.cli else [])
+    rows = [("warm trial (s)", warm)] + ([("harness run, whole command (s)", cli)] if args.cli else []) \
+        + ([("harness certify ddp default (s)", cert)] if args.certify else [])
     print(f"{'':34s}{'old':>10s}{'new':>10s}{'new/old':>10s}")
     for label, data in rows:
         old, new = statistics.median(data["old"]), statistics.median(data["new"])

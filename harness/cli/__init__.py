@@ -1,4 +1,4 @@
-"""The ``harness`` command line (``pyproject.toml``: ``harness = "harness.cli:main"``).
+"""The ``harness`` command line (``pyproject.toml``: ``harness = "harness.cli:console"``, ``main`` then a quick exit).
 
     dispatch.py   the top-level parser and main: one subparser per command module
     common.py     what the commands share: parser class, shared options, error envelope, guard, progress
@@ -6,7 +6,7 @@
 """
 
 from .common import EXIT_ERROR, EXIT_FAIL, EXIT_PASS
-from .dispatch import build_parser, main
+from .dispatch import build_parser, console, main
 from .fuzz import parse_duration
 
-__all__ = ["main", "build_parser", "parse_duration", "EXIT_PASS", "EXIT_FAIL", "EXIT_ERROR"]
+__all__ = ["main", "console", "build_parser", "parse_duration", "EXIT_PASS", "EXIT_FAIL", "EXIT_ERROR"]

@@ -23,7 +23,10 @@ command as ``script_args``. Each command module's ``add_parser(sub)`` sets ``han
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
+import threading
 
 from . import certify, convert, fuzz, inspect, repro, run, scenarios
 from .common import EXIT_ERROR, HarnessParser, split_script_args
@@ -59,4 +62,25 @@ def main(argv: list[str] | None = None) -> int:
     return args.handler(args, script_args)
 
 
-__all__ = ["build_parser", "main", "COMMANDS"]
+def console() -> None:
+    """The ``harness`` console script: ``main``, then an exit that skips the interpreter's teardown.
+
+    A run leaves torch imported in this process, and tearing its modules down took longer than many
+    a whole trial. Everything a normal exit does that matters still happens, in order: other threads
+    are waited for, the atexit handlers run (the launchers' last reaping among them), stdout and stderr
+    are flushed; then the process ends. An exception out of ``main`` takes the ordinary way.
+    """
+    code = main()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)
+
+
+__all__ = ["build_parser", "main", "console", "COMMANDS"]

@@ -1,4 +1,5 @@
 import json
+import textwrap
 import os
 import subprocess
 import sys
@@ -22,6 +23,26 @@ def harness(*args, cache, cwd=None, timeout=300, columns="200"):
         env["COLUMNS"] = columns
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=timeout)
+
+
+def test_the_console_script_keeps_what_a_normal_exit_does(tmp_path):
+    """`harness` ends without the interpreter's teardown, but after the other threads, the atexit handlers and
+    the flush: what they print is there, in order, with main's exit code (the installed script, its own path)."""
+    script = os.path.join(os.path.dirname(sys.executable), "harness")  # pip puts it beside the interpreter
+    assert "harness.cli import console" in open(script).read()
+    code = textwrap.dedent("""
+        import atexit, sys, threading, time
+        atexit.register(lambda: print("atexit handler ran", flush=False))
+        threading.Thread(target=lambda: (time.sleep(0.3), print("thread ran", flush=False))).start()
+        sys.argv = ["harness", "run", "--bogus"]
+        sys.stdout.write("buffered, not flushed")
+        from harness.cli import console
+        console()
+        print("never reached")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+    assert proc.stdout == "buffered, not flushedthread ran\natexit handler ran\n", proc.stdout
 
 
 def test_version(capsys):
