@@ -462,7 +462,7 @@ class Checkpointer:
         self._comm.setup()
         # One agreement before anything is read: the device on every rank, and every rank's checkpoints.
         checkpoints_dir = os.path.abspath(self.project_configuration.checkpoints_dir) if input_dir is None else None
-        device, found = self._map_location(map_location, checkpoints_dir)
+        device, found = self._agree_to_load(map_location, checkpoints_dir)
         if input_dir is not None and allow_unsafe_pickle and from_accelerate.is_accelerate_folder(os.fspath(input_dir)):
             with tempfile.TemporaryDirectory(prefix="harness-from-accelerate-") as tmp:
                 native = from_accelerate.convert(os.fspath(input_dir), os.path.join(tmp, "native"),
@@ -591,7 +591,7 @@ class Checkpointer:
         probe.point(probe.Point.LOADED, path=path, step=self.step)
 
 
-    def _map_location(self, map_location, checkpoints_dir: str | None) -> tuple[torch.device | None, list[list[int]]]:
+    def _agree_to_load(self, map_location, checkpoints_dir: str | None) -> tuple[torch.device | None, list[list[int]]]:
         """The device `map_location` names (None for the CPU), checked on every rank before anything is read;
         and, in the same agreement, the automatic checkpoints each rank sees in `checkpoints_dir` (when given)."""
         device, error = None, None

@@ -26,7 +26,6 @@ from harness.engine.auto_mode import auto_not_recorded, write_auto_index
 from harness.engine.jobs import RunFolder, attempt_spec, exits_summary, failure_message
 from harness.engine.monitor import AttemptMonitor, stall_limit
 from harness.engine.resume_watch import ResumeWatch
-from harness.engine.prefetch import import_torch_in_background
 from harness.engine.spec import TrialSpec, check_plan_ranks
 from harness.engine.target import Target, UsageError, resolve_target
 from harness.faults import FaultPlan
@@ -156,9 +155,9 @@ def run(spec: TrialSpec | str = "default", *, out_dir: str | None = None, use_ca
     # OUT/run when the trial ends, so a run leaves what it always left. An OUT/run already there (an --out
     # reused after a refused trial) is written in place, as before.
     kind = "disk" if os.path.lexists(folder.run_dir) else spec.scratch
-    import_torch_in_background()  # the oracle needs it at the end; imported now, beside the ranks' start-up
     with borrowed(launcher, **spec.launcher_options()) as lent, \
             scratch_dir(kind, disk_path=folder.run_dir) as place:  # a fallback to disk is said on stderr
+        _import_torch()
         with _run_dir_at(place, folder.run_dir):
             trial = _Trial(spec, tgt, folder, launcher=lent, runs=runs, use_cache=use_cache, say=say)
             try:
@@ -176,6 +175,17 @@ def run(spec: TrialSpec | str = "default", *, out_dir: str | None = None, use_ca
     with open(os.path.join(out, "result.json"), "w") as f:
         json.dump(result.to_json(), f, indent=1)
     return result
+
+
+def _import_torch() -> None:
+    """The oracle needs torch in this process (it reads torch.save archives and the final tensors).
+
+    Imported here, on the main thread, right after a new pool has started its zygote, it loads while the
+    zygote loads its own (two processes, two cores) instead of after the last launch, where it added its
+    whole import time to every ``harness run``. Not on a thread: torch's start-up racing the main thread's
+    own imports aborted the process ("terminate called after throwing an instance of 'python_error'").
+    """
+    import torch  # noqa: F401
 
 
 @contextmanager
