@@ -74,7 +74,7 @@ def console() -> None:
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # what the interpreter's own exit would run first (CPython's atexit)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -22,6 +22,7 @@ writing it. Entries never go stale silently: any change to the key's inputs make
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -103,16 +104,12 @@ def _hash_files(h, group: str, files) -> None:
         h.update(data)
 
 
-_HARNESS_DIGEST: list[bytes] = []
-
-
+@functools.cache
 def _harness_digest() -> bytes:
     """The harness's own sources, hashed once per process (fuzz and certify ask once per trial)."""
-    if not _HARNESS_DIGEST:
-        h = hashlib.sha256()
-        _hash_files(h, "harness", _harness_sources())
-        _HARNESS_DIGEST.append(h.digest())
-    return _HARNESS_DIGEST[0]
+    h = hashlib.sha256()
+    _hash_files(h, "harness", _harness_sources())
+    return h.digest()
 
 
 @dataclass
@@ -131,7 +128,7 @@ class Baseline:
     artefacts: dict | None = None
     artefacts_unstable: frozenset = frozenset()  # unstable_between the two runs: "<path>" or "<path>::<key>"
     artefacts_note: str | None = None
-    _trace: object = field(default=None, repr=False, compare=False)
+    _trace: object = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def trace_dir(self) -> str:
