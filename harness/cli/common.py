@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a process the signal ended: stdout's reader went away
 
 #: The JSON printed on stdout for an error under ``--json``, by command family. They differ because each
 #: family's normal JSON answer has its own keys (tests and users read ``verdict``, ``status``, ``error``):
@@ -161,6 +163,8 @@ def guarded(*, shape: str = "trial", who: str = "harness", errors: Callable[[], 
             except Exception as e:
                 if isinstance(e, errors()):
                     return fail(error_message(e), as_json=as_json, shape=shape, who=who)
+                if isinstance(e, BrokenPipeError) and stdout_gone():  # `harness scenarios | head`: no error
+                    return EXIT_BROKEN_PIPE
                 import traceback
 
                 traceback.print_exc()
@@ -169,6 +173,27 @@ def guarded(*, shape: str = "trial", who: str = "harness", errors: Callable[[], 
         return handler
 
     return decorate
+
+
+def stdout_gone() -> bool:
+    """Whether stdout's reader went away; then stdout is pointed at /dev/null, so that nothing tries again.
+
+    A BrokenPipeError from elsewhere (a pipe to a launcher's process) leaves stdout writable: that one
+    stays an error. (A pipe with no reader left polls as an error on its write end.)"""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
 
 
 # -- one progress printer ------------------------------------------------------------------------------

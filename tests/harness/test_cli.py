@@ -1,3 +1,4 @@
+import argparse
 import json
 import textwrap
 import os
@@ -43,6 +44,25 @@ def test_the_console_script_keeps_what_a_normal_exit_does(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
     assert proc.stdout == "buffered, not flushedthread ran\natexit handler ran\n", proc.stdout
+
+
+def test_a_reader_that_goes_away_is_no_error_but_another_broken_pipe_is(capsys):
+    """`harness scenarios | head`: exit 141 (as SIGPIPE would end it), no traceback; a BrokenPipeError
+    while stdout is fine (a pipe to a launcher's process) stays an internal error, exit 2."""
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "scenarios"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command prints anything (its start-up takes longer)
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == ""
+
+    from harness.cli.common import guarded
+
+    @guarded()
+    def broken(args, script_args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert broken(argparse.Namespace(), []) == 2
+    assert "internal error: BrokenPipeError" in capsys.readouterr().err
 
 
 def test_version(capsys):
