@@ -282,7 +282,7 @@ class FaultSpace:
         per_rank = self.profile.points.get(point)
         if not per_rank:
             return None
-        ranks = per_rank.values() if rank == "all" or rank not in per_rank else [per_rank[rank]]
+        ranks = per_rank.values() if rank == "all" else [per_rank[rank]]  # a rank without it: _never_on
         seqs = [[step for step in occ if step >= start] for occ in ranks]
         longest = max(map(len, seqs))
         # occurrence k fires on whichever rank reaches it first: the earliest step among the ranks that have it
