@@ -37,6 +37,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from harness.launch.rank import finish_interpreter
+
 
 def _model(width: int, layers: int) -> torch.nn.Module:
     torch.manual_seed(0)
@@ -253,6 +255,7 @@ def _rank(rank, world, args, store):
                             print(f"      {label:44} {statistics.median(vals) * 1e3:8.1f}ms", file=sys.stderr)
     finally:
         dist.destroy_process_group()
+    os._exit(finish_interpreter())  # no interpreter teardown: it can abort a spawned gloo rank (tests/support/spawn.py)
 
 
 def _micro(args) -> None:

@@ -47,6 +47,7 @@ import torch.multiprocessing as mp
 from harness.checkpoint.reduction import (bucket_layout, bucket_layout_state, pin_bucket_layout,
                                           rank_ordered_allgather_hook, rank_ordered_allreduce_hook,
                                           restore_bucket_layout, track_bucket_layout)
+from harness.launch.rank import finish_interpreter
 
 VARIANTS = ["default", "allgather", "reduce_scatter", "fixed_layout", "ready_order"]
 
@@ -117,6 +118,7 @@ def worker(rank: int, world: int, store: str, args, out) -> None:
     if rank == 0:
         out.put(({v: statistics.median(ts) for v, ts in times.items()}, layouts))
     dist.destroy_process_group()
+    os._exit(finish_interpreter())  # no interpreter teardown: it can abort a spawned gloo rank (tests/support/spawn.py)
 
 
 def main() -> None:

@@ -23,10 +23,8 @@ command as ``script_args``. Each command module's ``add_parser(sub)`` sets ``han
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import sys
-import threading
 
 from . import certify, convert, fuzz, inspect, repro, run, scenarios
 from .common import EXIT_ERROR, HarnessParser, split_script_args
@@ -70,17 +68,9 @@ def console() -> None:
     are waited for, the atexit handlers run (the launchers' last reaping among them), stdout and stderr
     are flushed; then the process ends. An exception out of ``main`` takes the ordinary way.
     """
-    code = main()
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # what the interpreter's own exit would run first (CPython's atexit)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
-            pass
-    os._exit(code)
+    from harness.launch.rank import finish_interpreter
+
+    os._exit(finish_interpreter(main()))
 
 
 __all__ = ["build_parser", "main", "console", "COMMANDS"]

@@ -95,30 +95,18 @@ def _skip_torch_library_finalizers() -> None:
             info.atexit = False
 
 
-def run_and_exit(script: str | None, module: str | None, args: list[str], exit_file: str | None = None) -> None:
-    """Run the target in this (forked) process and end it as the interpreter would: never returns.
+def finish_interpreter(code: int = 0) -> int:
+    """What the interpreter's exit does that matters, while it is still whole: join the non-daemon threads,
+    run the atexit handlers, flush stdout and stderr. Returns ``code``, or 1 if a handler raised.
 
-    Like Py_Finalize: join non-daemon threads, run atexit handlers, flush stdio; an uncaught
-    exception prints its traceback and exits 1; an uncaught KeyboardInterrupt ends by SIGINT.
-    With ``exit_file``, the exit status is also written there as JSON (the torchrun path).
+    The caller then ends with ``os._exit``, skipping Py_Finalize: torch's C++ threads (gloo's workers
+    among them) that still reach for the GIL while the interpreter is torn down get it forcibly ended,
+    and the forced unwind through a noexcept frame aborts the process ("terminate called without an
+    active exception") after the rank's work has succeeded.
     """
     import atexit
-    import signal
     import threading
 
-    code, interrupted = 0, False
-    try:
-        run_target(script, module, args)
-        if auto_mode():
-            _auto().finish()  # only after a normal return: the final state of auto mode
-    except SystemExit as e:
-        code = exit_code_of(e)
-    except KeyboardInterrupt:
-        sys.excepthook(*sys.exc_info())
-        code, interrupted = 1, True
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-        code = 1
     try:
         shutdown = getattr(threading, "_shutdown", None)
         if shutdown is not None:
@@ -133,6 +121,49 @@ def run_and_exit(script: str | None, module: str | None, args: list[str], exit_f
             stream.flush()
         except Exception:
             pass
+    return code
+
+
+def exit_after(target, *args) -> None:
+    """``target(*args)`` in this process, then the interpreter's exit without Py_Finalize: never returns.
+
+    For a rank process started by ``multiprocessing``'s spawn (tests, benches): exit 0 after a normal
+    return, 1 after an exception (its traceback printed), the code of a ``SystemExit``.
+    """
+    code = 0
+    try:
+        target(*args)
+    except SystemExit as e:
+        code = exit_code_of(e)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    os._exit(finish_interpreter(code))
+
+
+def run_and_exit(script: str | None, module: str | None, args: list[str], exit_file: str | None = None) -> None:
+    """Run the target in this (forked) process and end it as the interpreter would: never returns.
+
+    Like Py_Finalize: join non-daemon threads, run atexit handlers, flush stdio; an uncaught
+    exception prints its traceback and exits 1; an uncaught KeyboardInterrupt ends by SIGINT.
+    With ``exit_file``, the exit status is also written there as JSON (the torchrun path).
+    """
+    import signal
+
+    code, interrupted = 0, False
+    try:
+        run_target(script, module, args)
+        if auto_mode():
+            _auto().finish()  # only after a normal return: the final state of auto mode
+    except SystemExit as e:
+        code = exit_code_of(e)
+    except KeyboardInterrupt:
+        sys.excepthook(*sys.exc_info())
+        code, interrupted = 1, True
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    code = finish_interpreter(code)
     if exit_file is not None:
         import json
         import time
