@@ -194,6 +194,18 @@ ROW_TYPES: dict[str, type] = {"start": StartRow, "step": StepRow, "event": Event
                               "finish": FinishRow, "restored": RestoredRow}
 
 
+def resumed_from(row: Row) -> int | None:
+    """The step a row shows its rank resumed from, in the row's attempt: a ``checkpoint.loaded`` event's
+    step; a step row's step minus one (a rank that loaded nothing trained on from there); None for any
+    other row. A rank's first such row in an attempt decides, while the attempt runs
+    (harness.engine.resume_watch) and afterwards (harness.oracle.lifecycle.ranks_apart) alike."""
+    if isinstance(row, StepRow):
+        return row.step - 1
+    if isinstance(row, EventRow) and row.name == Point.LOADED and isinstance(row.event_step, int):
+        return row.event_step
+    return None
+
+
 class RowError(ValueError):
     """A JSON object that is not a valid trace row."""
 

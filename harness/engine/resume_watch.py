@@ -3,7 +3,8 @@
 Ranks that resume from different steps (per-rank files saved in place, a kill between two ranks'
 saves) usually hang at their first mismatched collective, or train on silently. Either way the
 answer is known as soon as two ranks have shown where they resumed: a ``checkpoint.loaded`` event
-(its step), or, for a rank that loaded nothing, its first step row (the step before it). The attempt
+(its step), or, for a rank that loaded nothing, its first step row (the step before it): the rule of
+``trace_schema.resumed_from``, which the oracle applies to the whole trace afterwards. The attempt
 is stopped then, and judged ``ranks_resumed_apart`` (harness.oracle.verdict), not left to stall.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from harness.trace_schema import Point, rank_trace_file
+from harness.trace_schema import Point, parse_row, rank_trace_file, resumed_from
 
 _LOADED = f'"{Point.LOADED}"'.encode()  # a cheap test before a row is parsed
 
@@ -43,18 +44,12 @@ class ResumeWatch:
             if _LOADED not in line and b'"kind":"step"' not in line:
                 continue
             try:
-                row = json.loads(line)
-            except ValueError:
+                row = parse_row(json.loads(line))
+            except ValueError:  # a torn or foreign line (RowError is one)
                 continue
-            if row.get("attempt") != self.attempt:
-                continue
-            if row.get("kind") == "step" and isinstance(row.get("step"), int):
-                self.loaded.setdefault(rank, row["step"] - 1)  # loaded nothing before its first step
-            elif row.get("name") == Point.LOADED:
-                info = row.get("info") if isinstance(row.get("info"), dict) else {}
-                step = info.get("step", row.get("step"))
-                if isinstance(step, int):
-                    self.loaded.setdefault(rank, step)
+            step = resumed_from(row) if row.attempt == self.attempt else None
+            if step is not None:
+                self.loaded.setdefault(rank, step)
             if rank in self.loaded:
                 return
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from .outcome import Finding, Outcome, Verdict, VerdictKind
 from .trace import AttemptSummary, Trace
-from harness.trace_schema import Point
+from harness.trace_schema import resumed_from
 
 FAIL, ERROR = VerdictKind.FAIL, VerdictKind.ERROR
 
@@ -272,19 +272,17 @@ APART_HINT = ("the ranks' checkpoint files were written without a commit protoco
 
 
 def ranks_apart(trial: Trace) -> tuple[int, dict[int, int]] | None:
-    """(attempt, {rank: restored step}) of the first resumed attempt whose ranks restored different steps: a
-    rank's ``checkpoint.loaded`` step, else (it loaded nothing) the step before its first step row."""
+    """(attempt, {rank: restored step}) of the first resumed attempt whose ranks restored different steps, each
+    rank's from its first row in the attempt that shows it (trace_schema.resumed_from)."""
     for a in trial.attempts():
         if a == 0:
             continue
         steps = {}
-        for e in trial.events(Point.LOADED):
-            if e.attempt == a and isinstance(e.event_step, int):
-                steps.setdefault(e.rank, e.event_step)
         for r in trial.ranks:
-            rows = trial.steps(r, a)
-            if r not in steps and rows:
-                steps[r] = rows[0].step - 1
+            step = next((s for row in trial.rows(r) if row.attempt == a
+                         for s in (resumed_from(row),) if s is not None), None)
+            if step is not None:
+                steps[r] = step
         if len(set(steps.values())) > 1:
             return a, steps
     return None

@@ -46,3 +46,28 @@ def test_ranks_apart_and_a_rank_that_loaded_nothing(tmp_path):
         f.write(json.dumps(_step(1, 1, 1), separators=(",", ":"))[20:] + "\n")
     reason = watch.check()
     assert reason is not None and "rank 0 step 10, rank 1 step 0" in reason
+
+
+
+def test_the_watch_and_the_oracle_take_the_same_row_for_where_a_rank_resumed(tmp_path):
+    """One rule (trace_schema.resumed_from), the first row that shows it. A rank that trained a step and then
+    loaded a checkpoint mid-attempt resumed from where it trained, for the watch and for ranks_apart alike
+    (the oracle used to prefer any checkpoint.loaded of the attempt, and judged apart what the watch let run)."""
+    from harness.oracle import load_trace
+    from harness.oracle.lifecycle import ranks_apart
+
+    def trial(folder, rank2_rows):
+        folder.mkdir()
+        for r in (0, 1, 2):
+            _write(folder / f"rank{r}.jsonl", [_step(r, s, 0) for s in range(1, 9)])
+        watch = ResumeWatch(str(folder), 3, 1)
+        for r in (0, 1):
+            _write(folder / f"rank{r}.jsonl", [_loaded(r, 6, 1), *[_step(r, s, 1) for s in range(7, 9)]])
+        _write(folder / "rank2.jsonl", rank2_rows)
+        return watch.check(), ranks_apart(load_trace(folder))
+
+    reason, apart = trial(tmp_path / "mid", [_step(2, 7, 1), _loaded(2, 4, 1), _step(2, 5, 1)])
+    assert reason is None and apart is None
+    reason, apart = trial(tmp_path / "apart", [_loaded(2, 4, 1), _step(2, 5, 1)])
+    assert reason is not None and "rank 0 step 6, rank 1 step 6, rank 2 step 4" in reason
+    assert apart == (1, {0: 6, 1: 6, 2: 4})
