@@ -99,10 +99,10 @@ def finish_interpreter(code: int = 0) -> int:
     """What the interpreter's exit does that matters, while it is still whole: join the non-daemon threads,
     run the atexit handlers, flush stdout and stderr. Returns ``code``, or 1 if a handler raised.
 
-    The caller then ends with ``os._exit``, skipping Py_Finalize: torch's C++ threads (gloo's workers
-    among them) that still reach for the GIL while the interpreter is torn down get it forcibly ended,
-    and the forced unwind through a noexcept frame aborts the process ("terminate called without an
-    active exception") after the rank's work has succeeded.
+    The caller then ends with ``os._exit``, skipping Py_Finalize, which can abort a process whose work
+    succeeded: a torch C++ thread (a gloo worker) that still needs the GIL while the interpreter is torn
+    down is ended by CPython, and the forced unwind ends in std::terminate ("terminate called without an
+    active exception"; pytorch/pytorch#179291 describes it). The test helpers' spawned ranks hit it.
     """
     import atexit
     import threading
