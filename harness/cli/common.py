@@ -150,8 +150,7 @@ def guarded(*, shape: str = "trial", who: str = "harness", errors: Callable[[], 
     plan, a failed trial)."""
 
     def decorate(command):
-        @functools.wraps(command)
-        def handler(args, script_args: list[str]) -> int:
+        def guard(args, script_args: list[str]) -> int:
             as_json = bool(getattr(args, "json", False))
             try:
                 return command(args, script_args)
@@ -161,14 +160,26 @@ def guarded(*, shape: str = "trial", who: str = "harness", errors: Callable[[], 
                 print(f"{who}: interrupted; all processes were stopped", file=sys.stderr)
                 return EXIT_INTERRUPTED
             except Exception as e:
+                if isinstance(e, BrokenPipeError) and stdout_gone():
+                    raise  # before errors(): a BrokenPipeError is an OSError, which some commands count as bad input
                 if isinstance(e, errors()):
                     return fail(error_message(e), as_json=as_json, shape=shape, who=who)
-                if isinstance(e, BrokenPipeError) and stdout_gone():  # `harness scenarios | head`: no error
-                    return EXIT_BROKEN_PIPE
                 import traceback
 
                 traceback.print_exc()
                 return fail(f"internal error: {type(e).__name__}: {e}", as_json=as_json, shape=shape, who=who)
+
+        @functools.wraps(command)
+        def handler(args, script_args: list[str]) -> int:
+            # `harness inspect --json X | head`: stdout's reader went away, in the command or in the error
+            # report written to stdout after it (--json): exit 141, as SIGPIPE would end the process, and no
+            # error. A BrokenPipeError while stdout is fine is another pipe's, and stays an internal error.
+            try:
+                return guard(args, script_args)
+            except BrokenPipeError:
+                if stdout_gone():
+                    return EXIT_BROKEN_PIPE
+                raise
 
         return handler
 
@@ -182,6 +193,9 @@ def stdout_gone() -> bool:
     stays an error. (A pipe with no reader left polls as an error on its write end.)"""
     import select
 
+    global _stdout_gone
+    if _stdout_gone:  # found before, and stdout is /dev/null since
+        return True
     try:
         fd = sys.stdout.fileno()
     except (OSError, ValueError):
@@ -193,7 +207,11 @@ def stdout_gone() -> bool:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
+    _stdout_gone = True
     return True
+
+
+_stdout_gone = False
 
 
 # -- one progress printer ------------------------------------------------------------------------------

@@ -197,3 +197,20 @@ def test_counts_are_singular_for_one():
     a.trees[("shared", "file")], b.trees[("shared", "file")] = {"x": [1]}, {"x": [1, 2]}
     (t,) = diff(a, b).trees
     assert (t.path, t.a, t.b) == ("x", "[1 item]", "[2 items]")
+
+
+def test_inspect_into_a_reader_that_went_away_exits_141_with_no_error(tmp_path):
+    """`harness inspect --json CKPT | head -c 200`: the JSON is larger than stdout's buffer, so the command's
+    own write fails, and then the JSON error report would too. Exit 141 (as SIGPIPE would end it), nothing on
+    stderr; inspect counts an OSError (a BrokenPipeError is one) as bad input, which must not catch it first."""
+    from safetensors.torch import save_file
+
+    path = str(tmp_path / "many.safetensors")
+    save_file({f"layer{i}.weight": torch.zeros(2) for i in range(400)}, path)
+    proc = subprocess.Popen([HARNESS, "inspect", path, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    proc.stdout.close()  # before the command prints anything (its start-up takes longer)
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == ""
+    shown = _harness("inspect", path, "--json", cwd=tmp_path)  # the same command, read: larger than the buffer
+    assert shown.returncode == 0 and len(shown.stdout) > 8192
