@@ -279,10 +279,11 @@ def ranks_apart(trial: Trace) -> tuple[int, dict[int, int]] | None:
             continue
         steps = {}
         for r in trial.ranks:
-            step = next((s for row in trial.rows(r) if row.attempt == a
-                         for s in (resumed_from(row),) if s is not None), None)
-            if step is not None:
-                steps[r] = step
+            for row in trial.rows(r):
+                step = resumed_from(row) if row.attempt == a else None
+                if step is not None:
+                    steps[r] = step
+                    break
         if len(set(steps.values())) > 1:
             return a, steps
     return None
